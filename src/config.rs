@@ -1,0 +1,948 @@
+//! Settings: every app setting the product reads, typed and validated in one place.
+//!
+//! Values come from the environment (which is what Functions app settings are); when a
+//! `local.settings.json` is present its `Values` fill in what the environment lacks.
+//! Parsing never stops at the first problem: [`Settings::load`] collects every invalid value,
+//! and [`Settings::missing`] lists what a feature still needs, so `tcbridge check` can say
+//! everything at once. Secret values never appear in a problem, a log line or `Debug`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::schedule::Schedule;
+use crate::secret::SecretString;
+use crate::store::StoreKind;
+
+pub const DEFAULT_TRUECONTEXT_BASE_URL: &str = "https://api.prontoforms.com/api/1.1";
+pub const DEFAULT_SYNC_SCHEDULE: &str = "0 */30 * * * *";
+pub const DEFAULT_LOCAL_STORE_PATH: &str = ".tcbridge";
+pub const DEFAULT_INCOMING_QUEUE: &str = "incoming-submissions";
+
+/// One thing wrong with the configuration, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub setting: String,
+    pub message: String,
+    pub example: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.message)?;
+        if let Some(example) = &self.example {
+            write!(f, " (for example: {example})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The raw settings: environment first, then `local.settings.json` `Values`.
+#[derive(Clone, Default)]
+pub struct RawSettings {
+    values: BTreeMap<String, String>,
+    /// Problems found while reading the sources themselves (an unreadable settings file).
+    source_problems: Vec<Problem>,
+}
+
+impl fmt::Debug for RawSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names only: values may be secrets.
+        f.debug_struct("RawSettings")
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RawSettings {
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            source_problems: vec![],
+        }
+    }
+
+    /// The process environment, completed by the `Values` of the local settings file if it exists.
+    pub fn from_environment(local_settings: Option<&Path>) -> Self {
+        let mut raw = Self::from_pairs(std::env::vars());
+        let path = local_settings
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("local.settings.json"));
+        let explicit = local_settings.is_some();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => raw.fill_from_local_settings(&path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(e) => raw.source_problems.push(Problem {
+                setting: path.display().to_string(),
+                message: format!("cannot read the local settings file: {e}"),
+                example: None,
+            }),
+        }
+        raw
+    }
+
+    fn fill_from_local_settings(&mut self, path: &Path, text: &str) {
+        let problem = |message: String| Problem {
+            setting: path.display().to_string(),
+            message,
+            example: None,
+        };
+        let doc: serde_json::Value = match serde_json::from_str(text) {
+            Ok(doc) => doc,
+            Err(e) => return self.source_problems.push(problem(format!("not valid JSON: {e}"))),
+        };
+        if doc.get("IsEncrypted").and_then(|v| v.as_bool()) == Some(true) {
+            return self.source_problems.push(problem(
+                "IsEncrypted is true; decrypt it with `func settings decrypt` or write the values in plain".into(),
+            ));
+        }
+        let Some(values) = doc.get("Values").and_then(|v| v.as_object()) else {
+            return self.source_problems.push(problem("has no \"Values\" object".into()));
+        };
+        for (name, value) in values {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => {
+                    self.source_problems
+                        .push(problem(format!("Values.{name} must be a string")));
+                    continue;
+                }
+            };
+            self.values.entry(name.clone()).or_insert(text);
+        }
+    }
+
+    /// A setting's value; blank counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthProvider {
+    Entra,
+    B2c,
+    Oidc,
+    Oauth2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    AuthorizationCode,
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrueContextAuth {
+    Bearer,
+    Basic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookAuth {
+    Entra,
+    Basic,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON lines when running under the Functions host, readable text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    pub provider: OAuthProvider,
+    pub authority: Option<Url>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub client_certificate_path: Option<PathBuf>,
+    /// Use a managed-identity token as a federated client assertion (Entra only).
+    pub federated_credential: bool,
+    /// The scopes from `OAUTH_SCOPES`, as given; the flow adds `openid offline_access`.
+    pub scopes: Vec<String>,
+    pub redirect_uri: Option<Url>,
+    pub grant: OAuthGrant,
+    /// Explicit endpoints for `OAUTH_PROVIDER=oauth2` (and overrides for the others).
+    pub authorize_endpoint: Option<Url>,
+    pub token_endpoint: Option<Url>,
+    pub refresh_endpoint: Option<Url>,
+    pub allowed_tenants: Vec<String>,
+    pub allowed_users: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrueContextSettings {
+    pub base_url: Url,
+    pub auth: TrueContextAuth,
+    pub api_key_id: Option<String>,
+    pub api_key_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureStorageSettings {
+    /// `AzureWebJobsStorage` as a connection string (it may hold an account key).
+    pub connection_string: Option<SecretString>,
+    pub account_name: Option<String>,
+    pub table_service_uri: Option<Url>,
+    pub blob_service_uri: Option<Url>,
+    pub queue_service_uri: Option<Url>,
+    /// A user-assigned managed identity's client id (`AZURE_CLIENT_ID`).
+    pub managed_identity_client_id: Option<String>,
+}
+
+impl AzureStorageSettings {
+    /// True when the settings point at a real account, not only at the local emulator the
+    /// Functions template names by default.
+    fn names_a_cloud_account(&self) -> bool {
+        let real_connection = self
+            .connection_string
+            .as_ref()
+            .is_some_and(|c| !c.expose().trim().eq_ignore_ascii_case("UseDevelopmentStorage=true"));
+        real_connection
+            || self.account_name.is_some()
+            || self.table_service_uri.is_some()
+            || self.blob_service_uri.is_some()
+            || self.queue_service_uri.is_some()
+    }
+
+    fn is_configured(&self) -> bool {
+        self.connection_string.is_some() || self.names_a_cloud_account()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+    pub local_path: PathBuf,
+    pub local_key: Option<SecretString>,
+    pub azure: AzureStorageSettings,
+    pub keyvault_uri: Option<Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub auth: Option<WebhookAuth>,
+    pub basic_username: Option<String>,
+    pub basic_password: Option<SecretString>,
+    pub header_name: Option<String>,
+    pub header_value: Option<SecretString>,
+    /// For `WEBHOOK_AUTH=entra`: the audience the caller's token must carry.
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub refresh_margin: Duration,
+    /// Azure AD B2C's sliding refresh-token window and how early to warn before it closes.
+    pub b2c_refresh_window: Duration,
+    pub b2c_reauth_warning: Duration,
+    pub alert_webhook_url: Option<Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub incoming: String,
+    /// Deliveries before a message moves to `<queue>-poison` (the host's `maxDequeueCount`).
+    pub max_dequeue_count: u32,
+    pub visibility_timeout: Duration,
+    /// First retry delay after a failed delivery (standalone mode); doubles each time.
+    pub retry_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub oauth: OAuthSettings,
+    pub truecontext: TrueContextSettings,
+    pub store: StoreSettings,
+    pub sync_schedule: Schedule,
+    pub webhook: WebhookSettings,
+    pub function_key: Option<SecretString>,
+    pub tokens: TokenSettings,
+    pub queues: QueueSettings,
+    pub max_request_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+/// Collects problems while parsing, so all of them are reported together.
+struct Parser<'a> {
+    raw: &'a RawSettings,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Parser<'a> {
+    fn problem(&mut self, setting: &str, message: impl Into<String>, example: &str) {
+        self.problems.push(Problem {
+            setting: setting.to_owned(),
+            message: message.into(),
+            example: (!example.is_empty()).then(|| example.to_owned()),
+        });
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.raw.get(name).map(str::to_owned)
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.raw.get(name).map(SecretString::new)
+    }
+
+    fn list(&self, name: &str, separators: &[char]) -> Vec<String> {
+        self.raw
+            .get(name)
+            .map(|v| {
+                v.split(separators)
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An absolute `https` URL (or `http` to a loopback host, for local servers and tests).
+    fn url(&mut self, name: &str, example: &str) -> Option<Url> {
+        let text = self.raw.get(name)?;
+        match Url::parse(text) {
+            Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&url)) => {
+                if url.username() != "" || url.password().is_some() {
+                    self.problem(name, "must not carry a user name or password", example);
+                    return None;
+                }
+                Some(url)
+            }
+            Ok(url) if url.scheme() == "http" => {
+                self.problem(
+                    name,
+                    "must use https (plain http is allowed only for localhost)",
+                    example,
+                );
+                None
+            }
+            Ok(_) | Err(_) => {
+                self.problem(name, format!("{text:?} is not an absolute https URL"), example);
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, name: &str, default: T, options: &[(&str, T)]) -> T {
+        let Some(text) = self.raw.get(name) else { return default };
+        if let Some((_, value)) = options.iter().find(|(key, _)| key.eq_ignore_ascii_case(text)) {
+            return *value;
+        }
+        let names: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
+        self.problem(name, format!("{text:?} is not one of {}", names.join(", ")), names[0]);
+        default
+    }
+
+    fn number<T: FromStr + Copy + PartialOrd + fmt::Display>(&mut self, name: &str, default: T, min: T, max: T) -> T {
+        let Some(text) = self.raw.get(name) else { return default };
+        match text.parse::<T>() {
+            Ok(v) if v >= min && v <= max => v,
+            _ => {
+                self.problem(
+                    name,
+                    format!("{text:?} must be a whole number from {min} to {max}"),
+                    &default.to_string(),
+                );
+                default
+            }
+        }
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        match self.raw.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false") | Some("0") | Some("no") => false,
+            Some("true") | Some("1") | Some("yes") => true,
+            Some(other) => {
+                let other = other.to_owned();
+                self.problem(name, format!("{other:?} must be true or false"), "true");
+                false
+            }
+        }
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl Settings {
+    /// Parses every setting. On any invalid value, returns all the problems found.
+    pub fn load(raw: &RawSettings) -> Result<Settings, Vec<Problem>> {
+        let mut p = Parser {
+            raw,
+            problems: raw.source_problems.clone(),
+        };
+        let settings = Settings {
+            oauth: parse_oauth(&mut p),
+            truecontext: parse_truecontext(&mut p),
+            store: parse_store(&mut p),
+            sync_schedule: parse_schedule(&mut p),
+            webhook: parse_webhook(&mut p),
+            function_key: parse_function_key(&mut p),
+            tokens: TokenSettings {
+                refresh_margin: Duration::from_secs(p.number("TOKEN_REFRESH_MARGIN_SECONDS", 600, 30, 86_400)),
+                b2c_refresh_window: Duration::from_secs(86_400 * p.number("B2C_REFRESH_WINDOW_DAYS", 90u64, 1, 365)),
+                b2c_reauth_warning: Duration::from_secs(86_400 * p.number("B2C_REAUTH_WARNING_DAYS", 14u64, 1, 90)),
+                alert_webhook_url: p.url("ALERT_WEBHOOK_URL", "https://example.webhook.office.com/webhookb2/..."),
+            },
+            queues: parse_queues(&mut p),
+            max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
+            log_format: p.choice(
+                "LOG_FORMAT",
+                LogFormat::Auto,
+                &[
+                    ("auto", LogFormat::Auto),
+                    ("json", LogFormat::Json),
+                    ("text", LogFormat::Text),
+                ],
+            ),
+        };
+        cross_checks(&mut p, &settings);
+        if p.problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(p.problems)
+        }
+    }
+
+    /// What the configured features still need. The server runs without these (status,
+    /// local development), but the feature they name cannot work until they are set.
+    pub fn missing(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut need = |setting: &str, message: &str, example: &str| {
+            out.push(Problem {
+                setting: setting.into(),
+                message: message.into(),
+                example: Some(example.into()),
+            })
+        };
+        let o = &self.oauth;
+        if o.client_id.is_none() {
+            need(
+                "OAUTH_CLIENT_ID",
+                "is not set; no connection can be made",
+                "00000000-0000-0000-0000-000000000000",
+            );
+        }
+        let has_endpoints = o.authorize_endpoint.is_some() && o.token_endpoint.is_some();
+        if o.authority.is_none() && !(o.provider == OAuthProvider::Oauth2 && has_endpoints) {
+            let example = match o.provider {
+                OAuthProvider::Entra => "https://login.microsoftonline.com/<tenant-id>/v2.0",
+                OAuthProvider::B2c => "https://<tenant>.b2clogin.com/<tenant>.onmicrosoft.com/<policy>/v2.0",
+                OAuthProvider::Oidc => "https://issuer.example.com",
+                OAuthProvider::Oauth2 => "https://auth.example.com",
+            };
+            need(
+                "OAUTH_AUTHORITY",
+                "is not set; the authorization server is unknown",
+                example,
+            );
+        }
+        if o.provider == OAuthProvider::Oauth2 && !has_endpoints {
+            need(
+                "OAUTH_AUTHORIZE_ENDPOINT",
+                "and OAUTH_TOKEN_ENDPOINT are required with OAUTH_PROVIDER=oauth2 (no discovery)",
+                "https://auth.example.com/oauth/authorize",
+            );
+        }
+        if o.grant == OAuthGrant::AuthorizationCode && o.redirect_uri.is_none() {
+            need(
+                "OAUTH_REDIRECT_URI",
+                "is not set; the sign-in cannot return here",
+                "https://<app>.azurewebsites.net/api/callback",
+            );
+        }
+        if o.client_secret.is_none() && o.client_certificate_path.is_none() && !o.federated_credential {
+            need(
+                "OAUTH_CLIENT_SECRET",
+                "is not set, and neither OAUTH_CLIENT_CERTIFICATE_PATH nor OAUTH_FEDERATED_CREDENTIAL is; the app cannot authenticate to the token endpoint",
+                "a client secret from the app registration",
+            );
+        }
+        if self.truecontext.auth == TrueContextAuth::Basic
+            && (self.truecontext.api_key_id.is_none() || self.truecontext.api_key_secret.is_none())
+        {
+            need(
+                "TRUECONTEXT_API_KEY_ID",
+                "and TRUECONTEXT_API_KEY_SECRET are required with TRUECONTEXT_AUTH=basic",
+                "an API key id from TrueContext",
+            );
+        }
+        if self.webhook.auth.is_none() {
+            need(
+                "WEBHOOK_AUTH",
+                "is not set; the webhook refuses every push until it is",
+                "basic",
+            );
+        }
+        out
+    }
+
+    /// The setting names whose values are secret; `check` never prints them.
+    pub const SECRET_SETTINGS: &'static [&'static str] = &[
+        "OAUTH_CLIENT_SECRET",
+        "TRUECONTEXT_API_KEY_SECRET",
+        "AzureWebJobsStorage",
+        "LOCAL_STORE_KEY",
+        "WEBHOOK_BASIC_PASSWORD",
+        "WEBHOOK_HEADER_VALUE",
+        "FUNCTION_KEY",
+    ];
+}
+
+fn parse_oauth(p: &mut Parser<'_>) -> OAuthSettings {
+    let provider = p.choice(
+        "OAUTH_PROVIDER",
+        OAuthProvider::Entra,
+        &[
+            ("entra", OAuthProvider::Entra),
+            ("b2c", OAuthProvider::B2c),
+            ("oidc", OAuthProvider::Oidc),
+            ("oauth2", OAuthProvider::Oauth2),
+        ],
+    );
+    let grant = p.choice(
+        "OAUTH_GRANT",
+        OAuthGrant::AuthorizationCode,
+        &[
+            ("authorization_code", OAuthGrant::AuthorizationCode),
+            ("client_credentials", OAuthGrant::ClientCredentials),
+        ],
+    );
+    let scopes = p.list("OAUTH_SCOPES", &[' ', '\t', '\n']);
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.chars().any(|c| c.is_control() || c == '"' || c == '\\'))
+    {
+        let bad = bad.clone();
+        p.problem(
+            "OAUTH_SCOPES",
+            format!("{bad:?} is not a valid scope token"),
+            "api://truecontext/.default",
+        );
+    }
+    let client_certificate_path = p.text("OAUTH_CLIENT_CERTIFICATE_PATH").map(PathBuf::from);
+    if let Some(path) = &client_certificate_path {
+        if !path.is_file() {
+            let shown = path.display().to_string();
+            p.problem(
+                "OAUTH_CLIENT_CERTIFICATE_PATH",
+                format!("{shown} is not a readable file"),
+                "/home/site/certs/client.pem",
+            );
+        }
+    }
+    OAuthSettings {
+        provider,
+        authority: p.url("OAUTH_AUTHORITY", "https://login.microsoftonline.com/<tenant-id>/v2.0"),
+        client_id: p.text("OAUTH_CLIENT_ID"),
+        client_secret: p.secret("OAUTH_CLIENT_SECRET"),
+        client_certificate_path,
+        federated_credential: p.flag("OAUTH_FEDERATED_CREDENTIAL"),
+        scopes,
+        redirect_uri: p.url("OAUTH_REDIRECT_URI", "https://<app>.azurewebsites.net/api/callback"),
+        grant,
+        authorize_endpoint: p.url("OAUTH_AUTHORIZE_ENDPOINT", "https://auth.example.com/oauth/authorize"),
+        token_endpoint: p.url("OAUTH_TOKEN_ENDPOINT", "https://auth.example.com/oauth/token"),
+        refresh_endpoint: p.url("OAUTH_REFRESH_ENDPOINT", "https://auth.example.com/oauth/refresh"),
+        allowed_tenants: p.list("ALLOWED_TENANTS", &[',', ' ', ';']),
+        allowed_users: p.list("ALLOWED_USERS", &[',', ' ', ';']),
+    }
+}
+
+fn parse_truecontext(p: &mut Parser<'_>) -> TrueContextSettings {
+    let base_url = if p.raw.get("TRUECONTEXT_BASE_URL").is_some() {
+        p.url("TRUECONTEXT_BASE_URL", DEFAULT_TRUECONTEXT_BASE_URL)
+    } else {
+        None
+    };
+    TrueContextSettings {
+        base_url: base_url.unwrap_or_else(|| Url::parse(DEFAULT_TRUECONTEXT_BASE_URL).expect("default URL parses")),
+        auth: p.choice(
+            "TRUECONTEXT_AUTH",
+            TrueContextAuth::Bearer,
+            &[("bearer", TrueContextAuth::Bearer), ("basic", TrueContextAuth::Basic)],
+        ),
+        api_key_id: p.text("TRUECONTEXT_API_KEY_ID"),
+        api_key_secret: p.secret("TRUECONTEXT_API_KEY_SECRET"),
+    }
+}
+
+fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
+    let azure = AzureStorageSettings {
+        connection_string: p.secret("AzureWebJobsStorage"),
+        account_name: p.text("AzureWebJobsStorage__accountName"),
+        table_service_uri: p.url(
+            "AzureWebJobsStorage__tableServiceUri",
+            "https://<account>.table.core.windows.net",
+        ),
+        blob_service_uri: p.url(
+            "AzureWebJobsStorage__blobServiceUri",
+            "https://<account>.blob.core.windows.net",
+        ),
+        queue_service_uri: p.url(
+            "AzureWebJobsStorage__queueServiceUri",
+            "https://<account>.queue.core.windows.net",
+        ),
+        managed_identity_client_id: p.text("AZURE_CLIENT_ID"),
+    };
+    if let Some(conn) = &azure.connection_string {
+        if !looks_like_connection_string(conn.expose()) {
+            p.problem(
+                "AzureWebJobsStorage",
+                "is not a storage connection string (the value is not shown)",
+                "UseDevelopmentStorage=true, or DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...",
+            );
+        }
+    }
+    let default_kind = if azure.names_a_cloud_account() {
+        StoreKind::Azure
+    } else {
+        StoreKind::Local
+    };
+    let kind = p.choice(
+        "STORE",
+        default_kind,
+        &[("local", StoreKind::Local), ("azure", StoreKind::Azure)],
+    );
+    let local_key = p.secret("LOCAL_STORE_KEY");
+    if let Some(key) = &local_key {
+        use base64::Engine;
+        let valid = base64::engine::general_purpose::STANDARD
+            .decode(key.expose())
+            .is_ok_and(|k| k.len() == 32);
+        if !valid {
+            p.problem(
+                "LOCAL_STORE_KEY",
+                "must be the base64 of exactly 32 bytes (the value is not shown)",
+                "the output of `openssl rand -base64 32`",
+            );
+        }
+    }
+    let keyvault_uri = p.url("KEYVAULT_URI", "https://<vault-name>.vault.azure.net");
+    if kind == StoreKind::Azure {
+        if !azure.is_configured() {
+            p.problem(
+                "AzureWebJobsStorage",
+                "STORE=azure needs a storage connection string or AzureWebJobsStorage__accountName (managed identity)",
+                "UseDevelopmentStorage=true",
+            );
+        }
+        if keyvault_uri.is_none() && p.raw.get("KEYVAULT_URI").is_none() {
+            p.problem(
+                "KEYVAULT_URI",
+                "STORE=azure keeps refresh tokens in Key Vault; name the vault",
+                "https://<vault-name>.vault.azure.net",
+            );
+        }
+    }
+    StoreSettings {
+        kind,
+        local_path: p
+            .text("LOCAL_STORE_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_STORE_PATH)),
+        local_key,
+        azure,
+        keyvault_uri,
+    }
+}
+
+fn looks_like_connection_string(text: &str) -> bool {
+    let text = text.trim();
+    text.eq_ignore_ascii_case("UseDevelopmentStorage=true")
+        || text
+            .split(';')
+            .filter(|part| !part.trim().is_empty())
+            .all(|part| part.contains('='))
+            && (text.contains("AccountName=") || text.contains("Endpoint="))
+}
+
+fn parse_schedule(p: &mut Parser<'_>) -> Schedule {
+    let text = p.raw.get("SYNC_SCHEDULE").unwrap_or(DEFAULT_SYNC_SCHEDULE).to_owned();
+    match text.parse() {
+        Ok(schedule) => schedule,
+        Err(e) => {
+            p.problem(
+                "SYNC_SCHEDULE",
+                format!("{text:?}: {e}"),
+                "0 */30 * * * * (every 30 minutes)",
+            );
+            DEFAULT_SYNC_SCHEDULE.parse().expect("default schedule parses")
+        }
+    }
+}
+
+fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
+    let auth = p.raw.get("WEBHOOK_AUTH").map(|_| {
+        p.choice(
+            "WEBHOOK_AUTH",
+            WebhookAuth::Basic,
+            &[
+                ("basic", WebhookAuth::Basic),
+                ("header", WebhookAuth::Header),
+                ("entra", WebhookAuth::Entra),
+            ],
+        )
+    });
+    let settings = WebhookSettings {
+        auth,
+        basic_username: p.text("WEBHOOK_BASIC_USERNAME"),
+        basic_password: p.secret("WEBHOOK_BASIC_PASSWORD"),
+        header_name: p.text("WEBHOOK_HEADER_NAME"),
+        header_value: p.secret("WEBHOOK_HEADER_VALUE"),
+        audience: p.text("WEBHOOK_AUDIENCE"),
+    };
+    match settings.auth {
+        Some(WebhookAuth::Basic) if settings.basic_username.is_none() || settings.basic_password.is_none() => p
+            .problem(
+                "WEBHOOK_BASIC_USERNAME",
+                "and WEBHOOK_BASIC_PASSWORD are required with WEBHOOK_AUTH=basic",
+                "truecontext",
+            ),
+        Some(WebhookAuth::Header) if settings.header_name.is_none() || settings.header_value.is_none() => p.problem(
+            "WEBHOOK_HEADER_NAME",
+            "and WEBHOOK_HEADER_VALUE are required with WEBHOOK_AUTH=header",
+            "x-api-key",
+        ),
+        Some(WebhookAuth::Entra) if settings.audience.is_none() => p.problem(
+            "WEBHOOK_AUDIENCE",
+            "is required with WEBHOOK_AUTH=entra",
+            "api://<webhook-app-id>",
+        ),
+        _ => {}
+    }
+    for (name, secret) in [
+        ("WEBHOOK_BASIC_PASSWORD", &settings.basic_password),
+        ("WEBHOOK_HEADER_VALUE", &settings.header_value),
+    ] {
+        if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            p.problem(
+                name,
+                "is shorter than 16 characters; use a long random value (not shown)",
+                "the output of `openssl rand -base64 32`",
+            );
+        }
+    }
+    settings
+}
+
+fn parse_function_key(p: &mut Parser<'_>) -> Option<SecretString> {
+    let key = p.secret("FUNCTION_KEY")?;
+    if key.expose().len() < 16 || key.expose().chars().any(|c| c.is_whitespace() || c.is_control()) {
+        p.problem(
+            "FUNCTION_KEY",
+            "must be at least 16 characters without spaces (the value is not shown)",
+            "the output of `openssl rand -base64 32`",
+        );
+    }
+    Some(key)
+}
+
+fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {
+    let incoming = p
+        .text("INCOMING_QUEUE_NAME")
+        .unwrap_or_else(|| DEFAULT_INCOMING_QUEUE.to_owned());
+    if crate::store::validate_container_name("INCOMING_QUEUE_NAME", &incoming).is_err() || incoming.len() > 56 {
+        p.problem(
+            "INCOMING_QUEUE_NAME",
+            format!("{incoming:?} must be 3-56 lowercase letters, digits or single dashes (\"-poison\" is appended for failures)"),
+            DEFAULT_INCOMING_QUEUE,
+        );
+    }
+    QueueSettings {
+        incoming,
+        max_dequeue_count: p.number("QUEUE_MAX_DEQUEUE_COUNT", 5, 1, 100),
+        visibility_timeout: Duration::from_secs(p.number("QUEUE_VISIBILITY_TIMEOUT_SECONDS", 300, 1, 7 * 86_400)),
+        retry_delay: Duration::from_secs(p.number("QUEUE_RETRY_DELAY_SECONDS", 5, 0, 3600)),
+    }
+}
+
+fn cross_checks(p: &mut Parser<'_>, s: &Settings) {
+    if s.oauth.federated_credential && s.oauth.provider != OAuthProvider::Entra {
+        p.problem(
+            "OAUTH_FEDERATED_CREDENTIAL",
+            "works only with OAUTH_PROVIDER=entra",
+            "false",
+        );
+    }
+    if s.oauth.client_secret.is_some() && s.oauth.client_certificate_path.is_some() {
+        p.problem(
+            "OAUTH_CLIENT_CERTIFICATE_PATH",
+            "and OAUTH_CLIENT_SECRET are both set; keep one way for the app to authenticate",
+            "unset OAUTH_CLIENT_SECRET once the certificate is in place",
+        );
+    }
+    if s.oauth.grant == OAuthGrant::ClientCredentials && s.oauth.provider == OAuthProvider::B2c {
+        p.problem(
+            "OAUTH_GRANT",
+            "client_credentials is not available with Azure AD B2C user flows",
+            "authorization_code",
+        );
+    }
+    if let Some(redirect) = &s.oauth.redirect_uri {
+        if redirect.fragment().is_some() {
+            p.problem(
+                "OAUTH_REDIRECT_URI",
+                "must not contain a #fragment",
+                "https://<app>.azurewebsites.net/api/callback",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, Vec<Problem>> {
+        Settings::load(&RawSettings::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_from_nothing() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.oauth.provider, OAuthProvider::Entra);
+        assert_eq!(s.oauth.grant, OAuthGrant::AuthorizationCode);
+        assert_eq!(s.truecontext.auth, TrueContextAuth::Bearer);
+        assert_eq!(s.truecontext.base_url.as_str(), DEFAULT_TRUECONTEXT_BASE_URL);
+        assert_eq!(s.store.kind, StoreKind::Local);
+        assert_eq!(s.tokens.refresh_margin, Duration::from_secs(600));
+        assert_eq!(s.queues.max_dequeue_count, 5);
+    }
+
+    #[test]
+    fn development_storage_keeps_the_embedded_store_but_a_real_account_switches() {
+        assert_eq!(
+            load(&[("AzureWebJobsStorage", "UseDevelopmentStorage=true")])
+                .unwrap()
+                .store
+                .kind,
+            StoreKind::Local
+        );
+        let s = load(&[
+            ("AzureWebJobsStorage__accountName", "acct"),
+            ("KEYVAULT_URI", "https://v.vault.azure.net"),
+        ])
+        .unwrap();
+        assert_eq!(s.store.kind, StoreKind::Azure);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_and_names_its_setting() {
+        let problems = load(&[
+            ("OAUTH_PROVIDER", "okta"),
+            ("OAUTH_AUTHORITY", "not a url"),
+            ("OAUTH_REDIRECT_URI", "http://example.com/cb"),
+            ("SYNC_SCHEDULE", "*/5 * * * *"),
+            ("STORE", "azure"),
+            ("TOKEN_REFRESH_MARGIN_SECONDS", "ten"),
+        ])
+        .unwrap_err();
+        let named: Vec<&str> = problems.iter().map(|p| p.setting.as_str()).collect();
+        for setting in [
+            "OAUTH_PROVIDER",
+            "OAUTH_AUTHORITY",
+            "OAUTH_REDIRECT_URI",
+            "SYNC_SCHEDULE",
+            "AzureWebJobsStorage",
+            "KEYVAULT_URI",
+            "TOKEN_REFRESH_MARGIN_SECONDS",
+        ] {
+            assert!(named.contains(&setting), "{setting} missing from {named:?}");
+        }
+        assert!(problems.iter().all(|p| p.example.is_some()));
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_problems_or_debug() {
+        let secret = "sup3r-s3cret-value-that-must-not-leak";
+        let problems = load(&[
+            ("AzureWebJobsStorage", secret),
+            ("LOCAL_STORE_KEY", secret),
+            ("FUNCTION_KEY", "short"),
+            ("WEBHOOK_AUTH", "basic"),
+            ("WEBHOOK_BASIC_USERNAME", "tc"),
+            ("WEBHOOK_BASIC_PASSWORD", "tiny"),
+        ])
+        .unwrap_err();
+        let text = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        assert!(
+            !text.contains(secret) && !text.contains("short") && !text.contains("tiny"),
+            "{text}"
+        );
+        let ok = load(&[("OAUTH_CLIENT_SECRET", secret)]).unwrap();
+        assert!(!format!("{ok:?}").contains(secret));
+    }
+
+    #[test]
+    fn local_settings_fill_only_what_the_environment_lacks() {
+        let mut raw = RawSettings::from_pairs([("SYNC_SCHEDULE", "0 0 * * * *")]);
+        raw.fill_from_local_settings(
+            Path::new("local.settings.json"),
+            r#"{"IsEncrypted":false,"Values":{"SYNC_SCHEDULE":"0 */5 * * * *","OAUTH_CLIENT_ID":"abc"}}"#,
+        );
+        assert_eq!(raw.get("SYNC_SCHEDULE"), Some("0 0 * * * *"));
+        assert_eq!(raw.get("OAUTH_CLIENT_ID"), Some("abc"));
+    }
+
+    #[test]
+    fn a_broken_local_settings_file_is_a_problem() {
+        let mut raw = RawSettings::default();
+        raw.fill_from_local_settings(Path::new("local.settings.json"), "{\"Values\": ");
+        let problems = Settings::load(&raw).unwrap_err();
+        assert!(problems[0].message.contains("not valid JSON"));
+    }
+
+    #[test]
+    fn missing_lists_what_the_connect_flow_needs() {
+        let s = load(&[]).unwrap();
+        let missing: Vec<String> = s.missing().into_iter().map(|p| p.setting).collect();
+        for setting in [
+            "OAUTH_CLIENT_ID",
+            "OAUTH_AUTHORITY",
+            "OAUTH_REDIRECT_URI",
+            "OAUTH_CLIENT_SECRET",
+            "WEBHOOK_AUTH",
+        ] {
+            assert!(missing.iter().any(|m| m == setting), "{setting} not in {missing:?}");
+        }
+        let complete = load(&[
+            ("OAUTH_CLIENT_ID", "id"),
+            ("OAUTH_AUTHORITY", "https://login.microsoftonline.com/t/v2.0"),
+            ("OAUTH_REDIRECT_URI", "https://app.example.com/api/callback"),
+            ("OAUTH_CLIENT_SECRET", "s"),
+            ("WEBHOOK_AUTH", "header"),
+            ("WEBHOOK_HEADER_NAME", "x-api-key"),
+            ("WEBHOOK_HEADER_VALUE", "0123456789abcdef0123"),
+        ])
+        .unwrap();
+        assert!(complete.missing().is_empty(), "{:?}", complete.missing());
+    }
+}

@@ -1,0 +1,187 @@
+//! The handlers: what each function does, independent of how the request arrived.
+//!
+//! The front doors ([`crate::host`] for the Functions host's envelopes, [`crate::standalone`]
+//! for plain HTTP) translate their input into [`HttpRequest`], [`TimerInfo`] or
+//! [`QueueInput`], call [`App`], and translate the result back. Nothing in here knows about
+//! envelopes or sockets.
+
+mod status;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::functions::{Function, Trigger};
+use crate::store::Stores;
+
+pub use status::StatusReport;
+
+/// How this process was started; reported by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `tcbridge serve`, behind the Functions host.
+    Functions,
+    /// `tcbridge serve --standalone`.
+    Standalone,
+    /// A CLI command.
+    Cli,
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    pub stores: Stores,
+    pub mode: Mode,
+    pub started: Instant,
+}
+
+/// An HTTP request as both front doors can describe it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    /// Query parameters in order; repeated keys stay repeated.
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP response. The body is text because the host's JSON protocol cannot carry bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(status: StatusCode, value: &impl Serialize) -> Self {
+        let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into());
+        Self {
+            status,
+            headers: vec![
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                ),
+                (axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            body,
+        }
+    }
+
+    /// A JSON error body: `{"error": {"code": ..., "message": ...}}`.
+    pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self::json(
+            status,
+            &serde_json::json!({ "error": { "code": code, "message": message.into() } }),
+        )
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// The timer trigger's payload, as the host sends it (`ScheduleStatus` may be absent).
+#[derive(Debug, Clone, Default)]
+pub struct TimerInfo {
+    pub is_past_due: bool,
+    pub last: Option<DateTime<Utc>>,
+    pub next: Option<DateTime<Utc>>,
+}
+
+/// A queue message handed to a handler.
+#[derive(Debug, Clone)]
+pub struct QueueInput {
+    pub id: String,
+    pub dequeue_count: u32,
+    pub body: String,
+}
+
+/// Why a timer or queue invocation failed. The front door reports it (host: a non-2xx reply,
+/// so the host retries and poisons; standalone: redelivery with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error("invalid message: {0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl App {
+    pub fn new(settings: Arc<Settings>, stores: Stores, mode: Mode) -> Self {
+        Self {
+            settings,
+            stores,
+            mode,
+            started: Instant::now(),
+        }
+    }
+
+    /// Answers an HTTP-triggered function. Authentication of the caller by function key is
+    /// the front door's job (the host does it in Azure); everything else happens here.
+    pub async fn http(&self, function: &Function, request: HttpRequest) -> HttpResponse {
+        let Trigger::Http { methods, .. } = function.trigger else {
+            return HttpResponse::error(
+                StatusCode::NOT_FOUND,
+                "not_http",
+                format!("{} is not an HTTP function", function.name),
+            );
+        };
+        if !methods.iter().any(|m| request.method.as_str().eq_ignore_ascii_case(m)) {
+            let allow = HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static("GET"));
+            return HttpResponse::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} accepts {}", function.name, methods.join(" and ")),
+            )
+            .with_header(axum::http::header::ALLOW, allow);
+        }
+        match function.name {
+            "status" => status::respond(self).await,
+            name => HttpResponse::error(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_available",
+                format!("the {name} function is not available in this version of truecontext-bridge"),
+            ),
+        }
+    }
+
+    /// Runs a timer-triggered function.
+    pub async fn timer(&self, function: &Function, info: TimerInfo) -> Result<(), InvocationError> {
+        match function.name {
+            "sync" => sync::run(self, info).await,
+            name => Err(InvocationError::Unavailable(format!("{name} is not a timer function"))),
+        }
+    }
+
+    /// Runs a queue-triggered function.
+    pub async fn queue(&self, function: &Function, input: QueueInput) -> Result<(), InvocationError> {
+        match function.name {
+            "process" => {
+                serde_json::from_str::<serde_json::Value>(&input.body)
+                    .map_err(|e| InvocationError::InvalidInput(format!("message {} is not JSON: {e}", input.id)))?;
+                Err(InvocationError::Unavailable(
+                    "submission processing is not available in this version of truecontext-bridge".into(),
+                ))
+            }
+            name => Err(InvocationError::Unavailable(format!("{name} is not a queue function"))),
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The custom-handler front door: `tcbridge serve` behind the Azure Functions host.
+//!
+//! The host polls `GET /` until it gets any answer, then posts one JSON envelope per
+//! invocation to `POST /<FunctionName>` and expects `200 application/json` with
+//! `{"Outputs": {...}, "Logs": [...], "ReturnValue": ...}`. The shapes and quirks handled here
+//! (double-encoded strings, header arrays, comma-joined query values, base64 bodies, a null
+//! `ScheduleStatus`) are documented in `shared/reference/azure-functions-custom-handler.md`.
+//!
+//! A reply other than 2xx fails the invocation (the host then retries a queue message and
+//! poisons it after `maxDequeueCount`), so we answer non-2xx exactly when the invocation
+//! failed: an unknown function (404), an envelope we cannot read (400), a timer or queue
+//! handler error (500). An HTTP function's own errors are 200 envelopes whose `res` carries
+//! the 4xx/5xx for the caller.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::functions::{self, Function, Trigger, HTTP_OUTPUT};
+use crate::handlers::{App, HttpRequest, HttpResponse, InvocationError, QueueInput, TimerInfo};
+use crate::telemetry::InvocationLogs;
+
+#[derive(Clone)]
+struct HostState {
+    app: App,
+    envelope_limit: usize,
+}
+
+pub fn router(app: App) -> Router {
+    let envelope_limit = envelope_limit(app.settings.max_request_body_bytes);
+    Router::new()
+        .route("/", get(ready).head(ready))
+        .route("/{function}", post(invoke))
+        .fallback(not_found)
+        // The limit is enforced in `invoke`, with an error the caller can read.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(HostState { app, envelope_limit })
+}
+
+/// The largest envelope we read: the largest request body, base64-inflated, plus headroom for
+/// the rest of the envelope.
+pub fn envelope_limit(max_body: usize) -> usize {
+    max_body / 3 * 4 + 4 + 1024 * 1024
+}
+
+/// The readiness probe: the host polls this every 25 ms at start-up. It must be instant.
+async fn ready() -> Response {
+    reply(StatusCode::OK, json!({ "ready": true }))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    reply(
+        StatusCode::NOT_FOUND,
+        error_body(
+            "not_found",
+            format!(
+                "{method} {} is not a route; the host posts invocations to /<FunctionName>",
+                uri.path()
+            ),
+        ),
+    )
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+fn error_body(code: &str, message: String) -> Value {
+    json!({ "Outputs": {}, "Logs": [format!("error: {message}")], "ReturnValue": null,
+            "error": { "code": code, "message": message } })
+}
+
+async fn invoke(State(state): State<HostState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let app = state.app;
+    let Some(function) = functions::by_name(&name) else {
+        tracing::warn!(function = %name, "invocation for an unknown function");
+        return reply(
+            StatusCode::NOT_FOUND,
+            error_body(
+                "unknown_function",
+                format!("no function named {name:?}; this app has {}", functions::names()),
+            ),
+        );
+    };
+    let body = match axum::body::to_bytes(body, state.envelope_limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            let message = format!(
+                "the invocation envelope is over {} bytes (the limit follows MAX_REQUEST_BODY_BYTES)",
+                state.envelope_limit
+            );
+            tracing::warn!(function = function.name, "{message}");
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, error_body("envelope_too_large", message));
+        }
+    };
+    let invocation_id = headers
+        .get("x-azure-functions-invocationid")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let envelope: Envelope = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => match Envelope::from_json(map) {
+            Ok(envelope) => envelope,
+            Err(e) => return bad_envelope(function, e),
+        },
+        Ok(_) => {
+            return bad_envelope(
+                function,
+                "the envelope must be a JSON object with Data and Metadata".into(),
+            )
+        }
+        Err(e) => return bad_envelope(function, format!("the envelope is not valid JSON: {e}")),
+    };
+    let logs = InvocationLogs::default();
+    let span = tracing::info_span!("invocation", function = function.name, invocation_id = %invocation_id);
+    let outcome = logs
+        .capture(tracing::Instrument::instrument(
+            dispatch(&app, function, envelope),
+            span,
+        ))
+        .await;
+    let lines = logs.take();
+    match outcome {
+        Ok(outputs) => reply(
+            StatusCode::OK,
+            json!({ "Outputs": outputs, "Logs": lines, "ReturnValue": null }),
+        ),
+        Err(Failure::BadEnvelope(message)) => bad_envelope(function, message),
+        Err(Failure::Handler(e)) => {
+            tracing::error!(function = function.name, error = %e, "invocation failed");
+            let mut body = error_body("invocation_failed", e.to_string());
+            body["Logs"] = Value::from(lines);
+            reply(StatusCode::INTERNAL_SERVER_ERROR, body)
+        }
+    }
+}
+
+fn bad_envelope(function: &Function, message: String) -> Response {
+    tracing::warn!(function = function.name, error = %message, "unreadable invocation envelope");
+    reply(
+        StatusCode::BAD_REQUEST,
+        error_body("invalid_envelope", format!("{}: {message}", function.name)),
+    )
+}
+
+enum Failure {
+    BadEnvelope(String),
+    Handler(InvocationError),
+}
+
+async fn dispatch(app: &App, function: &'static Function, envelope: Envelope) -> Result<Value, Failure> {
+    let data = envelope.data.get(function.binding);
+    match function.trigger {
+        Trigger::Http { .. } => {
+            let request = decode_http(data, app.settings.max_request_body_bytes).map_err(Failure::BadEnvelope)?;
+            let response = match request {
+                Ok(request) => app.http(function, request).await,
+                Err(too_large) => too_large,
+            };
+            Ok(json!({ HTTP_OUTPUT: encode_http(&response) }))
+        }
+        Trigger::Timer => {
+            let info = decode_timer(data).map_err(Failure::BadEnvelope)?;
+            app.timer(function, info).await.map_err(Failure::Handler)?;
+            Ok(json!({}))
+        }
+        Trigger::Queue => {
+            let input = decode_queue(data, &envelope.metadata).map_err(Failure::BadEnvelope)?;
+            app.queue(function, input).await.map_err(Failure::Handler)?;
+            Ok(json!({}))
+        }
+    }
+}
+
+/// The invocation envelope: `Data` keyed by binding name, `Metadata` with the trigger's
+/// binding data. Top-level names are matched case-insensitively, as the host's serializer does.
+#[derive(Debug, Default)]
+struct Envelope {
+    data: Map<String, Value>,
+    metadata: Map<String, Value>,
+}
+
+impl Envelope {
+    fn from_json(map: Map<String, Value>) -> Result<Self, String> {
+        let mut envelope = Envelope::default();
+        for (key, value) in map {
+            let slot = match key.to_ascii_lowercase().as_str() {
+                "data" => &mut envelope.data,
+                "metadata" => &mut envelope.metadata,
+                _ => continue,
+            };
+            match value {
+                Value::Object(inner) => *slot = inner,
+                Value::Null => {}
+                other => return Err(format!("{key} must be an object, not {}", kind(&other))),
+            }
+        }
+        Ok(envelope)
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Unwraps the host's double encoding: `"\"abc\""` is `abc`, `"4"` is `4`; plain text stays.
+pub fn unwrap_host_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::String(inner)) => Some(inner),
+            Ok(Value::Number(n)) => Some(n.to_string()),
+            Ok(Value::Bool(b)) => Some(b.to_string()),
+            _ => Some(s.clone()),
+        },
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Looks a key up case-insensitively (the host's serializer is PascalCase, stand-ins vary).
+fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.get(name)
+        .or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+type HttpDecode = Result<HttpRequest, HttpResponse>;
+
+/// Reads `Data.req`. `Ok(Err(response))` when the request itself is unacceptable (too large)
+/// and the caller should get that response; `Err` when the envelope is malformed.
+fn decode_http(data: Option<&Value>, max_body: usize) -> Result<HttpDecode, String> {
+    let Some(Value::Object(req)) = data else {
+        return Err("Data.req is missing or not an object".into());
+    };
+    let method_text = field(req, "Method")
+        .and_then(Value::as_str)
+        .ok_or("Data.req.Method is missing or not a string")?;
+    let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("Data.req.Method {method_text:?} is not an HTTP method"))?;
+    let headers = decode_headers(field(req, "Headers"))?;
+    let query = decode_query(field(req, "Url"), field(req, "Query"))?;
+    let body = match field(req, "Body") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(text)) => {
+            if is_base64_content(&headers) {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| format!("Data.req.Body should be base64 for this content type: {e}"))?
+            } else {
+                text.clone().into_bytes()
+            }
+        }
+        // Some stand-ins send a JSON body as an object rather than as text.
+        Some(other @ (Value::Object(_) | Value::Array(_))) => other.to_string().into_bytes(),
+        Some(other) => return Err(format!("Data.req.Body must be a string, not {}", kind(other))),
+    };
+    if body.len() > max_body {
+        return Ok(Err(HttpResponse::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body is {} bytes; the limit is {max_body} (MAX_REQUEST_BODY_BYTES)",
+                body.len()
+            ),
+        )));
+    }
+    Ok(Ok(HttpRequest {
+        method,
+        query,
+        headers,
+        body,
+    }))
+}
+
+fn decode_headers(value: Option<&Value>) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    let Some(value) = value else { return Ok(headers) };
+    let Value::Object(map) = value else {
+        return Err(format!("Data.req.Headers must be an object, not {}", kind(value)));
+    };
+    for (name, values) in map {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            return Err(format!("Data.req.Headers has an invalid header name {name:?}"));
+        };
+        let values: Vec<&str> = match values {
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            Value::String(s) => vec![s.as_str()],
+            other => {
+                return Err(format!(
+                    "Data.req.Headers.{name} must be an array of strings, not {}",
+                    kind(other)
+                ))
+            }
+        };
+        for v in values {
+            let v = HeaderValue::from_str(v).map_err(|_| format!("Data.req.Headers.{name} has an invalid value"))?;
+            headers.append(name.clone(), v);
+        }
+    }
+    Ok(headers)
+}
+
+/// The query from the raw `Url` when it has one (repeated keys survive there), else from the
+/// `Query` object (where the host has already joined repeated keys with commas).
+fn decode_query(url: Option<&Value>, query: Option<&Value>) -> Result<Vec<(String, String)>, String> {
+    if let Some(Value::String(url)) = url {
+        if let Some((_, raw)) = url.split_once('?') {
+            let raw = raw.split('#').next().unwrap_or("");
+            return Ok(url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect());
+        }
+    }
+    match query {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => Ok(map
+            .iter()
+            .filter_map(|(k, v)| {
+                unwrap_host_string(v)
+                    .or_else(|| v.as_array().map(|_| v.to_string()))
+                    .map(|v| (k.clone(), v))
+            })
+            .collect()),
+        // Hosts before 3.0.14785 sent the query as a JSON string.
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(inner @ Value::Object(_)) => decode_query(None, Some(&inner)),
+            _ => Err("Data.req.Query is a string that is not a JSON object".into()),
+        },
+        Some(other) => Err(format!("Data.req.Query must be an object, not {}", kind(other))),
+    }
+}
+
+/// The host sends octet-stream and multipart bodies base64-encoded, everything else as text.
+fn is_base64_content(headers: &HeaderMap) -> bool {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    content_type.starts_with("application/octet-stream") || content_type.starts_with("multipart/")
+}
+
+/// `Outputs.res`: status as a number, headers as single strings (the host cannot carry
+/// repeated headers, so repeats are joined, except `Set-Cookie` which cannot be joined).
+fn encode_http(response: &HttpResponse) -> Value {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &response.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match headers.get_mut(name.as_str()) {
+            Some(_) if name == header::SET_COOKIE => {
+                tracing::warn!("a second Set-Cookie header was dropped: the host carries one per response");
+            }
+            Some(existing) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            None => {
+                headers.insert(display_header_name(name), value);
+            }
+        }
+    }
+    json!({ "statusCode": response.status.as_u16(), "headers": headers, "body": response.body })
+}
+
+/// `content-type` → `Content-Type`, as clients and the host's special cases expect.
+fn display_header_name(name: &HeaderName) -> String {
+    name.as_str()
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn decode_timer(data: Option<&Value>) -> Result<TimerInfo, String> {
+    let timer = match data {
+        None | Some(Value::Null) => return Ok(TimerInfo::default()),
+        Some(Value::Object(map)) => map.clone(),
+        // Be lenient with a stand-in that double-encodes the object too.
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err("Data.timer is a string that is not a JSON object".into()),
+        },
+        Some(other) => return Err(format!("Data.timer must be an object, not {}", kind(other))),
+    };
+    let is_past_due = match field(&timer, "IsPastDue") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => match unwrap_host_string(v).as_deref() {
+            Some("true") | Some("True") => true,
+            Some("false") | Some("False") => false,
+            _ => return Err("Data.timer.IsPastDue must be a boolean".into()),
+        },
+    };
+    let (last, next) = match field(&timer, "ScheduleStatus") {
+        Some(Value::Object(status)) => (host_time(field(status, "Last")), host_time(field(status, "Next"))),
+        _ => (None, None),
+    };
+    Ok(TimerInfo {
+        is_past_due,
+        last,
+        next,
+    })
+}
+
+/// .NET date-times: 7-digit fractions, `Z`, an offset or none (taken as UTC); `0001-01-01`
+/// means "never".
+fn host_time(value: Option<&Value>) -> Option<DateTime<Utc>> {
+    let text = unwrap_host_string(value?)?;
+    let parsed = DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .ok()?;
+    (parsed.timestamp() > 0).then_some(parsed)
+}
+
+fn decode_queue(data: Option<&Value>, metadata: &Map<String, Value>) -> Result<QueueInput, String> {
+    let body = match data {
+        None | Some(Value::Null) => return Err("Data.msg is missing".into()),
+        Some(Value::String(text)) => queue_text(text)?,
+        Some(other @ (Value::Object(_) | Value::Array(_))) => other.to_string(),
+        Some(other) => unwrap_host_string(other).unwrap_or_default(),
+    };
+    let dequeue_count = match field(metadata, "DequeueCount") {
+        None | Some(Value::Null) => 1,
+        Some(v) => unwrap_host_string(v)
+            .and_then(|s| s.parse::<u32>().ok())
+            .ok_or("Metadata.DequeueCount must be a whole number")?,
+    };
+    let id = field(metadata, "Id")
+        .and_then(unwrap_host_string)
+        .unwrap_or_else(|| "-".into());
+    Ok(QueueInput {
+        id,
+        dequeue_count,
+        body,
+    })
+}
+
+/// A queue message arrives double-encoded (`"\"text\""`) by default, or as base64 with
+/// `dataType: binary`; a JSON string literal is the former, anything else the latter.
+fn queue_text(text: &str) -> Result<String, String> {
+    if let Ok(Value::String(inner)) = serde_json::from_str::<Value>(text) {
+        return Ok(inner);
+    }
+    match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| "Data.msg decodes to bytes that are not UTF-8 text".into()),
+        // Neither form: a stand-in that sent the text as is.
+        Err(_) => Ok(text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwraps_double_encoding() {
+        assert_eq!(unwrap_host_string(&json!("\"abc\"")).as_deref(), Some("abc"));
+        assert_eq!(unwrap_host_string(&json!("4")).as_deref(), Some("4"));
+        assert_eq!(unwrap_host_string(&json!("plain")).as_deref(), Some("plain"));
+        assert_eq!(unwrap_host_string(&json!(7)).as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn queue_text_in_both_encodings() {
+        assert_eq!(queue_text("\"{\\\"a\\\":1}\"").unwrap(), "{\"a\":1}");
+        assert_eq!(queue_text("eyJhIjoxfQ==").unwrap(), "{\"a\":1}");
+    }
+
+    #[test]
+    fn host_times_in_dotnet_shapes() {
+        for text in [
+            "2026-11-23T10:00:00.1234567+00:00",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:00:00.1234567",
+        ] {
+            assert!(host_time(Some(&json!(text))).is_some(), "{text}");
+        }
+        assert_eq!(host_time(Some(&json!("0001-01-01T00:00:00"))), None);
+    }
+
+    #[test]
+    fn header_names_are_shown_in_their_usual_case() {
+        assert_eq!(display_header_name(&header::CONTENT_TYPE), "Content-Type");
+        assert_eq!(display_header_name(&header::SET_COOKIE), "Set-Cookie");
+    }
+}

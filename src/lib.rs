@@ -1,0 +1,12 @@
+//! truecontext-bridge: an Azure Functions custom handler that connects TrueContext to Azure.
+//! See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod functions;
+pub mod handlers;
+pub mod host;
+pub mod schedule;
+pub mod secret;
+pub mod standalone;
+pub mod store;
+pub mod telemetry;

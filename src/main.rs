@@ -1,0 +1,264 @@
+//! `tcbridge`: the one binary. `serve` behind the Functions host, `serve --standalone` on its
+//! own, and the operator commands. Errors surface here as `anyhow` with plain-words context.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use truecontext_bridge::config::{RawSettings, Settings};
+use truecontext_bridge::functions::{self, Trigger};
+use truecontext_bridge::handlers::{App, Mode, StatusReport};
+use truecontext_bridge::telemetry::{self, Output};
+use truecontext_bridge::{host, standalone, store};
+
+#[derive(Parser)]
+#[command(
+    name = "tcbridge",
+    version,
+    about = "TrueContext ⇄ Azure bridge: an Azure Functions custom handler"
+)]
+struct Cli {
+    /// The local settings file whose `Values` fill in settings the environment lacks.
+    #[arg(long, global = true, value_name = "FILE")]
+    settings: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the functions: behind the Functions host (default) or on its own (--standalone).
+    Serve {
+        /// Serve plain HTTP under /api/... and run the timer and the queue in-process.
+        #[arg(long)]
+        standalone: bool,
+        /// Standalone port (default 7071).
+        #[arg(long, requires = "standalone")]
+        port: Option<u16>,
+        /// Standalone listen address (default 127.0.0.1).
+        #[arg(long, requires = "standalone")]
+        address: Option<IpAddr>,
+    },
+    /// Print the status report as JSON; exit 1 when something needs attention.
+    Status,
+    /// Validate the configuration and say in plain words what is missing or wrong.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let raw = RawSettings::from_environment(cli.settings.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Check => check(&raw).await,
+            Command::Status => status(&raw).await,
+            Command::Serve { standalone: false, .. } => serve_host(&raw).await,
+            Command::Serve {
+                standalone: true,
+                port,
+                address,
+            } => serve_standalone(&raw, port, address).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line.
+            tracing::error!("{e:#}");
+            eprintln!("error: {}", telemetry::redact(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Settings or a readable list of what is wrong with them.
+fn load_settings(raw: &RawSettings) -> anyhow::Result<Arc<Settings>> {
+    match Settings::load(raw) {
+        Ok(settings) => {
+            for secret in [
+                &settings.oauth.client_secret,
+                &settings.function_key,
+                &settings.store.local_key,
+                &settings.store.azure.connection_string,
+                &settings.truecontext.api_key_secret,
+                &settings.webhook.basic_password,
+                &settings.webhook.header_value,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                telemetry::register_secret(secret);
+            }
+            Ok(Arc::new(settings))
+        }
+        Err(problems) => {
+            let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+            bail!(
+                "the configuration has {} problem(s):\n{}",
+                problems.len(),
+                list.join("\n")
+            )
+        }
+    }
+}
+
+fn open_app(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<App> {
+    let stores = store::open(&settings.store).context("cannot open the store")?;
+    Ok(App::new(settings, stores, mode))
+}
+
+async fn check(raw: &RawSettings) -> anyhow::Result<ExitCode> {
+    telemetry::init(truecontext_bridge::config::LogFormat::Text, Output::Stderr);
+    let (settings, mut problems) = match Settings::load(raw) {
+        Ok(settings) => (Some(settings), Vec::new()),
+        Err(problems) => (None, problems),
+    };
+    if let Some(settings) = &settings {
+        problems.extend(settings.missing());
+        if let Err(e) = store::open(&settings.store) {
+            problems.push(truecontext_bridge::config::Problem {
+                setting: "STORE".into(),
+                message: format!("the store cannot be opened: {e}"),
+                example: None,
+            });
+        }
+    }
+    if problems.is_empty() {
+        let s = settings.as_ref().expect("no problems means settings loaded");
+        println!("configuration OK");
+        println!("  OAUTH_PROVIDER    {:?}", s.oauth.provider);
+        println!("  OAUTH_GRANT       {:?}", s.oauth.grant);
+        println!("  STORE             {:?}", s.store.kind);
+        println!("  SYNC_SCHEDULE     {}", s.sync_schedule.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("the configuration has {} problem(s):", problems.len());
+    for problem in &problems {
+        println!("  - {}", telemetry::redact(&problem.to_string()));
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+async fn status(raw: &RawSettings) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let app = open_app(settings, Mode::Cli)?;
+    let report = StatusReport::gather(&app)
+        .await
+        .context("cannot read the status from the store")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
+    let port = raw
+        .get("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .or_else(|| raw.get("FUNCTIONS_HTTPWORKER_PORT"))
+        .context("FUNCTIONS_CUSTOMHANDLER_PORT is not set: `tcbridge serve` runs under the Functions host; use `tcbridge serve --standalone` to run on its own")?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("FUNCTIONS_CUSTOMHANDLER_PORT {port:?} is not a port number"))?;
+    // Bind before anything else: the host's readiness probe starts at once.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stdout);
+    let app = open_app(settings, Mode::Functions)?;
+    tracing::info!(port, store = ?app.stores.kind, "custom handler listening on 127.0.0.1:{port}");
+    axum::serve(listener, host::router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<IpAddr>) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stdout);
+    let app = open_app(settings.clone(), Mode::Standalone)?;
+    let addr = SocketAddr::new(address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port.unwrap_or(7071));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let (key, generated) = standalone::function_key(settings.function_key.as_ref(), &app.stores)
+        .await
+        .context("cannot read or create the standalone function key")?;
+    if generated {
+        // Shown once, on the terminal only; later starts reuse the stored key.
+        println!("A function key was generated for this standalone server and kept in the store.");
+        println!("Pass it as the x-functions-key header or ?code= on /api/authorize and /api/status:");
+        println!("    {}", key.expose());
+    } else if settings.function_key.is_none() {
+        println!("Using the function key generated on an earlier start (set FUNCTION_KEY to choose one).");
+    }
+    telemetry::register_secret(&key);
+    let local_addr = listener.local_addr()?;
+    println!(
+        "truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {:?})",
+        app.stores.kind
+    );
+    tracing::info!(%local_addr, "standalone server started");
+
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for function in functions::FUNCTIONS {
+        match function.trigger {
+            Trigger::Timer => workers.push(tokio::spawn(standalone::run_timer(
+                app.clone(),
+                function,
+                settings.sync_schedule.clone(),
+                stop.clone(),
+            ))),
+            Trigger::Queue => {
+                let worker = standalone::QueueWorker::for_function(app.clone(), function);
+                workers.push(tokio::spawn(worker.run(app.stores.queues.clone(), stop.clone())));
+            }
+            Trigger::Http { .. } => {}
+        }
+    }
+    let served = axum::serve(listener, standalone::router(app, key))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    stop.cancel();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,131 @@
+//! Timer schedules as the Functions host reads them: a six-field NCRONTAB expression
+//! (`sec min hour day month day-of-week`, UTC) or a `hh:mm:ss` interval.
+//!
+//! Parsing uses `croner` with seconds required and day-of-month AND day-of-week, which is
+//! how NCRONTAB (the library the host uses) combines them, unlike Vixie cron's OR.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron { expression: String, cron: Box<Cron> },
+    Interval(Duration),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ScheduleError(String);
+
+impl FromStr for Schedule {
+    type Err = ScheduleError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if let Some(interval) = parse_interval(text) {
+            return interval;
+        }
+        let fields = text.split_whitespace().count();
+        if fields != 6 {
+            return Err(ScheduleError(format!(
+                "expected six fields (second minute hour day month day-of-week) or hh:mm:ss, found {fields} field(s)"
+            )));
+        }
+        let cron = Cron::new(text)
+            .with_seconds_required()
+            .with_dom_and_dow()
+            .parse()
+            .map_err(|e| ScheduleError(format!("not a valid NCRONTAB expression: {e}")))?;
+        Ok(Schedule::Cron {
+            expression: text.to_owned(),
+            cron: Box::new(cron),
+        })
+    }
+}
+
+/// `hh:mm:ss` (or `d.hh:mm:ss`), the TimeSpan form of a timer schedule.
+fn parse_interval(text: &str) -> Option<Result<Schedule, ScheduleError>> {
+    if !text.contains(':') || text.contains(' ') {
+        return None;
+    }
+    let (days, rest) = match text.split_once('.') {
+        Some((d, rest)) => (d.parse::<u64>().ok()?, rest),
+        None => (0, text),
+    };
+    let parts: Vec<u64> = rest.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = parts[..] else { return None };
+    if h > 23 || m > 59 || s > 59 {
+        return Some(Err(ScheduleError(format!("{text:?} is not a valid hh:mm:ss interval"))));
+    }
+    let secs = days * 86_400 + h * 3600 + m * 60 + s;
+    if secs == 0 {
+        return Some(Err(ScheduleError("an interval of zero would run continuously".into())));
+    }
+    Some(Ok(Schedule::Interval(Duration::from_secs(secs))))
+}
+
+impl Schedule {
+    /// The first occurrence strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Cron { cron, .. } => cron.find_next_occurrence(&after, false).ok(),
+            Schedule::Interval(every) => Some(after + chrono::TimeDelta::from_std(*every).ok()?),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Cron { expression, .. } => expression.clone(),
+            Schedule::Interval(every) => format!("every {}s", every.as_secs()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, h, m, s).unwrap()
+    }
+
+    #[test]
+    fn six_field_ncrontab() {
+        let every_five_minutes: Schedule = "0 */5 * * * *".parse().unwrap();
+        assert_eq!(every_five_minutes.next_after(at(10, 2, 30)), Some(at(10, 5, 0)));
+        assert_eq!(every_five_minutes.next_after(at(10, 5, 0)), Some(at(10, 10, 0)));
+        let every_second: Schedule = "* * * * * *".parse().unwrap();
+        assert_eq!(every_second.next_after(at(1, 1, 1)), Some(at(1, 1, 2)));
+    }
+
+    #[test]
+    fn sunday_is_zero_and_day_fields_combine_with_and() {
+        // 2026-11-23 is a Monday. "day 1 and Sunday": NCRONTAB needs both, so the next match is
+        // a 1st that falls on a Sunday (2027-08-01), not the next 1st or the next Sunday.
+        let s: Schedule = "0 0 0 1 * 0".parse().unwrap();
+        assert_eq!(
+            s.next_after(at(0, 0, 0)),
+            Some(Utc.with_ymd_and_hms(2027, 8, 1, 0, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn timespan_interval() {
+        let s: Schedule = "00:05:00".parse().unwrap();
+        assert_eq!(s.next_after(at(10, 0, 0)), Some(at(10, 5, 0)));
+        assert!("00:00:00".parse::<Schedule>().is_err());
+        assert!("25:00:00".parse::<Schedule>().is_err());
+    }
+
+    #[test]
+    fn five_field_unix_cron_is_refused_with_a_reason() {
+        let err = "*/5 * * * *".parse::<Schedule>().unwrap_err();
+        assert!(err.0.contains("six fields"), "{err}");
+        assert!("0 */5 * * * * *".parse::<Schedule>().is_err());
+        assert!("0 61 * * * *".parse::<Schedule>().is_err());
+    }
+}

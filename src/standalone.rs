@@ -1,0 +1,288 @@
+//! The standalone front door: `tcbridge serve --standalone`, the same handlers as plain HTTP
+//! under `/api/...`, with the `sync` timer and the `process` queue run in-process.
+//!
+//! It plays the host's part: routes are matched case-insensitively, and routes whose
+//! `function.json` says `authLevel: function` require the function key (`x-functions-key`
+//! header or `code` query parameter), compared in constant time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::functions::{self, AuthLevel, Function, Trigger};
+use crate::handlers::{App, HttpRequest, HttpResponse, InvocationError, QueueInput, TimerInfo};
+use crate::schedule::Schedule;
+use crate::secret::SecretString;
+use crate::store::{QueueStore, StoreError, Stores};
+
+/// The secret-store name under which a generated standalone function key is kept.
+pub const FUNCTION_KEY_SECRET: &str = "standalone-function-key";
+
+#[derive(Clone)]
+struct Standalone {
+    app: App,
+    function_key: SecretString,
+}
+
+pub fn router(app: App, function_key: SecretString) -> Router {
+    Router::new()
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(Standalone { app, function_key })
+}
+
+/// The key that function-level routes require: `FUNCTION_KEY` when set; otherwise the one
+/// generated on an earlier start and kept in the secret store; otherwise a new random one,
+/// kept and announced once on the terminal (returned as `true`).
+pub async fn function_key(
+    configured: Option<&SecretString>,
+    stores: &Stores,
+) -> Result<(SecretString, bool), StoreError> {
+    if let Some(key) = configured {
+        return Ok((key.clone(), false));
+    }
+    if let Some(stored) = stores.secrets.get(FUNCTION_KEY_SECRET, None).await? {
+        return Ok((stored.value, false));
+    }
+    use base64::Engine;
+    let key = SecretString::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
+    stores.secrets.set(FUNCTION_KEY_SECRET, &key).await?;
+    // Two instances starting at once may both generate one; the latest version wins for both.
+    let winner = stores
+        .secrets
+        .get(FUNCTION_KEY_SECRET, None)
+        .await?
+        .map(|v| v.value)
+        .unwrap_or(key);
+    Ok((winner, true))
+}
+
+async fn handle(State(state): State<Standalone>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let route = path
+        .strip_prefix("/api/")
+        .or_else(|| path.strip_prefix("/API/"))
+        .map(|r| r.trim_end_matches('/'));
+    let Some(function) = route.and_then(functions::by_route) else {
+        return to_axum(HttpResponse::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no function is served at {path}"),
+        ));
+    };
+    let Trigger::Http { auth, .. } = function.trigger else {
+        unreachable!("by_route finds HTTP functions only")
+    };
+    let (parts, body) = request.into_parts();
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if auth == AuthLevel::Function && !key_matches(&state.function_key, &parts.headers, &query) {
+        tracing::warn!(function = function.name, "request without a valid function key refused");
+        return to_axum(HttpResponse::error(
+            StatusCode::UNAUTHORIZED,
+            "function_key_required",
+            "this route needs the function key, as the x-functions-key header or the code query parameter",
+        ));
+    }
+    let limit = state.app.settings.max_request_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes.to_vec(),
+        Err(_) => {
+            return to_axum(HttpResponse::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is over {limit} bytes (MAX_REQUEST_BODY_BYTES)"),
+            ))
+        }
+    };
+    let request = HttpRequest {
+        method: parts.method,
+        query,
+        headers: parts.headers,
+        body,
+    };
+    let span = tracing::info_span!("request", function = function.name);
+    to_axum(tracing::Instrument::instrument(state.app.http(function, request), span).await)
+}
+
+fn key_matches(key: &SecretString, headers: &axum::http::HeaderMap, query: &[(String, String)]) -> bool {
+    let from_header = headers.get("x-functions-key").and_then(|v| v.to_str().ok());
+    let from_query = query.iter().find(|(k, _)| k == "code").map(|(_, v)| v.as_str());
+    // Evaluate both, so timing does not tell which one was tried.
+    let header_ok = from_header.is_some_and(|v| key.ct_eq(v));
+    let query_ok = from_query.is_some_and(|v| key.ct_eq(v));
+    header_ok | query_ok
+}
+
+fn to_axum(response: HttpResponse) -> Response {
+    let mut out = Response::new(Body::from(response.body));
+    *out.status_mut() = response.status;
+    for (name, value) in response.headers {
+        out.headers_mut().append(name, value);
+    }
+    if !out.headers().contains_key(header::CONTENT_TYPE) {
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    out
+}
+
+/// Runs `function` on `schedule` until `stop` fires. A run that overlaps the next tick skips
+/// it (the next run starts at the first tick after the current one ends), and a tick more
+/// than a minute late is reported as past due, as the host does.
+pub async fn run_timer(app: App, function: &'static Function, schedule: Schedule, stop: CancellationToken) {
+    let mut last = None;
+    loop {
+        let Some(next) = schedule.next_after(Utc::now()) else {
+            tracing::warn!(
+                function = function.name,
+                "the schedule has no further occurrence; timer stopped"
+            );
+            return;
+        };
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let late = Utc::now() - next;
+        let info = TimerInfo {
+            is_past_due: late > chrono::TimeDelta::minutes(1),
+            last,
+            next: schedule.next_after(next),
+        };
+        if let Err(e) = app.timer(function, info).await {
+            tracing::error!(function = function.name, error = %e, "timer invocation failed");
+        }
+        last = Some(next);
+    }
+}
+
+type QueueHandler =
+    Arc<dyn Fn(QueueInput) -> Pin<Box<dyn Future<Output = Result<(), InvocationError>> + Send>> + Send + Sync>;
+
+/// How the in-process queue listener behaves; defaults mirror the host's queue extension.
+#[derive(Clone)]
+pub struct QueueWorker {
+    pub queue: String,
+    /// Deliveries before a message moves to `<queue>-poison`.
+    pub max_dequeue_count: u32,
+    /// How long a message stays hidden while a handler works on it.
+    pub visibility_timeout: Duration,
+    /// First retry delay after a failure; doubles per delivery, capped at the visibility timeout.
+    pub retry_delay: Duration,
+    /// How long to wait when the queue is empty.
+    pub idle_poll: Duration,
+    pub handler: QueueHandler,
+}
+
+impl QueueWorker {
+    /// The worker for a queue function of `app`.
+    pub fn for_function(app: App, function: &'static Function) -> Self {
+        let settings = &app.settings.queues;
+        let (queue, max_dequeue_count, visibility_timeout) = (
+            settings.incoming.clone(),
+            settings.max_dequeue_count,
+            settings.visibility_timeout,
+        );
+        let retry_delay = settings.retry_delay;
+        let handler: QueueHandler = Arc::new(move |input| {
+            let app = app.clone();
+            Box::pin(async move { app.queue(function, input).await })
+        });
+        Self {
+            queue,
+            max_dequeue_count,
+            visibility_timeout,
+            retry_delay,
+            idle_poll: Duration::from_millis(500),
+            handler,
+        }
+    }
+
+    pub fn poison_queue(&self) -> String {
+        format!("{}-poison", self.queue)
+    }
+
+    /// Polls until `stop` fires.
+    pub async fn run(self, queues: Arc<dyn QueueStore>, stop: CancellationToken) {
+        loop {
+            let processed = match self.poll_once(queues.as_ref()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(queue = %self.queue, error = %e, "queue poll failed");
+                    0
+                }
+            };
+            if processed == 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.idle_poll) => {}
+                }
+            } else if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Takes one batch and handles it; returns how many messages it took.
+    pub async fn poll_once(&self, queues: &dyn QueueStore) -> Result<usize, StoreError> {
+        let batch = queues.dequeue(&self.queue, 16, self.visibility_timeout).await?;
+        let taken = batch.len();
+        for message in batch {
+            let input = QueueInput {
+                id: message.id.clone(),
+                dequeue_count: message.dequeue_count,
+                body: message.body.clone(),
+            };
+            let span = tracing::info_span!("message", queue = %self.queue, id = %message.id, dequeue_count = message.dequeue_count);
+            let result = tracing::Instrument::instrument((self.handler)(input), span).await;
+            match result {
+                Ok(()) => {
+                    queues
+                        .delete_message(&self.queue, &message.id, &message.pop_receipt)
+                        .await?
+                }
+                Err(e) if message.dequeue_count >= self.max_dequeue_count => {
+                    tracing::error!(queue = %self.queue, id = %message.id, error = %e,
+                        "message failed {} times; moving it to {}", message.dequeue_count, self.poison_queue());
+                    // Enqueue first: a crash in between leaves a duplicate, never a loss.
+                    queues
+                        .enqueue(&self.poison_queue(), &message.body, Duration::ZERO)
+                        .await?;
+                    queues
+                        .delete_message(&self.queue, &message.id, &message.pop_receipt)
+                        .await?;
+                }
+                Err(e) => {
+                    let delay = self.retry_delay_for(message.dequeue_count);
+                    tracing::warn!(queue = %self.queue, id = %message.id, error = %e,
+                        "message failed (delivery {}); retrying in {:?}", message.dequeue_count, delay);
+                    queues
+                        .set_visibility(&self.queue, &message.id, &message.pop_receipt, delay)
+                        .await?;
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    fn retry_delay_for(&self, dequeue_count: u32) -> Duration {
+        let factor = 1u32 << dequeue_count.saturating_sub(1).min(16);
+        self.retry_delay.saturating_mul(factor).min(self.visibility_timeout)
+    }
+}

@@ -1,0 +1,108 @@
+//! Leases: a named mutex with a time-to-live, shared by every instance that sees the store.
+//!
+//! A lease is one row in [`Table::Leases`]. Taking it is a compare-and-swap: insert when the
+//! row is absent, or replace an expired holder's row under its ETag, so exactly one of any
+//! number of racing callers wins. The holder proves ownership with its token (a random id)
+//! and the row's ETag; a crashed holder simply stops renewing and the lease expires.
+//! Clocks of instances are assumed to agree within a few seconds; keep TTLs well above that.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ETag, IfMatch, StoreError, StoreResult, Table, TableStore, TypedTable};
+
+const PARTITION: &str = "lease";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    token: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Proof of holding a lease. Pass it back to renew or release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub expires_at: DateTime<Utc>,
+    token: String,
+    etag: ETag,
+}
+
+/// Tries to take `name` for `ttl`. `Ok(None)` when someone else holds it and it has not expired.
+pub async fn acquire(store: &dyn TableStore, name: &str, holder: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
+    let table = TypedTable::new(store, Table::Leases);
+    let now = Utc::now();
+    let record = LeaseRecord {
+        holder: holder.to_owned(),
+        token: new_token(),
+        expires_at: now + ttl_delta(ttl)?,
+    };
+    let written = match table.get::<LeaseRecord>(PARTITION, name).await? {
+        None => table.insert(PARTITION, name, &record).await,
+        Some(current) if current.value.expires_at <= now => {
+            table
+                .update(PARTITION, name, &record, IfMatch::ETag(current.etag))
+                .await
+        }
+        Some(_) => return Ok(None),
+    };
+    match written {
+        Ok(etag) => Ok(Some(Lease {
+            name: name.to_owned(),
+            holder: record.holder,
+            expires_at: record.expires_at,
+            token: record.token,
+            etag,
+        })),
+        // Someone else took it between our read and our write: they won the race.
+        Err(StoreError::AlreadyExists { .. } | StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Extends a held lease to `ttl` from now. `Ok(false)` when it was lost (expired and taken).
+pub async fn renew(store: &dyn TableStore, lease: &mut Lease, ttl: Duration) -> StoreResult<bool> {
+    let table = TypedTable::new(store, Table::Leases);
+    let record = LeaseRecord {
+        holder: lease.holder.clone(),
+        token: lease.token.clone(),
+        expires_at: Utc::now() + ttl_delta(ttl)?,
+    };
+    match table
+        .update(PARTITION, &lease.name, &record, IfMatch::ETag(lease.etag.clone()))
+        .await
+    {
+        Ok(etag) => {
+            lease.etag = etag;
+            lease.expires_at = record.expires_at;
+            Ok(true)
+        }
+        Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives a lease up early. Releasing a lease that was already lost is not an error.
+pub async fn release(store: &dyn TableStore, lease: Lease) -> StoreResult<()> {
+    match store
+        .delete(Table::Leases, PARTITION, &lease.name, IfMatch::ETag(lease.etag))
+        .await
+    {
+        Ok(()) | Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn ttl_delta(ttl: Duration) -> StoreResult<chrono::TimeDelta> {
+    chrono::TimeDelta::from_std(ttl).map_err(|_| StoreError::invalid("lease ttl", "out of range"))
+}
+
+fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
