@@ -617,7 +617,7 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
             p.problem(
                 "AzureWebJobsStorage",
                 "is not a storage connection string (the value is not shown)",
-                "UseDevelopmentStorage=true, or DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...",
+                "UseDevelopmentStorage=true, or the storage account's connection string from the portal",
             );
         }
     }
@@ -626,11 +626,10 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
     } else {
         StoreKind::Local
     };
-    let kind = p.choice(
-        "STORE",
-        default_kind,
-        &[("local", StoreKind::Local), ("azure", StoreKind::Azure)],
-    );
+    let problems_before = p.problems.len();
+    let kind = p.choice("STORE", default_kind, &[("local", StoreKind::Local), ("azure", StoreKind::Azure)]);
+    // An unreadable STORE is reported once; what azure would need is not piled on top.
+    let store_readable = p.problems.len() == problems_before;
     let local_key = p.secret("LOCAL_STORE_KEY");
     if let Some(key) = &local_key {
         use base64::Engine;
@@ -646,7 +645,7 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
         }
     }
     let keyvault_uri = p.url("KEYVAULT_URI", "https://<vault-name>.vault.azure.net");
-    if kind == StoreKind::Azure {
+    if kind == StoreKind::Azure && store_readable {
         if !azure.is_configured() {
             p.problem(
                 "AzureWebJobsStorage",

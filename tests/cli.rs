@@ -1,0 +1,109 @@
+//! The operator commands: `check`, `status`, and `serve` refusing to start half-configured.
+
+mod harness;
+
+use std::process::Output;
+
+fn run(args: &[&str], settings: &[(&str, &str)]) -> (Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = harness::command(dir.path(), settings).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output, text)
+}
+
+const COMPLETE: &[(&str, &str)] = &[
+    ("OAUTH_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+    ("OAUTH_AUTHORITY", "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"),
+    ("OAUTH_REDIRECT_URI", "https://bridge.example.com/api/callback"),
+    ("OAUTH_CLIENT_SECRET", "client-secret-value-must-not-print"),
+    ("WEBHOOK_AUTH", "header"),
+    ("WEBHOOK_HEADER_NAME", "x-api-key"),
+    ("WEBHOOK_HEADER_VALUE", "header-secret-value-must-not-print"),
+];
+
+#[test]
+fn check_passes_on_a_complete_configuration() {
+    let (output, text) = run(&["check"], COMPLETE);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("configuration OK"));
+    assert!(!text.contains("must-not-print"), "{text}");
+}
+
+#[test]
+fn check_lists_what_is_missing_in_plain_words() {
+    let (output, text) = run(&["check"], &[]);
+    assert!(!output.status.success());
+    for setting in ["OAUTH_CLIENT_ID", "OAUTH_AUTHORITY", "OAUTH_CLIENT_SECRET", "OAUTH_REDIRECT_URI", "WEBHOOK_AUTH"] {
+        assert!(text.contains(setting), "{setting} not reported:\n{text}");
+    }
+    assert!(text.contains("for example"), "{text}");
+}
+
+#[test]
+fn check_reports_every_wrong_value_at_once_without_printing_secrets() {
+    let mut settings = COMPLETE.to_vec();
+    settings.extend([
+        ("OAUTH_PROVIDER", "keycloak"),
+        ("SYNC_SCHEDULE", "*/5 * * * *"),
+        ("TRUECONTEXT_BASE_URL", "ftp://api.example.com"),
+        ("STORE", "cloud"),
+        ("AzureWebJobsStorage", "connection-string-secret-must-not-print"),
+        ("FUNCTION_KEY", "short"),
+    ]);
+    let (output, text) = run(&["check"], &settings);
+    assert!(!output.status.success());
+    for setting in ["OAUTH_PROVIDER", "SYNC_SCHEDULE", "TRUECONTEXT_BASE_URL", "STORE", "AzureWebJobsStorage", "FUNCTION_KEY"] {
+        assert!(text.contains(setting), "{setting} not reported:\n{text}");
+    }
+    assert!(text.contains("6 problem(s)"), "{text}");
+    assert!(!text.contains("must-not-print") && !text.contains("short\""), "{text}");
+}
+
+#[test]
+fn status_prints_json_and_exits_zero_when_healthy() {
+    let (output, text) = run(&["status"], &[]);
+    assert!(output.status.success(), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["mode"], "cli");
+    assert_eq!(report["healthy"], true);
+    assert_eq!(report["store"], "local");
+}
+
+#[test]
+fn serve_without_the_host_port_exits_non_zero_with_a_reason() {
+    let (output, text) = run(&["serve"], &[]);
+    // Exit code 0 would leave the host without a worker; it must be an error.
+    assert!(!output.status.success());
+    assert!(text.contains("FUNCTIONS_CUSTOMHANDLER_PORT"), "{text}");
+}
+
+#[test]
+fn serve_with_a_bad_setting_exits_non_zero_naming_it() {
+    let (output, text) = run(&["serve", "--standalone", "--port", "0"], &[("SYNC_SCHEDULE", "every minute")]);
+    assert!(!output.status.success());
+    assert!(text.contains("SYNC_SCHEDULE"), "{text}");
+}
+
+#[test]
+fn local_settings_values_fill_what_the_environment_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("local.settings.json"),
+        r#"{"IsEncrypted": false, "Values": {"SYNC_SCHEDULE": "0 0 3 * * *", "OAUTH_CLIENT_ID": "from-file"}}"#,
+    )
+    .unwrap();
+    let output = harness::command(dir.path(), &[("SYNC_SCHEDULE", "0 0 4 * * *")]).arg("status").output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["sync"]["schedule"], "0 0 4 * * *", "the environment wins");
+    let missing = report["configuration_missing"].as_array().unwrap();
+    assert!(!missing.iter().any(|m| m == "OAUTH_CLIENT_ID"), "the file filled OAUTH_CLIENT_ID");
+}
+
+#[test]
+fn only_the_verbs_of_this_version_exist() {
+    let (output, text) = run(&["--help"], &[]);
+    assert!(output.status.success());
+    for verb in ["serve", "status", "check"] {
+        assert!(text.contains(verb), "{text}");
+    }
+}

@@ -1,0 +1,124 @@
+//! Boots the real `tcbridge` binary per test, on a free loopback port, with its own store in a
+//! temporary directory and only the settings the test gives (the runner's environment and
+//! the repository's local.settings.json never leak in). The process is killed on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TEST_FUNCTION_KEY: &str = "test-function-key-0123456789abcdef";
+
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub log_path: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tcbridge")
+}
+
+/// A command for the binary with a clean environment, run inside `dir`.
+pub fn command(dir: &Path, settings: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("LOCAL_STORE_PATH", dir.join("store"))
+        .current_dir(dir);
+    for (k, v) in settings {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Server {
+    /// `tcbridge serve` as the Functions host starts it.
+    pub fn host(settings: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut all = vec![("FUNCTIONS_CUSTOMHANDLER_PORT", port_text.as_str())];
+        all.extend_from_slice(settings);
+        Self::start(&["serve"], port, &all)
+    }
+
+    /// `tcbridge serve --standalone` with a known function key.
+    pub fn standalone(settings: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut all = vec![("FUNCTION_KEY", TEST_FUNCTION_KEY)];
+        all.extend_from_slice(settings);
+        Self::start(&["serve", "--standalone", "--port", &port.to_string()], port, &all)
+    }
+
+    pub fn start(args: &[&str], port: u16, settings: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, args, port, settings)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str], port: u16, settings: &[(&str, &str)]) -> Server {
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = command(dir.path(), settings)
+            .args(args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tcbridge");
+        let mut server = Server { child, port, dir, log_path };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("tcbridge exited with {status} before it was ready:\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tcbridge did not listen within 30 s:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// True while the process is running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
