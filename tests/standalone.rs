@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use harness::{client, Server, TEST_FUNCTION_KEY};
 use serde_json::Value;
-use truecontext_bridge::store::{local, QueueStore};
+use truecontext_bridge::store::local;
 
 async fn status(server: &Server) -> Value {
     let response = client()
