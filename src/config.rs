@@ -52,9 +52,7 @@ pub struct RawSettings {
 impl fmt::Debug for RawSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names only: values may be secrets.
-        f.debug_struct("RawSettings")
-            .field("names", &self.values.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("RawSettings").field("names", &self.values.keys().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -65,18 +63,13 @@ impl RawSettings {
         K: Into<String>,
         V: Into<String>,
     {
-        Self {
-            values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            source_problems: vec![],
-        }
+        Self { values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), source_problems: vec![] }
     }
 
     /// The process environment, completed by the `Values` of the local settings file if it exists.
     pub fn from_environment(local_settings: Option<&Path>) -> Self {
         let mut raw = Self::from_pairs(std::env::vars());
-        let path = local_settings
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("local.settings.json"));
+        let path = local_settings.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("local.settings.json"));
         let explicit = local_settings.is_some();
         match std::fs::read_to_string(&path) {
             Ok(text) => raw.fill_from_local_settings(&path, &text),
@@ -91,11 +84,7 @@ impl RawSettings {
     }
 
     fn fill_from_local_settings(&mut self, path: &Path, text: &str) {
-        let problem = |message: String| Problem {
-            setting: path.display().to_string(),
-            message,
-            example: None,
-        };
+        let problem = |message: String| Problem { setting: path.display().to_string(), message, example: None };
         let doc: serde_json::Value = match serde_json::from_str(text) {
             Ok(doc) => doc,
             Err(e) => return self.source_problems.push(problem(format!("not valid JSON: {e}"))),
@@ -114,8 +103,7 @@ impl RawSettings {
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
                 _ => {
-                    self.source_problems
-                        .push(problem(format!("Values.{name} must be a string")));
+                    self.source_problems.push(problem(format!("Values.{name} must be a string")));
                     continue;
                 }
             };
@@ -308,13 +296,7 @@ impl<'a> Parser<'a> {
     fn list(&self, name: &str, separators: &[char]) -> Vec<String> {
         self.raw
             .get(name)
-            .map(|v| {
-                v.split(separators)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|v| v.split(separators).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default()
     }
 
@@ -330,11 +312,7 @@ impl<'a> Parser<'a> {
                 Some(url)
             }
             Ok(url) if url.scheme() == "http" => {
-                self.problem(
-                    name,
-                    "must use https (plain http is allowed only for localhost)",
-                    example,
-                );
+                self.problem(name, "must use https (plain http is allowed only for localhost)", example);
                 None
             }
             Ok(_) | Err(_) => {
@@ -394,10 +372,7 @@ fn is_loopback(url: &Url) -> bool {
 impl Settings {
     /// Parses every setting. On any invalid value, returns all the problems found.
     pub fn load(raw: &RawSettings) -> Result<Settings, Vec<Problem>> {
-        let mut p = Parser {
-            raw,
-            problems: raw.source_problems.clone(),
-        };
+        let mut p = Parser { raw, problems: raw.source_problems.clone() };
         let settings = Settings {
             oauth: parse_oauth(&mut p),
             truecontext: parse_truecontext(&mut p),
@@ -416,11 +391,7 @@ impl Settings {
             log_format: p.choice(
                 "LOG_FORMAT",
                 LogFormat::Auto,
-                &[
-                    ("auto", LogFormat::Auto),
-                    ("json", LogFormat::Json),
-                    ("text", LogFormat::Text),
-                ],
+                &[("auto", LogFormat::Auto), ("json", LogFormat::Json), ("text", LogFormat::Text)],
             ),
         };
         cross_checks(&mut p, &settings);
@@ -436,19 +407,11 @@ impl Settings {
     pub fn missing(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut need = |setting: &str, message: &str, example: &str| {
-            out.push(Problem {
-                setting: setting.into(),
-                message: message.into(),
-                example: Some(example.into()),
-            })
+            out.push(Problem { setting: setting.into(), message: message.into(), example: Some(example.into()) })
         };
         let o = &self.oauth;
         if o.client_id.is_none() {
-            need(
-                "OAUTH_CLIENT_ID",
-                "is not set; no connection can be made",
-                "00000000-0000-0000-0000-000000000000",
-            );
+            need("OAUTH_CLIENT_ID", "is not set; no connection can be made", "00000000-0000-0000-0000-000000000000");
         }
         let has_endpoints = o.authorize_endpoint.is_some() && o.token_endpoint.is_some();
         if o.authority.is_none() && !(o.provider == OAuthProvider::Oauth2 && has_endpoints) {
@@ -458,11 +421,7 @@ impl Settings {
                 OAuthProvider::Oidc => "https://issuer.example.com",
                 OAuthProvider::Oauth2 => "https://auth.example.com",
             };
-            need(
-                "OAUTH_AUTHORITY",
-                "is not set; the authorization server is unknown",
-                example,
-            );
+            need("OAUTH_AUTHORITY", "is not set; the authorization server is unknown", example);
         }
         if o.provider == OAuthProvider::Oauth2 && !has_endpoints {
             need(
@@ -495,11 +454,7 @@ impl Settings {
             );
         }
         if self.webhook.auth.is_none() {
-            need(
-                "WEBHOOK_AUTH",
-                "is not set; the webhook refuses every push until it is",
-                "basic",
-            );
+            need("WEBHOOK_AUTH", "is not set; the webhook refuses every push until it is", "basic");
         }
         out
     }
@@ -530,22 +485,12 @@ fn parse_oauth(p: &mut Parser<'_>) -> OAuthSettings {
     let grant = p.choice(
         "OAUTH_GRANT",
         OAuthGrant::AuthorizationCode,
-        &[
-            ("authorization_code", OAuthGrant::AuthorizationCode),
-            ("client_credentials", OAuthGrant::ClientCredentials),
-        ],
+        &[("authorization_code", OAuthGrant::AuthorizationCode), ("client_credentials", OAuthGrant::ClientCredentials)],
     );
     let scopes = p.list("OAUTH_SCOPES", &[' ', '\t', '\n']);
-    if let Some(bad) = scopes
-        .iter()
-        .find(|s| s.chars().any(|c| c.is_control() || c == '"' || c == '\\'))
-    {
+    if let Some(bad) = scopes.iter().find(|s| s.chars().any(|c| c.is_control() || c == '"' || c == '\\')) {
         let bad = bad.clone();
-        p.problem(
-            "OAUTH_SCOPES",
-            format!("{bad:?} is not a valid scope token"),
-            "api://truecontext/.default",
-        );
+        p.problem("OAUTH_SCOPES", format!("{bad:?} is not a valid scope token"), "api://truecontext/.default");
     }
     let client_certificate_path = p.text("OAUTH_CLIENT_CERTIFICATE_PATH").map(PathBuf::from);
     if let Some(path) = &client_certificate_path {
@@ -598,18 +543,9 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
     let azure = AzureStorageSettings {
         connection_string: p.secret("AzureWebJobsStorage"),
         account_name: p.text("AzureWebJobsStorage__accountName"),
-        table_service_uri: p.url(
-            "AzureWebJobsStorage__tableServiceUri",
-            "https://<account>.table.core.windows.net",
-        ),
-        blob_service_uri: p.url(
-            "AzureWebJobsStorage__blobServiceUri",
-            "https://<account>.blob.core.windows.net",
-        ),
-        queue_service_uri: p.url(
-            "AzureWebJobsStorage__queueServiceUri",
-            "https://<account>.queue.core.windows.net",
-        ),
+        table_service_uri: p.url("AzureWebJobsStorage__tableServiceUri", "https://<account>.table.core.windows.net"),
+        blob_service_uri: p.url("AzureWebJobsStorage__blobServiceUri", "https://<account>.blob.core.windows.net"),
+        queue_service_uri: p.url("AzureWebJobsStorage__queueServiceUri", "https://<account>.queue.core.windows.net"),
         managed_identity_client_id: p.text("AZURE_CLIENT_ID"),
     };
     if let Some(conn) = &azure.connection_string {
@@ -621,11 +557,7 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
             );
         }
     }
-    let default_kind = if azure.names_a_cloud_account() {
-        StoreKind::Azure
-    } else {
-        StoreKind::Local
-    };
+    let default_kind = if azure.names_a_cloud_account() { StoreKind::Azure } else { StoreKind::Local };
     let problems_before = p.problems.len();
     let kind = p.choice("STORE", default_kind, &[("local", StoreKind::Local), ("azure", StoreKind::Azure)]);
     // An unreadable STORE is reported once; what azure would need is not piled on top.
@@ -633,9 +565,7 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
     let local_key = p.secret("LOCAL_STORE_KEY");
     if let Some(key) = &local_key {
         use base64::Engine;
-        let valid = base64::engine::general_purpose::STANDARD
-            .decode(key.expose())
-            .is_ok_and(|k| k.len() == 32);
+        let valid = base64::engine::general_purpose::STANDARD.decode(key.expose()).is_ok_and(|k| k.len() == 32);
         if !valid {
             p.problem(
                 "LOCAL_STORE_KEY",
@@ -676,10 +606,7 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
 fn looks_like_connection_string(text: &str) -> bool {
     let text = text.trim();
     text.eq_ignore_ascii_case("UseDevelopmentStorage=true")
-        || text
-            .split(';')
-            .filter(|part| !part.trim().is_empty())
-            .all(|part| part.contains('='))
+        || text.split(';').filter(|part| !part.trim().is_empty()).all(|part| part.contains('='))
             && (text.contains("AccountName=") || text.contains("Endpoint="))
 }
 
@@ -688,11 +615,7 @@ fn parse_schedule(p: &mut Parser<'_>) -> Schedule {
     match text.parse() {
         Ok(schedule) => schedule,
         Err(e) => {
-            p.problem(
-                "SYNC_SCHEDULE",
-                format!("{text:?}: {e}"),
-                "0 */30 * * * * (every 30 minutes)",
-            );
+            p.problem("SYNC_SCHEDULE", format!("{text:?}: {e}"), "0 */30 * * * * (every 30 minutes)");
             DEFAULT_SYNC_SCHEDULE.parse().expect("default schedule parses")
         }
     }
@@ -703,11 +626,7 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
         p.choice(
             "WEBHOOK_AUTH",
             WebhookAuth::Basic,
-            &[
-                ("basic", WebhookAuth::Basic),
-                ("header", WebhookAuth::Header),
-                ("entra", WebhookAuth::Entra),
-            ],
+            &[("basic", WebhookAuth::Basic), ("header", WebhookAuth::Header), ("entra", WebhookAuth::Entra)],
         )
     });
     let settings = WebhookSettings {
@@ -730,17 +649,14 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
             "and WEBHOOK_HEADER_VALUE are required with WEBHOOK_AUTH=header",
             "x-api-key",
         ),
-        Some(WebhookAuth::Entra) if settings.audience.is_none() => p.problem(
-            "WEBHOOK_AUDIENCE",
-            "is required with WEBHOOK_AUTH=entra",
-            "api://<webhook-app-id>",
-        ),
+        Some(WebhookAuth::Entra) if settings.audience.is_none() => {
+            p.problem("WEBHOOK_AUDIENCE", "is required with WEBHOOK_AUTH=entra", "api://<webhook-app-id>")
+        }
         _ => {}
     }
-    for (name, secret) in [
-        ("WEBHOOK_BASIC_PASSWORD", &settings.basic_password),
-        ("WEBHOOK_HEADER_VALUE", &settings.header_value),
-    ] {
+    for (name, secret) in
+        [("WEBHOOK_BASIC_PASSWORD", &settings.basic_password), ("WEBHOOK_HEADER_VALUE", &settings.header_value)]
+    {
         if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
             p.problem(
                 name,
@@ -765,9 +681,7 @@ fn parse_function_key(p: &mut Parser<'_>) -> Option<SecretString> {
 }
 
 fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {
-    let incoming = p
-        .text("INCOMING_QUEUE_NAME")
-        .unwrap_or_else(|| DEFAULT_INCOMING_QUEUE.to_owned());
+    let incoming = p.text("INCOMING_QUEUE_NAME").unwrap_or_else(|| DEFAULT_INCOMING_QUEUE.to_owned());
     if crate::store::validate_container_name("INCOMING_QUEUE_NAME", &incoming).is_err() || incoming.len() > 56 {
         p.problem(
             "INCOMING_QUEUE_NAME",
@@ -785,11 +699,7 @@ fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {
 
 fn cross_checks(p: &mut Parser<'_>, s: &Settings) {
     if s.oauth.federated_credential && s.oauth.provider != OAuthProvider::Entra {
-        p.problem(
-            "OAUTH_FEDERATED_CREDENTIAL",
-            "works only with OAUTH_PROVIDER=entra",
-            "false",
-        );
+        p.problem("OAUTH_FEDERATED_CREDENTIAL", "works only with OAUTH_PROVIDER=entra", "false");
     }
     if s.oauth.client_secret.is_some() && s.oauth.client_certificate_path.is_some() {
         p.problem(
@@ -839,17 +749,11 @@ mod tests {
     #[test]
     fn development_storage_keeps_the_embedded_store_but_a_real_account_switches() {
         assert_eq!(
-            load(&[("AzureWebJobsStorage", "UseDevelopmentStorage=true")])
-                .unwrap()
-                .store
-                .kind,
+            load(&[("AzureWebJobsStorage", "UseDevelopmentStorage=true")]).unwrap().store.kind,
             StoreKind::Local
         );
-        let s = load(&[
-            ("AzureWebJobsStorage__accountName", "acct"),
-            ("KEYVAULT_URI", "https://v.vault.azure.net"),
-        ])
-        .unwrap();
+        let s = load(&[("AzureWebJobsStorage__accountName", "acct"), ("KEYVAULT_URI", "https://v.vault.azure.net")])
+            .unwrap();
         assert_eq!(s.store.kind, StoreKind::Azure);
     }
 
@@ -892,10 +796,7 @@ mod tests {
         ])
         .unwrap_err();
         let text = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-        assert!(
-            !text.contains(secret) && !text.contains("short") && !text.contains("tiny"),
-            "{text}"
-        );
+        assert!(!text.contains(secret) && !text.contains("short") && !text.contains("tiny"), "{text}");
         let ok = load(&[("OAUTH_CLIENT_SECRET", secret)]).unwrap();
         assert!(!format!("{ok:?}").contains(secret));
     }
@@ -923,13 +824,9 @@ mod tests {
     fn missing_lists_what_the_connect_flow_needs() {
         let s = load(&[]).unwrap();
         let missing: Vec<String> = s.missing().into_iter().map(|p| p.setting).collect();
-        for setting in [
-            "OAUTH_CLIENT_ID",
-            "OAUTH_AUTHORITY",
-            "OAUTH_REDIRECT_URI",
-            "OAUTH_CLIENT_SECRET",
-            "WEBHOOK_AUTH",
-        ] {
+        for setting in
+            ["OAUTH_CLIENT_ID", "OAUTH_AUTHORITY", "OAUTH_REDIRECT_URI", "OAUTH_CLIENT_SECRET", "WEBHOOK_AUTH"]
+        {
             assert!(missing.iter().any(|m| m == setting), "{setting} not in {missing:?}");
         }
         let complete = load(&[

@@ -34,49 +34,25 @@ pub const FUNCTIONS: &[Function] = &[
     Function {
         name: "authorize",
         binding: "req",
-        trigger: Trigger::Http {
-            route: "authorize",
-            methods: &["GET"],
-            auth: AuthLevel::Function,
-        },
+        trigger: Trigger::Http { route: "authorize", methods: &["GET"], auth: AuthLevel::Function },
     },
     Function {
         name: "callback",
         binding: "req",
-        trigger: Trigger::Http {
-            route: "callback",
-            methods: &["GET", "POST"],
-            auth: AuthLevel::Anonymous,
-        },
+        trigger: Trigger::Http { route: "callback", methods: &["GET", "POST"], auth: AuthLevel::Anonymous },
     },
     Function {
         name: "webhook",
         binding: "req",
-        trigger: Trigger::Http {
-            route: "webhook",
-            methods: &["POST"],
-            auth: AuthLevel::Anonymous,
-        },
+        trigger: Trigger::Http { route: "webhook", methods: &["POST"], auth: AuthLevel::Anonymous },
     },
     Function {
         name: "status",
         binding: "req",
-        trigger: Trigger::Http {
-            route: "status",
-            methods: &["GET"],
-            auth: AuthLevel::Function,
-        },
+        trigger: Trigger::Http { route: "status", methods: &["GET"], auth: AuthLevel::Function },
     },
-    Function {
-        name: "sync",
-        binding: "timer",
-        trigger: Trigger::Timer,
-    },
-    Function {
-        name: "process",
-        binding: "msg",
-        trigger: Trigger::Queue,
-    },
+    Function { name: "sync", binding: "timer", trigger: Trigger::Timer },
+    Function { name: "process", binding: "msg", trigger: Trigger::Queue },
 ];
 
 /// The HTTP output binding's name: the key of the response in the reply's `Outputs`.
@@ -85,19 +61,14 @@ pub const HTTP_OUTPUT: &str = "res";
 /// Looks a function up by folder name. Exact case first, as the host sends it; any case
 /// after, since a case-insensitive file system (or a hand-written request) may differ.
 pub fn by_name(name: &str) -> Option<&'static Function> {
-    FUNCTIONS
-        .iter()
-        .find(|f| f.name == name)
-        .or_else(|| FUNCTIONS.iter().find(|f| f.name.eq_ignore_ascii_case(name)))
+    FUNCTIONS.iter().find(|f| f.name == name).or_else(|| FUNCTIONS.iter().find(|f| f.name.eq_ignore_ascii_case(name)))
 }
 
 /// Looks an HTTP function up by its route (without the `api/` prefix), case-insensitively as
 /// ASP.NET routing does.
 pub fn by_route(route: &str) -> Option<&'static Function> {
     let route = route.trim_matches('/');
-    FUNCTIONS
-        .iter()
-        .find(|f| matches!(f.trigger, Trigger::Http { route: r, .. } if r.eq_ignore_ascii_case(route)))
+    FUNCTIONS.iter().find(|f| matches!(f.trigger, Trigger::Http { route: r, .. } if r.eq_ignore_ascii_case(route)))
 }
 
 pub fn names() -> String {

@@ -61,10 +61,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
         StatusCode::NOT_FOUND,
         error_body(
             "not_found",
-            format!(
-                "{method} {} is not a route; the host posts invocations to /<FunctionName>",
-                uri.path()
-            ),
+            format!("{method} {} is not a route; the host posts invocations to /<FunctionName>", uri.path()),
         ),
     )
 }
@@ -72,14 +69,12 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 fn reply(status: StatusCode, body: Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     response
 }
 
 fn error_body(code: &str, message: String) -> Value {
+    let message = crate::telemetry::redact(&message).into_owned();
     json!({ "Outputs": {}, "Logs": [format!("error: {message}")], "ReturnValue": null,
             "error": { "code": code, "message": message } })
 }
@@ -90,10 +85,7 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
         tracing::warn!(function = %name, "invocation for an unknown function");
         return reply(
             StatusCode::NOT_FOUND,
-            error_body(
-                "unknown_function",
-                format!("no function named {name:?}; this app has {}", functions::names()),
-            ),
+            error_body("unknown_function", format!("no function named {name:?}; this app has {}", functions::names())),
         );
     };
     let body = match axum::body::to_bytes(body, state.envelope_limit).await {
@@ -107,41 +99,27 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
             return reply(StatusCode::PAYLOAD_TOO_LARGE, error_body("envelope_too_large", message));
         }
     };
-    let invocation_id = headers
-        .get("x-azure-functions-invocationid")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+    let invocation_id = headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("-");
     let envelope: Envelope = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match Envelope::from_json(map) {
             Ok(envelope) => envelope,
             Err(e) => return bad_envelope(function, e),
         },
-        Ok(_) => {
-            return bad_envelope(
-                function,
-                "the envelope must be a JSON object with Data and Metadata".into(),
-            )
-        }
+        Ok(_) => return bad_envelope(function, "the envelope must be a JSON object with Data and Metadata".into()),
         Err(e) => return bad_envelope(function, format!("the envelope is not valid JSON: {e}")),
     };
     let logs = InvocationLogs::default();
     let span = tracing::info_span!("invocation", function = function.name, invocation_id = %invocation_id);
-    let outcome = logs
-        .capture(tracing::Instrument::instrument(
-            dispatch(&app, function, envelope),
-            span,
-        ))
-        .await;
+    let outcome = logs.capture(tracing::Instrument::instrument(dispatch(&app, function, envelope), span)).await;
     let lines = logs.take();
     match outcome {
-        Ok(outputs) => reply(
-            StatusCode::OK,
-            json!({ "Outputs": outputs, "Logs": lines, "ReturnValue": null }),
-        ),
+        Ok(outputs) => reply(StatusCode::OK, json!({ "Outputs": outputs, "Logs": lines, "ReturnValue": null })),
         Err(Failure::BadEnvelope(message)) => bad_envelope(function, message),
         Err(Failure::Handler(e)) => {
             tracing::error!(function = function.name, error = %e, "invocation failed");
             let mut body = error_body("invocation_failed", e.to_string());
+            let mut lines = lines;
+            lines.push(body["Logs"][0].as_str().unwrap_or_default().to_owned());
             body["Logs"] = Value::from(lines);
             reply(StatusCode::INTERNAL_SERVER_ERROR, body)
         }
@@ -150,10 +128,7 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
 
 fn bad_envelope(function: &Function, message: String) -> Response {
     tracing::warn!(function = function.name, error = %message, "unreadable invocation envelope");
-    reply(
-        StatusCode::BAD_REQUEST,
-        error_body("invalid_envelope", format!("{}: {message}", function.name)),
-    )
+    reply(StatusCode::BAD_REQUEST, error_body("invalid_envelope", format!("{}: {message}", function.name)))
 }
 
 enum Failure {
@@ -240,8 +215,7 @@ pub fn unwrap_host_string(value: &Value) -> Option<String> {
 
 /// Looks a key up case-insensitively (the host's serializer is PascalCase, stand-ins vary).
 fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    map.get(name)
-        .or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 type HttpDecode = Result<HttpRequest, HttpResponse>;
@@ -252,9 +226,8 @@ fn decode_http(data: Option<&Value>, max_body: usize) -> Result<HttpDecode, Stri
     let Some(Value::Object(req)) = data else {
         return Err("Data.req is missing or not an object".into());
     };
-    let method_text = field(req, "Method")
-        .and_then(Value::as_str)
-        .ok_or("Data.req.Method is missing or not a string")?;
+    let method_text =
+        field(req, "Method").and_then(Value::as_str).ok_or("Data.req.Method is missing or not a string")?;
     let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("Data.req.Method {method_text:?} is not an HTTP method"))?;
     let headers = decode_headers(field(req, "Headers"))?;
@@ -278,18 +251,10 @@ fn decode_http(data: Option<&Value>, max_body: usize) -> Result<HttpDecode, Stri
         return Ok(Err(HttpResponse::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!(
-                "the request body is {} bytes; the limit is {max_body} (MAX_REQUEST_BODY_BYTES)",
-                body.len()
-            ),
+            format!("the request body is {} bytes; the limit is {max_body} (MAX_REQUEST_BODY_BYTES)", body.len()),
         )));
     }
-    Ok(Ok(HttpRequest {
-        method,
-        query,
-        headers,
-        body,
-    }))
+    Ok(Ok(HttpRequest { method, query, headers, body }))
 }
 
 fn decode_headers(value: Option<&Value>) -> Result<HeaderMap, String> {
@@ -305,12 +270,7 @@ fn decode_headers(value: Option<&Value>) -> Result<HeaderMap, String> {
         let values: Vec<&str> = match values {
             Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
             Value::String(s) => vec![s.as_str()],
-            other => {
-                return Err(format!(
-                    "Data.req.Headers.{name} must be an array of strings, not {}",
-                    kind(other)
-                ))
-            }
+            other => return Err(format!("Data.req.Headers.{name} must be an array of strings, not {}", kind(other))),
         };
         for v in values {
             let v = HeaderValue::from_str(v).map_err(|_| format!("Data.req.Headers.{name} has an invalid value"))?;
@@ -334,9 +294,7 @@ fn decode_query(url: Option<&Value>, query: Option<&Value>) -> Result<Vec<(Strin
         Some(Value::Object(map)) => Ok(map
             .iter()
             .filter_map(|(k, v)| {
-                unwrap_host_string(v)
-                    .or_else(|| v.as_array().map(|_| v.to_string()))
-                    .map(|v| (k.clone(), v))
+                unwrap_host_string(v).or_else(|| v.as_array().map(|_| v.to_string())).map(|v| (k.clone(), v))
             })
             .collect()),
         // Hosts before 3.0.14785 sent the query as a JSON string.
@@ -350,11 +308,8 @@ fn decode_query(url: Option<&Value>, query: Option<&Value>) -> Result<Vec<(Strin
 
 /// The host sends octet-stream and multipart bodies base64-encoded, everything else as text.
 fn is_base64_content(headers: &HeaderMap) -> bool {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     content_type.starts_with("application/octet-stream") || content_type.starts_with("multipart/")
 }
 
@@ -386,10 +341,7 @@ fn display_header_name(name: &HeaderName) -> String {
         .split('-')
         .map(|part| {
             let mut chars = part.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
+            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
         })
         .collect::<Vec<_>>()
         .join("-")
@@ -419,11 +371,7 @@ fn decode_timer(data: Option<&Value>) -> Result<TimerInfo, String> {
         Some(Value::Object(status)) => (host_time(field(status, "Last")), host_time(field(status, "Next"))),
         _ => (None, None),
     };
-    Ok(TimerInfo {
-        is_past_due,
-        last,
-        next,
-    })
+    Ok(TimerInfo { is_past_due, last, next })
 }
 
 /// .NET date-times: 7-digit fractions, `Z`, an offset or none (taken as UTC); `0001-01-01`
@@ -450,14 +398,8 @@ fn decode_queue(data: Option<&Value>, metadata: &Map<String, Value>) -> Result<Q
             .and_then(|s| s.parse::<u32>().ok())
             .ok_or("Metadata.DequeueCount must be a whole number")?,
     };
-    let id = field(metadata, "Id")
-        .and_then(unwrap_host_string)
-        .unwrap_or_else(|| "-".into());
-    Ok(QueueInput {
-        id,
-        dequeue_count,
-        body,
-    })
+    let id = field(metadata, "Id").and_then(unwrap_host_string).unwrap_or_else(|| "-".into());
+    Ok(QueueInput { id, dequeue_count, body })
 }
 
 /// A queue message arrives double-encoded (`"\"text\""`) by default, or as base64 with
@@ -493,11 +435,7 @@ mod tests {
 
     #[test]
     fn host_times_in_dotnet_shapes() {
-        for text in [
-            "2026-11-23T10:00:00.1234567+00:00",
-            "2026-11-23T10:00:00Z",
-            "2026-11-23T10:00:00.1234567",
-        ] {
+        for text in ["2026-11-23T10:00:00.1234567+00:00", "2026-11-23T10:00:00Z", "2026-11-23T10:00:00.1234567"] {
             assert!(host_time(Some(&json!(text))).is_some(), "{text}");
         }
         assert_eq!(host_time(Some(&json!("0001-01-01T00:00:00"))), None);

@@ -17,11 +17,7 @@ use truecontext_bridge::telemetry::{self, Output};
 use truecontext_bridge::{host, standalone, store};
 
 #[derive(Parser)]
-#[command(
-    name = "tcbridge",
-    version,
-    about = "TrueContext ⇄ Azure bridge: an Azure Functions custom handler"
-)]
+#[command(name = "tcbridge", version, about = "TrueContext ⇄ Azure bridge: an Azure Functions custom handler")]
 struct Cli {
     /// The local settings file whose `Values` fill in settings the environment lacks.
     #[arg(long, global = true, value_name = "FILE")]
@@ -53,11 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let raw = RawSettings::from_environment(cli.settings.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -69,11 +61,7 @@ fn main() -> ExitCode {
             Command::Check => check(&raw).await,
             Command::Status => status(&raw).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
-            Command::Serve {
-                standalone: true,
-                port,
-                address,
-            } => serve_standalone(&raw, port, address).await,
+            Command::Serve { standalone: true, port, address } => serve_standalone(&raw, port, address).await,
         }
     });
     match result {
@@ -109,11 +97,7 @@ fn load_settings(raw: &RawSettings) -> anyhow::Result<Arc<Settings>> {
         }
         Err(problems) => {
             let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-            bail!(
-                "the configuration has {} problem(s):\n{}",
-                problems.len(),
-                list.join("\n")
-            )
+            bail!("the configuration has {} problem(s):\n{}", problems.len(), list.join("\n"))
         }
     }
 }
@@ -159,15 +143,9 @@ async fn status(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stderr);
     let app = open_app(settings, Mode::Cli)?;
-    let report = StatusReport::gather(&app)
-        .await
-        .context("cannot read the status from the store")?;
+    let report = StatusReport::gather(&app).await.context("cannot read the status from the store")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if report.healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
@@ -175,9 +153,8 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
         .get("FUNCTIONS_CUSTOMHANDLER_PORT")
         .or_else(|| raw.get("FUNCTIONS_HTTPWORKER_PORT"))
         .context("FUNCTIONS_CUSTOMHANDLER_PORT is not set: `tcbridge serve` runs under the Functions host; use `tcbridge serve --standalone` to run on its own")?;
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("FUNCTIONS_CUSTOMHANDLER_PORT {port:?} is not a port number"))?;
+    let port: u16 =
+        port.parse().with_context(|| format!("FUNCTIONS_CUSTOMHANDLER_PORT {port:?} is not a port number"))?;
     // Bind before anything else: the host's readiness probe starts at once.
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
         .await
@@ -186,9 +163,7 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     telemetry::init(settings.log_format, Output::Stdout);
     let app = open_app(settings, Mode::Functions)?;
     tracing::info!(port, store = ?app.stores.kind, "custom handler listening on 127.0.0.1:{port}");
-    axum::serve(listener, host::router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, host::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -197,9 +172,7 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     telemetry::init(settings.log_format, Output::Stdout);
     let app = open_app(settings.clone(), Mode::Standalone)?;
     let addr = SocketAddr::new(address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port.unwrap_or(7071));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let (key, generated) = standalone::function_key(settings.function_key.as_ref(), &app.stores)
         .await
         .context("cannot read or create the standalone function key")?;
@@ -213,10 +186,7 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     }
     telemetry::register_secret(&key);
     let local_addr = listener.local_addr()?;
-    println!(
-        "truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {:?})",
-        app.stores.kind
-    );
+    println!("truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {:?})", app.stores.kind);
     tracing::info!(%local_addr, "standalone server started");
 
     let stop = CancellationToken::new();
@@ -236,9 +206,7 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
             Trigger::Http { .. } => {}
         }
     }
-    let served = axum::serve(listener, standalone::router(app, key))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(listener, standalone::router(app, key)).with_graceful_shutdown(shutdown_signal()).await;
     stop.cancel();
     for worker in workers {
         let _ = worker.await;

@@ -39,10 +39,7 @@ impl FromStr for Schedule {
             .with_dom_and_dow()
             .parse()
             .map_err(|e| ScheduleError(format!("not a valid NCRONTAB expression: {e}")))?;
-        Ok(Schedule::Cron {
-            expression: text.to_owned(),
-            cron: Box::new(cron),
-        })
+        Ok(Schedule::Cron { expression: text.to_owned(), cron: Box::new(cron) })
     }
 }
 
@@ -107,10 +104,7 @@ mod tests {
         // 2026-11-23 is a Monday. "day 1 and Sunday": NCRONTAB needs both, so the next match is
         // a 1st that falls on a Sunday (2027-08-01), not the next 1st or the next Sunday.
         let s: Schedule = "0 0 0 1 * 0".parse().unwrap();
-        assert_eq!(
-            s.next_after(at(0, 0, 0)),
-            Some(Utc.with_ymd_and_hms(2027, 8, 1, 0, 0, 0).unwrap())
-        );
+        assert_eq!(s.next_after(at(0, 0, 0)), Some(Utc.with_ymd_and_hms(2027, 8, 1, 0, 0, 0).unwrap()));
     }
 
     #[test]

@@ -57,21 +57,13 @@ pub async fn function_key(
     let key = SecretString::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
     stores.secrets.set(FUNCTION_KEY_SECRET, &key).await?;
     // Two instances starting at once may both generate one; the latest version wins for both.
-    let winner = stores
-        .secrets
-        .get(FUNCTION_KEY_SECRET, None)
-        .await?
-        .map(|v| v.value)
-        .unwrap_or(key);
+    let winner = stores.secrets.get(FUNCTION_KEY_SECRET, None).await?.map(|v| v.value).unwrap_or(key);
     Ok((winner, true))
 }
 
 async fn handle(State(state): State<Standalone>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let route = path
-        .strip_prefix("/api/")
-        .or_else(|| path.strip_prefix("/API/"))
-        .map(|r| r.trim_end_matches('/'));
+    let route = path.strip_prefix("/api/").or_else(|| path.strip_prefix("/API/")).map(|r| r.trim_end_matches('/'));
     let Some(function) = route.and_then(functions::by_route) else {
         return to_axum(HttpResponse::error(
             StatusCode::NOT_FOUND,
@@ -79,15 +71,10 @@ async fn handle(State(state): State<Standalone>, request: Request) -> Response {
             format!("no function is served at {path}"),
         ));
     };
-    let Trigger::Http { auth, .. } = function.trigger else {
-        unreachable!("by_route finds HTTP functions only")
-    };
+    let Trigger::Http { auth, .. } = function.trigger else { unreachable!("by_route finds HTTP functions only") };
     let (parts, body) = request.into_parts();
-    let query: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query: Vec<(String, String)> =
+        parts.uri.query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     if auth == AuthLevel::Function && !key_matches(&state.function_key, &parts.headers, &query) {
         tracing::warn!(function = function.name, "request without a valid function key refused");
         return to_axum(HttpResponse::error(
@@ -107,12 +94,7 @@ async fn handle(State(state): State<Standalone>, request: Request) -> Response {
             ))
         }
     };
-    let request = HttpRequest {
-        method: parts.method,
-        query,
-        headers: parts.headers,
-        body,
-    };
+    let request = HttpRequest { method: parts.method, query, headers: parts.headers, body };
     let span = tracing::info_span!("request", function = function.name);
     to_axum(tracing::Instrument::instrument(state.app.http(function, request), span).await)
 }
@@ -133,10 +115,7 @@ fn to_axum(response: HttpResponse) -> Response {
         out.headers_mut().append(name, value);
     }
     if !out.headers().contains_key(header::CONTENT_TYPE) {
-        out.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        out.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     }
     out
 }
@@ -148,10 +127,7 @@ pub async fn run_timer(app: App, function: &'static Function, schedule: Schedule
     let mut last = None;
     loop {
         let Some(next) = schedule.next_after(Utc::now()) else {
-            tracing::warn!(
-                function = function.name,
-                "the schedule has no further occurrence; timer stopped"
-            );
+            tracing::warn!(function = function.name, "the schedule has no further occurrence; timer stopped");
             return;
         };
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
@@ -160,11 +136,8 @@ pub async fn run_timer(app: App, function: &'static Function, schedule: Schedule
             _ = tokio::time::sleep(wait) => {}
         }
         let late = Utc::now() - next;
-        let info = TimerInfo {
-            is_past_due: late > chrono::TimeDelta::minutes(1),
-            last,
-            next: schedule.next_after(next),
-        };
+        let info =
+            TimerInfo { is_past_due: late > chrono::TimeDelta::minutes(1), last, next: schedule.next_after(next) };
         if let Err(e) = app.timer(function, info).await {
             tracing::error!(function = function.name, error = %e, "timer invocation failed");
         }
@@ -194,11 +167,8 @@ impl QueueWorker {
     /// The worker for a queue function of `app`.
     pub fn for_function(app: App, function: &'static Function) -> Self {
         let settings = &app.settings.queues;
-        let (queue, max_dequeue_count, visibility_timeout) = (
-            settings.incoming.clone(),
-            settings.max_dequeue_count,
-            settings.visibility_timeout,
-        );
+        let (queue, max_dequeue_count, visibility_timeout) =
+            (settings.incoming.clone(), settings.max_dequeue_count, settings.visibility_timeout);
         let retry_delay = settings.retry_delay;
         let handler: QueueHandler = Arc::new(move |input| {
             let app = app.clone();
@@ -244,37 +214,24 @@ impl QueueWorker {
         let batch = queues.dequeue(&self.queue, 16, self.visibility_timeout).await?;
         let taken = batch.len();
         for message in batch {
-            let input = QueueInput {
-                id: message.id.clone(),
-                dequeue_count: message.dequeue_count,
-                body: message.body.clone(),
-            };
+            let input =
+                QueueInput { id: message.id.clone(), dequeue_count: message.dequeue_count, body: message.body.clone() };
             let span = tracing::info_span!("message", queue = %self.queue, id = %message.id, dequeue_count = message.dequeue_count);
             let result = tracing::Instrument::instrument((self.handler)(input), span).await;
             match result {
-                Ok(()) => {
-                    queues
-                        .delete_message(&self.queue, &message.id, &message.pop_receipt)
-                        .await?
-                }
+                Ok(()) => queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?,
                 Err(e) if message.dequeue_count >= self.max_dequeue_count => {
                     tracing::error!(queue = %self.queue, id = %message.id, error = %e,
                         "message failed {} times; moving it to {}", message.dequeue_count, self.poison_queue());
                     // Enqueue first: a crash in between leaves a duplicate, never a loss.
-                    queues
-                        .enqueue(&self.poison_queue(), &message.body, Duration::ZERO)
-                        .await?;
-                    queues
-                        .delete_message(&self.queue, &message.id, &message.pop_receipt)
-                        .await?;
+                    queues.enqueue(&self.poison_queue(), &message.body, Duration::ZERO).await?;
+                    queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?;
                 }
                 Err(e) => {
                     let delay = self.retry_delay_for(message.dequeue_count);
                     tracing::warn!(queue = %self.queue, id = %message.id, error = %e,
                         "message failed (delivery {}); retrying in {:?}", message.dequeue_count, delay);
-                    queues
-                        .set_visibility(&self.queue, &message.id, &message.pop_receipt, delay)
-                        .await?;
+                    queues.set_visibility(&self.queue, &message.id, &message.pop_receipt, delay).await?;
                 }
             }
         }

@@ -48,24 +48,12 @@ fn patterns() -> &'static [(Regex, &'static str)] {
                          SharedAccessSignature|SharedAccessKey";
         vec![
             // JWTs (id tokens, access tokens, assertions).
-            (
-                Regex::new(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").unwrap(),
-                REDACTED,
-            ),
+            (Regex::new(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").unwrap(), REDACTED),
             // Authorization header values.
-            (
-                Regex::new(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9\-._~+/=%]{6,}").unwrap(),
-                "$1 [REDACTED]",
-            ),
+            (Regex::new(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9\-._~+/=%]{6,}").unwrap(), "$1 [REDACTED]"),
             // key=value in URLs, forms, connection strings and debug output; also "key": "value".
-            (
-                Regex::new(&format!(r#"(?i)\b({sensitive})(=|%3D)[^&\s"';,]+"#)).unwrap(),
-                "$1$2[REDACTED]",
-            ),
-            (
-                Regex::new(&format!(r#"(?i)"({sensitive})"\s*:\s*"[^"]*""#)).unwrap(),
-                "\"$1\":\"[REDACTED]\"",
-            ),
+            (Regex::new(&format!(r#"(?i)\b({sensitive})(=|%3D)[^&\s"';,]+"#)).unwrap(), "$1$2[REDACTED]"),
+            (Regex::new(&format!(r#"(?i)"({sensitive})"\s*:\s*"[^"]*""#)).unwrap(), "\"$1\":\"[REDACTED]\""),
         ]
     })
 }
@@ -141,19 +129,10 @@ pub fn init(format: LogFormat, output: Output) {
     };
     let registry = tracing_subscriber::registry().with(filter).with(InvocationCapture);
     let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(output),
-            )
-            .try_init()
+        registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(output)).try_init()
     } else {
         let ansi = matches!(output, Output::Stderr) && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(output))
-            .try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(output)).try_init()
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;

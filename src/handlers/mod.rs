@@ -72,10 +72,7 @@ impl HttpResponse {
         Self {
             status,
             headers: vec![
-                (
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                ),
+                (axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8")),
                 (axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
             ],
             body,
@@ -83,11 +80,10 @@ impl HttpResponse {
     }
 
     /// A JSON error body: `{"error": {"code": ..., "message": ...}}`.
+    /// The message passes the log scrubber too: error text can carry what a caller sent.
     pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self::json(
-            status,
-            &serde_json::json!({ "error": { "code": code, "message": message.into() } }),
-        )
+        let message = crate::telemetry::redact(&message.into()).into_owned();
+        Self::json(status, &serde_json::json!({ "error": { "code": code, "message": message } }))
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
@@ -126,12 +122,7 @@ pub enum InvocationError {
 
 impl App {
     pub fn new(settings: Arc<Settings>, stores: Stores, mode: Mode) -> Self {
-        Self {
-            settings,
-            stores,
-            mode,
-            started: Instant::now(),
-        }
+        Self { settings, stores, mode, started: Instant::now() }
     }
 
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is

@@ -44,14 +44,7 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
         Err(e) => format!("failed: {e}"),
     };
     tracing::info!(outcome = %outcome, "sync finished");
-    let record = record_run(
-        app,
-        started_at,
-        info.is_past_due,
-        *result.as_ref().unwrap_or(&0),
-        outcome,
-    )
-    .await;
+    let record = record_run(app, started_at, info.is_past_due, *result.as_ref().unwrap_or(&0), outcome).await;
     lease::release(app.stores.tables.as_ref(), held).await?;
     record?;
     result.map(|_| ())
@@ -66,13 +59,7 @@ async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
         let page = app
             .stores
             .tables
-            .query(
-                Table::Connections,
-                "connection",
-                &RowRange::all(),
-                1000,
-                continuation.as_deref(),
-            )
+            .query(Table::Connections, "connection", &RowRange::all(), 1000, continuation.as_deref())
             .await?;
         count += page.entities.len() as u32;
         match page.continuation {

@@ -50,16 +50,15 @@ impl SecretCipher {
             return Err(StoreError::Backend("stored secret is truncated".into()));
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
-            .map(Zeroizing::new)
-            .map_err(|_| {
+        self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad }).map(Zeroizing::new).map_err(
+            |_| {
                 StoreError::Backend(
                     "a stored secret cannot be decrypted: the store key is not the one it was written with \
                      (check LOCAL_STORE_KEY or the store.key file)"
                         .into(),
                 )
-            })
+            },
+        )
     }
 }
 

@@ -36,17 +36,11 @@ pub struct Lease {
 pub async fn acquire(store: &dyn TableStore, name: &str, holder: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
     let table = TypedTable::new(store, Table::Leases);
     let now = Utc::now();
-    let record = LeaseRecord {
-        holder: holder.to_owned(),
-        token: new_token(),
-        expires_at: now + ttl_delta(ttl)?,
-    };
+    let record = LeaseRecord { holder: holder.to_owned(), token: new_token(), expires_at: now + ttl_delta(ttl)? };
     let written = match table.get::<LeaseRecord>(PARTITION, name).await? {
         None => table.insert(PARTITION, name, &record).await,
         Some(current) if current.value.expires_at <= now => {
-            table
-                .update(PARTITION, name, &record, IfMatch::ETag(current.etag))
-                .await
+            table.update(PARTITION, name, &record, IfMatch::ETag(current.etag)).await
         }
         Some(_) => return Ok(None),
     };
@@ -74,10 +68,7 @@ pub async fn renew(store: &dyn TableStore, lease: &mut Lease, ttl: Duration) -> 
         token: lease.token.clone(),
         expires_at: Utc::now() + ttl_delta(ttl)?,
     };
-    match table
-        .update(PARTITION, &lease.name, &record, IfMatch::ETag(lease.etag.clone()))
-        .await
-    {
+    match table.update(PARTITION, &lease.name, &record, IfMatch::ETag(lease.etag.clone())).await {
         Ok(etag) => {
             lease.etag = etag;
             lease.expires_at = record.expires_at;
@@ -90,10 +81,7 @@ pub async fn renew(store: &dyn TableStore, lease: &mut Lease, ttl: Duration) -> 
 
 /// Gives a lease up early. Releasing a lease that was already lost is not an error.
 pub async fn release(store: &dyn TableStore, lease: Lease) -> StoreResult<()> {
-    match store
-        .delete(Table::Leases, PARTITION, &lease.name, IfMatch::ETag(lease.etag))
-        .await
-    {
+    match store.delete(Table::Leases, PARTITION, &lease.name, IfMatch::ETag(lease.etag)).await {
         Ok(()) | Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }

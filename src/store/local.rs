@@ -28,10 +28,7 @@ pub fn open(dir: &Path, encryption_key: Option<&SecretString>) -> StoreResult<St
     create_private_dir(dir)?;
     let cipher = SecretCipher::load(dir, encryption_key)?;
     let conn = open_connection(&dir.join(DB_FILE))?;
-    let store = LocalStore(Arc::new(LocalDb {
-        conn: Mutex::new(conn),
-        cipher,
-    }));
+    let store = LocalStore(Arc::new(LocalDb { conn: Mutex::new(conn), cipher }));
     Ok(Stores {
         kind: StoreKind::Local,
         tables: Arc::new(store.clone()),
@@ -92,10 +89,8 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(db_error)?;
     conn.busy_timeout(Duration::from_secs(30)).map_err(db_error)?;
     // FULL: a write we acknowledge (a submission, a rotated refresh token) survives a crash.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-        .map_err(db_error)?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-        .map_err(db_error)?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(db_error)?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;")).map_err(db_error)?;
     Ok(conn)
 }
 
@@ -123,8 +118,7 @@ impl LocalStore {
 /// A write transaction that takes SQLite's write lock up front, so two processes doing a
 /// read-modify-write never both read before either writes.
 fn write_tx(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db_error)
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_error)
 }
 
 fn new_etag() -> ETag {
@@ -140,9 +134,7 @@ fn ms_to_time(ms: i64) -> DateTime<Utc> {
 }
 
 fn parse_time(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_default()
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
 }
 
 fn duration_ms(d: Duration) -> i64 {
@@ -194,14 +186,7 @@ fn write_entity(
     tx.execute(
         "INSERT INTO entities (tbl, pk, rk, etag, ts, props) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (tbl, pk, rk) DO UPDATE SET etag = excluded.etag, ts = excluded.ts, props = excluded.props",
-        params![
-            table.name(),
-            pk,
-            rk,
-            etag.0,
-            Utc::now().to_rfc3339(),
-            Value::Object(props.clone()).to_string()
-        ],
+        params![table.name(), pk, rk, etag.0, Utc::now().to_rfc3339(), Value::Object(props.clone()).to_string()],
     )
     .map_err(db_error)?;
     Ok(etag)
@@ -214,19 +199,9 @@ fn row_to_entity(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, S
 fn build_entity((pk, rk, etag, ts, props): (String, String, String, String, String)) -> StoreResult<Entity> {
     let properties = match serde_json::from_str(&props) {
         Ok(Value::Object(map)) => map,
-        _ => {
-            return Err(StoreError::Backend(format!(
-                "entity {pk:?}/{rk:?} holds unreadable properties"
-            )))
-        }
+        _ => return Err(StoreError::Backend(format!("entity {pk:?}/{rk:?} holds unreadable properties"))),
     };
-    Ok(Entity {
-        partition_key: pk,
-        row_key: rk,
-        etag: ETag(etag),
-        timestamp: parse_time(&ts),
-        properties,
-    })
+    Ok(Entity { partition_key: pk, row_key: rk, etag: ETag(etag), timestamp: parse_time(&ts), properties })
 }
 
 /// Continuation tokens carry the last row key returned, hex-encoded so they are opaque and
@@ -268,9 +243,7 @@ impl TableStore for LocalStore {
         self.run(move |conn, _| {
             let tx = write_tx(conn)?;
             if current_etag(&tx, table, &pk, &rk)?.is_some() {
-                return Err(StoreError::AlreadyExists {
-                    what: entity_name(table, &pk, &rk),
-                });
+                return Err(StoreError::AlreadyExists { what: entity_name(table, &pk, &rk) });
             }
             let etag = write_entity(&tx, table, &pk, &rk, &props)?;
             tx.commit().map_err(db_error)?;
@@ -319,11 +292,8 @@ impl TableStore for LocalStore {
             let tx = write_tx(conn)?;
             let current = current_etag(&tx, table, &pk, &rk)?;
             check_condition(current.as_deref(), &condition, || entity_name(table, &pk, &rk))?;
-            tx.execute(
-                "DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
-                params![table.name(), pk, rk],
-            )
-            .map_err(db_error)?;
+            tx.execute("DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3", params![table.name(), pk, rk])
+                .map_err(db_error)?;
             tx.commit().map_err(db_error)
         })
         .await
@@ -352,10 +322,7 @@ impl TableStore for LocalStore {
                 )
                 .map_err(db_error)?;
             let rows = stmt
-                .query_map(
-                    params![table.name(), pk, range.start, range.end, after, (limit + 1) as i64],
-                    row_to_entity,
-                )
+                .query_map(params![table.name(), pk, range.start, range.end, after, (limit + 1) as i64], row_to_entity)
                 .map_err(db_error)?;
             let mut entities = Vec::with_capacity(limit + 1);
             for row in rows {
@@ -395,12 +362,8 @@ impl BlobStore for LocalStore {
     ) -> StoreResult<ETag> {
         validate_container_name("container", container)?;
         validate_blob_name(name)?;
-        let (container, name, content, content_type) = (
-            container.to_owned(),
-            name.to_owned(),
-            content.to_vec(),
-            content_type.to_owned(),
-        );
+        let (container, name, content, content_type) =
+            (container.to_owned(), name.to_owned(), content.to_vec(), content_type.to_owned());
         self.run(move |conn, _| {
             let tx = write_tx(conn)?;
             if only_if_absent {
@@ -412,9 +375,7 @@ impl BlobStore for LocalStore {
                     )
                     .map_err(db_error)?;
                 if exists {
-                    return Err(StoreError::AlreadyExists {
-                        what: format!("blob {container}/{name}"),
-                    });
+                    return Err(StoreError::AlreadyExists { what: format!("blob {container}/{name}") });
                 }
             }
             let etag = new_etag();
@@ -438,13 +399,7 @@ impl BlobStore for LocalStore {
             conn.query_row(
                 "SELECT content, content_type, etag FROM blobs WHERE container = ?1 AND name = ?2",
                 params![container, name],
-                |row| {
-                    Ok(Blob {
-                        content: row.get(0)?,
-                        content_type: row.get(1)?,
-                        etag: ETag(row.get(2)?),
-                    })
-                },
+                |row| Ok(Blob { content: row.get(0)?, content_type: row.get(1)?, etag: ETag(row.get(2)?) }),
             )
             .optional()
             .map_err(db_error)
@@ -458,15 +413,10 @@ impl BlobStore for LocalStore {
         let (container, name) = (container.to_owned(), name.to_owned());
         self.run(move |conn, _| {
             let deleted = conn
-                .execute(
-                    "DELETE FROM blobs WHERE container = ?1 AND name = ?2",
-                    params![container, name],
-                )
+                .execute("DELETE FROM blobs WHERE container = ?1 AND name = ?2", params![container, name])
                 .map_err(db_error)?;
             if deleted == 0 {
-                return Err(StoreError::NotFound {
-                    what: format!("blob {container}/{name}"),
-                });
+                return Err(StoreError::NotFound { what: format!("blob {container}/{name}") });
             }
             Ok(())
         })
@@ -483,9 +433,7 @@ impl BlobStore for LocalStore {
                 )
                 .map_err(db_error)?;
             let names = stmt
-                .query_map(params![container, prefix, prefix.chars().count() as i64], |row| {
-                    row.get(0)
-                })
+                .query_map(params![container, prefix, prefix.chars().count() as i64], |row| row.get(0))
                 .map_err(db_error)?;
             names.collect::<Result<Vec<String>, _>>().map_err(db_error)
         })
@@ -502,10 +450,7 @@ impl QueueStore for LocalStore {
     async fn enqueue(&self, queue: &str, body: &str, delay: Duration) -> StoreResult<String> {
         validate_container_name("queue name", queue)?;
         if body.len() > MAX_QUEUE_MESSAGE_BYTES {
-            return Err(StoreError::invalid(
-                "queue message",
-                format!("{} bytes is over the 64 KiB limit", body.len()),
-            ));
+            return Err(StoreError::invalid("queue message", format!("{} bytes is over the 64 KiB limit", body.len())));
         }
         let (queue, body) = (queue.to_owned(), body.to_owned());
         self.run(move |conn, _| {
@@ -577,9 +522,7 @@ impl QueueStore for LocalStore {
                 )
                 .map_err(db_error)?;
             if deleted == 0 {
-                return Err(StoreError::NotFound {
-                    what: format!("message {id} with that pop receipt in {queue}"),
-                });
+                return Err(StoreError::NotFound { what: format!("message {id} with that pop receipt in {queue}") });
             }
             Ok(())
         })
@@ -605,9 +548,7 @@ impl QueueStore for LocalStore {
                 )
                 .map_err(db_error)?;
             if updated == 0 {
-                return Err(StoreError::NotFound {
-                    what: format!("message {id} with that pop receipt in {queue}"),
-                });
+                return Err(StoreError::NotFound { what: format!("message {id} with that pop receipt in {queue}") });
             }
             Ok(fresh)
         })
@@ -618,13 +559,9 @@ impl QueueStore for LocalStore {
         validate_container_name("queue name", queue)?;
         let queue = queue.to_owned();
         self.run(move |conn, _| {
-            conn.query_row(
-                "SELECT COUNT(*) FROM messages WHERE queue = ?1",
-                params![queue],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n as usize)
-            .map_err(db_error)
+            conn.query_row("SELECT COUNT(*) FROM messages WHERE queue = ?1", params![queue], |row| row.get::<_, i64>(0))
+                .map(|n| n as usize)
+                .map_err(db_error)
         })
         .await
     }
@@ -633,14 +570,7 @@ impl QueueStore for LocalStore {
 fn uuid_like() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 fn secret_aad(name: &str, version: &str) -> Vec<u8> {
@@ -685,11 +615,7 @@ impl SecretStore for LocalStore {
             let plain = cipher.open(&sealed, &secret_aad(&name, &version))?;
             let text =
                 std::str::from_utf8(&plain).map_err(|_| StoreError::Backend("a stored secret is not UTF-8".into()))?;
-            Ok(Some(SecretVersion {
-                value: SecretString::new(text),
-                version,
-                created: parse_time(&created),
-            }))
+            Ok(Some(SecretVersion { value: SecretString::new(text), version, created: parse_time(&created) }))
         })
         .await
     }
@@ -698,9 +624,8 @@ impl SecretStore for LocalStore {
         validate_secret_name(name)?;
         let name = name.to_owned();
         self.run(move |conn, _| {
-            let mut stmt = conn
-                .prepare_cached("SELECT version FROM secrets WHERE name = ?1 ORDER BY seq")
-                .map_err(db_error)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT version FROM secrets WHERE name = ?1 ORDER BY seq").map_err(db_error)?;
             let rows = stmt.query_map(params![name], |row| row.get(0)).map_err(db_error)?;
             rows.collect::<Result<Vec<String>, _>>().map_err(db_error)
         })
@@ -711,13 +636,9 @@ impl SecretStore for LocalStore {
         validate_secret_name(name)?;
         let name = name.to_owned();
         self.run(move |conn, _| {
-            let deleted = conn
-                .execute("DELETE FROM secrets WHERE name = ?1", params![name])
-                .map_err(db_error)?;
+            let deleted = conn.execute("DELETE FROM secrets WHERE name = ?1", params![name]).map_err(db_error)?;
             if deleted == 0 {
-                return Err(StoreError::NotFound {
-                    what: format!("secret {name}"),
-                });
+                return Err(StoreError::NotFound { what: format!("secret {name}") });
             }
             Ok(())
         })

@@ -42,14 +42,8 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
-        Table::Connections,
-        Table::PendingFlows,
-        Table::Cursors,
-        Table::Submissions,
-        Table::Leases,
-        Table::Runs,
-    ];
+    pub const ALL: [Table; 6] =
+        [Table::Connections, Table::PendingFlows, Table::Cursors, Table::Submissions, Table::Leases, Table::Runs];
 
     /// Azure table names are alphanumeric, 3-63 characters, starting with a letter.
     pub fn name(self) -> &'static str {
@@ -117,10 +111,7 @@ impl RowRange {
         // The smallest string greater than every string with this prefix. Row keys cannot hold
         // U+10FFFF in practice, so appending it is enough.
         end.push(char::MAX);
-        Self {
-            start: Some(prefix.to_owned()),
-            end: Some(end),
-        }
+        Self { start: Some(prefix.to_owned()), end: Some(end) }
     }
 }
 
@@ -155,10 +146,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        StoreError::Invalid {
-            field,
-            reason: reason.into(),
-        }
+        StoreError::Invalid { field, reason: reason.into() }
     }
 }
 
@@ -312,10 +300,7 @@ impl<'a> TypedTable<'a> {
     pub async fn get<T: DeserializeOwned>(&self, pk: &str, rk: &str) -> StoreResult<Option<Versioned<T>>> {
         match self.store.get(self.table, pk, rk).await? {
             None => Ok(None),
-            Some(entity) => Ok(Some(Versioned {
-                value: from_properties(entity.properties)?,
-                etag: entity.etag,
-            })),
+            Some(entity) => Ok(Some(Versioned { value: from_properties(entity.properties)?, etag: entity.etag })),
         }
     }
 
@@ -324,9 +309,7 @@ impl<'a> TypedTable<'a> {
     }
 
     pub async fn update<T: Serialize>(&self, pk: &str, rk: &str, value: &T, condition: IfMatch) -> StoreResult<ETag> {
-        self.store
-            .update(self.table, pk, rk, to_properties(value)?, condition)
-            .await
+        self.store.update(self.table, pk, rk, to_properties(value)?, condition).await
     }
 
     pub async fn upsert<T: Serialize>(&self, pk: &str, rk: &str, value: &T) -> StoreResult<ETag> {
@@ -337,10 +320,7 @@ impl<'a> TypedTable<'a> {
 pub fn to_properties<T: Serialize>(value: &T) -> StoreResult<Map<String, Value>> {
     match serde_json::to_value(value) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(StoreError::invalid(
-            "record",
-            "a table record must serialize to a JSON object",
-        )),
+        Ok(_) => Err(StoreError::invalid("record", "a table record must serialize to a JSON object")),
         Err(e) => Err(StoreError::invalid("record", e.to_string())),
     }
 }
@@ -356,14 +336,8 @@ pub fn validate_key(field: &'static str, key: &str) -> StoreResult<()> {
     if key.len() > 1024 {
         return Err(StoreError::invalid(field, "longer than 1024 bytes"));
     }
-    if let Some(c) = key
-        .chars()
-        .find(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control())
-    {
-        return Err(StoreError::invalid(
-            field,
-            format!("contains the forbidden character {c:?}"),
-        ));
+    if let Some(c) = key.chars().find(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control()) {
+        return Err(StoreError::invalid(field, format!("contains the forbidden character {c:?}")));
     }
     Ok(())
 }
@@ -379,10 +353,7 @@ pub fn validate_properties(props: &Map<String, Value>) -> StoreResult<()> {
             && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
-            return Err(StoreError::invalid(
-                "properties",
-                format!("{name:?} is not a valid property name"),
-            ));
+            return Err(StoreError::invalid("properties", format!("{name:?} is not a valid property name")));
         }
         if matches!(name.as_str(), "PartitionKey" | "RowKey" | "Timestamp" | "ETag") {
             return Err(StoreError::invalid("properties", format!("{name:?} is reserved")));
@@ -393,10 +364,7 @@ pub fn validate_properties(props: &Map<String, Value>) -> StoreResult<()> {
             _ => 0,
         };
         if text_len > 32 * 1024 {
-            return Err(StoreError::invalid(
-                "properties",
-                format!("{name:?} is longer than 32768 characters"),
-            ));
+            return Err(StoreError::invalid("properties", format!("{name:?} is longer than 32768 characters")));
         }
     }
     Ok(())
@@ -405,19 +373,14 @@ pub fn validate_properties(props: &Map<String, Value>) -> StoreResult<()> {
 /// Azure container and queue names: 3-63 of lowercase letters, digits and single dashes.
 pub fn validate_container_name(field: &'static str, name: &str) -> StoreResult<()> {
     let ok = (3..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--");
     if ok {
         Ok(())
     } else {
-        Err(StoreError::invalid(
-            field,
-            format!("{name:?} must be 3-63 lowercase letters, digits or single dashes"),
-        ))
+        Err(StoreError::invalid(field, format!("{name:?} must be 3-63 lowercase letters, digits or single dashes")))
     }
 }
 
@@ -427,10 +390,7 @@ pub fn validate_secret_name(name: &str) -> StoreResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::invalid(
-            "secret name",
-            format!("{name:?} must be 1-127 of 0-9, a-z, A-Z and '-'"),
-        ))
+        Err(StoreError::invalid("secret name", format!("{name:?} must be 1-127 of 0-9, a-z, A-Z and '-'")))
     }
 }
 

@@ -1,0 +1,122 @@
+//! No secret reaches a log line or a reply: a run with every secret setting set and
+//! credential-shaped inputs, then a scan of everything the process wrote and answered.
+
+mod harness;
+
+use harness::{client, Server};
+use serde_json::json;
+
+const CLIENT_SECRET: &str = "oauth-client-secret-Zx81";
+const STORE_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGhlLWxvY2FsLXN0b3JlISE="; // 32 bytes
+const ACCOUNT_KEY: &str = "QWNjb3VudEtleVNlY3JldFZhbHVlMTIzNDU2Nzg=";
+const WEBHOOK_PASSWORD: &str = "webhook-password-Qp27-long";
+const API_KEY_SECRET: &str = "truecontext-api-secret-Lm55";
+const FUNCTION_KEY: &str = "function-key-value-Hh92-long";
+// Credential-shaped inputs from callers.
+const BEARER: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJlLXNlY3JldA";
+const AUTH_CODE: &str = "0.AUTHCODE-secret-Kk11";
+const REFRESH_TOKEN: &str = "1.REFRESH-secret-Rr42";
+
+fn settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("OAUTH_CLIENT_ID", "11111111-2222-3333-4444-555555555555".into()),
+        ("OAUTH_CLIENT_SECRET", CLIENT_SECRET.into()),
+        ("LOCAL_STORE_KEY", STORE_KEY.into()),
+        ("STORE", "local".into()),
+        ("AzureWebJobsStorage", format!("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={ACCOUNT_KEY};EndpointSuffix=core.windows.net")),
+        ("WEBHOOK_AUTH", "basic".into()),
+        ("WEBHOOK_BASIC_USERNAME", "truecontext".into()),
+        ("WEBHOOK_BASIC_PASSWORD", WEBHOOK_PASSWORD.into()),
+        ("TRUECONTEXT_AUTH", "basic".into()),
+        ("TRUECONTEXT_API_KEY_ID", "key-id".into()),
+        ("TRUECONTEXT_API_KEY_SECRET", API_KEY_SECRET.into()),
+        ("FUNCTION_KEY", FUNCTION_KEY.into()),
+        ("RUST_LOG", "debug".into()),
+    ]
+}
+
+const SECRETS: &[&str] = &[
+    CLIENT_SECRET,
+    STORE_KEY,
+    ACCOUNT_KEY,
+    WEBHOOK_PASSWORD,
+    API_KEY_SECRET,
+    FUNCTION_KEY,
+    BEARER,
+    AUTH_CODE,
+    REFRESH_TOKEN,
+];
+
+fn assert_clean(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{what} contains a secret ({}…):\n{text}", &secret[..6]);
+    }
+}
+
+#[tokio::test]
+async fn a_host_run_logs_and_answers_no_secret() {
+    let owned = settings();
+    let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::host(&pairs);
+    let mut replies = String::new();
+    let http = |function: &str, method: &str, url: String, body: Option<String>| {
+        let mut req = json!({
+            "Url": url, "Method": method, "Query": {},
+            "Headers": { "Authorization": [format!("Bearer {BEARER}")], "Content-Type": ["application/json"] },
+            "Params": {}, "Identities": []
+        });
+        if let Some(body) = body {
+            req["Body"] = json!(body);
+        }
+        (function.to_owned(), json!({ "Data": { "req": req }, "Metadata": { "sys": { "MethodName": function } } }))
+    };
+    let invocations = vec![
+        http("status", "GET", format!("https://app/api/status?code={FUNCTION_KEY}"), None),
+        http("callback", "GET", format!("https://app/api/callback?code={AUTH_CODE}&state=abc"), None),
+        http(
+            "webhook",
+            "POST",
+            "https://app/api/webhook".into(),
+            Some(json!({ "refresh_token": REFRESH_TOKEN }).to_string()),
+        ),
+        ("sync".into(), json!({ "Data": { "timer": { "IsPastDue": true, "ScheduleStatus": null } }, "Metadata": {} })),
+        (
+            "process".into(),
+            json!({ "Data": { "msg": json!(json!({ "access_token": BEARER }).to_string()).to_string() },
+                    "Metadata": { "DequeueCount": "5" } }),
+        ),
+        ("process".into(), json!({ "Data": { "msg": format!("\"not json {REFRESH_TOKEN}\"") }, "Metadata": {} })),
+    ];
+    for (function, envelope) in invocations {
+        let reply = client().post(server.url(&format!("/{function}"))).json(&envelope).send().await.unwrap();
+        replies.push_str(&reply.text().await.unwrap());
+    }
+    let truncated =
+        client().post(server.url("/status")).body(format!("{{\"Data\": {{\"req\": \"{BEARER}")).send().await;
+    replies.push_str(&truncated.unwrap().text().await.unwrap());
+
+    assert_clean("the replies", &replies);
+    let log = server.log();
+    assert!(log.contains("sync finished"), "the run logged something to scan:\n{log}");
+    assert_clean("the server log", &log);
+}
+
+#[tokio::test]
+async fn check_and_status_print_no_secret() {
+    let owned = settings();
+    let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for verb in ["check", "status"] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = harness::command(dir.path(), &pairs).arg(verb).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert_clean(verb, &text);
+    }
+    // A wrong value for a secret setting is reported without the value.
+    let dir = tempfile::tempdir().unwrap();
+    let output = harness::command(dir.path(), &[("LOCAL_STORE_KEY", "not-base64-but-secret-Yy77")])
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("LOCAL_STORE_KEY") && !text.contains("Yy77"), "{text}");
+}
