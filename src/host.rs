@@ -38,7 +38,7 @@ pub fn router(app: App) -> Router {
     let envelope_limit = envelope_limit(app.settings.max_request_body_bytes);
     Router::new()
         .route("/", get(ready).head(ready))
-        .route("/{function}", post(invoke))
+        .route("/{function}", post(invoke).fallback(wrong_method))
         .fallback(not_found)
         // The limit is enforced in `invoke`, with an error the caller can read.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -64,6 +64,13 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
             format!("{method} {} is not a route; the host posts invocations to /<FunctionName>", uri.path()),
         ),
     )
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> Response {
+    let message = format!("{method} {}: the host posts invocations with POST", uri.path());
+    let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, error_body("method_not_allowed", message));
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
