@@ -3,6 +3,8 @@
 //! the repository's local.settings.json never leak in). The process is killed on drop.
 #![allow(dead_code)]
 
+pub mod azurite;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

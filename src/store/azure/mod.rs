@@ -1,0 +1,5 @@
+//! The Azure backend (`STORE=azure`): Table storage, Blob storage, Queue storage and Key Vault,
+//! with account keys (Azurite), SAS, or a managed identity.
+
+pub mod connection;
+pub mod credential;
