@@ -450,7 +450,10 @@ impl QueueStore for LocalStore {
     async fn enqueue(&self, queue: &str, body: &str, delay: Duration) -> StoreResult<String> {
         validate_container_name("queue name", queue)?;
         if body.len() > MAX_QUEUE_MESSAGE_BYTES {
-            return Err(StoreError::invalid("queue message", format!("{} bytes is over the {} KiB limit", body.len(), MAX_QUEUE_MESSAGE_BYTES / 1024)));
+            return Err(StoreError::invalid(
+                "queue message",
+                format!("{} bytes is over the {} KiB limit", body.len(), MAX_QUEUE_MESSAGE_BYTES / 1024),
+            ));
         }
         let (queue, body) = (queue.to_owned(), body.to_owned());
         self.run(move |conn, _| {

@@ -16,8 +16,8 @@
 //! gets the same lease semantics for free. `tests/store_conformance.rs` holds the behaviour
 //! every backend must pass.
 
-mod crypto;
 pub mod azure;
+mod crypto;
 pub mod lease;
 pub mod local;
 

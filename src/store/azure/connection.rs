@@ -58,11 +58,9 @@ impl StorageAccount {
                 .and_then(|h| h.split('.').next())
                 .map(str::to_owned)
                 .ok_or_else(|| invalid("AzureWebJobsStorage__tableServiceUri has no account host name"))?,
-            (None, None) => {
-                return Err(invalid(
-                    "set AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName (managed identity)",
-                ))
-            }
+            (None, None) => return Err(invalid(
+                "set AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName (managed identity)",
+            )),
         };
         let default = |service: &str| Url::parse(&format!("https://{name}.{service}.core.windows.net"));
         let pick = |explicit: &Option<Url>, service: &str| -> StoreResult<Url> {
@@ -88,10 +86,8 @@ impl StorageAccount {
             fields.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
         }
         if fields.get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            let host = fields
-                .get("developmentstorageproxyuri")
-                .cloned()
-                .unwrap_or_else(|| "http://127.0.0.1".to_owned());
+            let host =
+                fields.get("developmentstorageproxyuri").cloned().unwrap_or_else(|| "http://127.0.0.1".to_owned());
             let endpoint = |port: u16| parse_endpoint(&format!("{host}:{port}/{DEV_ACCOUNT}"));
             return Ok(StorageAccount {
                 name: DEV_ACCOUNT.into(),

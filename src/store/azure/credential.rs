@@ -5,12 +5,15 @@
 use std::sync::Arc;
 
 use azure_core::credentials::TokenCredential;
-use azure_identity::{DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
+use azure_identity::{
+    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+};
 
 use crate::store::{StoreError, StoreResult};
 
 pub fn default_credential(user_assigned_client_id: Option<&str>) -> StoreResult<Arc<dyn TokenCredential>> {
-    let in_azure = ["IDENTITY_ENDPOINT", "MSI_ENDPOINT", "WEBSITE_INSTANCE_ID"].iter().any(|v| std::env::var_os(v).is_some());
+    let in_azure =
+        ["IDENTITY_ENDPOINT", "MSI_ENDPOINT", "WEBSITE_INSTANCE_ID"].iter().any(|v| std::env::var_os(v).is_some());
     let credential: azure_core::Result<Arc<dyn TokenCredential>> = if in_azure {
         let options = ManagedIdentityCredentialOptions {
             user_assigned_id: user_assigned_client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
