@@ -52,7 +52,9 @@ fn check_reports_every_wrong_value_at_once_without_printing_secrets() {
     ]);
     let (output, text) = run(&["check"], &settings);
     assert!(!output.status.success());
-    for setting in ["OAUTH_PROVIDER", "SYNC_SCHEDULE", "TRUECONTEXT_BASE_URL", "STORE", "AzureWebJobsStorage", "FUNCTION_KEY"] {
+    for setting in
+        ["OAUTH_PROVIDER", "SYNC_SCHEDULE", "TRUECONTEXT_BASE_URL", "STORE", "AzureWebJobsStorage", "FUNCTION_KEY"]
+    {
         assert!(text.contains(setting), "{setting} not reported:\n{text}");
     }
     assert!(text.contains("6 problem(s)"), "{text}");

@@ -10,12 +10,8 @@ use serde_json::Value;
 use truecontext_bridge::store::local;
 
 async fn status(server: &Server) -> Value {
-    let response = client()
-        .get(server.url("/api/status"))
-        .header("x-functions-key", TEST_FUNCTION_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        client().get(server.url("/api/status")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -74,7 +70,8 @@ async fn function_level_routes_refuse_a_missing_or_wrong_key() {
 #[tokio::test]
 async fn routes_match_case_insensitively_and_unknown_ones_are_404() {
     let server = Server::standalone(&[]);
-    let upper = client().get(server.url("/api/STATUS")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
+    let upper =
+        client().get(server.url("/api/STATUS")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
     assert_eq!(upper.status(), 200);
     let unknown = client().get(server.url("/api/nothing-here")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);

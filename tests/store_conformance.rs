@@ -121,12 +121,7 @@ async fn two_handles_same_dir() {
     let pk = c::unique("shared");
     let etag = pair[0]
         .tables
-        .insert(
-            truecontext_bridge::store::Table::Runs,
-            &pk,
-            "r",
-            c::props(serde_json::json!({"v": 1})),
-        )
+        .insert(truecontext_bridge::store::Table::Runs, &pk, "r", c::props(serde_json::json!({"v": 1})))
         .await
         .unwrap();
     let seen = pair[1]
@@ -138,17 +133,8 @@ async fn two_handles_same_dir() {
     assert_eq!(seen.etag, etag);
     let name = c::unique("shared-");
     pair[0].secrets.set(&name, &SecretString::new("both")).await.unwrap();
-    let got = pair[1]
-        .secrets
-        .get(&name, None)
-        .await
-        .unwrap()
-        .expect("secret visible to the other handle");
-    assert_eq!(
-        got.value.expose(),
-        "both",
-        "both handles use the same generated key file"
-    );
+    let got = pair[1].secrets.get(&name, None).await.unwrap().expect("secret visible to the other handle");
+    assert_eq!(got.value.expose(), "both", "both handles use the same generated key file");
 
     c::cas_counter_race(&pair).await;
     c::cas_rounds(&pair).await;
@@ -176,50 +162,16 @@ async fn data_survives_reopen() {
     let etag = {
         let s = open(dir.path());
         s.queues.enqueue(&q, "still here", Duration::ZERO).await.unwrap();
-        s.blobs
-            .put("docs", "a.json", b"{}", "application/json", false)
-            .await
-            .unwrap();
+        s.blobs.put("docs", "a.json", b"{}", "application/json", false).await.unwrap();
         s.secrets.set(&name, &SecretString::new("kept")).await.unwrap();
-        s.tables
-            .insert(Table::Runs, &pk, "r", c::props(serde_json::json!({"v": 7})))
-            .await
-            .unwrap()
+        s.tables.insert(Table::Runs, &pk, "r", c::props(serde_json::json!({"v": 7}))).await.unwrap()
     };
     let s = open(dir.path());
-    let e = s
-        .tables
-        .get(Table::Runs, &pk, "r")
-        .await
-        .unwrap()
-        .expect("entity after reopen");
+    let e = s.tables.get(Table::Runs, &pk, "r").await.unwrap().expect("entity after reopen");
     assert_eq!((e.etag, e.properties), (etag, c::props(serde_json::json!({"v": 7}))));
-    assert_eq!(
-        s.secrets
-            .get(&name, None)
-            .await
-            .unwrap()
-            .expect("secret after reopen")
-            .value
-            .expose(),
-        "kept"
-    );
-    assert_eq!(
-        s.blobs
-            .get("docs", "a.json")
-            .await
-            .unwrap()
-            .expect("blob after reopen")
-            .content,
-        b"{}"
-    );
-    let m = s
-        .queues
-        .dequeue(&q, 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .pop()
-        .expect("message after reopen");
+    assert_eq!(s.secrets.get(&name, None).await.unwrap().expect("secret after reopen").value.expose(), "kept");
+    assert_eq!(s.blobs.get("docs", "a.json").await.unwrap().expect("blob after reopen").content, b"{}");
+    let m = s.queues.dequeue(&q, 1, Duration::from_secs(30)).await.unwrap().pop().expect("message after reopen");
     assert_eq!(m.body, "still here");
 }
 
@@ -253,16 +205,8 @@ fn assert_not_on_disk(dir: &Path, plaintext: &str) {
     );
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
-        assert!(
-            !contains(&bytes, plaintext.as_bytes()),
-            "{} holds the secret in plain text",
-            file.display()
-        );
-        assert!(
-            !contains(&bytes, &utf16le),
-            "{} holds the secret in plain text (UTF-16)",
-            file.display()
-        );
+        assert!(!contains(&bytes, plaintext.as_bytes()), "{} holds the secret in plain text", file.display());
+        assert!(!contains(&bytes, &utf16le), "{} holds the secret in plain text (UTF-16)", file.display());
     }
 }
 
@@ -276,20 +220,10 @@ async fn secrets_encrypted_at_rest() {
         let plaintext = format!("plain-{}-refresh-token-value", c::unique("marker"));
         let name = c::unique("at-rest-");
         let s = local::open(dir.path(), explicit.then_some(&key)).unwrap();
-        let v1 = s
-            .secrets
-            .set(&name, &SecretString::new(plaintext.clone()))
-            .await
-            .unwrap();
+        let v1 = s.secrets.set(&name, &SecretString::new(plaintext.clone())).await.unwrap();
         // A second version too, so old versions are covered.
-        s.secrets
-            .set(&name, &SecretString::new(format!("{plaintext}-v2")))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.secrets.get(&name, Some(&v1)).await.unwrap().unwrap().value.expose(),
-            plaintext
-        );
+        s.secrets.set(&name, &SecretString::new(format!("{plaintext}-v2"))).await.unwrap();
+        assert_eq!(s.secrets.get(&name, Some(&v1)).await.unwrap().unwrap().value.expose(), plaintext);
         assert_not_on_disk(dir.path(), &plaintext);
         drop(s);
         assert_not_on_disk(dir.path(), &plaintext);
@@ -305,10 +239,7 @@ async fn wrong_key_fails_to_read() {
     let name = c::unique("keyed-");
     let version = {
         let s = local::open(dir.path(), Some(&key)).unwrap();
-        s.secrets
-            .set(&name, &SecretString::new("only-with-the-right-key"))
-            .await
-            .unwrap()
+        s.secrets.set(&name, &SecretString::new("only-with-the-right-key")).await.unwrap()
     };
 
     let assert_unreadable = |result: Result<Option<truecontext_bridge::store::SecretVersion>, StoreError>,
@@ -335,10 +266,7 @@ async fn wrong_key_fails_to_read() {
 
     // The right key still works.
     let s = local::open(dir.path(), Some(&key)).unwrap();
-    assert_eq!(
-        s.secrets.get(&name, None).await.unwrap().unwrap().value.expose(),
-        "only-with-the-right-key"
-    );
+    assert_eq!(s.secrets.get(&name, None).await.unwrap().unwrap().value.expose(), "only-with-the-right-key");
 }
 
 /// A malformed explicit key is refused when opening.
