@@ -789,14 +789,14 @@ mod tests {
         let problems = load(&[
             ("AzureWebJobsStorage", secret),
             ("LOCAL_STORE_KEY", secret),
-            ("FUNCTION_KEY", "short"),
+            ("FUNCTION_KEY", "fk-Q7x"),
             ("WEBHOOK_AUTH", "basic"),
             ("WEBHOOK_BASIC_USERNAME", "tc"),
-            ("WEBHOOK_BASIC_PASSWORD", "tiny"),
+            ("WEBHOOK_BASIC_PASSWORD", "pw-Z3k"),
         ])
         .unwrap_err();
         let text = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-        assert!(!text.contains(secret) && !text.contains("short") && !text.contains("tiny"), "{text}");
+        assert!(!text.contains(secret) && !text.contains("fk-Q7x") && !text.contains("pw-Z3k"), "{text}");
         let ok = load(&[("OAUTH_CLIENT_SECRET", secret)]).unwrap();
         assert!(!format!("{ok:?}").contains(secret));
     }

@@ -37,7 +37,7 @@ struct HostState {
 pub fn router(app: App) -> Router {
     let envelope_limit = envelope_limit(app.settings.max_request_body_bytes);
     Router::new()
-        .route("/", get(ready).head(ready))
+        .route("/", get(ready).head(ready).fallback(wrong_method))
         .route("/{function}", post(invoke).fallback(wrong_method))
         .fallback(not_found)
         // The limit is enforced in `invoke`, with an error the caller can read.
@@ -89,6 +89,9 @@ fn error_body(code: &str, message: String) -> Value {
 async fn invoke(State(state): State<HostState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
     let app = state.app;
     let Some(function) = functions::by_name(&name) else {
+        // Read the envelope anyway: replying before the body is consumed makes hyper close the
+        // connection, and the host's next invocation on it would fail.
+        let _ = axum::body::to_bytes(body, state.envelope_limit).await;
         tracing::warn!(function = %name, "invocation for an unknown function");
         return reply(
             StatusCode::NOT_FOUND,
@@ -103,7 +106,11 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
                 state.envelope_limit
             );
             tracing::warn!(function = function.name, "{message}");
-            return reply(StatusCode::PAYLOAD_TOO_LARGE, error_body("envelope_too_large", message));
+            // The rest of the body is not read, so this connection cannot carry another
+            // request; say so, so the host opens a new one instead of failing on this one.
+            let mut response = reply(StatusCode::PAYLOAD_TOO_LARGE, error_body("envelope_too_large", message));
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let invocation_id = headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -326,7 +333,7 @@ fn encode_http(response: &HttpResponse) -> Value {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &response.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        match headers.get_mut(name.as_str()) {
+        match headers.get_mut(&display_header_name(name)) {
             Some(_) if name == header::SET_COOKIE => {
                 tracing::warn!("a second Set-Cookie header was dropped: the host carries one per response");
             }
@@ -356,7 +363,11 @@ fn display_header_name(name: &HeaderName) -> String {
 
 fn decode_timer(data: Option<&Value>) -> Result<TimerInfo, String> {
     let timer = match data {
-        None | Some(Value::Null) => return Ok(TimerInfo::default()),
+        None | Some(Value::Null) => {
+            return Err(
+                "Data.timer is missing: the host sends the timer under the binding name in sync/function.json".into()
+            )
+        }
         Some(Value::Object(map)) => map.clone(),
         // Be lenient with a stand-in that double-encodes the object too.
         Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
@@ -446,6 +457,23 @@ mod tests {
             assert!(host_time(Some(&json!(text))).is_some(), "{text}");
         }
         assert_eq!(host_time(Some(&json!("0001-01-01T00:00:00"))), None);
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_but_a_second_cookie_is_dropped() {
+        let response = HttpResponse {
+            status: StatusCode::OK,
+            headers: vec![
+                (header::VARY, HeaderValue::from_static("a")),
+                (header::VARY, HeaderValue::from_static("b")),
+                (header::SET_COOKIE, HeaderValue::from_static("first=1")),
+                (header::SET_COOKIE, HeaderValue::from_static("second=2")),
+            ],
+            body: String::new(),
+        };
+        let encoded = encode_http(&response);
+        assert_eq!(encoded["headers"]["Vary"], "a, b");
+        assert_eq!(encoded["headers"]["Set-Cookie"], "first=1");
     }
 
     #[test]
