@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod browser;
+pub mod oidc;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
