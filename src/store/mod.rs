@@ -400,8 +400,6 @@ pub fn validate_secret_name(name: &str) -> StoreResult<()> {
 pub fn open(settings: &crate::config::StoreSettings) -> StoreResult<Stores> {
     match settings.kind {
         StoreKind::Local => local::open(&settings.local_path, settings.local_key.as_ref()),
-        StoreKind::Azure => Err(StoreError::Backend(
-            "STORE=azure: the Azure Storage and Key Vault backend is not part of this version; use STORE=local".into(),
-        )),
+        StoreKind::Azure => azure::open(settings),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod azurite;
 pub mod browser;
+pub mod keyvault;
 pub mod oidc;
 
 use std::net::TcpListener;

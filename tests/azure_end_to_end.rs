@@ -1,0 +1,90 @@
+//! The binary on the Azure backend: `tcbridge serve` (host mode) and `serve --standalone` with
+//! `STORE=azure` against Azurite, so the same handlers run on Table, Blob and Queue storage.
+//! (Key Vault is named but not needed by these paths; its own suite is tests/azure_keyvault.rs.)
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::azurite::Azurite;
+use harness::{client, Server, TEST_FUNCTION_KEY};
+use serde_json::{json, Value};
+use truecontext_bridge::store::azure::connection::StorageAccount;
+use truecontext_bridge::store::azure::queues::AzureQueues;
+use truecontext_bridge::store::QueueStore;
+
+fn azure_settings(azurite: &Azurite) -> Vec<(&'static str, String)> {
+    vec![
+        ("STORE", "azure".into()),
+        ("AzureWebJobsStorage", azurite.connection_string()),
+        ("KEYVAULT_URI", "https://unused.vault.localhost".into()),
+    ]
+}
+
+fn pairs<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    owned.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test]
+async fn host_mode_records_sync_runs_in_table_storage() {
+    let azurite = Azurite::start();
+    let owned = azure_settings(&azurite);
+    let server = Server::host(&pairs(&owned));
+    let timer = json!({ "Data": { "timer": { "Schedule": { "AdjustForDST": true }, "ScheduleStatus": null, "IsPastDue": false } },
+                        "Metadata": {} });
+    for _ in 0..2 {
+        let reply = client().post(server.url("/sync")).json(&timer).send().await.unwrap();
+        assert_eq!(reply.status(), 200, "{}", server.log());
+    }
+    let status =
+        json!({ "Data": { "req": { "Url": "https://x/api/status", "Method": "GET", "Headers": {} } }, "Metadata": {} });
+    let reply: Value = client().post(server.url("/status")).json(&status).send().await.unwrap().json().await.unwrap();
+    let report: Value = serde_json::from_str(reply["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(report["store"], "azure");
+    assert_eq!(report["sync"]["last_run"]["count"], 2, "both runs recorded in Azurite");
+
+    // A second instance on the same account sees the same state.
+    let other = Server::host(&pairs(&owned));
+    let reply: Value = client().post(other.url("/status")).json(&status).send().await.unwrap().json().await.unwrap();
+    let report: Value = serde_json::from_str(reply["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(report["sync"]["last_run"]["count"], 2);
+}
+
+#[tokio::test]
+async fn standalone_mode_poisons_a_failing_message_in_queue_storage() {
+    let azurite = Azurite::start();
+    let mut owned = azure_settings(&azurite);
+    owned.extend([
+        ("QUEUE_MAX_DEQUEUE_COUNT", "2".to_owned()),
+        ("QUEUE_RETRY_DELAY_SECONDS", "0".to_owned()),
+        ("INCOMING_QUEUE_NAME", "incoming-e2e".to_owned()),
+    ]);
+    let server = Server::standalone(&pairs(&owned));
+    let account = StorageAccount::from_connection_string(&azurite.connection_string()).unwrap();
+    let queues = AzureQueues::new(&account, None).unwrap();
+    queues.enqueue("incoming-e2e", r#"{"submission":"7"}"#, Duration::ZERO).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queues.len("incoming-e2e-poison").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "message never reached the poison queue:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let poisoned = queues.dequeue("incoming-e2e-poison", 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(poisoned[0].body, r#"{"submission":"7"}"#);
+    let status =
+        client().get(server.url("/api/status")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
+    let report: Value = status.json().await.unwrap();
+    assert_eq!(report["store"], "azure");
+}
+
+#[test]
+fn check_explains_an_azure_store_without_a_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        harness::command(dir.path(), &[("STORE", "azure"), ("AzureWebJobsStorage", "UseDevelopmentStorage=true")])
+            .arg("check")
+            .output()
+            .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(text.contains("KEYVAULT_URI"), "{text}");
+}
