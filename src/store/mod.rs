@@ -386,6 +386,24 @@ pub fn validate_container_name(field: &'static str, name: &str) -> StoreResult<(
     }
 }
 
+/// The secret-store name for one of a connection's secrets (`kind` is a fixed word such as
+/// `refresh-token`). Key Vault names allow only `[0-9a-zA-Z-]`, at most 127, and ignore case,
+/// while connection ids are free text: a short lowercase id stays readable
+/// (`refresh-token-c-default`); any other id is replaced by a hash of it
+/// (`refresh-token-h-<40 hex>`). The `-c-`/`-h-` marker keeps the two forms from colliding.
+pub fn connection_secret_name(kind: &str, connection_id: &str) -> String {
+    debug_assert!(kind.chars().all(|c| c.is_ascii_lowercase() || c == '-') && kind.len() <= 40);
+    let readable = (1..=63).contains(&connection_id.len())
+        && connection_id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if readable {
+        format!("{kind}-c-{connection_id}")
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(connection_id.as_bytes());
+        format!("{kind}-h-{}", &hex::encode(digest)[..40])
+    }
+}
+
 /// Key Vault secret names: 1-127 of `[0-9a-zA-Z-]`.
 pub fn validate_secret_name(name: &str) -> StoreResult<()> {
     let ok = (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
@@ -401,5 +419,28 @@ pub fn open(settings: &crate::config::StoreSettings) -> StoreResult<Stores> {
     match settings.kind {
         StoreKind::Local => local::open(&settings.local_path, settings.local_key.as_ref()),
         StoreKind::Azure => azure::open(settings),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_secret_names_are_valid_distinct_and_readable_when_possible() {
+        assert_eq!(connection_secret_name("refresh-token", "default"), "refresh-token-c-default");
+        let odd = ["Default", "tenant/contoso", "ünïcödé", "a b", &"x".repeat(200), "", "c-default"];
+        let mut names = std::collections::HashSet::new();
+        names.insert(connection_secret_name("refresh-token", "default"));
+        for id in odd {
+            let name = connection_secret_name("refresh-token", id);
+            validate_secret_name(&name).unwrap_or_else(|e| panic!("{id:?} gave {name:?}: {e}"));
+            assert!(names.insert(name.to_ascii_lowercase()), "{id:?} collides");
+        }
+        // Case-insensitive Key Vault: ids differing only in case must not share a secret.
+        assert_ne!(
+            connection_secret_name("refresh-token", "Prod").to_ascii_lowercase(),
+            connection_secret_name("refresh-token", "prod").to_ascii_lowercase()
+        );
     }
 }
