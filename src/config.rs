@@ -175,6 +175,11 @@ pub struct OAuthSettings {
     pub refresh_endpoint: Option<Url>,
     pub allowed_tenants: Vec<String>,
     pub allowed_users: Vec<String>,
+    /// Non-standard servers: the authorization response parameter carrying the code
+    /// (`OAUTH_CODE_PARAM`, seed 001: `authorization_code`) and the refresh request parameter
+    /// carrying the refresh token (`OAUTH_REFRESH_TOKEN_PARAM`, seed 001: `token`).
+    pub code_param: String,
+    pub refresh_token_param: String,
 }
 
 #[derive(Debug, Clone)]
@@ -518,7 +523,19 @@ fn parse_oauth(p: &mut Parser<'_>) -> OAuthSettings {
         refresh_endpoint: p.url("OAUTH_REFRESH_ENDPOINT", "https://auth.example.com/oauth/refresh"),
         allowed_tenants: p.list("ALLOWED_TENANTS", &[',', ' ', ';']),
         allowed_users: p.list("ALLOWED_USERS", &[',', ' ', ';']),
+        code_param: parameter_name(p, "OAUTH_CODE_PARAM", "code"),
+        refresh_token_param: parameter_name(p, "OAUTH_REFRESH_TOKEN_PARAM", "refresh_token"),
     }
+}
+
+fn parameter_name(p: &mut Parser<'_>, name: &str, default: &str) -> String {
+    let value = p.text(name).unwrap_or_else(|| default.to_owned());
+    if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        p.problem(name, format!("{value:?} is not a parameter name"), default);
+        return default.to_owned();
+    }
+    value
 }
 
 fn parse_truecontext(p: &mut Parser<'_>) -> TrueContextSettings {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod functions;
 pub mod handlers;
 pub mod host;
+pub mod oauth;
 pub mod schedule;
 pub mod secret;
 pub mod standalone;
