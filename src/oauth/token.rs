@@ -52,7 +52,7 @@ pub struct OAuthErrorBody {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("the authorization server refused the request: {} ({})", .body.error, .body.error_description.as_deref().unwrap_or("no description"))]
-    Rejected { status: u16, body: OAuthErrorBody, retry_after: Option<Duration> },
+    Rejected { status: u16, body: Box<OAuthErrorBody>, retry_after: Option<Duration> },
     #[error("the token endpoint answered HTTP {status} without an OAuth error")]
     Http { status: u16, retry_after: Option<Duration> },
     #[error("the token endpoint did not answer in time")]
@@ -220,7 +220,7 @@ pub async fn request_tokens(http: &reqwest::Client, request: TokenRequest<'_>) -
         return parse_token_response(&bytes);
     }
     match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
-        Ok(body) if !body.error.is_empty() => Err(TokenError::Rejected { status, body, retry_after }),
+        Ok(body) if !body.error.is_empty() => Err(TokenError::Rejected { status, body: Box::new(body), retry_after }),
         _ => Err(TokenError::Http { status, retry_after }),
     }
 }
