@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod connections;
 pub mod functions;
 pub mod handlers;
 pub mod host;

@@ -44,6 +44,12 @@ enum Command {
     Status,
     /// Validate the configuration and say in plain words what is missing or wrong.
     Check,
+    /// Print the link an administrator opens to connect (or reconnect) a connection.
+    ConsentUrl {
+        /// The connection to connect.
+        #[arg(long, default_value = "default")]
+        connection: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check => check(&raw).await,
             Command::Status => status(&raw).await,
+            Command::ConsentUrl { connection } => consent_url(&raw, &connection),
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
             Command::Serve { standalone: true, port, address } => serve_standalone(&raw, port, address).await,
         }
@@ -137,6 +144,14 @@ async fn check(raw: &RawSettings) -> anyhow::Result<ExitCode> {
         println!("  - {}", telemetry::redact(&problem.to_string()));
     }
     Ok(ExitCode::FAILURE)
+}
+
+fn consent_url(raw: &RawSettings, connection: &str) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(raw)?;
+    let url = truecontext_bridge::connections::consent_url(&settings, connection).map_err(anyhow::Error::msg)?;
+    println!("{url}");
+    eprintln!("The link needs the function key: add &code=<key>, or send it as the x-functions-key header.");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(raw: &RawSettings) -> anyhow::Result<ExitCode> {

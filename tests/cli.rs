@@ -109,3 +109,25 @@ fn only_the_verbs_of_this_version_exist() {
         assert!(text.contains(verb), "{text}");
     }
 }
+
+#[test]
+fn consent_url_is_derived_from_the_redirect_uri() {
+    let (output, text) = run(
+        &["consent-url", "--connection", "prod-eu"],
+        &[("OAUTH_REDIRECT_URI", "https://bridge.example.com/api/callback")],
+    );
+    assert!(output.status.success(), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "https://bridge.example.com/api/authorize?connection=prod-eu"
+    );
+    let (output, text) = run(
+        &["consent-url", "--connection", "../etc"],
+        &[("OAUTH_REDIRECT_URI", "https://b.example.com/api/callback")],
+    );
+    assert!(!output.status.success());
+    assert!(text.contains("connection id"), "{text}");
+    let (output, text) = run(&["consent-url"], &[]);
+    assert!(!output.status.success());
+    assert!(text.contains("OAUTH_REDIRECT_URI"), "{text}");
+}

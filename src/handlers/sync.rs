@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{App, InvocationError, TimerInfo};
-use crate::store::{lease, RowRange, Table, TypedTable};
+use crate::store::{lease, Table, TypedTable};
 
 const RUNS_PARTITION: &str = "sync";
 const LAST_RUN: &str = "last";
@@ -50,23 +50,11 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     result.map(|_| ())
 }
 
-/// Counts the connections to sync. Pulling their submissions from TrueContext is the job of
-/// the sync engine, which plugs in here.
+/// Counts the active connections to sync; pulling their submissions from TrueContext is the
+/// job of the sync engine, which plugs in here. Connections that need re-consent are skipped.
 async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
-    let mut continuation = None;
-    let mut count = 0u32;
-    loop {
-        let page = app
-            .stores
-            .tables
-            .query(Table::Connections, "connection", &RowRange::all(), 1000, continuation.as_deref())
-            .await?;
-        count += page.entities.len() as u32;
-        match page.continuation {
-            Some(next) => continuation = Some(next),
-            None => return Ok(count),
-        }
-    }
+    let all = crate::connections::list(&app.stores).await?;
+    Ok(all.iter().filter(|c| c.state == crate::connections::ConnectionState::Active).count() as u32)
 }
 
 async fn record_run(

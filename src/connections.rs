@@ -1,0 +1,179 @@
+//! Connections: one consented account per connection id, its metadata in the `connections`
+//! table and its refresh token in the secret store.
+//!
+//! The refresh token is written first (a new secret version), then the record that points at
+//! it, under compare-and-swap, so a record never names a token that was not stored. Re-consent
+//! keeps the connection id (and so its sync cursors, which are keyed by it), and refuses to
+//! switch the connection to another account unless the admin asked for `replace`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretString;
+use crate::store::{connection_secret_name, IfMatch, RowRange, StoreError, Stores, Table, TypedTable, Versioned};
+
+const PARTITION: &str = "connection";
+pub const REFRESH_TOKEN_SECRET: &str = "refresh-token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    Active,
+    NeedsReauth,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: String,
+    pub state: ConnectionState,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub provider: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The stable account key: `tid/oid` on Entra, `iss|sub` elsewhere.
+    pub account: String,
+    /// A readable name for pages and status (UPN, email, name).
+    #[serde(default)]
+    pub account_name: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub consented_at: DateTime<Utc>,
+    #[serde(default)]
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// The server sent no `expires_in`; the default lifetime was assumed.
+    #[serde(default)]
+    pub expires_in_assumed: bool,
+    /// Secret-store name and version of the current refresh token.
+    pub refresh_token_secret: String,
+    #[serde(default)]
+    pub refresh_token_version: Option<String>,
+    #[serde(default)]
+    pub last_refresh_success: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_refresh_failure: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
+impl Connection {
+    pub fn display_account(&self) -> &str {
+        self.account_name.as_deref().unwrap_or(&self.account)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error(
+        "connection {connection:?} belongs to {existing}; this sign-in was {new}. Sign in as {existing} to renew it, \
+         or open the authorize link with &replace=true to switch the connection to the new account"
+    )]
+    AccountSwitch { connection: String, existing: String, new: String },
+    #[error("the authorization server returned no refresh token; check that the app may request offline_access")]
+    NoRefreshToken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A connection id from a URL: 1-64 of letters, digits, `-`, `_`, `.`, starting with a letter or
+/// digit. Anything else is refused before it reaches a store key or a page.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err("a connection id is 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit".into())
+    }
+}
+
+pub async fn get(stores: &Stores, id: &str) -> Result<Option<Versioned<Connection>>, StoreError> {
+    TypedTable::new(stores.tables.as_ref(), Table::Connections).get(PARTITION, id).await
+}
+
+pub async fn list(stores: &Stores) -> Result<Vec<Connection>, StoreError> {
+    let mut out = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page =
+            stores.tables.query(Table::Connections, PARTITION, &RowRange::all(), 1000, continuation.as_deref()).await?;
+        for entity in page.entities {
+            out.push(crate::store::from_properties(entity.properties)?);
+        }
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Records a consent: stores the refresh token, then creates or updates the connection.
+pub async fn save_consent(
+    stores: &Stores,
+    mut connection: Connection,
+    refresh_token: Option<&SecretString>,
+    replace: bool,
+) -> Result<Option<String>, ConsentError> {
+    let refresh_token = refresh_token.ok_or(ConsentError::NoRefreshToken)?;
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Connections);
+    let existing = table.get::<Connection>(PARTITION, &connection.id).await?;
+    let mut replaced = None;
+    if let Some(existing) = &existing {
+        if existing.value.account != connection.account {
+            if !replace {
+                return Err(ConsentError::AccountSwitch {
+                    connection: connection.id.clone(),
+                    existing: existing.value.display_account().to_owned(),
+                    new: connection.display_account().to_owned(),
+                });
+            }
+            replaced = Some(existing.value.display_account().to_owned());
+        }
+    }
+    connection.refresh_token_secret = connection_secret_name(REFRESH_TOKEN_SECRET, &connection.id);
+    connection.refresh_token_version = Some(stores.secrets.set(&connection.refresh_token_secret, refresh_token).await?);
+    match existing {
+        None => match table.insert(PARTITION, &connection.id, &connection).await {
+            Ok(_) => {}
+            // Another consent for the same id landed first: ours is newer, replace it.
+            Err(StoreError::AlreadyExists { .. }) => {
+                table.update(PARTITION, &connection.id, &connection, IfMatch::Any).await?;
+            }
+            Err(e) => return Err(e.into()),
+        },
+        Some(existing) => {
+            table.update(PARTITION, &connection.id, &connection, IfMatch::ETag(existing.etag)).await?;
+        }
+    }
+    Ok(replaced)
+}
+
+/// The admin's link for connecting `id`: the authorize route on the same origin as
+/// `OAUTH_REDIRECT_URI` (the externally visible callback), so no other setting is needed.
+pub fn consent_url(settings: &crate::config::Settings, id: &str) -> Result<url::Url, String> {
+    validate_id(id)?;
+    if settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
+        return Err("OAUTH_GRANT=client_credentials: the app has access without consent; there is no link".into());
+    }
+    let callback = settings
+        .oauth
+        .redirect_uri
+        .as_ref()
+        .ok_or("OAUTH_REDIRECT_URI is not set; it gives the bridge's public address")?;
+    let mut url = callback.clone();
+    let path = match callback.path().strip_suffix("/callback") {
+        Some(prefix) => format!("{prefix}/authorize"),
+        None => {
+            return Err("OAUTH_REDIRECT_URI does not end in /callback, so the authorize route cannot be derived".into())
+        }
+    };
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.query_pairs_mut().append_pair("connection", id);
+    Ok(url)
+}
