@@ -5,6 +5,9 @@
 //! [`QueueInput`], call [`App`], and translate the result back. Nothing in here knows about
 //! envelopes or sockets.
 
+mod authorize;
+mod callback;
+pub mod pages;
 mod status;
 mod sync;
 
@@ -40,6 +43,8 @@ pub struct App {
     pub stores: Stores,
     pub mode: Mode,
     pub started: Instant,
+    /// Built on first use, so start-up (the host's readiness probe) does not wait for it.
+    oauth: Arc<std::sync::OnceLock<crate::oauth::OAuthRuntime>>,
 }
 
 /// An HTTP request as both front doors can describe it.
@@ -122,7 +127,12 @@ pub enum InvocationError {
 
 impl App {
     pub fn new(settings: Arc<Settings>, stores: Stores, mode: Mode) -> Self {
-        Self { settings, stores, mode, started: Instant::now() }
+        Self { settings, stores, mode, started: Instant::now(), oauth: Arc::default() }
+    }
+
+    /// The OAuth client side: HTTP client, provider metadata, JWKS.
+    pub fn oauth(&self) -> &crate::oauth::OAuthRuntime {
+        self.oauth.get_or_init(|| crate::oauth::OAuthRuntime::new(&self.settings.oauth))
     }
 
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is
@@ -146,6 +156,8 @@ impl App {
         }
         match function.name {
             "status" => status::respond(self).await,
+            "authorize" => authorize::respond(self, &request).await,
+            "callback" => callback::respond(self, &request).await,
             name => HttpResponse::error(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_available",

@@ -1,0 +1,380 @@
+//! `callback`: where the authorization server sends the admin back (GET with a query, or POST
+//! with `response_mode=form_post`), and where the result page is shown.
+//!
+//! Order matters and is the point of this file: read and bound the parameters; find the
+//! pending flow by `state`; check the browser-binding cookie; consume the flow (single use,
+//! under its ETag); only then look at `error` or redeem the code; validate the id_token and
+//! who signed in; store; answer 303 to a result page whose URL carries no code.
+
+use std::collections::HashMap;
+
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use chrono::Utc;
+
+use super::pages::{error_page, page, redirect, Row};
+use super::{App, HttpRequest, HttpResponse};
+use crate::connections::{self, Connection, ConnectionState, ConsentError};
+use crate::oauth::flow::{self, ConnectResult, FlowError, PendingFlow, COOKIE_PREFIX, RESULT_LIFETIME};
+use crate::oauth::identity::{self, Identity};
+use crate::oauth::provider::ExpectedIssuer;
+use crate::oauth::token::{request_tokens, TokenError, TokenRequest};
+use crate::secret::SecretString;
+
+/// Largest value accepted per parameter; authorization codes are long on Entra (~1-2 KB).
+const LIMITS: &[(&str, usize)] =
+    &[("state", 256), ("code", 8192), ("error", 128), ("error_description", 2048), ("iss", 512), ("result", 128)];
+
+pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
+    let params = match read_params(app, request) {
+        Ok(params) => params,
+        Err(message) => {
+            return error_page(StatusCode::BAD_REQUEST, &message, "Start again from the authorize link.", &[])
+        }
+    };
+    if let Some(reference) = params.get("result") {
+        return show_result(app, reference).await;
+    }
+    let Some(state) = params.get("state") else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This page was opened without a sign-in response (no state).",
+            "Start again from the authorize link.",
+            &[],
+        );
+    };
+    let (pending, etag) = match flow::find(&app.stores, state).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return flow_error(FlowError::Unknown),
+        Err(e) => return flow_error(e),
+    };
+    if !cookie_values(request).iter().any(|value| pending.binding_matches(value)) {
+        tracing::warn!(connection = %pending.connection_id, "callback without this flow's browser cookie refused");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This sign-in response did not come back to the browser that started it.",
+            "Open the authorize link again in this browser (cookies must be allowed for this site).",
+            &[],
+        );
+    }
+    if let Err(e) = flow::consume(&app.stores, state, &pending, etag).await {
+        return flow_error(e);
+    }
+    if let Some(error) = params.get("error") {
+        return authorization_error(error, params.get("error_description").map(String::as_str));
+    }
+    match complete(app, &pending, &params).await {
+        Ok(result) => match flow::store_result(&app.stores, &result).await {
+            Ok(reference) => {
+                let mut response = redirect(StatusCode::SEE_OTHER, &format!("/api/callback?result={reference}"));
+                clear_cookie(&mut response, request);
+                response
+            }
+            Err(e) => flow_error(e),
+        },
+        Err(page) => page,
+    }
+}
+
+/// The parameters of a GET (query) or a form_post (body). Each at most once and bounded.
+fn read_params(app: &App, request: &HttpRequest) -> Result<HashMap<String, String>, String> {
+    let pairs: Vec<(String, String)> = if request.method == Method::POST {
+        let content_type = request.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
+            return Err("The sign-in response must be posted as a form (application/x-www-form-urlencoded).".into());
+        }
+        url::form_urlencoded::parse(&request.body).into_owned().collect()
+    } else {
+        request.query.clone()
+    };
+    let code_param = app.settings.oauth.code_param.as_str();
+    let mut params = HashMap::new();
+    for (name, value) in pairs {
+        // Seed 001's server names the code `authorization_code`.
+        let name = if name == code_param { "code".to_owned() } else { name };
+        let Some((_, limit)) = LIMITS.iter().find(|(n, _)| *n == name) else { continue };
+        if value.len() > *limit {
+            return Err(format!("The parameter {name} is longer than {limit} characters."));
+        }
+        if params.insert(name.clone(), value).is_some() {
+            return Err(format!("The parameter {name} is given more than once."));
+        }
+    }
+    Ok(params)
+}
+
+fn cookie_values(request: &HttpRequest) -> Vec<String> {
+    request
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| name.starts_with(COOKIE_PREFIX))
+        .map(|(_, value)| value.to_owned())
+        .collect()
+}
+
+fn clear_cookie(response: &mut HttpResponse, request: &HttpRequest) {
+    let names: Vec<String> = request
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('=').map(|(n, _)| n.to_owned()))
+        .filter(|name| name.starts_with(COOKIE_PREFIX) && name.len() <= 64)
+        .collect();
+    // The host carries one Set-Cookie per response: clear this flow's (the first) cookie.
+    if let Some(name) = names.first() {
+        let cookie = format!("{name}=; Path=/api/callback; Max-Age=0; HttpOnly; Secure; SameSite=None");
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers.push((header::SET_COOKIE, value));
+        }
+    }
+}
+
+fn flow_error(error: FlowError) -> HttpResponse {
+    match error {
+        FlowError::Unknown => error_page(StatusCode::BAD_REQUEST, &error.to_string(), "Nothing was stored.", &[]),
+        FlowError::Expired => error_page(StatusCode::BAD_REQUEST, &error.to_string(), "Nothing was stored.", &[]),
+        FlowError::Store(e) => {
+            tracing::error!(error = %e, "the sign-in store failed");
+            error_page(StatusCode::SERVICE_UNAVAILABLE, "The sign-in could not be completed.", "Try again.", &[])
+        }
+    }
+}
+
+/// An `error` from the authorization server, explained.
+fn authorization_error(error: &str, description: Option<&str>) -> HttpResponse {
+    let explanation = match error {
+        "access_denied" => "The sign-in was cancelled, or the consent was declined.",
+        "consent_required" => "Consent is required, and this account may not give it; an administrator must consent for the organisation.",
+        "interaction_required" | "login_required" => "The sign-in needs you to interact with it; open the authorize link again without prompt=none.",
+        "invalid_scope" => "The app asked for a permission the authorization server does not know or allow (check OAUTH_SCOPES).",
+        "unauthorized_client" => "The app registration is not allowed to use this kind of sign-in.",
+        "invalid_request" => "The authorization server found the sign-in request invalid (check OAUTH_REDIRECT_URI and the app registration).",
+        "server_error" | "temporarily_unavailable" => "The authorization server had a problem; try again in a few minutes.",
+        _ => "The authorization server refused the sign-in.",
+    };
+    let admin_consent = description.is_some_and(|d| d.contains("AADSTS65001") || d.contains("AADSTS90094"));
+    let advice = if admin_consent {
+        "This tenant requires an administrator to consent to the app first (admin consent)."
+    } else {
+        "Nothing was stored. Fix the cause and open the authorize link again."
+    };
+    tracing::warn!(error = %error, "the authorization server returned an error");
+    let mut rows: Vec<Row> = vec![("Error", error.to_owned())];
+    if let Some(description) = description {
+        rows.push(("Description", description.to_owned()));
+    }
+    error_page(StatusCode::BAD_REQUEST, explanation, advice, &rows)
+}
+
+/// Redeems the code, identifies the account, checks who may connect, stores the connection.
+async fn complete(
+    app: &App,
+    pending: &PendingFlow,
+    params: &HashMap<String, String>,
+) -> Result<ConnectResult, HttpResponse> {
+    let oauth = app.oauth();
+    let provider = oauth.provider.get().await.map_err(|e| {
+        error_page(
+            StatusCode::BAD_GATEWAY,
+            "The sign-in service could not be reached.",
+            "Try again.",
+            &[("Detail", e.to_string())],
+        )
+    })?;
+    // Mix-up defence (RFC 9207): an `iss` must name the issuer this flow started with.
+    if let Some(iss) = params.get("iss") {
+        if !issuer_matches(&pending.expected_issuer(), iss) {
+            tracing::warn!("callback with an unexpected iss refused");
+            return Err(error_page(
+                StatusCode::BAD_REQUEST,
+                "The sign-in response came from a different authorization server than the one this sign-in started with.",
+                "Nothing was stored. Start again from the authorize link.",
+                &[],
+            ));
+        }
+    } else if provider.iss_parameter {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response is missing the issuer (iss) that this authorization server always sends.",
+            "Nothing was stored. Start again from the authorize link.",
+            &[],
+        ));
+    }
+    let Some(code) = params.get("code") else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response carries neither a code nor an error.",
+            "Nothing was stored. Start again from the authorize link.",
+            &[],
+        ));
+    };
+    let settings = &app.settings.oauth;
+    let client_id = settings.client_id.clone().unwrap_or_default();
+    let auth = oauth.client_auth(&provider);
+    let redirect_uri = settings.redirect_uri.as_ref().map(|u| u.to_string()).unwrap_or_default();
+    let request = TokenRequest {
+        endpoint: &provider.token_endpoint,
+        client_id: &client_id,
+        auth: &auth,
+        params: vec![
+            ("grant_type", SecretString::new("authorization_code")),
+            ("code", SecretString::new(code.clone())),
+            ("redirect_uri", SecretString::new(redirect_uri)),
+            ("code_verifier", SecretString::new(pending.code_verifier.clone())),
+        ],
+    };
+    let tokens = request_tokens(&oauth.http, request).await.map_err(redeem_error)?;
+    let identity: Identity = identity::identify(app, &provider, pending, &tokens).await.map_err(|message| {
+        tracing::warn!(reason = %message, "the id_token was refused");
+        error_page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in could not be verified.",
+            "Nothing was stored.",
+            &[("Reason", message)],
+        )
+    })?;
+    if let Err(message) = identity::allowed(&app.settings.oauth, &identity) {
+        tracing::warn!(reason = %message, "a sign-in from an account that may not connect was refused");
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            &message,
+            "Nothing was stored. Sign in with an allowed account.",
+            &[],
+        ));
+    }
+    let scopes = tokens
+        .scope
+        .clone()
+        .unwrap_or_else(|| super::authorize::requested_scopes(&settings.scopes, provider.is_openid()));
+    let now = Utc::now();
+    let connection = Connection {
+        id: pending.connection_id.clone(),
+        state: ConnectionState::Active,
+        reason: None,
+        provider: format!("{:?}", provider.kind).to_ascii_lowercase(),
+        issuer: identity.issuer.clone(),
+        tenant: identity.tenant.clone(),
+        account: identity.account.clone(),
+        account_name: identity.name.clone(),
+        scopes: scopes.clone(),
+        consented_at: now,
+        access_token_expires_at: chrono::TimeDelta::from_std(tokens.expires_in).ok().map(|d| now + d),
+        expires_in_assumed: tokens.expires_in_assumed,
+        refresh_token_secret: String::new(),
+        refresh_token_version: None,
+        last_refresh_success: Some(now),
+        last_refresh_failure: None,
+        consecutive_failures: 0,
+    };
+    let display = connection.display_account().to_owned();
+    let replaced = match connections::save_consent(
+        &app.stores,
+        connection,
+        tokens.refresh_token.as_ref(),
+        pending.replace,
+    )
+    .await
+    {
+        Ok(replaced) => replaced,
+        Err(e @ (ConsentError::AccountSwitch { .. } | ConsentError::NoRefreshToken)) => {
+            return Err(error_page(StatusCode::CONFLICT, &e.to_string(), "Nothing was changed.", &[]));
+        }
+        Err(ConsentError::Store(e)) => {
+            tracing::error!(error = %e, "the connection could not be stored");
+            return Err(error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The connection could not be stored.",
+                "Try again.",
+                &[],
+            ));
+        }
+    };
+    tracing::info!(connection = %pending.connection_id, tenant = ?identity.tenant, "connection consented and stored");
+    Ok(ConnectResult {
+        connection_id: pending.connection_id.clone(),
+        account: display,
+        tenant: identity.tenant,
+        scopes,
+        replaced_account: replaced,
+        next_sync: app.settings.sync_schedule.next_after(now),
+        expires_at: now + chrono::TimeDelta::from_std(RESULT_LIFETIME).expect("minutes fit"),
+    })
+}
+
+fn issuer_matches(expected: &ExpectedIssuer, iss: &str) -> bool {
+    match expected {
+        ExpectedIssuer::Exact(issuer) => issuer == iss,
+        ExpectedIssuer::TenantTemplate(template) => {
+            let (prefix, suffix) = template.split_once("{tenantid}").unwrap_or((template, ""));
+            iss.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .is_some_and(|tid| tid.len() == 36 && tid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        }
+        ExpectedIssuer::None => false,
+    }
+}
+
+fn redeem_error(error: TokenError) -> HttpResponse {
+    tracing::warn!(error = %error, "the code could not be redeemed");
+    let mut rows: Vec<Row> = Vec::new();
+    if let TokenError::Rejected { body, .. } = &error {
+        rows.push(("Error", body.error.clone()));
+        if let Some(description) = &body.error_description {
+            rows.push(("Description", description.clone()));
+        }
+        if !body.error_codes.is_empty() {
+            rows.push(("Error codes", body.error_codes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")));
+        }
+        if let Some(trace) = &body.trace_id {
+            rows.push(("Trace id", trace.clone()));
+        }
+        if let Some(correlation) = &body.correlation_id {
+            rows.push(("Correlation id", correlation.clone()));
+        }
+    } else {
+        rows.push(("Detail", error.to_string()));
+    }
+    error_page(
+        StatusCode::BAD_GATEWAY,
+        "The authorization server did not accept the sign-in code.",
+        "Nothing was stored. Start again from the authorize link; a code works only once and only for a few minutes.",
+        &rows,
+    )
+}
+
+async fn show_result(app: &App, reference: &str) -> HttpResponse {
+    match flow::take_result(&app.stores, reference).await {
+        Ok(result) => {
+            let mut rows: Vec<Row> =
+                vec![("Connection", result.connection_id.clone()), ("Account", result.account.clone())];
+            if let Some(tenant) = &result.tenant {
+                rows.push(("Tenant", tenant.clone()));
+            }
+            rows.push(("Scopes", result.scopes.join(" ")));
+            rows.push((
+                "Next sync",
+                result
+                    .next_sync
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_else(|| "not scheduled".into()),
+            ));
+            let mut paragraphs = vec![format!("{} is connected.", result.account)];
+            if let Some(previous) = &result.replaced_account {
+                paragraphs.push(format!("It replaces the previous account, {previous}."));
+            }
+            page(StatusCode::OK, "Connected", &paragraphs, &rows)
+        }
+        Err(FlowError::Unknown | FlowError::Expired) => page(
+            StatusCode::NOT_FOUND,
+            "Nothing to show",
+            &["This result was already shown or has expired. See /api/status for the connection's state.".into()],
+            &[],
+        ),
+        Err(e) => flow_error(e),
+    }
+}

@@ -1,0 +1,339 @@
+//! The connect flow end to end against a real OpenID Connect server (node-oidc-provider,
+//! configured like Entra: PKCE required, form_post, RFC 9207 iss, rotating refresh tokens), over
+//! plain HTTP with a cookie-keeping agent, plus the attack battery: each attack must end on a
+//! clear error page with nothing stored.
+
+mod harness;
+
+use std::collections::BTreeMap;
+
+use harness::oidc::{AuthorizationResponse, HttpAgent, OidcProvider};
+use harness::{free_port, Server, TEST_FUNCTION_KEY};
+use serde_json::{json, Value};
+
+const CLIENT_ID: &str = "bridge-client";
+const CLIENT_SECRET: &str = "bridge-client-secret-0123456789abcdef";
+const TENANT: &str = "8f2c1a4e-1b2c-4d5e-9f00-0123456789ab";
+const OID: &str = "2d4e6f80-aaaa-bbbb-cccc-0123456789ab";
+
+struct Setup {
+    provider: OidcProvider,
+    app: Server,
+    agent: HttpAgent,
+}
+
+fn provider_config(app_port: u16) -> Value {
+    json!({
+        "clients": [{
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [format!("http://127.0.0.1:{app_port}/api/callback")],
+            "token_endpoint_auth_method": "client_secret_post",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        }],
+        "users": [
+            { "sub": "admin-sub", "claims": { "tid": TENANT, "oid": OID, "preferred_username": "admin@contoso.example", "name": "Ada Admin" } },
+            { "sub": "other-sub", "claims": { "tid": "11111111-2222-3333-4444-555555555555", "oid": "99999999-aaaa-bbbb-cccc-dddddddddddd", "preferred_username": "mallory@fabrikam.example" } }
+        ]
+    })
+}
+
+fn start(extra: &[(&str, &str)]) -> Setup {
+    let app_port = free_port();
+    let provider = OidcProvider::start(provider_config(app_port));
+    let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
+    let mut settings: Vec<(&str, &str)> = vec![
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_AUTHORITY", provider.issuer()),
+        ("OAUTH_CLIENT_ID", CLIENT_ID),
+        ("OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+        ("OAUTH_REDIRECT_URI", &redirect),
+        ("OAUTH_SCOPES", "profile"),
+        ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+    ];
+    settings.extend_from_slice(extra);
+    let app = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &settings);
+    Setup { provider, app, agent: HttpAgent::new() }
+}
+
+impl Setup {
+    /// Opens the authorize link; returns the provider URL it redirects to.
+    async fn begin(&self, query: &str) -> String {
+        let response = self.agent.get(&self.app.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}{query}"))).await;
+        assert_eq!(response.status(), 302, "{}", self.app.log());
+        response.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    async fn sign_in(&self, query: &str) -> AuthorizationResponse {
+        self.sign_in_with(&self.agent, query).await
+    }
+
+    /// A sign-in in another browser (its own cookies, so no provider session carries over).
+    async fn sign_in_with(&self, agent: &HttpAgent, query: &str) -> AuthorizationResponse {
+        let response = agent.get(&self.app.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}{query}"))).await;
+        assert_eq!(response.status(), 302, "{}", self.app.log());
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let response = agent.authorize(&location).await;
+        assert_eq!(response.method, "POST", "form_post is used when the server supports it");
+        response
+    }
+
+    async fn deliver(&self, response: &AuthorizationResponse) -> reqwest::Response {
+        self.agent.post_form(&response.target, &response.params).await
+    }
+
+    async fn status(&self) -> Value {
+        let response = self
+            .agent
+            .client
+            .get(self.app.url("/api/status"))
+            .header("x-functions-key", TEST_FUNCTION_KEY)
+            .send()
+            .await;
+        response.unwrap().json().await.unwrap()
+    }
+
+    async fn connection_count(&self) -> usize {
+        self.status().await["connections"].as_array().unwrap().len()
+    }
+}
+
+async fn expect_error_page(response: reqwest::Response, status: u16, phrase: &str) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    let body = response.text().await.unwrap();
+    assert!(body.contains(phrase), "expected {phrase:?} in:\n{body}");
+    body
+}
+
+#[tokio::test]
+async fn an_admin_connects_and_sees_who_is_connected() {
+    let setup = start(&[]);
+    let location = setup.begin("&connection=prod&login_hint=admin@contoso.example").await;
+    let request: BTreeMap<String, String> = url::Url::parse(&location).unwrap().query_pairs().into_owned().collect();
+    assert_eq!(request["response_type"], "code");
+    assert_eq!(request["code_challenge_method"], "S256");
+    assert_eq!(request["response_mode"], "form_post");
+    assert_eq!(request["scope"], "openid offline_access profile");
+    assert!(request["state"].len() >= 43 && request["nonce"].len() >= 43);
+    assert!(!request.contains_key("prompt"), "prompt=consent is not sent by default");
+    let response = setup.agent.authorize(&location).await;
+    assert!(response.param("iss").is_some());
+    let binding = setup.agent.cookie("127.0.0.1", &cookie_name(&request["state"])).expect("the binding cookie is set");
+    let delivered = setup.deliver(&response).await;
+    assert!(setup.agent.cookie("127.0.0.1", &cookie_name(&request["state"])).is_none(), "the cookie is cleared");
+    assert_eq!(delivered.status(), 303);
+    let result_location = delivered.headers()["location"].to_str().unwrap().to_owned();
+    assert!(result_location.starts_with("/api/callback?result="));
+    assert!(!result_location.contains(response.param("code").unwrap()));
+
+    let page = setup.agent.get(&setup.app.url(&result_location)).await;
+    assert_eq!(page.status(), 200);
+    let text = page.text().await.unwrap();
+    for expected in ["Connected", "admin@contoso.example", TENANT, "offline_access", "Next sync"] {
+        assert!(text.contains(expected), "{expected} missing from the result page:\n{text}");
+    }
+    // Single view.
+    assert_eq!(setup.agent.get(&setup.app.url(&result_location)).await.status(), 404);
+
+    let status = setup.status().await;
+    let connection = &status["connections"][0];
+    assert_eq!(connection["id"], "prod");
+    assert_eq!(connection["state"], "active");
+    assert_eq!(connection["tenant"], TENANT);
+    assert!(connection["access_token_expires_at"].is_string());
+    assert_eq!(setup.provider.token_request_count("authorization_code").await, 1);
+
+    // Nothing secret reached the bridge's log: not the code, state, nonce, verifier challenge,
+    // browser-binding cookie or client secret.
+    let log = setup.app.log();
+    assert!(log.contains("connection consented and stored"), "{log}");
+    let secrets = vec![
+        response.param("code").unwrap().to_owned(),
+        request["state"].clone(),
+        request["nonce"].clone(),
+        request["code_challenge"].clone(),
+        CLIENT_SECRET.to_owned(),
+        binding,
+    ];
+    for secret in secrets {
+        assert!(!log.contains(&secret), "a secret ({}…) is in the log", &secret[..6]);
+    }
+}
+
+fn cookie_name(state: &str) -> String {
+    use sha2::Digest;
+    format!("tcb_flow_{}", &hex::encode(sha2::Sha256::digest(state.as_bytes()))[..16])
+}
+
+#[tokio::test]
+async fn state_and_cookie_attacks_end_on_error_pages_with_nothing_stored() {
+    let setup = start(&[]);
+    let response = setup.sign_in("").await;
+
+    // Missing state, mismatched state.
+    let mut no_state = response.params.clone();
+    no_state.remove("state");
+    expect_error_page(
+        setup.deliver(&AuthorizationResponse { params: no_state, ..response.clone() }).await,
+        400,
+        "no state",
+    )
+    .await;
+    let mut wrong_state = response.params.clone();
+    wrong_state.insert("state".into(), "A".repeat(43));
+    expect_error_page(
+        setup.deliver(&AuthorizationResponse { params: wrong_state, ..response.clone() }).await,
+        400,
+        "unknown",
+    )
+    .await;
+
+    // Missing cookie: another browser (a fresh agent) delivering the right state.
+    let stranger = HttpAgent::new();
+    let refused = stranger.post_form(&response.target, &response.params).await;
+    expect_error_page(refused, 403, "did not come back to the browser that started it").await;
+
+    // Oversized and repeated parameters.
+    let mut huge = response.params.clone();
+    huge.insert("error_description".into(), "x".repeat(5000));
+    expect_error_page(
+        setup.deliver(&AuthorizationResponse { params: huge, ..response.clone() }).await,
+        400,
+        "longer than",
+    )
+    .await;
+
+    // The genuine delivery still works after all that (nothing consumed it) ...
+    assert_eq!(setup.deliver(&response).await.status(), 303);
+    // ... and exactly once: replaying the same state (and code) fails.
+    expect_error_page(setup.deliver(&response).await, 400, "already completed").await;
+    assert_eq!(setup.connection_count().await, 1);
+    assert_eq!(
+        setup.provider.token_request_count("authorization_code").await,
+        1,
+        "the replay never reached the token endpoint"
+    );
+}
+
+#[tokio::test]
+async fn a_cookie_from_another_flow_does_not_bind() {
+    let setup = start(&[]);
+    let first = setup.sign_in("&connection=one").await;
+    // A second agent starts its own flow, then receives the first flow's response.
+    let other = HttpAgent::new();
+    let location = other.get(&setup.app.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}&connection=two"))).await;
+    assert_eq!(location.status(), 302);
+    let refused = other.post_form(&first.target, &first.params).await;
+    expect_error_page(refused, 403, "did not come back").await;
+    assert_eq!(setup.connection_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_wrong_iss_is_refused_before_the_code_is_redeemed() {
+    let setup = start(&[]);
+    let mut response = setup.sign_in("").await;
+    response.params.insert("iss".into(), "https://evil.example.com".into());
+    expect_error_page(setup.deliver(&response).await, 400, "different authorization server").await;
+    assert_eq!(setup.provider.token_request_count("authorization_code").await, 0);
+    assert_eq!(setup.connection_count().await, 0);
+}
+
+#[tokio::test]
+async fn an_error_from_the_server_is_shown_escaped() {
+    let setup = start(&[]);
+    setup.provider.deny_next_with("access_denied", "<script>alert(1)</script> the user said no").await;
+    let response = setup.sign_in("").await;
+    assert_eq!(response.param("error"), Some("access_denied"));
+    let body = expect_error_page(setup.deliver(&response).await, 400, "cancelled").await;
+    assert!(!body.contains("<script>"), "{body}");
+    assert!(body.contains("&lt;script&gt;"));
+    assert_eq!(setup.connection_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_tenant_outside_allowed_tenants_cannot_connect() {
+    let setup = start(&[("ALLOWED_TENANTS", "00000000-0000-0000-0000-000000000000")]);
+    let response = setup.sign_in("").await;
+    expect_error_page(setup.deliver(&response).await, 403, "may not connect").await;
+    assert_eq!(setup.connection_count().await, 0);
+}
+
+#[tokio::test]
+async fn reconsent_keeps_the_connection_and_refuses_a_silent_account_switch() {
+    let setup = start(&[]);
+    let first = setup.sign_in("&connection=main&login_hint=admin-sub").await;
+    assert_eq!(setup.deliver(&first).await.status(), 303);
+    // The same account again: fine, same id.
+    let again = setup.sign_in("&connection=main&login_hint=admin-sub").await;
+    assert_eq!(setup.deliver(&again).await.status(), 303);
+    // Another account, in another browser: refused, the connection keeps its account.
+    let mallory = HttpAgent::new();
+    let other = setup.sign_in_with(&mallory, "&connection=main&login_hint=other-sub").await;
+    expect_error_page(mallory.post_form(&other.target, &other.params).await, 409, "replace=true").await;
+    let status = setup.status().await;
+    assert_eq!(status["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(status["connections"][0]["tenant"], TENANT);
+    // With replace=true it switches, keeping the connection id.
+    let admin2 = HttpAgent::new();
+    let replaced = setup.sign_in_with(&admin2, "&connection=main&login_hint=other-sub&replace=true").await;
+    assert_eq!(admin2.post_form(&replaced.target, &replaced.params).await.status(), 303);
+    let status = setup.status().await;
+    assert_eq!(status["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(status["connections"][0]["id"], "main");
+    assert_eq!(status["connections"][0]["tenant"], "11111111-2222-3333-4444-555555555555");
+}
+
+#[tokio::test]
+async fn bad_authorize_links_are_refused_clearly() {
+    let setup = start(&[]);
+    for (query, phrase) in [
+        ("&connection=../../etc", "connection id is not valid"),
+        ("&connection=a&connection=b", "more than once"),
+        ("&prompt=evil", "prompt must be one of"),
+        ("&replace=maybe", "replace must be true or false"),
+    ] {
+        let response =
+            setup.agent.get(&setup.app.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}{query}"))).await;
+        expect_error_page(response, 400, phrase).await;
+    }
+    // No open redirect: the only Location the bridge emits points at the configured server.
+    let location = setup.begin("&redirect_uri=https://evil.example.com&returnTo=//evil.example.com").await;
+    assert!(location.starts_with(setup.provider.issuer()));
+    assert!(!location.contains("evil"));
+}
+
+/// The real browser: Chromium opens the authorize link on `app.localhost`, goes through the
+/// provider's login and consent pages on `127.0.0.1` (another site), and the form_post comes
+/// back cross-site with the SameSite=None cookie — the round trip a real admin makes.
+#[tokio::test]
+async fn chromium_completes_the_consent_round_trip_across_sites() {
+    let app_port = free_port();
+    let redirect = format!("http://app.localhost:{app_port}/api/callback");
+    let mut config = provider_config(app_port);
+    config["clients"][0]["redirect_uris"] = json!([redirect]);
+    config["interactive"] = json!(true);
+    let provider = OidcProvider::start(config);
+    let settings = [
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_AUTHORITY", provider.issuer()),
+        ("OAUTH_CLIENT_ID", CLIENT_ID),
+        ("OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+        ("OAUTH_REDIRECT_URI", redirect.as_str()),
+        ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+    ];
+    let app = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &settings);
+    let start = format!("http://app.localhost:{app_port}/api/authorize?connection=browser&code={TEST_FUNCTION_KEY}");
+    let result = tokio::task::spawn_blocking(move || harness::browser::run_browser(&start, r"/api/callback\?result="))
+        .await
+        .unwrap();
+    assert_eq!(result.status, Some(200), "{result:?}\n{}", app.log());
+    assert!(result.text.contains("Connected"), "{}", result.text);
+    assert!(result.text.contains("admin@contoso.example"), "{}", result.text);
+    let posted = result.navigations.iter().any(|n| n.method == "POST" && n.url.contains("/api/callback"));
+    assert!(posted, "the response came back as a cross-site form_post: {:?}", result.navigations);
+    drop(provider);
+}
