@@ -337,3 +337,68 @@ async fn chromium_completes_the_consent_round_trip_across_sites() {
     assert!(posted, "the response came back as a cross-site form_post: {:?}", result.navigations);
     drop(provider);
 }
+
+/// The same flow behind the Functions host: authorize, callback and the result page as
+/// invocation envelopes; the redirect and the one Set-Cookie travel in `Outputs.res`.
+#[tokio::test]
+async fn the_flow_works_through_host_envelopes() {
+    let public = "https://bridge.example.com/api/callback";
+    let mut config = provider_config(1);
+    config["clients"][0]["redirect_uris"] = json!([public]);
+    let provider = OidcProvider::start(config);
+    let server = Server::host(&[
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_AUTHORITY", provider.issuer()),
+        ("OAUTH_CLIENT_ID", CLIENT_ID),
+        ("OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+        ("OAUTH_REDIRECT_URI", public),
+    ]);
+    let invoke = |function: &'static str, req: Value| {
+        let server = &server;
+        async move {
+            let envelope = json!({ "Data": { "req": req }, "Metadata": {} });
+            let reply: Value = reqwest::Client::new()
+                .post(server.url(&format!("/{function}")))
+                .json(&envelope)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            reply["Outputs"]["res"].clone()
+        }
+    };
+    let res = invoke(
+        "authorize",
+        json!({ "Url": "https://bridge.example.com/api/authorize?connection=hosted&code=k", "Method": "GET",
+                "Query": { "connection": "hosted", "code": "k" }, "Headers": {} }),
+    )
+    .await;
+    assert_eq!(res["statusCode"], 302, "{res}");
+    let cookie = res["headers"]["Set-Cookie"].as_str().unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("SameSite=None"));
+    let cookie_pair = cookie.split(';').next().unwrap().to_owned();
+    let agent = HttpAgent::new();
+    let response = agent.authorize(res["headers"]["Location"].as_str().unwrap()).await;
+    assert_eq!(response.target, public);
+    let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&response.params).finish();
+    let res = invoke(
+        "callback",
+        json!({ "Url": public, "Method": "POST", "Query": {},
+                "Headers": { "Content-Type": ["application/x-www-form-urlencoded"], "Cookie": [cookie_pair] },
+                "Body": form }),
+    )
+    .await;
+    assert_eq!(res["statusCode"], 303, "{res}");
+    let location = res["headers"]["Location"].as_str().unwrap().to_owned();
+    let reference = location.split_once("result=").unwrap().1.to_owned();
+    let res = invoke(
+        "callback",
+        json!({ "Url": format!("https://bridge.example.com{location}"), "Method": "GET",
+                "Query": { "result": reference }, "Headers": {} }),
+    )
+    .await;
+    assert_eq!(res["statusCode"], 200, "{res}");
+    assert!(res["body"].as_str().unwrap().contains("admin@contoso.example"));
+}

@@ -302,23 +302,32 @@ async fn function_name_is_matched_case_insensitively() {
 }
 
 #[tokio::test]
-async fn later_http_functions_answer_501_inside_a_200_envelope() {
+async fn sign_in_pages_travel_inside_a_200_envelope_and_webhook_answers_501() {
     let server = Server::host(&[]);
     let json_body = r#"{"event":"ping"}"#;
-    for (function, method, body, content_type) in [
-        ("authorize", "GET", None, None),
-        ("callback", "GET", None, None),
-        ("callback", "POST", Some("code=abc&state=xyz"), Some("application/x-www-form-urlencoded")),
-        ("webhook", "POST", Some(json_body), Some("application/json")),
+    for (function, method, body, content_type, status) in [
+        // Not configured yet: a 503 page that names what is missing.
+        ("authorize", "GET", None, None, 503),
+        // No sign-in response in it.
+        ("callback", "GET", None, None, 400),
+        // An unknown state.
+        ("callback", "POST", Some("code=abc&state=xyz"), Some("application/x-www-form-urlencoded"), 400),
+        ("webhook", "POST", Some(json_body), Some("application/json"), 501),
     ] {
         let what = format!("{method} {function}");
         let headers: Vec<(&str, &str)> = content_type.map(|ct| vec![("Content-Type", ct)]).unwrap_or_default();
         let envelope = http_envelope(function, method, &[("code", "x")], &headers, body);
         let res = http_res(&what, &invoke(&server, function, &envelope).await);
-        assert_eq!(res["statusCode"], 501, "{what}: {res}");
-        let error = res_json_body(&what, &res);
-        assert_eq!(error["error"]["code"], "not_available", "{what}: {error}");
-        assert!(error["error"]["message"].is_string(), "{what}: {error}");
+        assert_eq!(res["statusCode"], status, "{what}: {res}");
+        if function == "webhook" {
+            assert_eq!(res_json_body(&what, &res)["error"]["code"], "not_available", "{what}");
+        } else {
+            // Sign-in pages: HTML with the security headers, as single string values.
+            assert!(res["headers"]["Content-Type"].as_str().unwrap().starts_with("text/html"), "{what}: {res}");
+            assert_eq!(res["headers"]["Cache-Control"], "no-store", "{what}");
+            assert_eq!(res["headers"]["Referrer-Policy"], "no-referrer", "{what}");
+            assert!(res["headers"]["Content-Security-Policy"].as_str().unwrap().contains("frame-ancestors 'none'"));
+        }
     }
 }
 
