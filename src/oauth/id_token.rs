@@ -70,6 +70,9 @@ struct JwksState {
     keys: HashMap<String, DecodingKey>,
     fetched_at: Option<Instant>,
     attempted_at: Option<Instant>,
+    /// When an unknown `kid` last caused a fetch: such fetches are limited to one per 30 s, but
+    /// the first one after a load is immediate, so a real key rotation is picked up at once.
+    unknown_kid_fetch_at: Option<Instant>,
     fetches: u64,
 }
 
@@ -87,8 +90,20 @@ impl JwksCache {
     pub async fn key(&self, kid: &str) -> Result<DecodingKey, IdTokenError> {
         let mut state = self.state.lock().await;
         let stale = state.fetched_at.is_none_or(|at| at.elapsed() > JWKS_MAX_AGE);
-        let may_fetch = state.attempted_at.is_none_or(|at| at.elapsed() >= JWKS_MIN_REFETCH);
-        if (stale || !state.keys.contains_key(kid)) && may_fetch {
+        let recently = |at: Option<Instant>| at.is_some_and(|at| at.elapsed() < JWKS_MIN_REFETCH);
+        let fetch = if stale {
+            // A failing key endpoint is not retried more than every 30 s either.
+            !recently(state.attempted_at)
+        } else if !state.keys.contains_key(kid) {
+            let allowed = !recently(state.unknown_kid_fetch_at);
+            if allowed {
+                state.unknown_kid_fetch_at = Some(Instant::now());
+            }
+            allowed
+        } else {
+            false
+        };
+        if fetch {
             state.attempted_at = Some(Instant::now());
             state.fetches += 1;
             match self.fetch().await {
@@ -175,6 +190,7 @@ impl IdTokenValidator {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_aud = false; // checked below, with azp
+        validation.validate_nbf = true; // off by default in jsonwebtoken
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
