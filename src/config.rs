@@ -442,7 +442,10 @@ impl Settings {
                 "https://<app>.azurewebsites.net/api/callback",
             );
         }
-        if o.client_secret.is_none() && o.client_certificate_path.is_none() && !o.federated_credential {
+        // Entra and B2C web apps are confidential clients; other servers may register public
+        // clients (seed 001's server has no secret), which then send only client_id.
+        let confidential = matches!(o.provider, OAuthProvider::Entra | OAuthProvider::B2c);
+        if confidential && o.client_secret.is_none() && o.client_certificate_path.is_none() && !o.federated_credential {
             need(
                 "OAUTH_CLIENT_SECRET",
                 "is not set, and neither OAUTH_CLIENT_CERTIFICATE_PATH nor OAUTH_FEDERATED_CREDENTIAL is; the app cannot authenticate to the token endpoint",

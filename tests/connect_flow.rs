@@ -402,3 +402,122 @@ async fn the_flow_works_through_host_envelopes() {
     assert_eq!(res["statusCode"], 200, "{res}");
     assert!(res["body"].as_str().unwrap().contains("admin@contoso.example"));
 }
+
+/// A code from another sign-in, delivered with this sign-in's state and cookie (code
+/// injection): PKCE makes the server refuse it, and nothing is stored.
+#[tokio::test]
+async fn an_injected_code_fails_pkce_and_stores_nothing() {
+    let setup = start(&[]);
+    let mine = setup.sign_in("&connection=a").await;
+    let theirs = setup.sign_in("&connection=b").await;
+    let mut injected = mine.clone();
+    injected.params.insert("code".into(), theirs.param("code").unwrap().to_owned());
+    expect_error_page(setup.deliver(&injected).await, 502, "did not accept the sign-in code").await;
+    assert_eq!(setup.connection_count().await, 0);
+}
+
+/// Seed 001's server: no discovery, no id_token, `authorization_code` instead of `code` in the
+/// redirect, a token request with only client_id and code, no `expires_in`, a public client.
+mod seed001 {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Form, Query, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use serde_json::json;
+
+    #[derive(Clone, Default)]
+    pub struct Fixture {
+        pub codes: Arc<Mutex<HashMap<String, String>>>,
+        pub token_requests: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    }
+
+    async fn authorize(State(f): State<Fixture>, Query(q): Query<HashMap<String, String>>) -> Response {
+        if q.get("client_id").map(String::as_str) != Some("seed-client") {
+            return (StatusCode::BAD_REQUEST, "unknown client").into_response();
+        }
+        let code = format!("code-{}", rand::random::<u64>());
+        f.codes.lock().unwrap().insert(code.clone(), "student-42".into());
+        let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
+        let state = q.get("state").cloned().unwrap_or_default();
+        let mut url = url::Url::parse(&redirect).unwrap();
+        url.query_pairs_mut().append_pair("authorization_code", &code).append_pair("state", &state);
+        Redirect::to(url.as_str()).into_response()
+    }
+
+    async fn token(State(f): State<Fixture>, Form(form): Form<HashMap<String, String>>) -> Response {
+        f.token_requests.lock().unwrap().push(form.clone());
+        let code = form.get("code").cloned().unwrap_or_default();
+        match f.codes.lock().unwrap().remove(&code) {
+            Some(_) => Json(json!({ "access_token": "at-1", "refresh_token": "rt-1" })).into_response(),
+            None => (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid code" }))).into_response(),
+        }
+    }
+
+    pub async fn start() -> (String, Fixture) {
+        let fixture = Fixture::default();
+        let app = Router::new()
+            .route("/oauth2/authorize", get(authorize))
+            .route("/oauth2/token", post(token))
+            .with_state(fixture.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (base, fixture)
+    }
+}
+
+#[tokio::test]
+async fn a_plain_oauth2_server_in_the_seed_001_dialect_connects() {
+    let (base, fixture) = seed001::start().await;
+    let app_port = free_port();
+    let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
+    let (authorize, token, refresh) =
+        (format!("{base}/oauth2/authorize"), format!("{base}/oauth2/token"), format!("{base}/oauth2/refresh"));
+    let app = Server::start(
+        &["serve", "--standalone", "--port", &app_port.to_string()],
+        app_port,
+        &[
+            ("OAUTH_PROVIDER", "oauth2"),
+            ("OAUTH_AUTHORIZE_ENDPOINT", &authorize),
+            ("OAUTH_TOKEN_ENDPOINT", &token),
+            ("OAUTH_REFRESH_ENDPOINT", &refresh),
+            ("OAUTH_CODE_PARAM", "authorization_code"),
+            ("OAUTH_REFRESH_TOKEN_PARAM", "token"),
+            ("OAUTH_CLIENT_ID", "seed-client"),
+            ("OAUTH_REDIRECT_URI", &redirect),
+            ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+        ],
+    );
+    let agent = HttpAgent::new();
+    let start = agent.get(&app.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}&connection=seed"))).await;
+    assert_eq!(start.status(), 302, "{}", app.log());
+    let response = agent.authorize(start.headers()["location"].to_str().unwrap()).await;
+    assert_eq!(response.method, "GET", "plain OAuth 2.0 servers answer with a redirect");
+    assert!(response.param("authorization_code").is_some());
+    let mut callback = url::Url::parse(&response.target).unwrap();
+    callback.query_pairs_mut().extend_pairs(&response.params);
+    let done = agent.get(callback.as_str()).await;
+    assert_eq!(done.status(), 303, "{}", app.log());
+    let page = agent.get(&app.url(done.headers()["location"].to_str().unwrap())).await;
+    assert_eq!(page.status(), 200);
+    let request = fixture.token_requests.lock().unwrap()[0].clone();
+    assert_eq!(request["client_id"], "seed-client");
+    assert!(request["code"].starts_with("code-"));
+    assert!(!request.contains_key("client_secret"), "a public client sends no secret");
+    let status: Value = agent
+        .client
+        .get(app.url("/api/status"))
+        .header("x-functions-key", TEST_FUNCTION_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["connections"][0]["id"], "seed");
+    assert_eq!(status["connections"][0]["state"], "active");
+}
