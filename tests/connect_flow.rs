@@ -521,3 +521,40 @@ async fn a_plain_oauth2_server_in_the_seed_001_dialect_connects() {
     assert_eq!(status["connections"][0]["id"], "seed");
     assert_eq!(status["connections"][0]["state"], "active");
 }
+
+/// An Azure AD B2C-shaped server: a policy in the authority's path (as seed 002's custom
+/// domain), discovery under it, `expires_in` as a string, accounts identified by (iss, sub).
+#[tokio::test]
+async fn a_b2c_shaped_server_with_a_policy_path_and_string_expires_in_connects() {
+    let app_port = free_port();
+    let mut config = provider_config(app_port);
+    config["issuer_path"] = json!("/99abc933-fcdd-4dba-893c-b2b9f81c0676/B2C_1A_SIGNUP_SIGNIN/v2.0");
+    config["expires_in_as_string"] = json!(true);
+    // Not the one-hour default a missing expires_in would give, so the test tells them apart.
+    config["ttl"] = json!({ "access_token": 7200 });
+    let provider = OidcProvider::start(config);
+    let authority = provider.issuer().trim_end_matches("/v2.0").to_owned();
+    let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
+    let app = Server::start(
+        &["serve", "--standalone", "--port", &app_port.to_string()],
+        app_port,
+        &[
+            ("OAUTH_PROVIDER", "b2c"),
+            ("OAUTH_AUTHORITY", &authority),
+            ("OAUTH_CLIENT_ID", CLIENT_ID),
+            ("OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+            ("OAUTH_REDIRECT_URI", &redirect),
+            ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+        ],
+    );
+    let setup = Setup { provider, app, agent: HttpAgent::new() };
+    let response = setup.sign_in("&connection=b2c").await;
+    assert_eq!(setup.deliver(&response).await.status(), 303, "{}", setup.app.log());
+    let status = setup.status().await;
+    let connection = &status["connections"][0];
+    assert_eq!(connection["state"], "active");
+    let expires: chrono::DateTime<chrono::Utc> =
+        connection["access_token_expires_at"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires - chrono::Utc::now();
+    assert!(lifetime > chrono::TimeDelta::minutes(115), "the string expires_in (\"7200\") was used: {lifetime}");
+}

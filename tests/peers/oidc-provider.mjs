@@ -24,6 +24,7 @@
 //                     authorization_code 60, session 1209600, grant 1209600, interaction 600
 //   users             [{ sub, claims: { tid, oid, name, preferred_username, email, … } }]; login_hint
 //                     picks one by sub or preferred_username, else the first
+//   expires_in_as_string  false: token responses carry "expires_in": "3600" (a string), as Azure AD B2C does
 //   interactive       false: log in and consent without a page; true: show a login page and a consent
 //                     page, each with one button marked data-peer-continue for a browser to click
 //
@@ -147,6 +148,9 @@ function build() {
   p.use(async (ctx, next) => {
     await next();
     const route = ctx.oidc?.route;
+    if (route === 'token' && opt('expires_in_as_string', false) && ctx.body && typeof ctx.body.expires_in === 'number') {
+      ctx.body.expires_in = String(ctx.body.expires_in);
+    }
     if (route === 'discovery' && ctx.body && typeof ctx.body === 'object') {
       ctx.body.response_modes_supported = responseModes;
       if (!issParameter) delete ctx.body.authorization_response_iss_parameter_supported;
