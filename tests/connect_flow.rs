@@ -558,3 +558,47 @@ async fn a_b2c_shaped_server_with_a_policy_path_and_string_expires_in_connects()
     let lifetime = expires - chrono::Utc::now();
     assert!(lifetime > chrono::TimeDelta::minutes(115), "the string expires_in (\"7200\") was used: {lifetime}");
 }
+
+/// `private_key_jwt`: no secret at all; the app signs a client assertion with its key and the
+/// server checks it against the registered public key.
+#[tokio::test]
+async fn a_client_with_a_certificate_key_authenticates_with_private_key_jwt() {
+    let app_port = free_port();
+    let mut config = provider_config(app_port);
+    let jwks: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-jwks.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    config["clients"][0] = json!({
+        "client_id": CLIENT_ID,
+        "redirect_uris": [format!("http://127.0.0.1:{app_port}/api/callback")],
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks": { "keys": [jwks["keys"][0].clone()] },
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    });
+    let provider = OidcProvider::start(config);
+    let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
+    let key_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-key1.pem");
+    let app = Server::start(
+        &["serve", "--standalone", "--port", &app_port.to_string()],
+        app_port,
+        &[
+            ("OAUTH_PROVIDER", "oidc"),
+            ("OAUTH_AUTHORITY", provider.issuer()),
+            ("OAUTH_CLIENT_ID", CLIENT_ID),
+            ("OAUTH_CLIENT_CERTIFICATE_PATH", key_path.to_str().unwrap()),
+            ("OAUTH_REDIRECT_URI", &redirect),
+            ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+        ],
+    );
+    let setup = Setup { provider, app, agent: HttpAgent::new() };
+    let response = setup.sign_in("&connection=cert").await;
+    assert_eq!(setup.deliver(&response).await.status(), 303, "{}", setup.app.log());
+    let requests = setup.provider.token_requests().await;
+    assert_eq!(requests["requests"][0]["client_auth"], "client_assertion", "{requests}");
+    assert_eq!(setup.status().await["connections"][0]["state"], "active");
+}

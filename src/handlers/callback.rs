@@ -215,7 +215,15 @@ async fn complete(
     };
     let settings = &app.settings.oauth;
     let client_id = settings.client_id.clone().unwrap_or_default();
-    let auth = oauth.client_auth(&provider);
+    let auth = oauth.client_auth(&provider).map_err(|reason| {
+        tracing::error!(reason = %reason, "the client credential is not usable");
+        error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The app's own credential (OAUTH_CLIENT_CERTIFICATE_PATH) is not usable.",
+            "An operator should run `tcbridge check`.",
+            &[("Reason", reason)],
+        )
+    })?;
     let redirect_uri = settings.redirect_uri.as_ref().map(|u| u.to_string()).unwrap_or_default();
     let request = TokenRequest {
         endpoint: &provider.token_endpoint,
