@@ -145,15 +145,6 @@ fn entity_name(table: Table, pk: &str, rk: &str) -> String {
     format!("entity {pk:?}/{rk:?} in table {}", table.name())
 }
 
-fn check_entity(pk: &str, rk: &str, props: Option<&Map<String, Value>>) -> StoreResult<()> {
-    validate_key("partition key", pk)?;
-    validate_key("row key", rk)?;
-    if let Some(props) = props {
-        validate_properties(props)?;
-    }
-    Ok(())
-}
-
 /// The current ETag of an entity, if it exists.
 fn current_etag(tx: &rusqlite::Transaction<'_>, table: Table, pk: &str, rk: &str) -> StoreResult<Option<String>> {
     tx.query_row(
@@ -202,20 +193,6 @@ fn build_entity((pk, rk, etag, ts, props): (String, String, String, String, Stri
         _ => return Err(StoreError::Backend(format!("entity {pk:?}/{rk:?} holds unreadable properties"))),
     };
     Ok(Entity { partition_key: pk, row_key: rk, etag: ETag(etag), timestamp: parse_time(&ts), properties })
-}
-
-/// Continuation tokens carry the last row key returned, hex-encoded so they are opaque and
-/// URL-safe, like Azure's `NextRowKey`.
-fn encode_continuation(last_row_key: &str) -> String {
-    format!("rk1.{}", hex::encode(last_row_key))
-}
-
-fn decode_continuation(token: &str) -> StoreResult<String> {
-    token
-        .strip_prefix("rk1.")
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| StoreError::invalid("continuation token", "not a token this store issued"))
 }
 
 #[async_trait]
@@ -328,13 +305,7 @@ impl TableStore for LocalStore {
             for row in rows {
                 entities.push(build_entity(row.map_err(db_error)?)?);
             }
-            let continuation = if entities.len() > limit {
-                entities.truncate(limit);
-                entities.last().map(|e| encode_continuation(&e.row_key))
-            } else {
-                None
-            };
-            Ok(Page { entities, continuation })
+            Ok(page_of(entities, limit))
         })
         .await
     }

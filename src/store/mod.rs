@@ -344,6 +344,43 @@ pub fn validate_key(field: &'static str, key: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// Checks keys (and properties, when given) before any backend call, so invalid input
+/// changes nothing on any backend.
+pub fn check_entity(pk: &str, rk: &str, props: Option<&Map<String, Value>>) -> StoreResult<()> {
+    validate_key("partition key", pk)?;
+    validate_key("row key", rk)?;
+    if let Some(props) = props {
+        validate_properties(props)?;
+    }
+    Ok(())
+}
+
+/// Continuation tokens carry the last row key returned, hex-encoded so they are opaque and
+/// URL-safe, like Azure's `NextRowKey`. Both backends issue and read the same form.
+pub fn encode_continuation(last_row_key: &str) -> String {
+    format!("rk1.{}", hex::encode(last_row_key))
+}
+
+pub fn decode_continuation(token: &str) -> StoreResult<String> {
+    token
+        .strip_prefix("rk1.")
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| StoreError::invalid("continuation token", "not a token this store issued"))
+}
+
+/// A page from up to `limit + 1` rows read in order: the extra row only says that another
+/// page follows.
+pub fn page_of(mut entities: Vec<Entity>, limit: usize) -> Page {
+    let continuation = if entities.len() > limit {
+        entities.truncate(limit);
+        entities.last().map(|e| encode_continuation(&e.row_key))
+    } else {
+        None
+    };
+    Page { entities, continuation }
+}
+
 /// Azure Tables' property rules: at most 252 custom properties, names that are identifiers
 /// and not reserved, strings up to 32 K characters (64 KiB UTF-16).
 pub fn validate_properties(props: &Map<String, Value>) -> StoreResult<()> {

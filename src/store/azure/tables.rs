@@ -241,14 +241,11 @@ fn condition(condition: &IfMatch) -> IfMatchCondition {
     }
 }
 
+/// The shared checks, plus our own reserved property.
 fn check_entity(pk: &str, rk: &str, props: Option<&Map<String, Value>>) -> StoreResult<()> {
-    validate_key("partition key", pk)?;
-    validate_key("row key", rk)?;
-    if let Some(props) = props {
-        validate_properties(props)?;
-        if props.contains_key(JSON_PROPERTIES) {
-            return Err(StoreError::invalid("properties", format!("{JSON_PROPERTIES:?} is reserved")));
-        }
+    crate::store::check_entity(pk, rk, props)?;
+    if props.is_some_and(|p| p.contains_key(JSON_PROPERTIES)) {
+        return Err(StoreError::invalid("properties", format!("{JSON_PROPERTIES:?} is reserved")));
     }
     Ok(())
 }
@@ -417,27 +414,9 @@ impl TableStore for AzureTables {
                 },
             )
             .await?;
-        let mut entities = collected.into_iter().take(want).map(decode).collect::<StoreResult<Vec<_>>>()?;
-        let continuation = if entities.len() > limit {
-            entities.truncate(limit);
-            entities.last().map(|e| encode_continuation(&e.row_key))
-        } else {
-            None
-        };
-        Ok(Page { entities, continuation })
+        let entities = collected.into_iter().take(want).map(decode).collect::<StoreResult<Vec<_>>>()?;
+        Ok(page_of(entities, limit))
     }
-}
-
-fn encode_continuation(last_row_key: &str) -> String {
-    format!("rk1.{}", hex::encode(last_row_key))
-}
-
-fn decode_continuation(token: &str) -> StoreResult<String> {
-    token
-        .strip_prefix("rk1.")
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| StoreError::invalid("continuation token", "not a token this store issued"))
 }
 
 /// azure_identity 1.x credentials, seen through azure_core 0.21's `TokenCredential`.
