@@ -11,7 +11,6 @@
 //!
 //! Neither the token nor the nonce ever appears in an error, a `Debug` output or a log line.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
