@@ -14,6 +14,8 @@ use crate::store::{connection_secret_name, IfMatch, RowRange, StoreError, Stores
 
 const PARTITION: &str = "connection";
 pub const REFRESH_TOKEN_SECRET: &str = "refresh-token";
+/// The id of the connection that exists from configuration with `OAUTH_GRANT=client_credentials`.
+pub const APP_ONLY_CONNECTION: &str = "app";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -164,3 +164,23 @@ async fn a_failing_queue_message_is_redelivered_then_poisoned() {
     assert_eq!(log.matches("retrying in").count(), 2, "two retries before the poison queue:\n{log}");
     assert!(log.contains("moving it to incoming-test-poison"));
 }
+
+#[tokio::test]
+async fn app_only_access_is_a_connection_from_configuration_without_consent() {
+    let server = Server::standalone(&[
+        ("OAUTH_GRANT", "client_credentials"),
+        ("OAUTH_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("OAUTH_SCOPES", "api://truecontext/.default"),
+    ]);
+    let body = status(&server).await;
+    let connection = &body["connections"][0];
+    assert_eq!(connection["id"], "app");
+    assert_eq!(connection["access"], "app_only");
+    assert_eq!(connection["state"], "active");
+    assert_eq!(connection["scopes"], serde_json::json!(["api://truecontext/.default"]));
+    assert!(connection["consented_at"].is_null());
+    let authorize =
+        client().get(server.url("/api/authorize")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
+    assert_eq!(authorize.status(), 409);
+    assert!(authorize.text().await.unwrap().contains("nothing to consent"));
+}

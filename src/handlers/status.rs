@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::sync::{last_run, SyncRun};
 use super::{App, HttpResponse, Mode};
+use crate::config::OAuthGrant;
 use crate::connections::{self, Connection, ConnectionState};
 use crate::store::{StoreError, StoreKind};
 
@@ -34,7 +35,10 @@ pub struct ConnectionStatus {
     pub account: String,
     pub tenant: Option<String>,
     pub scopes: Vec<String>,
-    pub consented_at: DateTime<Utc>,
+    /// None for the app-only connection, which needs no consent.
+    pub consented_at: Option<DateTime<Utc>>,
+    /// `delegated` (an admin consented) or `app_only` (OAUTH_GRANT=client_credentials).
+    pub access: &'static str,
     pub access_token_expires_at: Option<DateTime<Utc>>,
     pub last_refresh_success: Option<DateTime<Utc>>,
     pub last_refresh_failure: Option<DateTime<Utc>>,
@@ -50,7 +54,8 @@ impl From<Connection> for ConnectionStatus {
             reason: c.reason,
             tenant: c.tenant,
             scopes: c.scopes,
-            consented_at: c.consented_at,
+            consented_at: Some(c.consented_at),
+            access: "delegated",
             access_token_expires_at: c.access_token_expires_at,
             last_refresh_success: c.last_refresh_success,
             last_refresh_failure: c.last_refresh_failure,
@@ -69,8 +74,8 @@ pub struct SyncStatus {
 impl StatusReport {
     pub async fn gather(app: &App) -> Result<Self, StoreError> {
         let schedule = &app.settings.sync_schedule;
-        let connections: Vec<ConnectionStatus> =
-            connections::list(&app.stores).await?.into_iter().map(ConnectionStatus::from).collect();
+        let mut connections: Vec<ConnectionStatus> = app_only_connection(app).into_iter().collect();
+        connections.extend(connections::list(&app.stores).await?.into_iter().map(ConnectionStatus::from));
         Ok(StatusReport {
             service: "truecontext-bridge",
             version: env!("CARGO_PKG_VERSION"),
@@ -87,6 +92,29 @@ impl StatusReport {
             configuration_missing: app.settings.missing().into_iter().map(|p| p.setting).collect(),
         })
     }
+}
+
+/// With `OAUTH_GRANT=client_credentials` the app itself is the connection (seed 003's preferred
+/// mode): it exists from configuration, with no consent and no refresh token.
+fn app_only_connection(app: &App) -> Option<ConnectionStatus> {
+    let oauth = &app.settings.oauth;
+    if oauth.grant != OAuthGrant::ClientCredentials {
+        return None;
+    }
+    Some(ConnectionStatus {
+        id: connections::APP_ONLY_CONNECTION.to_owned(),
+        state: ConnectionState::Active,
+        reason: None,
+        account: format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)")),
+        tenant: None,
+        scopes: oauth.scopes.clone(),
+        consented_at: None,
+        access: "app_only",
+        access_token_expires_at: None,
+        last_refresh_success: None,
+        last_refresh_failure: None,
+        consecutive_failures: 0,
+    })
 }
 
 pub async fn respond(app: &App) -> HttpResponse {

@@ -54,7 +54,9 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
 /// job of the sync engine, which plugs in here. Connections that need re-consent are skipped.
 async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
     let all = crate::connections::list(&app.stores).await?;
-    Ok(all.iter().filter(|c| c.state == crate::connections::ConnectionState::Active).count() as u32)
+    let consented = all.iter().filter(|c| c.state == crate::connections::ConnectionState::Active).count() as u32;
+    let app_only = u32::from(app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials);
+    Ok(consented + app_only)
 }
 
 async fn record_run(
