@@ -602,3 +602,112 @@ async fn a_client_with_a_certificate_key_authenticates_with_private_key_jwt() {
     assert_eq!(requests["requests"][0]["client_auth"], "client_assertion", "{requests}");
     assert_eq!(setup.status().await["connections"][0]["state"], "active");
 }
+
+/// Entra with a federated credential: no secret and no certificate; the managed identity's token
+/// for `api://AzureADTokenExchange` is the client assertion. A stand-in for the App Service
+/// managed-identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER) issues that token, signed
+/// with a key the provider has registered for the client, so the provider can verify it.
+#[tokio::test]
+async fn entra_with_a_federated_managed_identity_credential_needs_no_secret() {
+    use axum::extract::Query;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let app_port = free_port();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let jwks: Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("test-jwks.json")).unwrap()).unwrap();
+    let mut config = provider_config(app_port);
+    config["issuer_path"] = json!(format!("/{TENANT}/v2.0"));
+    config["clients"][0] = json!({
+        "client_id": CLIENT_ID,
+        "redirect_uris": [format!("http://127.0.0.1:{app_port}/api/callback")],
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks": { "keys": [jwks["keys"][0].clone()] },
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    });
+    let provider = OidcProvider::start(config);
+    let issuer = provider.issuer().to_owned();
+
+    // The managed-identity endpoint stand-in, checking the secret header and the resource.
+    let key = std::fs::read_to_string(fixtures.join("test-key1.pem")).unwrap();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = requests.clone();
+    let msi = axum::Router::new().route(
+        "/msi/token",
+        axum::routing::get(move |headers: axum::http::HeaderMap, Query(q): Query<BTreeMap<String, String>>| {
+            let (key, issuer, seen) = (key.clone(), issuer.clone(), seen.clone());
+            async move {
+                if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some("msi-secret-header") {
+                    return (axum::http::StatusCode::UNAUTHORIZED, "no identity header").into_response();
+                }
+                seen.lock().unwrap().push(q.get("resource").cloned().unwrap_or_default());
+                let now = chrono::Utc::now().timestamp();
+                let claims = json!({ "iss": CLIENT_ID, "sub": CLIENT_ID, "aud": issuer, "jti": format!("{now}-{}", rand::random::<u32>()),
+                                     "iat": now, "exp": now + 600 });
+                let token = jsonwebtoken::encode(
+                    &Header::new(Algorithm::RS256),
+                    &claims,
+                    &EncodingKey::from_rsa_pem(key.as_bytes()).unwrap(),
+                )
+                .unwrap();
+                axum::Json(json!({ "access_token": token, "expires_on": (now + 600).to_string(),
+                                   "token_type": "Bearer", "resource": "api://AzureADTokenExchange" }))
+                .into_response()
+            }
+        }),
+    );
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let msi_url = format!("http://{}/msi/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, msi).await.unwrap() });
+
+    let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
+    let authority = provider.issuer().trim_end_matches("/v2.0").to_owned();
+    let app = Server::start(
+        &["serve", "--standalone", "--port", &app_port.to_string()],
+        app_port,
+        &[
+            ("OAUTH_PROVIDER", "entra"),
+            ("OAUTH_AUTHORITY", &authority),
+            ("OAUTH_CLIENT_ID", CLIENT_ID),
+            ("OAUTH_FEDERATED_CREDENTIAL", "true"),
+            ("OAUTH_REDIRECT_URI", &redirect),
+            ("IDENTITY_ENDPOINT", &msi_url),
+            ("IDENTITY_HEADER", "msi-secret-header"),
+            ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+        ],
+    );
+    let setup = Setup { provider, app, agent: HttpAgent::new() };
+    let response = setup.sign_in("&connection=federated").await;
+    assert_eq!(setup.deliver(&response).await.status(), 303, "{}", setup.app.log());
+    assert_eq!(requests.lock().unwrap().as_slice(), ["api://AzureADTokenExchange"]);
+    let token_requests = setup.provider.token_requests().await;
+    assert_eq!(token_requests["requests"][0]["client_auth"], "client_assertion", "{token_requests}");
+    let status = setup.status().await;
+    assert_eq!(status["connections"][0]["tenant"], TENANT);
+    assert!(!setup.app.log().contains("msi-secret-header"));
+}
+
+/// A sign-in finished after its 10 minutes: refused, consumed, nothing stored. (The clock is
+/// not moved; the pending flow's expiry is set in the past directly in the bridge's store.)
+#[tokio::test]
+async fn an_expired_sign_in_is_refused_and_consumed() {
+    use truecontext_bridge::oauth::flow::{self, PendingFlow};
+    use truecontext_bridge::store::{IfMatch, Table, TypedTable};
+
+    let setup = start(&[]);
+    let response = setup.sign_in("&connection=late").await;
+    let state = response.param("state").unwrap().to_owned();
+    let stores = truecontext_bridge::store::local::open(&setup.app.store_dir(), None).unwrap();
+    let (mut pending, etag): (PendingFlow, _) =
+        flow::find(&stores, &state).await.unwrap().expect("the flow is pending");
+    pending.expires_at = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    TypedTable::new(stores.tables.as_ref(), Table::PendingFlows)
+        .update("flow", &flow::hash_hex(&state), &pending, IfMatch::ETag(etag))
+        .await
+        .unwrap();
+    expect_error_page(setup.deliver(&response).await, 400, "expired").await;
+    expect_error_page(setup.deliver(&response).await, 400, "already completed").await;
+    assert_eq!(setup.connection_count().await, 0);
+    assert_eq!(setup.provider.token_request_count("authorization_code").await, 0);
+}

@@ -215,11 +215,11 @@ async fn complete(
     };
     let settings = &app.settings.oauth;
     let client_id = settings.client_id.clone().unwrap_or_default();
-    let auth = oauth.client_auth(&provider).map_err(|reason| {
+    let auth = oauth.client_auth(&provider).await.map_err(|reason| {
         tracing::error!(reason = %reason, "the client credential is not usable");
         error_page(
             StatusCode::SERVICE_UNAVAILABLE,
-            "The app's own credential (OAUTH_CLIENT_CERTIFICATE_PATH) is not usable.",
+            "The app's own credential (certificate or federated managed identity) is not usable.",
             "An operator should run `tcbridge check`.",
             &[("Reason", reason)],
         )

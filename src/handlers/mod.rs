@@ -132,7 +132,12 @@ impl App {
 
     /// The OAuth client side: HTTP client, provider metadata, JWKS.
     pub fn oauth(&self) -> &crate::oauth::OAuthRuntime {
-        self.oauth.get_or_init(|| crate::oauth::OAuthRuntime::new(&self.settings.oauth))
+        self.oauth.get_or_init(|| {
+            crate::oauth::OAuthRuntime::new(
+                &self.settings.oauth,
+                self.settings.store.azure.managed_identity_client_id.clone(),
+            )
+        })
     }
 
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is
