@@ -25,7 +25,7 @@ pub struct OAuthRuntime {
     /// Loaded from `OAUTH_CLIENT_CERTIFICATE_PATH` on first use; an error is kept as text.
     certificate: Option<Result<assertion::ClientCertificate, String>>,
     /// `OAUTH_FEDERATED_CREDENTIAL`: the managed identity whose token is the client assertion.
-    federated: Option<(Option<String>, std::sync::OnceLock<Result<Arc<dyn TokenCredential>, String>>)>,
+    federated: Option<(Option<String>, LazyCredential)>,
     pub jwks: identity::JwksCaches,
 }
 
@@ -71,6 +71,9 @@ impl OAuthRuntime {
     }
 }
 
+/// A credential made on first use; a failure to make it is kept as text.
+type LazyCredential = std::sync::OnceLock<Result<Arc<dyn TokenCredential>, String>>;
+
 /// The audience Entra expects of a managed-identity token used as a federated credential.
 pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
 
@@ -79,7 +82,7 @@ pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
 /// The credential caches its token and refreshes it before expiry.
 async fn federated_assertion(
     client_id: Option<&str>,
-    credential: &std::sync::OnceLock<Result<Arc<dyn TokenCredential>, String>>,
+    credential: &LazyCredential,
 ) -> Result<crate::secret::SecretString, String> {
     let credential = credential
         .get_or_init(|| crate::store::azure::credential::default_credential(client_id).map_err(|e| e.to_string()))
