@@ -559,27 +559,27 @@ async fn a_b2c_shaped_server_with_a_policy_path_and_string_expires_in_connects()
     assert!(lifetime > chrono::TimeDelta::minutes(115), "the string expires_in (\"7200\") was used: {lifetime}");
 }
 
-/// `private_key_jwt`: no secret at all; the app signs a client assertion with its key and the
-/// server checks it against the registered public key.
-#[tokio::test]
-async fn a_client_with_a_certificate_key_authenticates_with_private_key_jwt() {
-    let app_port = free_port();
-    let mut config = provider_config(app_port);
-    let jwks: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-jwks.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    config["clients"][0] = json!({
+/// A client that authenticates with `private_key_jwt`, registered with test key 1's public key.
+fn private_key_jwt_client(app_port: u16) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-jwks.json");
+    let jwks: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json!({
         "client_id": CLIENT_ID,
         "redirect_uris": [format!("http://127.0.0.1:{app_port}/api/callback")],
         "token_endpoint_auth_method": "private_key_jwt",
         "jwks": { "keys": [jwks["keys"][0].clone()] },
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
-    });
+    })
+}
+
+/// `private_key_jwt`: no secret at all; the app signs a client assertion with its key and the
+/// server checks it against the registered public key.
+#[tokio::test]
+async fn a_client_with_a_certificate_key_authenticates_with_private_key_jwt() {
+    let app_port = free_port();
+    let mut config = provider_config(app_port);
+    config["clients"][0] = private_key_jwt_client(app_port);
     let provider = OidcProvider::start(config);
     let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
     let key_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-key1.pem");
@@ -614,17 +614,9 @@ async fn entra_with_a_federated_managed_identity_credential_needs_no_secret() {
 
     let app_port = free_port();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let jwks: Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("test-jwks.json")).unwrap()).unwrap();
     let mut config = provider_config(app_port);
     config["issuer_path"] = json!(format!("/{TENANT}/v2.0"));
-    config["clients"][0] = json!({
-        "client_id": CLIENT_ID,
-        "redirect_uris": [format!("http://127.0.0.1:{app_port}/api/callback")],
-        "token_endpoint_auth_method": "private_key_jwt",
-        "jwks": { "keys": [jwks["keys"][0].clone()] },
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-    });
+    config["clients"][0] = private_key_jwt_client(app_port);
     let provider = OidcProvider::start(config);
     let issuer = provider.issuer().to_owned();
 
