@@ -122,7 +122,7 @@ pub async fn save_consent(
 ) -> Result<Option<String>, ConsentError> {
     let refresh_token = refresh_token.ok_or(ConsentError::NoRefreshToken)?;
     let table = TypedTable::new(stores.tables.as_ref(), Table::Connections);
-    let existing = table.get::<Connection>(PARTITION, &connection.id).await?;
+    let existing = get(stores, &connection.id).await?;
     let mut replaced = None;
     if let Some(existing) = &existing {
         if existing.value.account != connection.account {

@@ -123,8 +123,13 @@ async fn an_admin_connects_and_sees_who_is_connected() {
     let response = setup.agent.authorize(&location).await;
     assert!(response.param("iss").is_some());
     let binding = setup.agent.cookie("127.0.0.1", &cookie_name(&request["state"])).expect("the binding cookie is set");
+    // Another sign-in started in the same browser keeps its cookie when this one completes.
+    let other_location = setup.begin("&connection=other").await;
+    let other_state: BTreeMap<String, String> =
+        url::Url::parse(&other_location).unwrap().query_pairs().into_owned().collect();
     let delivered = setup.deliver(&response).await;
     assert!(setup.agent.cookie("127.0.0.1", &cookie_name(&request["state"])).is_none(), "the cookie is cleared");
+    assert!(setup.agent.cookie("127.0.0.1", &cookie_name(&other_state["state"])).is_some(), "only this flow's");
     assert_eq!(delivered.status(), 303);
     let result_location = delivered.headers()["location"].to_str().unwrap().to_owned();
     assert!(result_location.starts_with("/api/callback?result="));
@@ -173,24 +178,18 @@ fn cookie_name(state: &str) -> String {
 async fn state_and_cookie_attacks_end_on_error_pages_with_nothing_stored() {
     let setup = start(&[]);
     let response = setup.sign_in("").await;
+    let altered = |name: &str, value: Option<String>| {
+        let mut params = response.params.clone();
+        match value {
+            Some(value) => params.insert(name.to_owned(), value),
+            None => params.remove(name),
+        };
+        AuthorizationResponse { params, ..response.clone() }
+    };
 
     // Missing state, mismatched state.
-    let mut no_state = response.params.clone();
-    no_state.remove("state");
-    expect_error_page(
-        setup.deliver(&AuthorizationResponse { params: no_state, ..response.clone() }).await,
-        400,
-        "no state",
-    )
-    .await;
-    let mut wrong_state = response.params.clone();
-    wrong_state.insert("state".into(), "A".repeat(43));
-    expect_error_page(
-        setup.deliver(&AuthorizationResponse { params: wrong_state, ..response.clone() }).await,
-        400,
-        "unknown",
-    )
-    .await;
+    expect_error_page(setup.deliver(&altered("state", None)).await, 400, "no state").await;
+    expect_error_page(setup.deliver(&altered("state", Some("A".repeat(43)))).await, 400, "unknown").await;
 
     // Missing cookie: another browser (a fresh agent) delivering the right state.
     let stranger = HttpAgent::new();
@@ -198,14 +197,20 @@ async fn state_and_cookie_attacks_end_on_error_pages_with_nothing_stored() {
     expect_error_page(refused, 403, "did not come back to the browser that started it").await;
 
     // Oversized and repeated parameters.
-    let mut huge = response.params.clone();
-    huge.insert("error_description".into(), "x".repeat(5000));
-    expect_error_page(
-        setup.deliver(&AuthorizationResponse { params: huge, ..response.clone() }).await,
-        400,
-        "longer than",
-    )
-    .await;
+    let huge = altered("error_description", Some("x".repeat(5000)));
+    expect_error_page(setup.deliver(&huge).await, 400, "longer than").await;
+    let mut body = url::form_urlencoded::Serializer::new(String::new());
+    body.extend_pairs(&response.params).append_pair("state", response.param("state").unwrap());
+    let repeated = setup
+        .agent
+        .client
+        .post(&response.target)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body.finish())
+        .send()
+        .await
+        .unwrap();
+    expect_error_page(repeated, 400, "more than once").await;
 
     // The genuine delivery still works after all that (nothing consumed it) ...
     assert_eq!(setup.deliver(&response).await.status(), 303);

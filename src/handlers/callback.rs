@@ -66,7 +66,7 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
         Ok(result) => match flow::store_result(&app.stores, &result).await {
             Ok(reference) => {
                 let mut response = redirect(StatusCode::SEE_OTHER, &format!("/api/callback?result={reference}"));
-                clear_cookie(&mut response, request);
+                clear_cookie(&mut response, state);
                 response
             }
             Err(e) => flow_error(e),
@@ -102,6 +102,7 @@ fn read_params(app: &App, request: &HttpRequest) -> Result<HashMap<String, Strin
     Ok(params)
 }
 
+/// The values of this app's flow cookies the browser sent (one per sign-in in progress).
 fn cookie_values(request: &HttpRequest) -> Vec<String> {
     request
         .headers
@@ -115,22 +116,12 @@ fn cookie_values(request: &HttpRequest) -> Vec<String> {
         .collect()
 }
 
-fn clear_cookie(response: &mut HttpResponse, request: &HttpRequest) {
-    let names: Vec<String> = request
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('=').map(|(n, _)| n.to_owned()))
-        .filter(|name| name.starts_with(COOKIE_PREFIX) && name.len() <= 64)
-        .collect();
-    // The host carries one Set-Cookie per response: clear this flow's (the first) cookie.
-    if let Some(name) = names.first() {
-        let cookie = format!("{name}=; Path=/api/callback; Max-Age=0; HttpOnly; Secure; SameSite=None");
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            response.headers.push((header::SET_COOKIE, value));
-        }
+/// Expires this flow's cookie (its name follows from `state`); other sign-ins keep theirs.
+fn clear_cookie(response: &mut HttpResponse, state: &str) {
+    let name = flow::cookie_name(&flow::hash_hex(state));
+    let cookie = format!("{name}=; Path=/api/callback; Max-Age=0; HttpOnly; Secure; SameSite=None");
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers.push((header::SET_COOKIE, value));
     }
 }
 

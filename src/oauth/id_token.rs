@@ -385,17 +385,7 @@ fn key_entry(raw: &Value) -> Option<KeyEntry> {
                 return None;
             }
             let key = DecodingKey::from_rsa_components(&rsa.n, &rsa.e).ok()?;
-            (
-                key,
-                &[
-                    Algorithm::RS256,
-                    Algorithm::RS384,
-                    Algorithm::RS512,
-                    Algorithm::PS256,
-                    Algorithm::PS384,
-                    Algorithm::PS512,
-                ],
-            )
+            (key, RSA_ALGORITHMS)
         }
         AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
             (DecodingKey::from_ec_components(&ec.x, &ec.y).ok()?, &[Algorithm::ES256])
@@ -439,15 +429,13 @@ fn significant_bits(big_endian: &[u8]) -> usize {
 
 /// The algorithms an id_token may be signed with. HMAC (a shared secret, which a public key
 /// must never become) and `none` are never allowed; nor are curves other than P-256.
-const PERMITTED_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-];
+fn permitted(algorithm: &Algorithm) -> bool {
+    RSA_ALGORITHMS.contains(algorithm) || *algorithm == Algorithm::ES256
+}
+
+/// The signature algorithms an RSA key can verify.
+const RSA_ALGORITHMS: &[Algorithm] =
+    &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512];
 
 /// What the id_token must say for this sign-in.
 #[derive(Clone)]
@@ -501,7 +489,7 @@ impl Expectations {
     /// Allow these signature algorithms instead of RS256 alone. HMAC and `none` cannot be
     /// allowed: asking for them is an error naming the first such algorithm.
     pub fn with_algorithms(mut self, algorithms: &[Algorithm]) -> Result<Self, IdTokenError> {
-        if let Some(refused) = algorithms.iter().find(|a| !PERMITTED_ALGORITHMS.contains(a)) {
+        if let Some(refused) = algorithms.iter().find(|a| !permitted(a)) {
             return Err(IdTokenError::AlgorithmNotAllowed(format!("{refused:?}")));
         }
         self.algorithms = algorithms.to_vec();
@@ -631,7 +619,7 @@ fn read_header(token: &str, allowed: &[Algorithm]) -> Result<Header, IdTokenErro
     if header.contains_key("enc") {
         return Err(IdTokenError::Encrypted);
     }
-    let algorithm = alg.parse::<Algorithm>().ok().filter(|a| allowed.contains(a) && PERMITTED_ALGORITHMS.contains(a));
+    let algorithm = alg.parse::<Algorithm>().ok().filter(|a| allowed.contains(a) && permitted(a));
     let Some(alg) = algorithm else {
         return Err(IdTokenError::AlgorithmNotAllowed(printable(alg).chars().take(20).collect()));
     };
