@@ -249,6 +249,13 @@ pub struct TokenSettings {
     pub b2c_refresh_window: Duration,
     pub b2c_reauth_warning: Duration,
     pub alert_webhook_url: Option<Url>,
+    /// Each token-endpoint call is cut off after this long.
+    pub endpoint_timeout: Duration,
+    /// How long a refresh lease lasts; a crashed holder blocks others for at most this long.
+    pub refresh_lease: Duration,
+    /// A connection whose last refresh is older than this is refreshed by the sync timer even
+    /// when its access token is still valid (Entra refresh tokens die after 90 idle days).
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -390,6 +397,9 @@ impl Settings {
                 b2c_refresh_window: Duration::from_secs(86_400 * p.number("B2C_REFRESH_WINDOW_DAYS", 90u64, 1, 365)),
                 b2c_reauth_warning: Duration::from_secs(86_400 * p.number("B2C_REAUTH_WARNING_DAYS", 14u64, 1, 90)),
                 alert_webhook_url: p.url("ALERT_WEBHOOK_URL", "https://example.webhook.office.com/webhookb2/..."),
+                endpoint_timeout: Duration::from_secs(p.number("TOKEN_ENDPOINT_TIMEOUT_SECONDS", 30, 1, 120)),
+                refresh_lease: Duration::from_secs(p.number("TOKEN_REFRESH_LEASE_SECONDS", 90, 5, 900)),
+                keepalive: Duration::from_secs(3600 * p.number("TOKEN_KEEPALIVE_HOURS", 20u64, 1, 24)),
             },
             queues: parse_queues(&mut p),
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
@@ -718,6 +728,18 @@ fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {
 }
 
 fn cross_checks(p: &mut Parser<'_>, s: &Settings) {
+    // The holder renews its lease before each token-endpoint call; the call must end (or be cut
+    // off) well inside the lease, or a second instance could present the same refresh token.
+    if s.tokens.refresh_lease < s.tokens.endpoint_timeout + Duration::from_secs(5) {
+        p.problem(
+            "TOKEN_REFRESH_LEASE_SECONDS",
+            format!(
+                "must be at least TOKEN_ENDPOINT_TIMEOUT_SECONDS + 5 ({} s), so a refresh always ends inside its lease",
+                s.tokens.endpoint_timeout.as_secs() + 5
+            ),
+            "90",
+        );
+    }
     if s.oauth.federated_credential && s.oauth.provider != OAuthProvider::Entra {
         p.problem("OAUTH_FEDERATED_CREDENTIAL", "works only with OAUTH_PROVIDER=entra", "false");
     }

@@ -9,10 +9,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::secret::SecretString;
+use crate::oauth::token::TokenSet;
 use crate::store::{connection_secret_name, IfMatch, RowRange, StoreError, Stores, Table, TypedTable, Versioned};
 
-const PARTITION: &str = "connection";
+use crate::tokens::bundle::{refresh_time, TokenBundle};
+
+pub const PARTITION: &str = "connection";
+/// Where the app-only connection's record lives (kept apart so `list` shows consents only).
+pub const APP_ONLY_PARTITION: &str = "apponly";
 pub const REFRESH_TOKEN_SECRET: &str = "refresh-token";
 /// The id of the connection that exists from configuration with `OAUTH_GRANT=client_credentials`.
 pub const APP_ONLY_CONNECTION: &str = "app";
@@ -49,16 +53,33 @@ pub struct Connection {
     /// The server sent no `expires_in`; the default lifetime was assumed.
     #[serde(default)]
     pub expires_in_assumed: bool,
-    /// Secret-store name and version of the current refresh token.
+    /// When the access token should be replaced (a margin before it expires).
+    #[serde(default)]
+    pub refresh_at: Option<DateTime<Utc>>,
+    /// Secret-store name and version of the current token set (refresh token, access token;
+    /// see `tokens::bundle`). The name keeps its first meaning for stored records' sake.
     pub refresh_token_secret: String,
     #[serde(default)]
     pub refresh_token_version: Option<String>,
+    /// The generation of the token set the record names; a writer only replaces it with a
+    /// higher one, so a newer refresh token is never overwritten by an older one.
+    #[serde(default)]
+    pub token_generation: u64,
     #[serde(default)]
     pub last_refresh_success: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_refresh_failure: Option<DateTime<Utc>>,
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// No token-endpoint call for this connection before this instant (backoff, shared by
+    /// every instance so a failing server is not stormed).
+    #[serde(default)]
+    pub retry_not_before: Option<DateTime<Utc>>,
+    /// The last refresh failure's class (`transient`, `rejected`, …) and reason.
+    #[serde(default)]
+    pub last_error_class: Option<String>,
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 impl Connection {
@@ -113,14 +134,17 @@ pub async fn list(stores: &Stores) -> Result<Vec<Connection>, StoreError> {
     }
 }
 
-/// Records a consent: stores the refresh token, then creates or updates the connection.
+/// Records a consent: stores the token set (a new secret version), then creates or updates the
+/// connection to name it. The record's failure state starts afresh; its id (and so its
+/// cursors) stays. `refresh_margin` is `TOKEN_REFRESH_MARGIN_SECONDS`.
 pub async fn save_consent(
     stores: &Stores,
     mut connection: Connection,
-    refresh_token: Option<&SecretString>,
+    tokens: &TokenSet,
+    refresh_margin: std::time::Duration,
     replace: bool,
 ) -> Result<Option<String>, ConsentError> {
-    let refresh_token = refresh_token.ok_or(ConsentError::NoRefreshToken)?;
+    let refresh_token = tokens.refresh_token.clone().ok_or(ConsentError::NoRefreshToken)?;
     let table = TypedTable::new(stores.tables.as_ref(), Table::Connections);
     let existing = get(stores, &connection.id).await?;
     let mut replaced = None;
@@ -136,8 +160,26 @@ pub async fn save_consent(
             replaced = Some(existing.value.display_account().to_owned());
         }
     }
+    let issued_at = connection.consented_at;
+    let expires_at = issued_at + crate::tokens::delta(tokens.expires_in);
+    let refresh_at = refresh_time(issued_at, tokens.expires_in, refresh_margin, tokens.refresh_in);
+    let bundle = TokenBundle {
+        generation: existing.as_ref().map_or(0, |e| e.value.token_generation) + 1,
+        refresh_token: Some(refresh_token),
+        access_token: Some(tokens.access_token.clone()),
+        expires_at: Some(expires_at),
+        refresh_at: Some(refresh_at),
+        scopes: connection.scopes.clone(),
+        issued_at,
+    };
     connection.refresh_token_secret = connection_secret_name(REFRESH_TOKEN_SECRET, &connection.id);
-    connection.refresh_token_version = Some(stores.secrets.set(&connection.refresh_token_secret, refresh_token).await?);
+    connection.refresh_token_version =
+        Some(stores.secrets.set(&connection.refresh_token_secret, &bundle.to_secret()).await?);
+    connection.token_generation = bundle.generation;
+    connection.access_token_expires_at = Some(expires_at);
+    connection.refresh_at = Some(refresh_at);
+    connection.expires_in_assumed = tokens.expires_in_assumed;
+    connection.last_refresh_success = Some(issued_at);
     match existing {
         None => match table.insert(PARTITION, &connection.id, &connection).await {
             Ok(_) => {}
@@ -150,6 +192,10 @@ pub async fn save_consent(
         Some(existing) => {
             table.update(PARTITION, &connection.id, &connection, IfMatch::ETag(existing.etag)).await?;
         }
+    }
+    // Alerts about the old grant are over; a new failure alerts again.
+    if let Err(e) = crate::alerts::clear_connection(stores, &connection.id).await {
+        tracing::warn!(connection = %connection.id, error = %e, "old alerts could not be cleared");
     }
     Ok(replaced)
 }

@@ -1,6 +1,7 @@
 //! truecontext-bridge: an Azure Functions custom handler that connects TrueContext to Azure.
 //! See ARCHITECTURE.md for the map.
 
+pub mod alerts;
 pub mod config;
 pub mod connections;
 pub mod functions;
@@ -12,3 +13,4 @@ pub mod secret;
 pub mod standalone;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;

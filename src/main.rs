@@ -44,6 +44,16 @@ enum Command {
     Status,
     /// Validate the configuration and say in plain words what is missing or wrong.
     Check,
+    /// Obtain a fresh access token through the same path as the sync (cache, lease, refresh) and
+    /// print its expiry and scopes, never the token. Exits non-zero with the failure class.
+    Token {
+        /// The connection (default: `default`, or `app` with OAUTH_GRANT=client_credentials).
+        #[arg(long)]
+        connection: Option<String>,
+        /// Refresh even when the current token is still good.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the link an administrator opens to connect (or reconnect) a connection.
     ConsentUrl {
         /// The connection to connect.
@@ -67,6 +77,7 @@ fn main() -> ExitCode {
             Command::Check => check(&raw).await,
             Command::Status => status(&raw).await,
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
+            Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
             Command::Serve { standalone: true, port, address } => serve_standalone(&raw, port, address).await,
         }
@@ -161,6 +172,57 @@ async fn status(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     let report = StatusReport::gather(&app).await.context("cannot read the status from the store")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Exit codes of `tcbridge token` by failure class, so scripts can tell them apart.
+fn token_exit_code(class: &str) -> u8 {
+    match class {
+        "needs_reauth" | "disabled" => 3,
+        "app_credentials" => 4,
+        "transient" | "busy" => 5,
+        "rejected" => 6,
+        "not_connected" | "invalid_connection" => 7,
+        _ => 1,
+    }
+}
+
+async fn token(raw: &RawSettings, connection: Option<String>, force: bool) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let connection = connection.unwrap_or_else(|| match settings.oauth.grant {
+        truecontext_bridge::config::OAuthGrant::ClientCredentials => {
+            truecontext_bridge::connections::APP_ONLY_CONNECTION.to_owned()
+        }
+        truecontext_bridge::config::OAuthGrant::AuthorizationCode => "default".to_owned(),
+    });
+    let app = open_app(settings, Mode::Cli)?;
+    let tokens = app.tokens();
+    let result = if force { tokens.refresh_now(&connection).await } else { tokens.access_token(&connection).await };
+    match result {
+        Ok(token) => {
+            let now = chrono::Utc::now();
+            let report = serde_json::json!({
+                "connection": token.connection,
+                "refreshed": token.source == truecontext_bridge::tokens::TokenSource::TokenEndpoint,
+                "source": token.source,
+                "expires_at": token.expires_at,
+                "expires_in_seconds": (token.expires_at - now).num_seconds().max(0),
+                "refresh_at": token.refresh_at,
+                "expires_in_assumed": token.expires_in_assumed,
+                "scopes": token.scopes,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let message = telemetry::redact(&e.to_string()).into_owned();
+            let report =
+                serde_json::json!({ "connection": connection, "error": { "class": e.class(), "message": message } });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!("error: {}: {message}", e.class());
+            Ok(ExitCode::from(token_exit_code(e.class())))
+        }
+    }
 }
 
 async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {

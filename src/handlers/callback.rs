@@ -262,19 +262,25 @@ async fn complete(
         account_name: identity.name.clone(),
         scopes: scopes.clone(),
         consented_at: now,
-        access_token_expires_at: chrono::TimeDelta::from_std(tokens.expires_in).ok().map(|d| now + d),
+        access_token_expires_at: None,
         expires_in_assumed: tokens.expires_in_assumed,
+        refresh_at: None,
         refresh_token_secret: String::new(),
         refresh_token_version: None,
+        token_generation: 0,
         last_refresh_success: Some(now),
         last_refresh_failure: None,
         consecutive_failures: 0,
+        retry_not_before: None,
+        last_error_class: None,
+        last_error: None,
     };
     let display = connection.display_account().to_owned();
     let replaced = match connections::save_consent(
         &app.stores,
         connection,
-        tokens.refresh_token.as_ref(),
+        &tokens,
+        app.settings.tokens.refresh_margin,
         pending.replace,
     )
     .await

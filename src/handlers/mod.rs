@@ -22,6 +22,7 @@ use crate::config::Settings;
 use crate::functions::{Function, Trigger};
 use crate::store::Stores;
 
+pub use authorize::requested_scopes;
 pub use status::StatusReport;
 
 /// How this process was started; reported by `status`.
@@ -45,6 +46,8 @@ pub struct App {
     pub started: Instant,
     /// Built on first use, so start-up (the host's readiness probe) does not wait for it.
     oauth: Arc<std::sync::OnceLock<crate::oauth::OAuthRuntime>>,
+    /// This process's token cache and single-flight locks.
+    tokens: Arc<crate::tokens::TokenService>,
 }
 
 /// An HTTP request as both front doors can describe it.
@@ -127,7 +130,22 @@ pub enum InvocationError {
 
 impl App {
     pub fn new(settings: Arc<Settings>, stores: Stores, mode: Mode) -> Self {
-        Self { settings, stores, mode, started: Instant::now(), oauth: Arc::default() }
+        Self::with_token_service(settings, stores, mode, crate::tokens::TokenService::default())
+    }
+
+    /// An app with its own token service (tests: a clock that moves without waiting).
+    pub fn with_token_service(
+        settings: Arc<Settings>,
+        stores: Stores,
+        mode: Mode,
+        tokens: crate::tokens::TokenService,
+    ) -> Self {
+        Self { settings, stores, mode, started: Instant::now(), oauth: Arc::default(), tokens: Arc::new(tokens) }
+    }
+
+    /// Access tokens for connections: the one path everything that calls TrueContext uses.
+    pub fn tokens(&self) -> crate::tokens::Tokens<'_> {
+        crate::tokens::Tokens::new(self, &self.tokens)
     }
 
     /// The OAuth client side: HTTP client, provider metadata, JWKS.

@@ -6,9 +6,10 @@ use serde::Serialize;
 
 use super::sync::{last_run, SyncRun};
 use super::{App, HttpResponse, Mode};
-use crate::config::OAuthGrant;
-use crate::connections::{self, Connection, ConnectionState};
-use crate::store::{StoreError, StoreKind};
+use crate::alerts::{self, Alert};
+use crate::config::{OAuthGrant, TokenSettings};
+use crate::connections::{self, Connection, ConnectionState, APP_ONLY_CONNECTION, APP_ONLY_PARTITION};
+use crate::store::{StoreError, StoreKind, Table, TypedTable};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -18,10 +19,14 @@ pub struct StatusReport {
     pub store: StoreKind,
     /// True when nothing needs an operator's attention.
     pub healthy: bool,
+    /// 200 when healthy, 424 when something needs attention (also the HTTP status), and why.
+    pub summary: Summary,
     pub uptime_seconds: u64,
     /// One entry per connection.
     pub connections: Vec<ConnectionStatus>,
     pub sync: SyncStatus,
+    /// App-level alerts in force (the app's own credentials refused, …).
+    pub app_alerts: Vec<Alert>,
     /// Settings that a feature still needs (names only, never values).
     pub configuration_missing: Vec<String>,
 }
@@ -43,10 +48,30 @@ pub struct ConnectionStatus {
     pub last_refresh_success: Option<DateTime<Utc>>,
     pub last_refresh_failure: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
+    /// The last failure's class (`transient`, `rejected`, `app_credentials`, …) and reason.
+    pub last_error_class: Option<String>,
+    pub last_error: Option<String>,
+    /// No token-endpoint call before this (backoff shared by all instances).
+    pub retry_not_before: Option<DateTime<Utc>>,
+    /// Azure AD B2C: the sliding refresh-token window closes here; consent again before.
+    pub reconsent_deadline: Option<DateTime<Utc>>,
+    /// Alerts in force for this connection (names).
+    pub alerts: Vec<String>,
+    /// Why an operator should look, when they should.
+    pub attention: Option<String>,
 }
 
-impl From<Connection> for ConnectionStatus {
-    fn from(c: Connection) -> Self {
+/// Whether anything needs an operator, in one place for the HTTP status and the CLI exit.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub status: u16,
+    pub attention: Vec<String>,
+}
+
+impl ConnectionStatus {
+    fn from_record(c: Connection, access: &'static str, settings: &TokenSettings, now: DateTime<Utc>) -> Self {
+        let deadline = crate::tokens::reconsent_deadline(&c, settings);
+        let attention = attention(&c, deadline, settings, now);
         ConnectionStatus {
             account: c.display_account().to_owned(),
             id: c.id,
@@ -54,13 +79,50 @@ impl From<Connection> for ConnectionStatus {
             reason: c.reason,
             tenant: c.tenant,
             scopes: c.scopes,
-            consented_at: Some(c.consented_at),
-            access: "delegated",
+            consented_at: (access == "delegated").then_some(c.consented_at),
+            access,
             access_token_expires_at: c.access_token_expires_at,
             last_refresh_success: c.last_refresh_success,
             last_refresh_failure: c.last_refresh_failure,
             consecutive_failures: c.consecutive_failures,
+            last_error_class: c.last_error_class,
+            last_error: c.last_error,
+            retry_not_before: c.retry_not_before.filter(|t| *t > now),
+            reconsent_deadline: deadline,
+            alerts: Vec::new(),
+            attention,
         }
+    }
+}
+
+/// Transient failures are the token lifecycle's to absorb until they persist; everything else
+/// that stops a connection, or will soon, is the operator's.
+fn attention(
+    c: &Connection,
+    deadline: Option<DateTime<Utc>>,
+    settings: &TokenSettings,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    match c.state {
+        ConnectionState::NeedsReauth => {
+            return Some(format!("needs re-consent: {}", c.reason.as_deref().unwrap_or("the grant is no longer valid")))
+        }
+        ConnectionState::Disabled => return Some("disabled".into()),
+        ConnectionState::Active => {}
+    }
+    if let Some(deadline) = deadline {
+        if deadline - crate::tokens::delta(settings.b2c_reauth_warning) <= now {
+            return Some(format!(
+                "consent again before {} (Azure AD B2C refresh-token window)",
+                deadline.format("%Y-%m-%d %H:%M UTC")
+            ));
+        }
+    }
+    let error = c.last_error.as_deref().unwrap_or("unknown error");
+    match c.last_error_class.as_deref() {
+        Some("transient") | None if c.consecutive_failures < crate::tokens::FAILING_ALERT_AFTER => None,
+        Some(class) => Some(format!("token refresh failing ({class}, {} in a row): {error}", c.consecutive_failures)),
+        None => Some(format!("token refresh failing ({} in a row)", c.consecutive_failures)),
     }
 }
 
@@ -74,16 +136,29 @@ pub struct SyncStatus {
 impl StatusReport {
     pub async fn gather(app: &App) -> Result<Self, StoreError> {
         let schedule = &app.settings.sync_schedule;
-        let mut connections: Vec<ConnectionStatus> = app_only_connection(app).into_iter().collect();
-        connections.extend(connections::list(&app.stores).await?.into_iter().map(ConnectionStatus::from));
+        let now = Utc::now();
+        let tokens = &app.settings.tokens;
+        let mut connections: Vec<ConnectionStatus> = app_only_connection(app, now).await?.into_iter().collect();
+        for record in connections::list(&app.stores).await? {
+            let mut status = ConnectionStatus::from_record(record, "delegated", tokens, now);
+            status.alerts = alerts::list(&app.stores, Some(&status.id)).await?.into_iter().map(|a| a.alert).collect();
+            connections.push(status);
+        }
+        let app_alerts = alerts::list(&app.stores, None).await?;
+        let mut attention: Vec<String> =
+            connections.iter().filter_map(|c| c.attention.as_ref().map(|a| format!("{}: {a}", c.id))).collect();
+        attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
+        let healthy = attention.is_empty();
         Ok(StatusReport {
             service: "truecontext-bridge",
             version: env!("CARGO_PKG_VERSION"),
             mode: app.mode,
             store: app.stores.kind,
-            healthy: connections.iter().all(|c| c.state == ConnectionState::Active),
+            healthy,
+            summary: Summary { status: if healthy { 200 } else { 424 }, attention },
             uptime_seconds: app.started.elapsed().as_secs(),
             connections,
+            app_alerts,
             sync: SyncStatus {
                 schedule: schedule.describe(),
                 next_run: schedule.next_after(Utc::now()),
@@ -95,13 +170,18 @@ impl StatusReport {
 }
 
 /// With `OAUTH_GRANT=client_credentials` the app itself is the connection (seed 003's preferred
-/// mode): it exists from configuration, with no consent and no refresh token.
-fn app_only_connection(app: &App) -> Option<ConnectionStatus> {
+/// mode): it exists from configuration, with no consent and no refresh token. Its record
+/// appears with its first token.
+async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<ConnectionStatus>, StoreError> {
     let oauth = &app.settings.oauth;
     if oauth.grant != OAuthGrant::ClientCredentials {
-        return None;
+        return Ok(None);
     }
-    Some(ConnectionStatus {
+    let table = TypedTable::new(app.stores.tables.as_ref(), Table::Connections);
+    if let Some(record) = table.get::<Connection>(APP_ONLY_PARTITION, APP_ONLY_CONNECTION).await? {
+        return Ok(Some(ConnectionStatus::from_record(record.value, "app_only", &app.settings.tokens, now)));
+    }
+    Ok(Some(ConnectionStatus {
         id: connections::APP_ONLY_CONNECTION.to_owned(),
         state: ConnectionState::Active,
         reason: None,
@@ -114,12 +194,21 @@ fn app_only_connection(app: &App) -> Option<ConnectionStatus> {
         last_refresh_success: None,
         last_refresh_failure: None,
         consecutive_failures: 0,
-    })
+        last_error_class: None,
+        last_error: None,
+        retry_not_before: None,
+        reconsent_deadline: None,
+        alerts: Vec::new(),
+        attention: None,
+    }))
 }
 
 pub async fn respond(app: &App) -> HttpResponse {
     match StatusReport::gather(app).await {
-        Ok(report) => HttpResponse::json(StatusCode::OK, &report),
+        Ok(report) => {
+            let status = StatusCode::from_u16(report.summary.status).unwrap_or(StatusCode::OK);
+            HttpResponse::json(status, &report)
+        }
         Err(e) => {
             tracing::error!(error = %e, "status could not read the store");
             HttpResponse::error(

@@ -50,13 +50,56 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     result.map(|_| ())
 }
 
-/// Counts the active connections to sync; pulling their submissions from TrueContext is the
-/// job of the sync engine, which plugs in here. Connections that need re-consent are skipped.
+/// Makes sure every active connection has a usable access token (refreshing it when due, and
+/// at least every `TOKEN_KEEPALIVE_HOURS` even when idle) and warns ahead of B2C re-consent
+/// deadlines. Pulling submissions from TrueContext is the sync engine's job, which plugs in
+/// here with the token. Connections that need re-consent are skipped without a call; one
+/// connection's failure never stops the others.
 async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
-    let all = crate::connections::list(&app.stores).await?;
-    let consented = all.iter().filter(|c| c.state == crate::connections::ConnectionState::Active).count() as u32;
-    let app_only = u32::from(app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials);
-    Ok(consented + app_only)
+    let mut ids: Vec<String> = Vec::new();
+    if app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
+        ids.push(crate::connections::APP_ONLY_CONNECTION.to_owned());
+    } else {
+        for connection in crate::connections::list(&app.stores).await? {
+            if connection.state != crate::connections::ConnectionState::Active {
+                continue;
+            }
+            warn_before_reconsent_deadline(app, &connection).await;
+            ids.push(connection.id);
+        }
+    }
+    let mut ready = 0;
+    for id in &ids {
+        match app.tokens().keep_alive(id).await {
+            Ok(token) => {
+                ready += 1;
+                tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
+            }
+            Err(e) => tracing::warn!(connection = %id, class = e.class(), error = %e, "no access token this run"),
+        }
+    }
+    if ready < ids.len() {
+        tracing::warn!(ready, total = ids.len(), "some connections have no access token this run");
+    }
+    Ok(ids.len() as u32)
+}
+
+/// One alert per connection when its B2C window is about to close.
+async fn warn_before_reconsent_deadline(app: &App, connection: &crate::connections::Connection) {
+    let settings = &app.settings.tokens;
+    let Some(deadline) = crate::tokens::reconsent_deadline(connection, settings) else { return };
+    if deadline - crate::tokens::delta(settings.b2c_reauth_warning) > Utc::now() {
+        return;
+    }
+    let reason = format!(
+        "the Azure AD B2C refresh-token window closes at {}; an administrator must consent again before then",
+        deadline.format("%Y-%m-%d %H:%M UTC")
+    );
+    let code = format!("deadline-{}", deadline.timestamp());
+    let alert = crate::alerts::Alert::new("reconsent_due", Some(&connection.id), "reconsent_due", &code, &reason);
+    if let Err(e) = crate::alerts::raise(&app.stores, settings.alert_webhook_url.as_ref(), alert).await {
+        tracing::warn!(connection = %connection.id, error = %e, "the re-consent alert could not be recorded");
+    }
 }
 
 async fn record_run(

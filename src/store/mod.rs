@@ -40,11 +40,19 @@ pub enum Table {
     Submissions,
     Leases,
     Runs,
+    Alerts,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] =
-        [Table::Connections, Table::PendingFlows, Table::Cursors, Table::Submissions, Table::Leases, Table::Runs];
+    pub const ALL: [Table; 7] = [
+        Table::Connections,
+        Table::PendingFlows,
+        Table::Cursors,
+        Table::Submissions,
+        Table::Leases,
+        Table::Runs,
+        Table::Alerts,
+    ];
 
     /// Azure table names are alphanumeric, 3-63 characters, starting with a letter.
     pub fn name(self) -> &'static str {
@@ -55,6 +63,7 @@ impl Table {
             Table::Submissions => "submissions",
             Table::Leases => "leases",
             Table::Runs => "runs",
+            Table::Alerts => "alerts",
         }
     }
 }
@@ -262,6 +271,11 @@ pub trait SecretStore: Send + Sync {
     async fn versions(&self, name: &str) -> StoreResult<Vec<String>>;
     /// Deletes every version. `NotFound` when there is none.
     async fn delete(&self, name: &str) -> StoreResult<()>;
+    /// The latest version as the backend has it now, bypassing any read cache (another
+    /// instance may have written since). Backends without a cache need not override it.
+    async fn get_latest_uncached(&self, name: &str) -> StoreResult<Option<SecretVersion>> {
+        self.get(name, None).await
+    }
 }
 
 /// Everything a running instance stores, behind one handle.

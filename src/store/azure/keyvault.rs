@@ -442,6 +442,11 @@ impl SecretStore for KeyVaultSecrets {
         Ok(versions.into_iter().map(|v| v.version).collect())
     }
 
+    async fn get_latest_uncached(&self, name: &str) -> StoreResult<Option<SecretVersion>> {
+        validate_secret_name(name)?;
+        self.fetch(name, None).await
+    }
+
     async fn delete(&self, name: &str) -> StoreResult<()> {
         validate_secret_name(name)?;
         self.cache.invalidate(name);

@@ -1,0 +1,174 @@
+//! What the secret store holds for a connection: one secret version per token set, so a refresh
+//! costs exactly one secret-store write and every instance can read the access token another
+//! instance just obtained (that is what lets N instances make one token-endpoint call per expiry).
+//!
+//! The value is JSON with the refresh token, the access token and when to refresh. A value that
+//! is not JSON is a bare refresh token (how the first connections were stored).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::secret::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct TokenBundle {
+    /// Counts the token sets written for this connection; the record names the one in force.
+    pub generation: u64,
+    pub refresh_token: Option<SecretString>,
+    pub access_token: Option<SecretString>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_at: Option<DateTime<Utc>>,
+    pub scopes: Vec<String>,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    v: u8,
+    generation: u64,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    refresh_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    issued_at: DateTime<Utc>,
+}
+
+impl TokenBundle {
+    pub fn to_secret(&self) -> SecretString {
+        let wire = Wire {
+            v: 1,
+            generation: self.generation,
+            refresh_token: self.refresh_token.as_ref().map(|s| s.expose().to_owned()),
+            access_token: self.access_token.as_ref().map(|s| s.expose().to_owned()),
+            expires_at: self.expires_at,
+            refresh_at: self.refresh_at,
+            scopes: self.scopes.clone(),
+            issued_at: self.issued_at,
+        };
+        let text = Zeroizing::new(serde_json::to_string(&wire).expect("plain data serialises"));
+        // The copies made for serialisation are wiped as the originals would be.
+        for mut copy in [wire.refresh_token, wire.access_token].into_iter().flatten() {
+            copy.zeroize();
+        }
+        SecretString::new(text.as_str())
+    }
+
+    /// Reads a stored value. The error names what is wrong, never the value.
+    pub fn from_secret(value: &SecretString, created: DateTime<Utc>) -> Result<Self, String> {
+        let text = value.expose().trim();
+        if !text.starts_with('{') {
+            if text.is_empty() {
+                return Err("the stored token set is empty".into());
+            }
+            return Ok(TokenBundle {
+                generation: 0,
+                refresh_token: Some(SecretString::new(text)),
+                access_token: None,
+                expires_at: None,
+                refresh_at: None,
+                scopes: Vec::new(),
+                issued_at: created,
+            });
+        }
+        let wire: Wire = serde_json::from_str(text).map_err(|_| "the stored token set is not readable".to_owned())?;
+        if wire.v != 1 {
+            return Err(format!("the stored token set has unknown format version {}", wire.v));
+        }
+        Ok(TokenBundle {
+            generation: wire.generation,
+            refresh_token: wire.refresh_token.filter(|t| !t.is_empty()).map(SecretString::new),
+            access_token: wire.access_token.filter(|t| !t.is_empty()).map(SecretString::new),
+            expires_at: wire.expires_at,
+            refresh_at: wire.refresh_at,
+            scopes: wire.scopes,
+            issued_at: wire.issued_at,
+        })
+    }
+}
+
+/// When to refresh a token issued at `issued` that lives `lifetime`: `margin` before expiry, but
+/// never earlier than half its life (a token shorter-lived than the margin is still used), and
+/// at the server's `refresh_in` hint when that comes sooner (Entra sends it).
+pub fn refresh_time(
+    issued: DateTime<Utc>,
+    lifetime: std::time::Duration,
+    margin: std::time::Duration,
+    refresh_in: Option<std::time::Duration>,
+) -> DateTime<Utc> {
+    let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 4);
+    let margin_ms = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX / 4).min(lifetime_ms / 2);
+    let mut at = issued + chrono::TimeDelta::milliseconds(lifetime_ms - margin_ms);
+    if let Some(hint) = refresh_in.and_then(|h| chrono::TimeDelta::from_std(h).ok()) {
+        at = at.min(issued + hint);
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn round_trip_keeps_every_field_and_prints_nothing_secret() {
+        let now = Utc::now();
+        let bundle = TokenBundle {
+            generation: 7,
+            refresh_token: Some(SecretString::new("rt-secret")),
+            access_token: Some(SecretString::new("at-secret")),
+            expires_at: Some(now + chrono::TimeDelta::seconds(3600)),
+            refresh_at: Some(now + chrono::TimeDelta::seconds(3000)),
+            scopes: vec!["openid".into(), "api".into()],
+            issued_at: now,
+        };
+        let stored = bundle.to_secret();
+        let back = TokenBundle::from_secret(&stored, now).unwrap();
+        assert_eq!(back.generation, 7);
+        assert_eq!(back.refresh_token.unwrap().expose(), "rt-secret");
+        assert_eq!(back.access_token.unwrap().expose(), "at-secret");
+        assert_eq!(back.expires_at, bundle.expires_at);
+        assert_eq!(back.scopes, bundle.scopes);
+        let printed = format!("{bundle:?} {stored:?}");
+        assert!(!printed.contains("rt-secret") && !printed.contains("at-secret"), "{printed}");
+    }
+
+    #[test]
+    fn a_bare_value_is_a_refresh_token_and_garbage_is_named_not_echoed() {
+        let legacy = TokenBundle::from_secret(&SecretString::new("old-rt"), Utc::now()).unwrap();
+        assert_eq!(legacy.refresh_token.unwrap().expose(), "old-rt");
+        assert_eq!(legacy.generation, 0);
+        let err =
+            TokenBundle::from_secret(&SecretString::new("{\"v\":1,\"refresh_token\":\"leak"), Utc::now()).unwrap_err();
+        assert!(!err.contains("leak"), "{err}");
+        assert!(TokenBundle::from_secret(
+            &SecretString::new(r#"{"v":9,"generation":1,"issued_at":"2026-01-01T00:00:00Z"}"#),
+            Utc::now()
+        )
+        .unwrap_err()
+        .contains("version 9"));
+    }
+
+    #[test]
+    fn refresh_time_uses_the_margin_half_life_and_refresh_in() {
+        let t0 = Utc::now();
+        let hour = Duration::from_secs(3600);
+        let margin = Duration::from_secs(600);
+        assert_eq!(refresh_time(t0, hour, margin, None), t0 + chrono::TimeDelta::seconds(3000));
+        // A token shorter-lived than the margin is refreshed at half its life, not at once.
+        assert_eq!(refresh_time(t0, Duration::from_secs(300), margin, None), t0 + chrono::TimeDelta::seconds(150));
+        // Entra's refresh_in wins when it is sooner.
+        let hinted = refresh_time(t0, hour, margin, Some(Duration::from_secs(1800)));
+        assert_eq!(hinted, t0 + chrono::TimeDelta::seconds(1800));
+        assert_eq!(
+            refresh_time(t0, hour, margin, Some(Duration::from_secs(7200))),
+            t0 + chrono::TimeDelta::seconds(3000)
+        );
+    }
+}

@@ -1,0 +1,779 @@
+//! Token lifecycle: a fresh access token on demand, for any number of callers on any number of
+//! instances, without ever losing or burning a refresh token.
+//!
+//! [`Tokens::access_token`] is the one way in. In order, it tries:
+//! 1. this process's memory (a token not yet due for refresh);
+//! 2. one caller per connection at a time inside the process (single flight): the others wait,
+//!    then find the token the first one got;
+//! 3. the store: the connection record says when its token set is due; if another instance has a
+//!    fresh one, its access token is read from the secret store (one read, no refresh);
+//! 4. a lease on the connection (CAS with a TTL) around the refresh. Having it, the caller reads
+//!    the record and token set *again* and refreshes only if they are still due, with the refresh
+//!    token read under the lease; the new token set is one new secret version, then the record is
+//!    moved to it under If-Match, never over a newer generation. The old refresh token is kept
+//!    when the response carries none.
+//!
+//! Failures are classified by [`classify`]: a dead grant makes the connection `needs_reauth`
+//! (once, with one alert); refused app credentials raise one app-level alert; transient failures
+//! set a shared `retry_not_before` (backoff with jitter, honouring `Retry-After`) so neither this
+//! instance nor any other calls the token endpoint again before it.
+
+pub mod bundle;
+pub mod classify;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::alerts::{self, Alert};
+use crate::config::OAuthGrant;
+use crate::connections::{self, Connection, ConnectionState, APP_ONLY_CONNECTION, APP_ONLY_PARTITION};
+use crate::handlers::App;
+use crate::oauth::provider::Provider;
+use crate::oauth::token::{request_tokens, TokenRequest, TokenSet};
+use crate::secret::SecretString;
+use crate::store::{lease, IfMatch, StoreError, Table, TypedTable, Versioned};
+use bundle::{refresh_time, TokenBundle};
+use classify::{Failure, FailureClass};
+
+/// Inside one call, a transient failure is retried only when the wait is at most this.
+const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(5);
+/// At most this many token-endpoint attempts per call.
+const MAX_ATTEMPTS: u32 = 3;
+/// Transient failures in a row that raise an alert (the connection is still active).
+pub const FAILING_ALERT_AFTER: u32 = 5;
+/// Tries for the one secret-store write that keeps a rotated refresh token.
+const SECRET_WRITE_TRIES: u32 = 3;
+
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// An access token and what is known about it. The token itself prints as `[redacted]`.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub connection: String,
+    pub token: SecretString,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// From this instant on it is not handed out; a new one is fetched.
+    pub refresh_at: DateTime<Utc>,
+    pub scopes: Vec<String>,
+    pub source: TokenSource,
+    /// The server sent no `expires_in`; the lifetime was assumed.
+    pub expires_in_assumed: bool,
+}
+
+/// Where a token came from on this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// This process had it.
+    Memory,
+    /// Another call or instance had just obtained it; read from the store.
+    Store,
+    /// This call refreshed it at the token endpoint.
+    TokenEndpoint,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("connection {0:?} does not exist; connect it first (tcbridge consent-url --connection {0})")]
+    NotConnected(String),
+    #[error("{0}")]
+    InvalidConnection(String),
+    #[error("connection {connection:?} needs an administrator to consent again: {reason}")]
+    NeedsReauth { connection: String, reason: String },
+    #[error("connection {0:?} is disabled")]
+    Disabled(String),
+    #[error(
+        "the authorization server refused the app's own credentials ({reason}); check OAUTH_CLIENT_SECRET, the certificate or the federated credential"
+    )]
+    AppCredentials { reason: String },
+    #[error("the token endpoint is unavailable for connection {connection:?} ({reason}); next attempt after {retry_not_before}")]
+    Unavailable { connection: String, reason: String, retry_not_before: DateTime<Utc> },
+    #[error("the authorization server refused to refresh connection {connection:?} ({reason}); not asked again before {retry_not_before}")]
+    Rejected { connection: String, reason: String, retry_not_before: DateTime<Utc> },
+    #[error("another instance is refreshing connection {0:?} and did not finish in time")]
+    Busy(String),
+    #[error("the sign-in is not configured: {0}")]
+    Configuration(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TokenError {
+    /// A stable name for the kind of failure (CLI exit reasons, logs, alerts).
+    pub fn class(&self) -> &'static str {
+        match self {
+            TokenError::NotConnected(_) => "not_connected",
+            TokenError::InvalidConnection(_) => "invalid_connection",
+            TokenError::NeedsReauth { .. } => "needs_reauth",
+            TokenError::Disabled(_) => "disabled",
+            TokenError::AppCredentials { .. } => "app_credentials",
+            TokenError::Unavailable { .. } => "transient",
+            TokenError::Rejected { .. } => "rejected",
+            TokenError::Busy(_) => "busy",
+            TokenError::Configuration(_) => "configuration",
+            TokenError::Store(_) => "store",
+        }
+    }
+}
+
+/// What a caller will accept.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Any token not yet due for refresh.
+    Usable,
+    /// A token not due and obtained at or after this instant (keep-alive, forced refresh).
+    IssuedSince(DateTime<Utc>),
+}
+
+impl Want {
+    fn accepts(self, issued_at: DateTime<Utc>, refresh_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now < refresh_at
+            && match self {
+                Want::Usable => true,
+                Want::IssuedSince(since) => issued_at >= since,
+            }
+    }
+}
+
+/// Where a connection's record lives: consented connections, or the app itself
+/// (`OAUTH_GRANT=client_credentials`).
+struct Subject {
+    partition: &'static str,
+    id: String,
+    app_only: bool,
+}
+
+impl Subject {
+    fn lease_name(&self) -> String {
+        format!("token:{}:{}", self.partition, self.id)
+    }
+}
+
+/// The per-process half of the token lifecycle: the memory cache and the single-flight locks.
+/// One per process (in [`App`]); everything shared lives in the store.
+pub struct TokenService {
+    cache: Mutex<HashMap<String, AccessToken>>,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    holder: String,
+    clock: Clock,
+}
+
+impl Default for TokenService {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(Utc::now))
+    }
+}
+
+impl TokenService {
+    /// A service whose token times come from `clock` (tests and the budget benchmark move
+    /// time forward without waiting; leases always use the real clock).
+    pub fn with_clock(clock: Clock) -> Self {
+        TokenService {
+            cache: Mutex::default(),
+            flights: Mutex::default(),
+            holder: format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())),
+            clock,
+        }
+    }
+
+    fn cached(&self, id: &str, want: Want, now: DateTime<Utc>) -> Option<AccessToken> {
+        let cache = self.cache.lock().expect("token cache lock");
+        let token = cache.get(id)?;
+        want.accepts(token.issued_at, token.refresh_at, now)
+            .then(|| AccessToken { source: TokenSource::Memory, ..token.clone() })
+    }
+
+    fn remember(&self, token: &AccessToken) {
+        self.cache.lock().expect("token cache lock").insert(token.connection.clone(), token.clone());
+    }
+
+    fn flight(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.flights.lock().expect("flight lock").entry(id.to_owned()).or_default().clone()
+    }
+}
+
+/// The token lifecycle bound to an app: `app.tokens().access_token("prod")`.
+pub struct Tokens<'a> {
+    app: &'a App,
+    service: &'a TokenService,
+}
+
+impl<'a> Tokens<'a> {
+    pub fn new(app: &'a App, service: &'a TokenService) -> Self {
+        Tokens { app, service }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.service.clock)()
+    }
+
+    /// An access token for `connection` that is not inside its refresh margin.
+    pub async fn access_token(&self, connection: &str) -> Result<AccessToken, TokenError> {
+        self.get(connection, Want::Usable).await
+    }
+
+    /// Like [`Self::access_token`], but also refreshes when the last refresh is older than
+    /// `TOKEN_KEEPALIVE_HOURS`, so idle refresh tokens never reach the server's inactivity limit.
+    pub async fn keep_alive(&self, connection: &str) -> Result<AccessToken, TokenError> {
+        let keepalive = delta(self.app.settings.tokens.keepalive);
+        self.get(connection, Want::IssuedSince(self.now() - keepalive)).await
+    }
+
+    /// A token obtained now (or by a refresh that finished while this call waited for it).
+    pub async fn refresh_now(&self, connection: &str) -> Result<AccessToken, TokenError> {
+        self.get(connection, Want::IssuedSince(self.now())).await
+    }
+
+    async fn get(&self, connection: &str, want: Want) -> Result<AccessToken, TokenError> {
+        let subject = self.subject(connection)?;
+        if let Some(token) = self.service.cached(&subject.id, want, self.now()) {
+            return Ok(token);
+        }
+        let flight = self.service.flight(&subject.id);
+        let _one_caller_at_a_time = flight.lock().await;
+        if let Some(token) = self.service.cached(&subject.id, want, self.now()) {
+            return Ok(token);
+        }
+        let token = self.obtain(&subject, want).await?;
+        self.service.remember(&token);
+        Ok(token)
+    }
+
+    fn subject(&self, connection: &str) -> Result<Subject, TokenError> {
+        if self.app.settings.oauth.grant == OAuthGrant::ClientCredentials {
+            if connection != APP_ONLY_CONNECTION {
+                return Err(TokenError::InvalidConnection(format!(
+                    "OAUTH_GRANT=client_credentials: the only connection is {APP_ONLY_CONNECTION:?}, not {connection:?}"
+                )));
+            }
+            return Ok(Subject { partition: APP_ONLY_PARTITION, id: connection.to_owned(), app_only: true });
+        }
+        connections::validate_id(connection).map_err(TokenError::InvalidConnection)?;
+        Ok(Subject { partition: connections::PARTITION, id: connection.to_owned(), app_only: false })
+    }
+
+    async fn obtain(&self, subject: &Subject, want: Want) -> Result<AccessToken, TokenError> {
+        let record = self.load(subject).await?;
+        usable(&record.value)?;
+        if let Some(token) = self.shared(subject, &record.value, want).await? {
+            return Ok(token);
+        }
+        self.not_blocked(&record.value)?;
+        let mut held = match self.take_lease(subject, want).await? {
+            Leased::Token(token) => return Ok(token),
+            Leased::Lease(held) => held,
+        };
+        let result = self.refresh_holding(subject, want, &mut held).await;
+        if let Err(e) = lease::release(self.app.stores.tables.as_ref(), held).await {
+            // It expires by itself; only the next refresh of this connection can be delayed.
+            tracing::warn!(connection = %subject.id, error = %e, "the refresh lease could not be released");
+        }
+        result
+    }
+
+    /// The connection's record; the app-only one is created on first use.
+    async fn load(&self, subject: &Subject) -> Result<Versioned<Connection>, TokenError> {
+        let table = TypedTable::new(self.app.stores.tables.as_ref(), Table::Connections);
+        if let Some(record) = table.get(subject.partition, &subject.id).await? {
+            return Ok(record);
+        }
+        if !subject.app_only {
+            return Err(TokenError::NotConnected(subject.id.clone()));
+        }
+        let record = self.new_app_only_record();
+        match table.insert(subject.partition, &subject.id, &record).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        table.get(subject.partition, &subject.id).await?.ok_or_else(|| TokenError::NotConnected(subject.id.clone()))
+    }
+
+    fn new_app_only_record(&self) -> Connection {
+        let oauth = &self.app.settings.oauth;
+        Connection {
+            id: APP_ONLY_CONNECTION.to_owned(),
+            state: ConnectionState::Active,
+            reason: None,
+            provider: format!("{:?}", oauth.provider).to_ascii_lowercase(),
+            issuer: None,
+            tenant: None,
+            account: format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)")),
+            account_name: None,
+            scopes: oauth.scopes.clone(),
+            consented_at: self.now(),
+            access_token_expires_at: None,
+            expires_in_assumed: false,
+            refresh_at: None,
+            refresh_token_secret: crate::store::connection_secret_name("app-token", APP_ONLY_CONNECTION),
+            refresh_token_version: None,
+            token_generation: 0,
+            last_refresh_success: None,
+            last_refresh_failure: None,
+            consecutive_failures: 0,
+            retry_not_before: None,
+            last_error_class: None,
+            last_error: None,
+        }
+    }
+
+    /// The token another call or instance obtained, when the record says it is still good.
+    async fn shared(
+        &self,
+        subject: &Subject,
+        record: &Connection,
+        want: Want,
+    ) -> Result<Option<AccessToken>, TokenError> {
+        let (Some(refresh_at), Some(issued_at), Some(version)) =
+            (record.refresh_at, record.last_refresh_success, record.refresh_token_version.as_deref())
+        else {
+            return Ok(None);
+        };
+        let now = self.now();
+        if !want.accepts(issued_at, refresh_at, now) {
+            return Ok(None);
+        }
+        let Some(stored) = self.app.stores.secrets.get(&record.refresh_token_secret, Some(version)).await? else {
+            return Ok(None);
+        };
+        let Ok(bundle) = TokenBundle::from_secret(&stored.value, stored.created) else { return Ok(None) };
+        Ok(token_from_bundle(&subject.id, &bundle, TokenSource::Store, record.expires_in_assumed)
+            .filter(|t| want.accepts(t.issued_at, t.refresh_at, now)))
+    }
+
+    /// Fails fast while a shared backoff is in force, with the failure that caused it.
+    fn not_blocked(&self, record: &Connection) -> Result<(), TokenError> {
+        let Some(until) = record.retry_not_before.filter(|until| *until > self.now()) else { return Ok(()) };
+        let reason = record.last_error.clone().unwrap_or_else(|| "an earlier failure".into());
+        Err(match record.last_error_class.as_deref() {
+            Some("app_credentials") => TokenError::AppCredentials { reason },
+            Some("rejected") => TokenError::Rejected { connection: record.id.clone(), reason, retry_not_before: until },
+            _ => TokenError::Unavailable { connection: record.id.clone(), reason, retry_not_before: until },
+        })
+    }
+
+    /// Takes the connection's refresh lease, or returns the token its holder obtained meanwhile.
+    async fn take_lease(&self, subject: &Subject, want: Want) -> Result<Leased, TokenError> {
+        let ttl = self.app.settings.tokens.refresh_lease;
+        let name = subject.lease_name();
+        // A crashed holder's lease ends after `ttl`; waiting a little longer lets us take it.
+        let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(5);
+        loop {
+            if let Some(held) =
+                lease::acquire(self.app.stores.tables.as_ref(), &name, &self.service.holder, ttl).await?
+            {
+                return Ok(Leased::Lease(held));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TokenError::Busy(subject.id.clone()));
+            }
+            let pause = Duration::from_millis(100 + u64::from(rand::random::<u8>()));
+            tokio::time::sleep(pause).await;
+            let record = self.load(subject).await?;
+            usable(&record.value)?;
+            if let Some(token) = self.shared(subject, &record.value, want).await? {
+                return Ok(Leased::Token(token));
+            }
+            // The holder failed: its backoff applies to us too (no second call, no storm).
+            self.not_blocked(&record.value)?;
+        }
+    }
+
+    async fn refresh_holding(
+        &self,
+        subject: &Subject,
+        want: Want,
+        held: &mut lease::Lease,
+    ) -> Result<AccessToken, TokenError> {
+        // Everything is read again under the lease: the refresh token read before it may
+        // already have been used by the instance that held the lease before us.
+        let record = self.load(subject).await?;
+        usable(&record.value)?;
+        if let Some(token) = self.shared(subject, &record.value, want).await? {
+            return Ok(token);
+        }
+        self.not_blocked(&record.value)?;
+        let current = match self.current_bundle(subject, &record.value).await? {
+            Ok(bundle) => bundle,
+            Err(missing) => return Err(self.record_failure(subject, record, missing).await),
+        };
+        let provider = self.app.oauth().provider.get().await.map_err(|e| TokenError::Configuration(e.to_string()))?;
+        let mut attempt = 0;
+        loop {
+            let ttl = self.app.settings.tokens.refresh_lease;
+            if !lease::renew(self.app.stores.tables.as_ref(), held, ttl).await? {
+                return Err(TokenError::Busy(subject.id.clone()));
+            }
+            match self.request(subject, &provider, &current).await {
+                Ok(tokens) => return self.record_success(subject, record, current, tokens).await,
+                Err(failure) => {
+                    attempt += 1;
+                    match classify::retry_in_call(&failure, attempt, MAX_IN_CALL_WAIT) {
+                        Some(wait) if attempt < MAX_ATTEMPTS => {
+                            tracing::warn!(connection = %subject.id, reason = %failure.reason, wait_ms = wait.as_millis() as u64,
+                                "token endpoint failed; trying again shortly");
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return Err(self.record_failure(subject, record, failure).await),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The token set in force. A newer generation than the record names, left as the latest
+    /// version, is one a refresh stored before it died: it holds the newest refresh token.
+    async fn current_bundle(
+        &self,
+        subject: &Subject,
+        record: &Connection,
+    ) -> Result<Result<TokenBundle, Failure>, TokenError> {
+        let secrets = &self.app.stores.secrets;
+        let name = &record.refresh_token_secret;
+        let latest = secrets.get_latest_uncached(name).await?;
+        if let Some(latest) = &latest {
+            let is_named = record.refresh_token_version.as_deref() == Some(latest.version.as_str());
+            match TokenBundle::from_secret(&latest.value, latest.created) {
+                Ok(bundle) if is_named => return Ok(Ok(bundle)),
+                Ok(bundle) if bundle.generation > record.token_generation => {
+                    tracing::warn!(connection = %subject.id, generation = bundle.generation,
+                        "adopting the token set an interrupted refresh stored");
+                    return Ok(Ok(bundle));
+                }
+                _ => {}
+            }
+        }
+        let named = match record.refresh_token_version.as_deref() {
+            Some(version) => secrets.get(name, Some(version)).await?,
+            None => None,
+        };
+        match named.map(|s| TokenBundle::from_secret(&s.value, s.created)) {
+            Some(Ok(bundle)) => Ok(Ok(bundle)),
+            None if subject.app_only => Ok(Ok(empty_bundle(self.now()))),
+            None => Ok(Err(store_failure("the refresh token is missing from the secret store"))),
+            Some(Err(reason)) => Ok(Err(store_failure(&reason))),
+        }
+    }
+
+    /// One token-endpoint call: `refresh_token` for a consented connection, `client_credentials`
+    /// for the app itself. Cut off after `TOKEN_ENDPOINT_TIMEOUT_SECONDS`.
+    async fn request(
+        &self,
+        subject: &Subject,
+        provider: &Provider,
+        current: &TokenBundle,
+    ) -> Result<TokenSet, Failure> {
+        let oauth = self.app.oauth();
+        let settings = &self.app.settings.oauth;
+        let auth = oauth.client_auth(provider).await.map_err(|reason| Failure {
+            class: FailureClass::AppCredentials,
+            code: "client_auth".into(),
+            reason,
+            retry_after: None,
+        })?;
+        let (endpoint, params) = if subject.app_only {
+            let mut params = vec![("grant_type", SecretString::new("client_credentials"))];
+            if !settings.scopes.is_empty() {
+                params.push(("scope", SecretString::new(settings.scopes.join(" "))));
+            }
+            (&provider.token_endpoint, params)
+        } else {
+            let Some(refresh_token) = current.refresh_token.clone() else {
+                return Err(store_failure("the stored token set has no refresh token"));
+            };
+            let mut params = vec![
+                ("grant_type", SecretString::new("refresh_token")),
+                (provider.refresh_token_param.as_str(), refresh_token),
+            ];
+            // Entra wants the scopes again (one resource); plain OAuth 2.0 servers get only
+            // what their refresh route documents.
+            if provider.kind != crate::config::OAuthProvider::Oauth2 {
+                let scopes = crate::handlers::requested_scopes(&settings.scopes, provider.is_openid());
+                params.push(("scope", SecretString::new(scopes.join(" "))));
+            }
+            (&provider.refresh_endpoint, params)
+        };
+        let request = TokenRequest {
+            endpoint,
+            client_id: settings.client_id.as_deref().unwrap_or_default(),
+            auth: &auth,
+            params,
+        };
+        let timeout = self.app.settings.tokens.endpoint_timeout;
+        let result = match tokio::time::timeout(timeout, request_tokens(&oauth.http, request)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::oauth::token::TokenError::Timeout),
+        };
+        result.map_err(|e| classify::classify(&e))
+    }
+
+    async fn record_success(
+        &self,
+        subject: &Subject,
+        record: Versioned<Connection>,
+        current: TokenBundle,
+        tokens: TokenSet,
+    ) -> Result<AccessToken, TokenError> {
+        let now = self.now();
+        let margin = self.app.settings.tokens.refresh_margin;
+        let rotated = tokens.refresh_token.is_some();
+        let bundle = TokenBundle {
+            generation: current.generation.max(record.value.token_generation) + 1,
+            refresh_token: tokens.refresh_token.or(current.refresh_token),
+            access_token: Some(tokens.access_token),
+            expires_at: Some(now + delta(tokens.expires_in)),
+            refresh_at: Some(refresh_time(now, tokens.expires_in, margin, tokens.refresh_in)),
+            scopes: tokens.scope.unwrap_or_else(|| {
+                if current.scopes.is_empty() {
+                    record.value.scopes.clone()
+                } else {
+                    current.scopes
+                }
+            }),
+            issued_at: now,
+        };
+        let version = self.store_bundle(subject, &record.value.refresh_token_secret, &bundle).await?;
+        let had_trouble = record.value.last_error.is_some() || record.value.consecutive_failures > 0;
+        let base_generation = record.value.token_generation;
+        let apply = |c: &mut Connection| {
+            c.refresh_token_version = Some(version.clone());
+            c.token_generation = bundle.generation;
+            c.access_token_expires_at = bundle.expires_at;
+            c.refresh_at = bundle.refresh_at;
+            c.expires_in_assumed = tokens.expires_in_assumed;
+            c.scopes = bundle.scopes.clone();
+            c.last_refresh_success = Some(now);
+            c.consecutive_failures = 0;
+            c.retry_not_before = None;
+            c.last_error_class = None;
+            c.last_error = None;
+        };
+        let written = self
+            .update_record(subject, record, |c| {
+                // A newer token set (a re-consent) was stored meanwhile: never go back from it.
+                if c.token_generation != base_generation {
+                    return false;
+                }
+                apply(c);
+                true
+            })
+            .await;
+        match written {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(connection = %subject.id,
+                "a newer token set was stored while refreshing; it stays in force"),
+            // The secret holds the new token set; the next refresh adopts it (`current_bundle`).
+            Err(e) => tracing::error!(connection = %subject.id, error = %e,
+                "the connection record could not be updated after a refresh"),
+        }
+        if had_trouble {
+            self.clear_alerts(subject).await;
+        }
+        tracing::info!(connection = %subject.id, generation = bundle.generation, rotated,
+            expires_at = %bundle.expires_at.unwrap_or(now), "access token refreshed");
+        Ok(token_from_bundle(&subject.id, &bundle, TokenSource::TokenEndpoint, tokens.expires_in_assumed)
+            .expect("a refreshed bundle has an access token"))
+    }
+
+    /// The one secret write of a refresh. With a rotating server the old refresh token is
+    /// already spent, so this is retried before giving up.
+    async fn store_bundle(&self, subject: &Subject, name: &str, bundle: &TokenBundle) -> Result<String, TokenError> {
+        let value = bundle.to_secret();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.app.stores.secrets.set(name, &value).await {
+                Ok(version) => return Ok(version),
+                Err(e) if tries < SECRET_WRITE_TRIES => {
+                    tracing::warn!(connection = %subject.id, error = %e, "storing the new token set failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+                }
+                Err(e) => {
+                    tracing::error!(connection = %subject.id, error = %e,
+                        "the new token set could not be stored; the refresh token it carries is lost");
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Applies `change` to the record under If-Match, re-reading and re-applying when another
+    /// writer got there first. `change` returns false to leave the record as it is.
+    async fn update_record(
+        &self,
+        subject: &Subject,
+        mut record: Versioned<Connection>,
+        mut change: impl FnMut(&mut Connection) -> bool,
+    ) -> Result<bool, TokenError> {
+        let table = TypedTable::new(self.app.stores.tables.as_ref(), Table::Connections);
+        for _ in 0..5 {
+            let mut value = record.value.clone();
+            if !change(&mut value) {
+                return Ok(false);
+            }
+            match table.update(subject.partition, &subject.id, &value, IfMatch::ETag(record.etag.clone())).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::PreconditionFailed { .. }) => record = self.load(subject).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(TokenError::Busy(subject.id.clone()))
+    }
+
+    /// Records a failed refresh on the connection and raises what must be raised; returns the
+    /// error for the caller.
+    async fn record_failure(&self, subject: &Subject, record: Versioned<Connection>, failure: Failure) -> TokenError {
+        let now = self.now();
+        let was_active = record.value.state == ConnectionState::Active;
+        let mut failures = 0;
+        let mut until = now;
+        let updated = self
+            .update_record(subject, record, |c| {
+                c.last_refresh_failure = Some(now);
+                c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+                c.last_error_class = Some(failure.class.name().to_owned());
+                c.last_error = Some(failure.reason.clone());
+                if failure.class == FailureClass::Reauth {
+                    c.state = ConnectionState::NeedsReauth;
+                    c.reason = Some(failure.reason.clone());
+                    c.retry_not_before = None;
+                } else {
+                    until = now + delta(classify::pause(&failure, c.consecutive_failures));
+                    c.retry_not_before = Some(until);
+                }
+                failures = c.consecutive_failures;
+                true
+            })
+            .await;
+        if let Err(e) = &updated {
+            tracing::error!(connection = %subject.id, error = %e, "the refresh failure could not be recorded");
+        }
+        tracing::warn!(connection = %subject.id, class = failure.class.name(), code = %failure.code,
+            reason = %failure.reason, consecutive_failures = failures, "access token refresh failed");
+        let alert = match failure.class {
+            FailureClass::Reauth if was_active && updated.is_ok() => Some(Alert::new(
+                "connection_needs_reauth",
+                Some(&subject.id),
+                failure.class.name(),
+                &failure.code,
+                &failure.reason,
+            )),
+            FailureClass::AppCredentials => {
+                Some(Alert::new("app_credentials_rejected", None, failure.class.name(), &failure.code, &failure.reason))
+            }
+            FailureClass::Rejected | FailureClass::LoopDetected => Some(Alert::new(
+                "token_refresh_rejected",
+                Some(&subject.id),
+                failure.class.name(),
+                &failure.code,
+                &failure.reason,
+            )),
+            FailureClass::Transient if failures >= FAILING_ALERT_AFTER => Some(Alert::new(
+                "token_refresh_failing",
+                Some(&subject.id),
+                failure.class.name(),
+                "transient",
+                &failure.reason,
+            )),
+            _ => None,
+        };
+        if let Some(alert) = alert {
+            if let Err(e) =
+                alerts::raise(&self.app.stores, self.app.settings.tokens.alert_webhook_url.as_ref(), alert).await
+            {
+                tracing::error!(connection = %subject.id, error = %e, "an alert could not be recorded");
+            }
+        }
+        let connection = subject.id.clone();
+        let reason = failure.reason;
+        match failure.class {
+            FailureClass::Reauth => TokenError::NeedsReauth { connection, reason },
+            FailureClass::AppCredentials => TokenError::AppCredentials { reason },
+            FailureClass::Rejected => TokenError::Rejected { connection, reason, retry_not_before: until },
+            FailureClass::Transient | FailureClass::LoopDetected => {
+                TokenError::Unavailable { connection, reason, retry_not_before: until }
+            }
+        }
+    }
+
+    async fn clear_alerts(&self, subject: &Subject) {
+        let cleared = if subject.app_only {
+            alerts::clear_app(&self.app.stores).await
+        } else {
+            match alerts::clear_connection(&self.app.stores, &subject.id).await {
+                Ok(()) => alerts::clear_app(&self.app.stores).await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = cleared {
+            tracing::warn!(connection = %subject.id, error = %e, "alerts could not be cleared after a recovery");
+        }
+    }
+}
+
+/// Azure AD B2C's refresh tokens stop working a fixed window after the consent however often
+/// they are used (`B2C_REFRESH_WINDOW_DAYS`); this is when, for a B2C connection.
+pub fn reconsent_deadline(connection: &Connection, settings: &crate::config::TokenSettings) -> Option<DateTime<Utc>> {
+    (connection.provider == "b2c").then(|| connection.consented_at + delta(settings.b2c_refresh_window))
+}
+
+enum Leased {
+    Lease(lease::Lease),
+    Token(AccessToken),
+}
+
+fn usable(record: &Connection) -> Result<(), TokenError> {
+    match record.state {
+        ConnectionState::Active => Ok(()),
+        ConnectionState::NeedsReauth => Err(TokenError::NeedsReauth {
+            connection: record.id.clone(),
+            reason: record.reason.clone().unwrap_or_else(|| "the grant is no longer valid".into()),
+        }),
+        ConnectionState::Disabled => Err(TokenError::Disabled(record.id.clone())),
+    }
+}
+
+fn token_from_bundle(id: &str, bundle: &TokenBundle, source: TokenSource, assumed: bool) -> Option<AccessToken> {
+    Some(AccessToken {
+        connection: id.to_owned(),
+        token: bundle.access_token.clone()?,
+        issued_at: bundle.issued_at,
+        expires_at: bundle.expires_at?,
+        refresh_at: bundle.refresh_at?,
+        scopes: bundle.scopes.clone(),
+        source,
+        expires_in_assumed: assumed,
+    })
+}
+
+fn empty_bundle(now: DateTime<Utc>) -> TokenBundle {
+    TokenBundle {
+        generation: 0,
+        refresh_token: None,
+        access_token: None,
+        expires_at: None,
+        refresh_at: None,
+        scopes: Vec::new(),
+        issued_at: now,
+    }
+}
+
+/// The stored token set is unusable: nothing but a new consent can help.
+fn store_failure(reason: &str) -> Failure {
+    Failure {
+        class: FailureClass::Reauth,
+        code: "token_set_missing".into(),
+        reason: reason.to_owned(),
+        retry_after: None,
+    }
+}
+
+/// Durations here are bounded (lifetimes are capped at 366 days when parsed); the cap keeps
+/// date arithmetic from overflowing whatever comes in.
+pub(crate) fn delta(duration: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(duration.min(Duration::from_secs(400 * 86_400))).expect("400 days fit")
+}
