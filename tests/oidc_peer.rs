@@ -286,6 +286,268 @@ async fn knobs_iss_parameter_response_modes_stock_offline_access_and_login_hint(
     assert_eq!((claims["sub"].as_str(), claims["tid"].as_str()), (Some("user-2"), Some("tenant-b")));
 }
 
+/// A signed-in client without product code: the provider (client_secret_post), its metadata and
+/// the refresh token from the code redemption.
+async fn signed_in() -> (OidcProvider, Value, String) {
+    let op = provider(secret_post_client(REDIRECT_URI));
+    let metadata = discover(&op).await;
+    let flow = Flow::new();
+    let response = HttpAgent::new().authorize(&flow.url(&metadata, REDIRECT_URI)).await;
+    let (status, tokens) = redeem(&metadata, response.param("code").unwrap(), &flow.verifier, REDIRECT_URI).await;
+    assert_eq!(status, 200, "{tokens}");
+    let refresh_token = tokens["refresh_token"].as_str().expect("a refresh token").to_string();
+    (op, metadata, refresh_token)
+}
+
+/// A refresh with a client of its own (so a test can set its timeout); the raw response.
+async fn refresh_with(
+    client: &reqwest::Client,
+    metadata: &Value,
+    refresh_token: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", CLIENT_ID),
+        ("client_secret", CLIENT_SECRET),
+    ];
+    client.post(metadata["token_endpoint"].as_str().unwrap()).form(&form).send().await
+}
+
+/// How the peer logs a refresh token: the first 16 hex digits of its sha256.
+fn hash16(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()[..16].to_string()
+}
+
+/// Polls the token-request log until entry `index` has this fault (at most 5 s).
+async fn wait_for_fault(op: &OidcProvider, index: usize, fault: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = op.token_request_log().await;
+        if log.get(index).is_some_and(|r| r["fault"] == fault) {
+            return log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {fault:?} at {index}: {log:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn fault_503_with_retry_after_is_answered_without_the_provider_and_the_refresh_token_survives() {
+    // Queued before the sign-in: the code redemption is not a refresh, so it leaves the fault alone.
+    let op = provider(secret_post_client(REDIRECT_URI));
+    op.token_faults(vec![
+        json!({ "status": 503, "retry_after": "2" }),
+        json!({ "status": 502, "body": { "message": "bad gateway" } }),
+    ])
+    .await;
+    let metadata = discover(&op).await;
+    let flow = Flow::new();
+    let response = HttpAgent::new().authorize(&flow.url(&metadata, REDIRECT_URI)).await;
+    let (status, tokens) = redeem(&metadata, response.param("code").unwrap(), &flow.verifier, REDIRECT_URI).await;
+    assert_eq!(status, 200, "{tokens}");
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+
+    let reply = refresh_with(&harness::client(), &metadata, refresh_token).await.unwrap();
+    assert_eq!(reply.status(), 503);
+    assert_eq!(reply.headers()["retry-after"], "2");
+    assert!(reply.headers().get("content-type").is_none());
+    assert_eq!(reply.text().await.unwrap(), "");
+    let reply = refresh_with(&harness::client(), &metadata, refresh_token).await.unwrap();
+    assert_eq!(reply.status(), 502);
+    assert!(reply.headers().get("retry-after").is_none());
+    assert_eq!(reply.json::<Value>().await.unwrap(), json!({ "message": "bad gateway" }));
+    // Neither reached the provider: the refresh token was not used up.
+    let (status, refreshed) = refresh(&metadata, refresh_token).await;
+    assert_eq!(status, 200, "{refreshed}");
+
+    let log = op.token_request_log().await;
+    let summary: Vec<(&str, &Value, &Value, &Value)> =
+        log.iter().map(|r| (r["grant_type"].as_str().unwrap(), &r["fault"], &r["status"], &r["ok"])).collect();
+    assert_eq!(
+        summary,
+        [
+            ("authorization_code", &Value::Null, &json!(200), &json!(true)),
+            ("refresh_token", &json!("status:503"), &json!(503), &json!(false)),
+            ("refresh_token", &json!("status:502"), &json!(502), &json!(false)),
+            ("refresh_token", &Value::Null, &json!(200), &json!(true)),
+        ]
+    );
+    assert_eq!(log[1]["client_id"], CLIENT_ID);
+    assert_eq!(log[1]["client_auth"], "client_secret_post");
+    assert_eq!(op.token_request_count("refresh_token").await, 3);
+}
+
+#[tokio::test]
+async fn invalid_grant_shorthand_fault_and_clearing_the_queue() {
+    let (op, metadata, refresh_token) = signed_in().await;
+    let description = "AADSTS50196: The server terminated an operation because it encountered a client request loop.";
+    op.token_faults(vec![
+        json!({ "error": "invalid_grant", "error_description": description, "error_codes": [50196] }),
+    ])
+    .await;
+    let (status, body) = refresh(&metadata, &refresh_token).await;
+    assert_eq!(status, 400);
+    assert_eq!(body, json!({ "error": "invalid_grant", "error_description": description, "error_codes": [50196] }));
+    // A status of its own, and nothing but the listed grant types is affected.
+    op.token_faults(vec![
+        json!({ "error": "temporarily_unavailable", "status": 503, "retry_after": 1, "grant_types": ["refresh_token"] }),
+    ])
+    .await;
+    let reply = refresh_with(&harness::client(), &metadata, &refresh_token).await.unwrap();
+    assert_eq!((reply.status().as_u16(), reply.headers()["retry-after"].to_str().unwrap()), (503, "1"));
+    assert_eq!(reply.json::<Value>().await.unwrap(), json!({ "error": "temporarily_unavailable" }));
+    // Cleared faults are not applied; the refresh token was never used, so it still works.
+    op.token_faults(vec![json!({ "status": 500 }), json!({ "status": 500 })]).await;
+    op.clear_token_faults().await;
+    let (status, refreshed) = refresh(&metadata, &refresh_token).await;
+    assert_eq!(status, 200, "{refreshed}");
+
+    let log = op.token_request_log().await;
+    let faults: Vec<&Value> = log.iter().map(|r| &r["fault"]).collect();
+    assert_eq!(
+        faults,
+        [&Value::Null, &json!("error:invalid_grant"), &json!("error:temporarily_unavailable"), &Value::Null]
+    );
+    assert_eq!(log[1]["error"], "invalid_grant");
+    assert_eq!(log[1]["status"], 400);
+    assert_eq!(log[2]["error"], "temporarily_unavailable");
+}
+
+#[tokio::test]
+async fn a_client_gone_during_a_delay_or_hang_is_abandoned_and_the_refresh_token_is_not_consumed() {
+    let (op, metadata, refresh_token) = signed_in().await;
+    let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(300)).build().unwrap();
+
+    op.token_faults(vec![json!({ "delay_ms": 1000 })]).await;
+    let error = refresh_with(&impatient, &metadata, &refresh_token).await.unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    // Recorded at once, in flight, and as abandoned once the delay is over.
+    let log = op.token_request_log().await;
+    assert_eq!((&log[1]["fault"], &log[1]["status"]), (&json!("delay"), &Value::Null), "{log:#?}");
+    let log = wait_for_fault(&op, 1, "abandoned").await;
+    assert_eq!((&log[1]["status"], &log[1]["ok"]), (&Value::Null, &json!(false)), "{log:#?}");
+    assert_eq!(log[1]["presented_refresh_token"], hash16(&refresh_token));
+    assert_eq!(log[1]["issued_refresh_token"], Value::Null);
+
+    op.token_faults(vec![json!({ "hang": true })]).await;
+    let error = refresh_with(&impatient, &metadata, &refresh_token).await.unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    wait_for_fault(&op, 2, "abandoned").await;
+
+    // The provider saw neither: the same refresh token still refreshes (a consumed one would get
+    // invalid_grant). A delay with a patient client goes through to the provider.
+    op.token_faults(vec![json!({ "delay_ms": 500 })]).await;
+    let started = std::time::Instant::now();
+    let (status, refreshed) = refresh(&metadata, &refresh_token).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    let log = op.token_request_log().await;
+    assert_eq!((&log[3]["fault"], &log[3]["status"], &log[3]["ok"]), (&json!("delay"), &json!(200), &json!(true)));
+    assert_eq!(op.token_request_count("refresh_token").await, 3);
+}
+
+#[tokio::test]
+async fn omit_refresh_token_keeps_the_presented_one_valid_and_expires_in_can_be_dropped_or_a_string() {
+    let (op, metadata, refresh_1) = signed_in().await;
+    op.token_faults(vec![json!({ "omit_refresh_token": true })]).await;
+    let (status, refreshed) = refresh(&metadata, &refresh_1).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(refreshed.get("refresh_token").is_none(), "{refreshed}");
+    assert!(refreshed["access_token"].is_string() && refreshed["expires_in"].is_u64(), "{refreshed}");
+    // Not rotated, so not consumed: the same refresh token works again, and rotates as configured.
+    let (status, refreshed) = refresh(&metadata, &refresh_1).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let refresh_2 = refreshed["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(refresh_2, refresh_1);
+
+    op.token_faults(vec![json!({ "omit_expires_in": true }), json!({ "expires_in_as_string": true })]).await;
+    let (status, refreshed) = refresh(&metadata, &refresh_2).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(refreshed.get("expires_in").is_none(), "{refreshed}");
+    let refresh_3 = refreshed["refresh_token"].as_str().unwrap().to_string();
+    let (status, refreshed) = refresh(&metadata, &refresh_3).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(refreshed["expires_in"].as_str().is_some_and(|s| s.parse::<u64>().unwrap() > 0), "{refreshed}");
+    assert!(refreshed["refresh_token"].is_string(), "{refreshed}");
+    // Rotation went on: the refresh token used before is consumed.
+    let (status, reuse) = refresh(&metadata, &refresh_2).await;
+    assert_eq!((status, reuse["error"].as_str()), (400, Some("invalid_grant")), "{reuse}");
+
+    let log = op.token_request_log().await;
+    assert_eq!(log[1]["fault"], "omit_refresh_token");
+    assert_eq!(log[1]["issued_refresh_token"], Value::Null);
+    assert_eq!((&log[3]["fault"], &log[4]["fault"]), (&json!("omit_expires_in"), &json!("expires_in_as_string")));
+}
+
+#[tokio::test]
+async fn revoke_grants_makes_the_next_refresh_a_genuine_invalid_grant() {
+    let (op, metadata, refresh_token) = signed_in().await;
+    let (status, refreshed) = refresh(&metadata, &refresh_token).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let newest = refreshed["refresh_token"].as_str().unwrap();
+    let access_token = refreshed["access_token"].as_str().unwrap();
+
+    assert_eq!(op.revoke_grants().await, 1);
+    let (status, revoked) = refresh(&metadata, newest).await;
+    assert_eq!((status, revoked["error"].as_str()), (400, Some("invalid_grant")), "{revoked}");
+    // The access token is gone too.
+    let userinfo = harness::client()
+        .get(metadata["userinfo_endpoint"].as_str().unwrap())
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), 401);
+    assert_eq!(op.revoke_grants().await, 0);
+
+    let log = op.token_request_log().await;
+    let last = log.last().unwrap();
+    assert_eq!((&last["fault"], &last["error"], &last["status"]), (&Value::Null, &json!("invalid_grant"), &json!(400)));
+}
+
+#[tokio::test]
+async fn the_log_chains_refresh_token_hashes_and_counts_every_token_endpoint_call() {
+    let (op, metadata, refresh_1) = signed_in().await;
+    let (status, refreshed) = refresh(&metadata, &refresh_1).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let refresh_2 = refreshed["refresh_token"].as_str().unwrap().to_string();
+    op.token_faults(vec![json!({ "status": 503 }), json!({ "error": "invalid_grant" })]).await;
+    assert_eq!(refresh_with(&harness::client(), &metadata, &refresh_2).await.unwrap().status(), 503);
+    assert_eq!(refresh(&metadata, &refresh_2).await.0, 400);
+    let (status, refreshed) = refresh(&metadata, &refresh_2).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let refresh_3 = refreshed["refresh_token"].as_str().unwrap().to_string();
+    let (status, refreshed) = refresh(&metadata, &refresh_3).await;
+    assert_eq!(status, 200, "{refreshed}");
+
+    let log = op.token_request_log().await;
+    assert_eq!(log.len(), 6, "{log:#?}");
+    assert_eq!(log[0]["presented_refresh_token"], Value::Null);
+    assert_eq!(log[0]["issued_refresh_token"], hash16(&refresh_1));
+    assert_eq!(log[1]["presented_refresh_token"], hash16(&refresh_1));
+    assert_eq!(log[1]["issued_refresh_token"], hash16(&refresh_2));
+    // The faulted calls presented the same token and were issued none.
+    for faulted in &log[2..4] {
+        assert_eq!(faulted["presented_refresh_token"], hash16(&refresh_2));
+        assert_eq!(faulted["issued_refresh_token"], Value::Null);
+    }
+    // Each successful refresh presents what the one before it issued.
+    let ok: Vec<&Value> = log.iter().filter(|r| r["ok"] == true).collect();
+    assert_eq!(ok.len(), 4);
+    for pair in ok.windows(2) {
+        assert_eq!(pair[1]["presented_refresh_token"], pair[0]["issued_refresh_token"], "{log:#?}");
+    }
+    assert_eq!(ok[3]["issued_refresh_token"], hash16(refreshed["refresh_token"].as_str().unwrap()));
+    let times: Vec<u64> = log.iter().map(|r| r["at"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]), "{times:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(now - times[0] < 60_000, "{times:?}");
+
+    let requests = op.token_requests().await;
+    assert_eq!(requests["counts"], json!({ "authorization_code": 1, "refresh_token": 5 }));
+}
+
 /// The app side of the browser test, on 127.0.0.1 but browsed as `app.localhost`: `/api/start` sets
 /// two cookies (SameSite=None and SameSite=Lax) and redirects to the authorization URL held in the
 /// returned cell; `/api/callback` shows the form_post fields and the cookies that came with it.

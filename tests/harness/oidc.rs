@@ -92,9 +92,38 @@ impl OidcProvider {
         reply["kid"].as_str().unwrap().to_string()
     }
 
-    /// `{counts: {grant_type: n}, requests: [{grant_type, client_id, client_auth, ok, error}]}`.
+    /// `{counts: {grant_type: n}, requests: [...]}`: every call to the token endpoint, faulted and
+    /// abandoned ones included (see [`OidcProvider::token_request_log`]).
     pub async fn token_requests(&self) -> Value {
         self.admin(reqwest::Method::GET, "/__test/token-requests", None).await
+    }
+
+    /// One entry per token-endpoint call, in order of arrival: `{at, grant_type, client_id,
+    /// client_auth, fault, status, ok, error, presented_refresh_token, issued_refresh_token}` (the
+    /// refresh tokens as the first 16 hex digits of their sha256; see the script's header).
+    pub async fn token_request_log(&self) -> Vec<Value> {
+        self.token_requests().await["requests"].as_array().unwrap().clone()
+    }
+
+    /// Queues faults for the token endpoint (FIFO; each request takes the first one whose
+    /// `grant_types`, by default refresh_token and client_credentials, has its grant type):
+    /// `{"status": 503, "retry_after": "2", "body": {…}}`, `{"error": "invalid_grant", …}`,
+    /// `{"delay_ms": n}`, `{"hang": true}`, `{"omit_refresh_token": true}`,
+    /// `{"omit_expires_in": true}`, `{"expires_in_as_string": true}`.
+    pub async fn token_faults(&self, faults: Vec<Value>) {
+        self.admin(reqwest::Method::POST, "/__test/token-faults", Some(Value::Array(faults))).await;
+    }
+
+    /// Empties the token-fault queue.
+    pub async fn clear_token_faults(&self) {
+        self.admin(reqwest::Method::DELETE, "/__test/token-faults", None).await;
+    }
+
+    /// Revokes every grant issued so far (its refresh and access tokens too), so the next refresh
+    /// gets the provider's own `invalid_grant`; returns how many grants still existed.
+    pub async fn revoke_grants(&self) -> u64 {
+        let reply = self.admin(reqwest::Method::POST, "/__test/revoke-grants", None).await;
+        reply["revoked"].as_u64().unwrap()
     }
 
     /// How many token-endpoint calls had this grant type.

@@ -33,8 +33,50 @@
 // Test endpoints (at the root, outside issuer_path):
 //   POST /__test/rotate-keys            new signing key with a new kid, used for new id_tokens; the
 //                                       old keys stay in the JWKS. Answers {kid, kids}.
-//   GET  /__test/token-requests         {counts: {<grant_type>: n}, requests: [{grant_type, client_id,
-//                                       client_auth, ok, error}]}
+//   GET  /__test/token-requests         {counts: {<grant_type>: n}, requests: [...]}: one entry per HTTP
+//                                       request to the token endpoint (POST <issuer>/token), in order of
+//                                       arrival, whatever became of it (answered by the provider, by an
+//                                       injected fault, or abandoned by the client), so counts are "token
+//                                       endpoint calls". Each entry: {at (Date.now() ms on arrival),
+//                                       grant_type (from the form body), client_id (as presented: Basic
+//                                       user, client_id field, or the client_assertion's sub), client_auth
+//                                       (none | client_secret_basic | client_secret_post |
+//                                       client_assertion), fault (null or what was applied: "status:503",
+//                                       "error:invalid_grant", "delay", "hang", "omit_refresh_token",
+//                                       "omit_expires_in", "expires_in_as_string", joined by "+", or
+//                                       "abandoned"), status (HTTP status sent; null while in flight or
+//                                       when abandoned), ok (a 2xx was sent), error (the `error` of the
+//                                       JSON body sent), presented_refresh_token / issued_refresh_token
+//                                       (first 16 hex digits of the sha256 of the refresh_token form field
+//                                       / of the refresh_token in the body sent; null when none)}
+//   POST /__test/token-faults           JSON array of faults, appended to a FIFO queue (answers {queued}).
+//                                       A token request takes the first queued fault whose grant_types
+//                                       (default ["refresh_token", "client_credentials"], so the sign-in's
+//                                       code redemption is left alone unless asked) has its grant_type:
+//                                         {status, retry_after, body}  answer at once with that status, a
+//                                             Retry-After header when given and the JSON body when given
+//                                             (else an empty body); the provider never sees the request,
+//                                             so a refresh token is not consumed
+//                                         {error, error_description, error_codes, …, status}  the same
+//                                             with a JSON OAuth error body of every key other than the
+//                                             control keys (status defaults to 400)
+//                                         {delay_ms}  wait; if the client went away meanwhile, drop the
+//                                             request unseen by the provider (recorded "abandoned", the
+//                                             refresh token not consumed), else go on: with status/error
+//                                             answer as above, else pass it to the provider
+//                                         {hang: true}  never answer; recorded "abandoned" once the
+//                                             client goes away; the provider never sees it
+//                                         {omit_refresh_token: true}  the provider answers but does not
+//                                             rotate for this request (the presented refresh token stays
+//                                             valid) and refresh_token is stripped from the response
+//                                         {omit_expires_in: true}, {expires_in_as_string: true}  strip
+//                                             expires_in from the success response, or make it a string
+//                                       Keys combine (delay_ms with any other; omit_* together).
+//   DELETE /__test/token-faults         empty the fault queue (answers {cleared: n})
+//   POST /__test/revoke-grants          revoke every grant the provider has issued tokens for so far
+//                                       (grant, refresh tokens, access tokens, codes), so the next
+//                                       refresh gets a genuine invalid_grant. Answers {revoked: n}, n
+//                                       the grants that still existed.
 //   GET  /__test/authorization-requests the query parameters of every authorization request, as sent
 //   POST /__test/deny-next              the next authorization ends with error=access_denied and an
 //                                       error_description with HTML in it; a JSON body {error,
@@ -82,6 +124,12 @@ const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 const signingKeys = [];
 const tokenRequests = [];
 const authorizationRequests = [];
+const tokenFaults = [];
+// Grant ids seen in successful token responses, for /__test/revoke-grants.
+const knownGrants = new Set();
+// Per token request: {record, fault}, shared by the route wrapper, the koa middleware and
+// rotateRefreshToken.
+const tokenState = new WeakMap();
 let denyNext = null;
 let provider;
 let handler;
@@ -111,7 +159,8 @@ function build() {
     // Entra puts tid/oid/name/preferred_username in the id_token itself.
     conformIdTokenClaims: false,
     pkce: { required: () => opt('pkce_required', true) },
-    rotateRefreshToken: opt('rotate_refresh_token', true),
+    rotateRefreshToken: (ctx) => !tokenState.get(ctx.req)?.fault?.omit_refresh_token
+      && opt('rotate_refresh_token', true) === true,
     jwks: { keys: signingKeys },
     cookies: { keys: cookieKeys },
     ttl: {
@@ -148,8 +197,8 @@ function build() {
   p.use(async (ctx, next) => {
     await next();
     const route = ctx.oidc?.route;
-    if (route === 'token' && opt('expires_in_as_string', false) && ctx.body && typeof ctx.body.expires_in === 'number') {
-      ctx.body.expires_in = String(ctx.body.expires_in);
+    if (route === 'token' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      tokenSuccess(ctx);
     }
     if (route === 'discovery' && ctx.body && typeof ctx.body === 'object') {
       ctx.body.response_modes_supported = responseModes;
@@ -172,26 +221,150 @@ function build() {
     }
   });
 
-  const record = (ctx, err) => {
-    const body = ctx.oidc?.body ?? {};
-    let clientAuth = 'none';
-    if (/^basic /i.test(ctx.get('authorization'))) clientAuth = 'client_secret_basic';
-    else if (body.client_assertion) clientAuth = 'client_assertion';
-    else if (body.client_secret) clientAuth = 'client_secret_post';
-    tokenRequests.push({
-      grant_type: String(body.grant_type ?? 'unknown'),
-      client_id: ctx.oidc?.client?.clientId ?? null,
-      client_auth: clientAuth,
-      ok: !err,
-      error: err ? String(err.error ?? err.message) : null,
-    });
-  };
-  p.on('grant.success', (ctx) => record(ctx));
-  p.on('grant.error', (ctx, err) => record(ctx, err));
   p.on('server_error', (_ctx, err) => console.error('server_error', err));
 
   provider = p;
   handler = p.callback();
+}
+
+// A successful token response from the provider: remember its grant, apply the request's fault
+// (omit_* / expires_in_as_string) and the expires_in_as_string option.
+function tokenSuccess(ctx) {
+  const { entities } = ctx.oidc;
+  for (const [name, entity] of Object.entries(entities)) {
+    if (name === 'Grant' && entity?.jti) knownGrants.add(entity.jti);
+    else if (entity?.grantId) knownGrants.add(entity.grantId);
+  }
+  const fault = tokenState.get(ctx.req)?.fault ?? {};
+  if (fault.omit_refresh_token) delete ctx.body.refresh_token;
+  if (fault.omit_expires_in) delete ctx.body.expires_in;
+  if ((fault.expires_in_as_string || opt('expires_in_as_string', false)) && typeof ctx.body.expires_in === 'number') {
+    ctx.body.expires_in = String(ctx.body.expires_in);
+  }
+}
+
+const hash16 = (value) => (typeof value === 'string' && value
+  ? crypto.createHash('sha256').update(value).digest('hex').slice(0, 16)
+  : null);
+
+function presentedClient(req, form) {
+  const basic = /^basic (.+)$/i.exec(req.headers.authorization ?? '');
+  if (basic) {
+    const user = Buffer.from(basic[1], 'base64').toString('utf8').split(':')[0];
+    try {
+      return { clientId: decodeURIComponent(user), clientAuth: 'client_secret_basic' };
+    } catch {
+      return { clientId: user, clientAuth: 'client_secret_basic' };
+    }
+  }
+  if (form.client_assertion) {
+    let sub = null;
+    try {
+      sub = JSON.parse(Buffer.from(form.client_assertion.split('.')[1], 'base64url').toString('utf8')).sub ?? null;
+    } catch { /* not a JWT */ }
+    return { clientId: form.client_id ?? sub, clientAuth: 'client_assertion' };
+  }
+  return { clientId: form.client_id ?? null, clientAuth: form.client_secret ? 'client_secret_post' : 'none' };
+}
+
+// Keys of a fault object that steer it; the others make up an {error, …} shorthand's body.
+const FAULT_CONTROL_KEYS = new Set(['grant_types', 'status', 'retry_after', 'body', 'delay_ms', 'hang',
+  'omit_refresh_token', 'omit_expires_in', 'expires_in_as_string']);
+
+function takeFault(grantType) {
+  const i = tokenFaults.findIndex((f) => (f.grant_types ?? ['refresh_token', 'client_credentials']).includes(grantType));
+  return i < 0 ? null : tokenFaults.splice(i, 1)[0];
+}
+
+function faultLabel(fault) {
+  const parts = [];
+  if (fault.delay_ms) parts.push('delay');
+  if (fault.hang) parts.push('hang');
+  if (fault.error) parts.push(`error:${fault.error}`);
+  else if (fault.status) parts.push(`status:${fault.status}`);
+  for (const flag of ['omit_refresh_token', 'omit_expires_in', 'expires_in_as_string']) if (fault[flag]) parts.push(flag);
+  return parts.join('+') || 'none';
+}
+
+// The token endpoint. The form body is read here (the provider takes it from req.body, see
+// shared/selective_body.js, warning once on stderr that the body was already parsed), so every
+// request is recorded exactly once and faults can be applied before the provider sees it.
+async function tokenEndpoint(req, res) {
+  const at = Date.now();
+  const text = await readBody(req);
+  const form = Object.fromEntries(new URLSearchParams(text));
+  const { clientId, clientAuth } = presentedClient(req, form);
+  const record = {
+    at,
+    grant_type: String(form.grant_type ?? 'unknown'),
+    client_id: clientId,
+    client_auth: clientAuth,
+    fault: null,
+    status: null,
+    ok: false,
+    error: null,
+    presented_refresh_token: hash16(form.refresh_token),
+    issued_refresh_token: null,
+  };
+  tokenRequests.push(record);
+
+  // Fill in the record from what is actually sent, before it is sent.
+  const chunks = [];
+  const write = res.write.bind(res);
+  const end = res.end.bind(res);
+  res.write = (chunk, ...rest) => {
+    if (chunk && typeof chunk !== 'function') chunks.push(Buffer.from(chunk));
+    return write(chunk, ...rest);
+  };
+  res.end = (chunk, ...rest) => {
+    if (chunk && typeof chunk !== 'function') chunks.push(Buffer.from(chunk));
+    record.status = res.statusCode;
+    record.ok = res.statusCode >= 200 && res.statusCode < 300;
+    let body = null;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch { /* not JSON, or empty */ }
+    if (body && typeof body === 'object') {
+      record.error = typeof body.error === 'string' ? body.error : null;
+      record.issued_refresh_token = hash16(body.refresh_token);
+    }
+    return end(chunk, ...rest);
+  };
+  let gone = false;
+  res.once('close', () => {
+    if (!res.writableEnded) gone = true;
+  });
+
+  const fault = takeFault(record.grant_type);
+  if (fault) {
+    record.fault = faultLabel(fault);
+    if (fault.delay_ms) await new Promise((resolve) => { setTimeout(resolve, fault.delay_ms); });
+    if (fault.hang) {
+      if (!gone) await new Promise((resolve) => { res.once('close', resolve); });
+      record.fault = 'abandoned';
+      return;
+    }
+    if (gone || res.destroyed || req.socket?.destroyed) {
+      record.fault = 'abandoned';
+      return;
+    }
+    if (fault.error || fault.status) {
+      const headers = { 'Cache-Control': 'no-store' };
+      if (fault.retry_after !== undefined) headers['Retry-After'] = String(fault.retry_after);
+      let body = fault.body;
+      if (body === undefined && fault.error) {
+        body = Object.fromEntries(Object.entries(fault).filter(([k]) => !FAULT_CONTROL_KEYS.has(k)));
+      }
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
+      res.writeHead(fault.status ?? 400, headers);
+      res.end(body === undefined ? undefined : JSON.stringify(body));
+      return;
+    }
+  }
+  tokenState.set(req, { record, fault });
+  // Already read: the provider falls back to req.body (a string it parses as a form).
+  req.body = text || {};
+  return handler(req, res);
 }
 
 function pickUser(loginHint) {
@@ -270,6 +443,35 @@ async function admin(req, res, path) {
     build();
     return json(res, 200, { kid: key.kid, kids: signingKeys.map((k) => k.kid) });
   }
+  if (req.method === 'POST' && path === '/__test/token-faults') {
+    const text = await readBody(req);
+    const value = text ? JSON.parse(text) : [];
+    const faults = Array.isArray(value) ? value : [value];
+    if (!faults.every((f) => f && typeof f === 'object' && !Array.isArray(f))) {
+      return json(res, 400, { error: 'faults are JSON objects' });
+    }
+    tokenFaults.push(...faults);
+    return json(res, 200, { queued: tokenFaults.length });
+  }
+  if (req.method === 'DELETE' && path === '/__test/token-faults') {
+    const cleared = tokenFaults.splice(0).length;
+    return json(res, 200, { cleared });
+  }
+  if (req.method === 'POST' && path === '/__test/revoke-grants') {
+    let revoked = 0;
+    for (const grantId of [...knownGrants]) {
+      const grant = await provider.Grant.find(grantId);
+      if (grant) revoked += 1;
+      await Promise.all([
+        grant?.destroy(),
+        provider.RefreshToken.revokeByGrantId(grantId),
+        provider.AccessToken.revokeByGrantId(grantId),
+        provider.AuthorizationCode.revokeByGrantId(grantId),
+      ]);
+      knownGrants.delete(grantId);
+    }
+    return json(res, 200, { revoked });
+  }
   if (req.method === 'POST' && path === '/__test/deny-next') {
     const text = await readBody(req);
     denyNext = {
@@ -311,6 +513,13 @@ async function route(req, res) {
   if (m) return interaction(req, res, m[1], m[2]);
   if (path.startsWith('/__test/')) return admin(req, res, path);
   if (prefix && !(path === prefix || path.startsWith(`${prefix}/`))) return json(res, 404, { error: 'not_found' });
+  if (req.method === 'POST' && path === `${prefix}/token`) {
+    if (prefix) {
+      req.originalUrl = req.url;
+      req.url = req.url.slice(prefix.length) || '/';
+    }
+    return tokenEndpoint(req, res);
+  }
   if (req.method === 'GET' && path === `${prefix}/auth`) {
     const refused = authorizationRequest(req, url);
     if (refused) return html(res, 400, page('Error', `<p>${escapeHtml(refused)}</p>`));
