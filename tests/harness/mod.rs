@@ -5,6 +5,7 @@
 
 pub mod azurite;
 pub mod browser;
+pub mod connected;
 pub mod keyvault;
 pub mod oidc;
 

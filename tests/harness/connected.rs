@@ -1,0 +1,142 @@
+//! A bridge with one connection consented for real: node-oidc-provider (rotating refresh tokens,
+//! revoking the grant when a used one comes back), the standalone server for the sign-in, and
+//! then any number of in-process `App`s on the same store, each its own "instance" (own token
+//! cache, own single-flight locks, own store handle), with a clock the test can move.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use truecontext_bridge::config::{RawSettings, Settings};
+use truecontext_bridge::handlers::{App, Mode};
+use truecontext_bridge::store::{self, Stores};
+use truecontext_bridge::tokens::TokenService;
+
+use super::oidc::{HttpAgent, OidcProvider};
+use super::{free_port, Server, TEST_FUNCTION_KEY};
+
+pub const CLIENT_ID: &str = "bridge-client";
+pub const CLIENT_SECRET: &str = "bridge-client-secret-0123456789abcdef";
+/// Once a year: the server's own timer never refreshes behind a test's back.
+pub const NEVER: &str = "0 0 0 1 1 *";
+
+pub struct Connected {
+    pub provider: OidcProvider,
+    pub server: Server,
+    pub settings: Vec<(String, String)>,
+    /// Milliseconds added to the real clock by every `App` made here.
+    offset_ms: Arc<AtomicI64>,
+}
+
+pub struct Options {
+    /// The provider's access-token lifetime (seconds).
+    pub access_token_ttl: u64,
+    /// Extra bridge settings.
+    pub settings: Vec<(&'static str, String)>,
+    /// Consent `default` at start.
+    pub consent: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { access_token_ttl: 3600, settings: Vec::new(), consent: true }
+    }
+}
+
+impl Connected {
+    pub async fn start(options: Options) -> Connected {
+        let app_port = free_port();
+        let provider = OidcProvider::start(json!({
+            "clients": [{
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "redirect_uris": [format!("http://127.0.0.1:{app_port}/api/callback")],
+                "token_endpoint_auth_method": "client_secret_post",
+                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+                "response_types": ["code"],
+            }],
+            "ttl": { "access_token": options.access_token_ttl },
+        }));
+        let mut settings: Vec<(String, String)> = vec![
+            ("OAUTH_PROVIDER".into(), "oidc".into()),
+            ("OAUTH_AUTHORITY".into(), provider.issuer().into()),
+            ("OAUTH_CLIENT_ID".into(), CLIENT_ID.into()),
+            ("OAUTH_CLIENT_SECRET".into(), CLIENT_SECRET.into()),
+            ("OAUTH_REDIRECT_URI".into(), format!("http://127.0.0.1:{app_port}/api/callback")),
+            ("OAUTH_SCOPES".into(), "profile".into()),
+            ("FUNCTION_KEY".into(), TEST_FUNCTION_KEY.into()),
+            ("SYNC_SCHEDULE".into(), NEVER.into()),
+        ];
+        for (name, value) in options.settings {
+            settings.retain(|(n, _)| n != name);
+            settings.push((name.into(), value));
+        }
+        let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let server = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &pairs);
+        settings.push(("LOCAL_STORE_PATH".into(), server.store_dir().display().to_string()));
+        let connected = Connected { provider, server, settings, offset_ms: Arc::default() };
+        if options.consent {
+            connected.consent("default").await;
+        }
+        connected
+    }
+
+    /// An administrator signs in and consents `connection` (again) through the real flow.
+    pub async fn consent(&self, connection: &str) {
+        let agent = HttpAgent::new();
+        let url = self.server.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}&connection={connection}"));
+        let response = agent.get(&url).await;
+        assert_eq!(response.status(), 302, "{}", self.server.log());
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let authorization = agent.authorize(&location).await;
+        let delivered = agent.post_form(&authorization.target, &authorization.params).await;
+        assert_eq!(delivered.status(), 303, "{}", self.server.log());
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        let raw = RawSettings::from_pairs(self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Arc::new(Settings::load(&raw).unwrap_or_else(|p| panic!("settings: {p:?}")))
+    }
+
+    /// A new instance on the embedded store the server uses.
+    pub fn instance(&self) -> App {
+        let settings = self.settings();
+        let stores = store::open(&settings.store).unwrap();
+        self.instance_on(stores)
+    }
+
+    /// A new instance on other stores (Azurite, the Key Vault simulator).
+    pub fn instance_on(&self, stores: Stores) -> App {
+        let offset = self.offset_ms.clone();
+        let clock = Arc::new(move || Utc::now() + chrono::TimeDelta::milliseconds(offset.load(Ordering::SeqCst)));
+        App::with_token_service(self.settings(), stores, Mode::Cli, TokenService::with_clock(clock))
+    }
+
+    /// Moves every instance's token clock forward.
+    pub fn advance(&self, seconds: i64) {
+        self.offset_ms.fetch_add(seconds * 1000, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::TimeDelta::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    pub async fn refresh_calls(&self) -> u64 {
+        self.provider.token_request_count("refresh_token").await
+    }
+
+    /// The token-endpoint calls with this grant type, oldest first.
+    pub async fn calls(&self, grant_type: &str) -> Vec<Value> {
+        self.provider.token_request_log().await.into_iter().filter(|r| r["grant_type"] == grant_type).collect()
+    }
+
+    /// `tcbridge` with these settings (and `extra`), as an operator runs it.
+    pub fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Command {
+        let mut pairs: Vec<(&str, &str)> = self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pairs.extend_from_slice(extra);
+        let mut command = super::command(self.server.dir.path(), &pairs);
+        command.args(args);
+        command
+    }
+}
