@@ -1,7 +1,8 @@
 //! The token lifecycle across real processes and on the Azure backend: `tcbridge token` run
-//! three at a time on one embedded store, a lease holder killed with SIGKILL mid-refresh, and
-//! three instances on Azurite tables with refresh tokens in the Key Vault simulator. Then a
-//! scan of everything the processes printed for any token they handled.
+//! three at a time on one embedded store, a lease holder killed with SIGKILL mid-refresh, three
+//! processes (this test binary as workers) and three in-process instances over fifty cycles on
+//! Azurite tables with token sets in the Key Vault simulator, and a scan of everything the
+//! processes printed for any token they handled.
 
 mod harness;
 
@@ -177,6 +178,78 @@ async fn copy_connection(bridge: &Connected, tables: &Stores) {
         .unwrap();
 }
 
+/// Worker mode: one process of the Azurite test below, started by it with TOKEN_WORKER set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started by three_processes_on_azurite_and_key_vault_… as a child process"]
+async fn token_worker() {
+    let Ok(config) = std::env::var("TOKEN_WORKER") else { return };
+    let config: Value = serde_json::from_str(&config).unwrap();
+    let pairs: Vec<(String, String)> = serde_json::from_value(config["settings"].clone()).unwrap();
+    let raw = truecontext_bridge::config::RawSettings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let settings = Arc::new(truecontext_bridge::config::Settings::load(&raw).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let account = StorageAccount::from_connection_string(config["azurite"].as_str().unwrap()).unwrap();
+    let mut stores = local::open(dir.path(), None).unwrap();
+    stores.tables = Arc::new(AzureTables::new(&account, None, "tcbtok").unwrap());
+    stores.secrets = Arc::new(KeyVaultSim::remote_store(&config["vault"], KeyVaultSim::fast_tuning()));
+    let app = App::new(settings, stores, truecontext_bridge::handlers::Mode::Cli);
+    let results = join_all((0..7).map(|_| async { app.tokens().access_token("default").await })).await;
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(token) => json!({ "source": token.source, "expires_at": token.expires_at }),
+            Err(e) => json!({ "error": e.to_string() }),
+        })
+        .collect();
+    println!("TOKEN-RESULT {}", serde_json::to_string(&results).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_on_azurite_and_key_vault_make_one_call_per_expiry() {
+    let azurite = Azurite::start();
+    let vault = KeyVaultSim::start().await;
+    let bridge = Connected::start(Options { access_token_ttl: 4, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let account = StorageAccount::from_connection_string(&azurite.connection_string()).unwrap();
+    let mut stores = local::open(dir.path(), None).unwrap();
+    stores.tables = Arc::new(AzureTables::new(&account, None, "tcbtok").unwrap());
+    stores.secrets = Arc::new(vault.store(KeyVaultSim::fast_tuning()));
+    copy_connection(&bridge, &stores).await;
+    let config =
+        json!({ "settings": bridge.settings, "azurite": azurite.connection_string(), "vault": vault.remote() });
+    let spawn_worker = || {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["token_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("TOKEN_WORKER", config.to_string())
+            .stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    for cycle in 1..=8u64 {
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let workers: Vec<_> = (0..3).map(|_| spawn_worker()).collect();
+        let mut results: Vec<Value> = Vec::new();
+        for worker in workers {
+            let output = worker.await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "worker failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+            let line = stdout
+                .lines()
+                .find_map(|l| l.split_once("TOKEN-RESULT ").map(|(_, rest)| rest))
+                .unwrap_or_else(|| panic!("no worker result:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+            results.extend(serde_json::from_str::<Vec<Value>>(line).unwrap());
+        }
+        assert_eq!(results.len(), 21);
+        assert!(results.iter().all(|r| r["error"].is_null()), "cycle {cycle}: {results:#?}");
+        let expiries: HashSet<&str> = results.iter().map(|r| r["expires_at"].as_str().unwrap()).collect();
+        assert_eq!(expiries.len(), 1, "cycle {cycle}: one token for all: {results:#?}");
+        assert_eq!(results.iter().filter(|r| r["source"] == "token_endpoint").count(), 1);
+        assert_eq!(bridge.refresh_calls().await, cycle, "cycle {cycle}: one call for three processes");
+    }
+    let calls = bridge.calls("refresh_token").await;
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_on_azurite_and_key_vault_make_one_call_per_expiry() {
     let azurite = Azurite::start();
@@ -192,7 +265,7 @@ async fn three_instances_on_azurite_and_key_vault_make_one_call_per_expiry() {
     };
     copy_connection(&bridge, &azure_stores(0)).await;
     let instances: Vec<App> = (1..=3).map(|n| bridge.instance_on(azure_stores(n))).collect();
-    for cycle in 1..=10u64 {
+    for cycle in 1..=50u64 {
         bridge.advance(3100);
         let calls = (0..21).map(|i| {
             let app = &instances[i % 3];
@@ -209,7 +282,7 @@ async fn three_instances_on_azurite_and_key_vault_make_one_call_per_expiry() {
     }
     let calls = bridge.calls("refresh_token").await;
     assert!(calls.iter().all(|c| c["ok"] == true), "{calls:#?}");
-    // One Key Vault write per refresh: the copied version plus ten.
+    // One Key Vault write per refresh: the copied version plus fifty.
     let record = connections::get(&instances[0].stores, "default").await.unwrap().unwrap().value;
-    assert_eq!(vault.live_versions(&record.refresh_token_secret), 11);
+    assert_eq!(vault.live_versions(&record.refresh_token_secret), 51);
 }

@@ -299,6 +299,7 @@ async fn complete(
             ));
         }
     };
+    app.tokens().forget(&pending.connection_id);
     tracing::info!(connection = %pending.connection_id, tenant = ?identity.tenant, "connection consented and stored");
     Ok(ConnectResult {
         connection_id: pending.connection_id.clone(),

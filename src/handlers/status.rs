@@ -45,6 +45,8 @@ pub struct ConnectionStatus {
     /// `delegated` (an admin consented) or `app_only` (OAUTH_GRANT=client_credentials).
     pub access: &'static str,
     pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// The server said nothing about the token's lifetime; an hour was assumed.
+    pub access_token_lifetime_assumed: bool,
     pub last_refresh_success: Option<DateTime<Utc>>,
     pub last_refresh_failure: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
@@ -82,6 +84,7 @@ impl ConnectionStatus {
             consented_at: (access == "delegated").then_some(c.consented_at),
             access,
             access_token_expires_at: c.access_token_expires_at,
+            access_token_lifetime_assumed: c.expires_in_assumed,
             last_refresh_success: c.last_refresh_success,
             last_refresh_failure: c.last_refresh_failure,
             consecutive_failures: c.consecutive_failures,
@@ -191,6 +194,7 @@ async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<Con
         consented_at: None,
         access: "app_only",
         access_token_expires_at: None,
+        access_token_lifetime_assumed: false,
         last_refresh_success: None,
         last_refresh_failure: None,
         consecutive_failures: 0,

@@ -115,7 +115,10 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenSet, TokenError> {
         }
     }
     let (expires_in, expires_in_assumed) = match raw.expires_in {
-        Some(0) | None => (DEFAULT_ACCESS_TOKEN_LIFETIME, true),
+        Some(0) | None => match jwt_lifetime(&access_token) {
+            Some(lifetime) => (lifetime, false),
+            None => (DEFAULT_ACCESS_TOKEN_LIFETIME, true),
+        },
         Some(secs) => (Duration::from_secs(secs.min(366 * 86_400)), false),
     };
     Ok(TokenSet {
@@ -128,6 +131,19 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenSet, TokenError> {
         refresh_in: raw.refresh_in.filter(|s| *s > 0).map(Duration::from_secs),
         scope: raw.scope.map(|s| s.split_whitespace().map(str::to_owned).collect()),
     })
+}
+
+/// How long a JWT access token has left by its own `exp`, for servers that send no
+/// `expires_in` (seed 001's lives 5 minutes and says so only there). The signature is not
+/// checked: the claim only decides when we refresh, never whether we trust the token.
+fn jwt_lifetime(token: &str) -> Option<Duration> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else { return None };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let exp = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("exp")?.as_i64()?;
+    let remaining = exp - chrono::Utc::now().timestamp();
+    (remaining > 0 && remaining <= 366 * 86_400).then(|| Duration::from_secs(remaining as u64))
 }
 
 trait ClassifyName {
@@ -272,6 +288,31 @@ mod tests {
         assert!(absent.expires_in_assumed);
         let garbage = parse_token_response(br#"{"access_token":"a","expires_in":"soon"}"#).unwrap();
         assert!(garbage.expires_in_assumed);
+    }
+
+    #[test]
+    fn a_jwt_access_token_without_expires_in_says_its_own_lifetime() {
+        use base64::Engine;
+        let encode = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = chrono::Utc::now().timestamp() + 300;
+        let jwt =
+            format!("{}.{}.sig", encode(serde_json::json!({"alg": "HS256"})), encode(serde_json::json!({"exp": exp})));
+        let body = serde_json::json!({ "access_token": jwt, "refresh_token": "r" }).to_string();
+        let set = parse_token_response(body.as_bytes()).unwrap();
+        assert!(!set.expires_in_assumed);
+        assert!(set.expires_in <= Duration::from_secs(300) && set.expires_in >= Duration::from_secs(290));
+        // Expired, absurd or opaque: the default, flagged.
+        for token in [
+            format!("{}.{}.s", encode(serde_json::json!({})), encode(serde_json::json!({"exp": exp - 600}))),
+            format!("{}.{}.s", encode(serde_json::json!({})), encode(serde_json::json!({"exp": "soon"}))),
+            "opaque-token".to_owned(),
+            "a.b.c.d".to_owned(),
+        ] {
+            let body = serde_json::json!({ "access_token": token }).to_string();
+            let set = parse_token_response(body.as_bytes()).unwrap();
+            assert!(set.expires_in_assumed, "{token}");
+            assert_eq!(set.expires_in, DEFAULT_ACCESS_TOKEN_LIFETIME);
+        }
     }
 
     #[test]

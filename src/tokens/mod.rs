@@ -229,6 +229,12 @@ impl<'a> Tokens<'a> {
         self.get(connection, Want::IssuedSince(self.now())).await
     }
 
+    /// Drops this process's copy of a connection's token (a re-consent replaced the grant, maybe
+    /// with another account); other instances' copies age out at their refresh time.
+    pub fn forget(&self, connection: &str) {
+        self.service.cache.lock().expect("token cache lock").remove(connection);
+    }
+
     async fn get(&self, connection: &str, want: Want) -> Result<AccessToken, TokenError> {
         let subject = self.subject(connection)?;
         if let Some(token) = self.service.cached(&subject.id, want, self.now()) {

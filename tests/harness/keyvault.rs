@@ -174,14 +174,24 @@ impl KeyVaultSim {
     /// Client options whose transport (reqwest 0.13, as azure_core 1.x uses) trusts only the
     /// test CA and resolves the vault host to 127.0.0.1.
     pub fn client_options(&self) -> ClientOptions {
-        let ca = reqwest013::Certificate::from_pem(self.ca_pem.as_bytes()).expect("test CA");
-        let client = reqwest013::Client::builder()
-            .tls_certs_only([ca])
-            .resolve(&self.host, SocketAddr::from(([127, 0, 0, 1], self.port)))
-            .redirect(reqwest013::redirect::Policy::none())
-            .build()
-            .expect("reqwest client for the simulator");
-        ClientOptions { transport: Some(Transport::new(Arc::new(client))), ..Default::default() }
+        client_options(&self.ca_pem, &self.host, self.port)
+    }
+
+    /// What another process needs to reach this vault: see [`KeyVaultSim::remote_store`].
+    pub fn remote(&self) -> serde_json::Value {
+        serde_json::json!({
+            "vault_url": self.vault_url, "host": self.host, "port": self.port,
+            "ca_pem": self.ca_pem, "token": self.credential.token,
+        })
+    }
+
+    /// A store on a simulator another process started (`remote` is its [`KeyVaultSim::remote`]).
+    pub fn remote_store(remote: &serde_json::Value, tuning: KeyVaultTuning) -> KeyVaultSecrets {
+        let text = |key: &str| remote[key].as_str().unwrap().to_owned();
+        let options = client_options(&text("ca_pem"), &text("host"), remote["port"].as_u64().unwrap() as u16);
+        let credential = Arc::new(TestCredential::new(text("token")));
+        KeyVaultSecrets::with_tuning(&text("vault_url"), credential, Some(options), tuning)
+            .expect("KeyVaultSecrets on the simulator")
     }
 
     /// Short timeouts and back-offs, so fault tests run in seconds.
@@ -277,6 +287,19 @@ fn test_pki(host: &str) -> (String, ServerConfig) {
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     (ca.pem(), config)
+}
+
+/// A transport (reqwest 0.13, as azure_core 1.x uses) that trusts only the test CA and
+/// resolves the vault host to 127.0.0.1.
+fn client_options(ca_pem: &str, host: &str, port: u16) -> ClientOptions {
+    let ca = reqwest013::Certificate::from_pem(ca_pem.as_bytes()).expect("test CA");
+    let client = reqwest013::Client::builder()
+        .tls_certs_only([ca])
+        .resolve(host, SocketAddr::from(([127, 0, 0, 1], port)))
+        .redirect(reqwest013::redirect::Policy::none())
+        .build()
+        .expect("reqwest client for the simulator");
+    ClientOptions { transport: Some(Transport::new(Arc::new(client))), ..Default::default() }
 }
 
 /// A credential that returns a fixed token and counts its calls.
