@@ -9,7 +9,6 @@
 //! the README.
 
 #[path = "../tests/harness/mod.rs"]
-#[allow(dead_code)]
 mod harness;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
