@@ -1,10 +1,10 @@
 //! Alerts: conditions an operator must act on (a connection needs re-consent, the app's own
 //! credentials were refused, a B2C re-consent deadline approaches).
 //!
-//! Each alert is raised once per (connection, alert, code) until cleared: the first instance to
+//! Each alert is raised once per (connection, alert, error code) until cleared: the first instance to
 //! insert its row in the `alerts` table logs it and posts it; everyone else sees the row and
 //! stays quiet, so a dead connection gives one alert, not one per sync run. The log line is a
-//! structured event with stable fields (`alert`, `connection`, `class`, `code`, `reason`) that an
+//! structured event with stable fields (`alert`, `connection`, `class`, `error_code`, `reason`) that an
 //! Azure Monitor rule can match (`alert` is set on no other line); with `ALERT_WEBHOOK_URL` the
 //! same alert is POSTed as Teams/Slack-compatible JSON (`text` plus the fields).
 
@@ -29,7 +29,7 @@ pub struct Alert {
     /// The failure class (`needs_reauth`, `app_credentials`, `rejected`, …).
     pub class: String,
     /// What deduplicates: the OAuth error code or condition (`invalid_grant`).
-    pub code: String,
+    pub error_code: String,
     /// Readable detail; never a secret (it passed the scrubber).
     pub reason: String,
     #[serde(default = "Utc::now")]
@@ -37,12 +37,12 @@ pub struct Alert {
 }
 
 impl Alert {
-    pub fn new(alert: &str, connection: Option<&str>, class: &str, code: &str, reason: &str) -> Self {
+    pub fn new(alert: &str, connection: Option<&str>, class: &str, error_code: &str, reason: &str) -> Self {
         Alert {
             alert: alert.to_owned(),
             connection: connection.map(str::to_owned),
             class: class.to_owned(),
-            code: code.to_owned(),
+            error_code: error_code.to_owned(),
             reason: crate::telemetry::redact(reason).into_owned(),
             raised_at: Utc::now(),
         }
@@ -53,7 +53,7 @@ impl Alert {
     }
 
     fn row(&self) -> String {
-        let digest = Sha256::digest(format!("{}\n{}", self.alert, self.code).as_bytes());
+        let digest = Sha256::digest(format!("{}\n{}", self.alert, self.error_code).as_bytes());
         format!("{}-{}", self.alert, &hex::encode(digest)[..16])
     }
 
@@ -87,7 +87,7 @@ pub async fn raise(stores: &Stores, webhook: Option<&url::Url>, alert: Alert) ->
         alert = %alert.alert,
         connection = alert.connection.as_deref().unwrap_or("-"),
         class = %alert.class,
-        code = %alert.code,
+        error_code = %alert.error_code,
         reason = %alert.reason,
         "ALERT {}",
         alert.text()
@@ -113,7 +113,7 @@ async fn post(url: &url::Url, alert: &Alert) {
         "alert": alert.alert,
         "connection": alert.connection,
         "class": alert.class,
-        "code": alert.code,
+        "error_code": alert.error_code,
         "reason": alert.reason,
         "raised_at": alert.raised_at,
     });

@@ -438,6 +438,7 @@ mod seed001 {
     pub struct Fixture {
         pub codes: Arc<Mutex<HashMap<String, String>>>,
         pub token_requests: Arc<Mutex<Vec<HashMap<String, String>>>>,
+        pub refresh_tokens: Arc<Mutex<std::collections::HashSet<String>>>,
     }
 
     async fn authorize(State(f): State<Fixture>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -462,11 +463,32 @@ mod seed001 {
         }
     }
 
+    /// `POST /oauth2/refresh` with `token`: a new access token (a JWT that expires in 5 minutes,
+    /// as seed 001 says, with no `expires_in`) and a new refresh token; the old one dies.
+    async fn refresh(State(f): State<Fixture>, Form(form): Form<HashMap<String, String>>) -> Response {
+        use base64::Engine;
+        f.token_requests.lock().unwrap().push(form.clone());
+        let presented = form.get("token").cloned().unwrap_or_default();
+        let mut live = f.refresh_tokens.lock().unwrap();
+        if !live.remove(&presented) {
+            return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid token" }))).into_response();
+        }
+        let next = format!("rt-{}", rand::random::<u64>());
+        live.insert(next.clone());
+        let encode = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = chrono::Utc::now().timestamp() + 300;
+        let access =
+            format!("{}.{}.sig", encode(json!({ "alg": "HS256" })), encode(json!({ "sub": "student-42", "exp": exp })));
+        Json(json!({ "access_token": access, "refresh_token": next })).into_response()
+    }
+
     pub async fn start() -> (String, Fixture) {
         let fixture = Fixture::default();
+        fixture.refresh_tokens.lock().unwrap().insert("rt-1".into());
         let app = Router::new()
             .route("/oauth2/authorize", get(authorize))
             .route("/oauth2/token", post(token))
+            .route("/oauth2/refresh", post(refresh))
             .with_state(fixture.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -482,21 +504,18 @@ async fn a_plain_oauth2_server_in_the_seed_001_dialect_connects() {
     let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
     let (authorize, token, refresh) =
         (format!("{base}/oauth2/authorize"), format!("{base}/oauth2/token"), format!("{base}/oauth2/refresh"));
-    let app = Server::start(
-        &["serve", "--standalone", "--port", &app_port.to_string()],
-        app_port,
-        &[
-            ("OAUTH_PROVIDER", "oauth2"),
-            ("OAUTH_AUTHORIZE_ENDPOINT", &authorize),
-            ("OAUTH_TOKEN_ENDPOINT", &token),
-            ("OAUTH_REFRESH_ENDPOINT", &refresh),
-            ("OAUTH_CODE_PARAM", "authorization_code"),
-            ("OAUTH_REFRESH_TOKEN_PARAM", "token"),
-            ("OAUTH_CLIENT_ID", "seed-client"),
-            ("OAUTH_REDIRECT_URI", &redirect),
-            ("FUNCTION_KEY", TEST_FUNCTION_KEY),
-        ],
-    );
+    let settings = [
+        ("OAUTH_PROVIDER", "oauth2"),
+        ("OAUTH_AUTHORIZE_ENDPOINT", authorize.as_str()),
+        ("OAUTH_TOKEN_ENDPOINT", token.as_str()),
+        ("OAUTH_REFRESH_ENDPOINT", refresh.as_str()),
+        ("OAUTH_CODE_PARAM", "authorization_code"),
+        ("OAUTH_REFRESH_TOKEN_PARAM", "token"),
+        ("OAUTH_CLIENT_ID", "seed-client"),
+        ("OAUTH_REDIRECT_URI", redirect.as_str()),
+        ("FUNCTION_KEY", TEST_FUNCTION_KEY),
+    ];
+    let app = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &settings);
     let agent = HttpAgent::new();
     let start = agent.get(&app.url(&format!("/api/authorize?code={TEST_FUNCTION_KEY}&connection=seed"))).await;
     assert_eq!(start.status(), 302, "{}", app.log());
@@ -525,6 +544,27 @@ async fn a_plain_oauth2_server_in_the_seed_001_dialect_connects() {
         .unwrap();
     assert_eq!(status["connections"][0]["id"], "seed");
     assert_eq!(status["connections"][0]["state"], "active");
+    assert_eq!(status["connections"][0]["access_token_lifetime_assumed"], true, "an opaque token, no expires_in");
+
+    // Refresh at its separate route with `token`, twice: the second presents the rotated one.
+    for round in 1..=2 {
+        let mut command = harness::command(app.dir.path(), &settings);
+        command.args(["token", "--connection", "seed", "--force"]);
+        // The seed server runs on this test's runtime: wait for the process off it.
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["refreshed"], true);
+        // The JWT's own `exp` (5 minutes) stands in for the missing expires_in.
+        assert_eq!(report["expires_in_assumed"], false);
+        let left = report["expires_in_seconds"].as_i64().unwrap();
+        assert!((250..=300).contains(&left), "round {round}: {left} s left");
+    }
+    let requests = fixture.token_requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(requests[1]["token"], "rt-1");
+    assert_eq!(requests[1]["client_id"], "seed-client");
+    assert!(requests[2]["token"].starts_with("rt-") && requests[2]["token"] != "rt-1");
 }
 
 /// An Azure AD B2C-shaped server: a policy in the authority's path (as seed 002's custom

@@ -199,7 +199,7 @@ async fn a_revoked_grant_needs_reauth_once_with_one_alert_and_reconsent_restores
     assert_eq!(alerts[0]["alert"], "connection_needs_reauth");
     assert_eq!(alerts[0]["connection"], "default");
     assert_eq!(alerts[0]["class"], "needs_reauth");
-    assert_eq!(alerts[0]["code"], "invalid_grant");
+    assert_eq!(alerts[0]["error_code"], "invalid_grant");
     assert!(alerts[0]["text"].as_str().unwrap().contains("default"));
 
     let report = StatusReport::gather(&instances[0]).await.unwrap();

@@ -658,7 +658,7 @@ impl<'a> Tokens<'a> {
         if let Err(e) = &updated {
             tracing::error!(connection = %subject.id, error = %e, "the refresh failure could not be recorded");
         }
-        tracing::warn!(connection = %subject.id, class = failure.class.name(), code = %failure.code,
+        tracing::warn!(connection = %subject.id, class = failure.class.name(), error_code = %failure.code,
             reason = %failure.reason, consecutive_failures = failures, "access token refresh failed");
         let alert = match failure.class {
             FailureClass::Reauth if was_active && updated.is_ok() => Some(Alert::new(
