@@ -33,7 +33,7 @@ use crate::config::OAuthGrant;
 use crate::connections::{self, Connection, ConnectionState, APP_ONLY_CONNECTION, APP_ONLY_PARTITION};
 use crate::handlers::App;
 use crate::oauth::provider::Provider;
-use crate::oauth::token::{request_tokens, TokenRequest, TokenSet};
+use crate::oauth::token::{request_tokens, ClientAuth, TokenRequest, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{lease, IfMatch, StoreError, Table, TypedTable, Versioned};
 use bundle::{refresh_time, TokenBundle};
@@ -368,6 +368,7 @@ impl<'a> Tokens<'a> {
         let name = subject.lease_name();
         // A crashed holder's lease ends after `ttl`; waiting a little longer lets us take it.
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(5);
+        let mut polls = 0u64;
         loop {
             if let Some(held) =
                 lease::acquire(self.app.stores.tables.as_ref(), &name, &self.service.holder, ttl).await?
@@ -377,7 +378,10 @@ impl<'a> Tokens<'a> {
             if tokio::time::Instant::now() >= deadline {
                 return Err(TokenError::Busy(subject.id.clone()));
             }
-            let pause = Duration::from_millis(100 + u64::from(rand::random::<u8>()));
+            // Quick at first (a refresh takes a fraction of a second), then at most once a second
+            // so waiting on a slow token endpoint costs few store reads.
+            polls += 1;
+            let pause = Duration::from_millis((100 * polls).min(1000) + u64::from(rand::random::<u8>()) / 2);
             tokio::time::sleep(pause).await;
             let record = self.load(subject).await?;
             usable(&record.value)?;
@@ -410,11 +414,25 @@ impl<'a> Tokens<'a> {
         let provider = self.app.oauth().provider.get().await.map_err(|e| TokenError::Configuration(e.to_string()))?;
         let mut attempt = 0;
         loop {
+            // The client's credential first (a managed-identity assertion can take a while), so
+            // the renewed lease covers the token-endpoint call and nothing else.
+            let auth = match self.app.oauth().client_auth(&provider).await {
+                Ok(auth) => auth,
+                Err(reason) => {
+                    let failure = Failure {
+                        class: FailureClass::AppCredentials,
+                        code: "client_auth".into(),
+                        reason,
+                        retry_after: None,
+                    };
+                    return Err(self.record_failure(subject, record, failure).await);
+                }
+            };
             let ttl = self.app.settings.tokens.refresh_lease;
             if !lease::renew(self.app.stores.tables.as_ref(), held, ttl).await? {
                 return Err(TokenError::Busy(subject.id.clone()));
             }
-            match self.request(subject, &provider, &current).await {
+            match self.request(subject, &provider, &auth, &current).await {
                 Ok(tokens) => return self.record_success(subject, record, current, tokens).await,
                 Err(failure) => {
                     attempt += 1;
@@ -471,16 +489,11 @@ impl<'a> Tokens<'a> {
         &self,
         subject: &Subject,
         provider: &Provider,
+        auth: &ClientAuth,
         current: &TokenBundle,
     ) -> Result<TokenSet, Failure> {
         let oauth = self.app.oauth();
         let settings = &self.app.settings.oauth;
-        let auth = oauth.client_auth(provider).await.map_err(|reason| Failure {
-            class: FailureClass::AppCredentials,
-            code: "client_auth".into(),
-            reason,
-            retry_after: None,
-        })?;
         let (endpoint, params) = if subject.app_only {
             let mut params = vec![("grant_type", SecretString::new("client_credentials"))];
             if !settings.scopes.is_empty() {
@@ -503,12 +516,8 @@ impl<'a> Tokens<'a> {
             }
             (&provider.refresh_endpoint, params)
         };
-        let request = TokenRequest {
-            endpoint,
-            client_id: settings.client_id.as_deref().unwrap_or_default(),
-            auth: &auth,
-            params,
-        };
+        let request =
+            TokenRequest { endpoint, client_id: settings.client_id.as_deref().unwrap_or_default(), auth, params };
         let timeout = self.app.settings.tokens.endpoint_timeout;
         let result = match tokio::time::timeout(timeout, request_tokens(&oauth.http, request)).await {
             Ok(result) => result,
