@@ -136,6 +136,21 @@ pub async fn clear_connection(stores: &Stores, connection: &str) -> Result<(), S
     clear(stores, Some(connection)).await
 }
 
+/// Ends the alerts of a connection with these names (a refresh succeeded: its refresh alerts
+/// are over, a B2C deadline is not).
+pub async fn clear_connection_named(stores: &Stores, connection: &str, names: &[&str]) -> Result<(), StoreError> {
+    let partition = partition(Some(connection));
+    for alert in list(stores, Some(connection)).await? {
+        if names.contains(&alert.alert.as_str()) {
+            match stores.tables.delete(Table::Alerts, &partition, &alert.row(), crate::store::IfMatch::Any).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Ends the app-level alerts (a token request succeeded, so the app's credentials work).
 pub async fn clear_app(stores: &Stores) -> Result<(), StoreError> {
     clear(stores, None).await

@@ -146,20 +146,8 @@ pub async fn save_consent(
 ) -> Result<Option<String>, ConsentError> {
     let refresh_token = tokens.refresh_token.clone().ok_or(ConsentError::NoRefreshToken)?;
     let table = TypedTable::new(stores.tables.as_ref(), Table::Connections);
-    let existing = get(stores, &connection.id).await?;
-    let mut replaced = None;
-    if let Some(existing) = &existing {
-        if existing.value.account != connection.account {
-            if !replace {
-                return Err(ConsentError::AccountSwitch {
-                    connection: connection.id.clone(),
-                    existing: existing.value.display_account().to_owned(),
-                    new: connection.display_account().to_owned(),
-                });
-            }
-            replaced = Some(existing.value.display_account().to_owned());
-        }
-    }
+    let mut existing = get(stores, &connection.id).await?;
+    let mut replaced = account_switch(existing.as_ref(), &connection, replace)?;
     let issued_at = connection.consented_at;
     let expires_at = issued_at + crate::tokens::delta(tokens.expires_in);
     let refresh_at = refresh_time(issued_at, tokens.expires_in, refresh_margin, tokens.refresh_in);
@@ -171,26 +159,35 @@ pub async fn save_consent(
         refresh_at: Some(refresh_at),
         scopes: connection.scopes.clone(),
         issued_at,
+        supersedes: None,
     };
     connection.refresh_token_secret = connection_secret_name(REFRESH_TOKEN_SECRET, &connection.id);
     connection.refresh_token_version =
         Some(stores.secrets.set(&connection.refresh_token_secret, &bundle.to_secret()).await?);
-    connection.token_generation = bundle.generation;
     connection.access_token_expires_at = Some(expires_at);
     connection.refresh_at = Some(refresh_at);
     connection.expires_in_assumed = tokens.expires_in_assumed;
     connection.last_refresh_success = Some(issued_at);
-    match existing {
-        None => match table.insert(PARTITION, &connection.id, &connection).await {
-            Ok(_) => {}
-            // Another consent for the same id landed first: ours is newer, replace it.
-            Err(StoreError::AlreadyExists { .. }) => {
-                table.update(PARTITION, &connection.id, &connection, IfMatch::Any).await?;
+    // A refresh or a failure record may land between our read and our write: read again and
+    // retry, still refusing an account switch that was not asked for.
+    for attempt in 1..=5 {
+        connection.token_generation =
+            bundle.generation.max(existing.as_ref().map_or(0, |e| e.value.token_generation) + 1);
+        let written = match &existing {
+            None => table.insert(PARTITION, &connection.id, &connection).await,
+            Some(current) => {
+                table.update(PARTITION, &connection.id, &connection, IfMatch::ETag(current.etag.clone())).await
+            }
+        };
+        match written {
+            Ok(_) => break,
+            Err(
+                StoreError::AlreadyExists { .. } | StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. },
+            ) if attempt < 5 => {
+                existing = get(stores, &connection.id).await?;
+                replaced = account_switch(existing.as_ref(), &connection, replace)?;
             }
             Err(e) => return Err(e.into()),
-        },
-        Some(existing) => {
-            table.update(PARTITION, &connection.id, &connection, IfMatch::ETag(existing.etag)).await?;
         }
     }
     // Alerts about the old grant are over; a new failure alerts again.
@@ -198,6 +195,24 @@ pub async fn save_consent(
         tracing::warn!(connection = %connection.id, error = %e, "old alerts could not be cleared");
     }
     Ok(replaced)
+}
+
+/// Refuses a consent by another account than the connection's unless `replace` was asked for;
+/// with it, names the account replaced.
+fn account_switch(
+    existing: Option<&Versioned<Connection>>,
+    connection: &Connection,
+    replace: bool,
+) -> Result<Option<String>, ConsentError> {
+    let Some(existing) = existing.filter(|e| e.value.account != connection.account) else { return Ok(None) };
+    if !replace {
+        return Err(ConsentError::AccountSwitch {
+            connection: connection.id.clone(),
+            existing: existing.value.display_account().to_owned(),
+            new: connection.display_account().to_owned(),
+        });
+    }
+    Ok(Some(existing.value.display_account().to_owned()))
 }
 
 /// The admin's link for connecting `id`: the authorize route on the same origin as

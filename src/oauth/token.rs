@@ -61,6 +61,10 @@ pub enum TokenError {
     Unreachable(String),
     #[error("the token response is not usable: {0}")]
     InvalidResponse(String),
+    /// A 2xx answer we cannot use that still carries a new refresh token: the server may have
+    /// rotated, so the caller must keep it.
+    #[error("the token response is not usable: {reason}")]
+    UnusableWithRefreshToken { reason: String, refresh_token: SecretString },
 }
 
 impl TokenError {
@@ -103,8 +107,18 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
 
 /// Parses a 2xx token endpoint body.
 pub fn parse_token_response(body: &[u8]) -> Result<TokenSet, TokenError> {
-    let raw: RawTokenResponse = serde_json::from_slice(body)
+    let mut raw: RawTokenResponse = serde_json::from_slice(body)
         .map_err(|e| TokenError::InvalidResponse(format!("not a JSON token response ({})", e.classify_name())))?;
+    let refresh_token = raw.refresh_token.take().filter(|t| !t.is_empty()).map(SecretString::new);
+    validate_token_response(raw, refresh_token.clone()).map_err(|e| match (e, refresh_token) {
+        (TokenError::InvalidResponse(reason), Some(refresh_token)) => {
+            TokenError::UnusableWithRefreshToken { reason, refresh_token }
+        }
+        (e, _) => e,
+    })
+}
+
+fn validate_token_response(raw: RawTokenResponse, refresh_token: Option<SecretString>) -> Result<TokenSet, TokenError> {
     let access_token = raw
         .access_token
         .filter(|t| !t.is_empty())
@@ -123,7 +137,7 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenSet, TokenError> {
     };
     Ok(TokenSet {
         access_token: SecretString::new(access_token),
-        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(SecretString::new),
+        refresh_token,
         id_token: raw.id_token.filter(|t| !t.is_empty()).map(SecretString::new),
         token_type: raw.token_type,
         expires_in,
@@ -323,6 +337,19 @@ mod tests {
         assert!(!err.contains("secret-at"), "{err}");
         let err = parse_token_response(b"{\"access_token\": \"secret-at\"").unwrap_err().to_string();
         assert!(err.contains("truncated") && !err.contains("secret-at"), "{err}");
+    }
+
+    #[test]
+    fn an_unusable_answer_still_hands_over_its_new_refresh_token() {
+        match parse_token_response(br#"{"refresh_token":"rotated-rt","token_type":"Bearer"}"#) {
+            Err(e @ TokenError::UnusableWithRefreshToken { .. }) => {
+                assert!(!e.to_string().contains("rotated-rt") && !format!("{e:?}").contains("rotated-rt"));
+                let TokenError::UnusableWithRefreshToken { refresh_token, .. } = e else { unreachable!() };
+                assert_eq!(refresh_token.expose(), "rotated-rt");
+            }
+            other => panic!("expected the refresh token back, got {other:?}"),
+        }
+        assert!(matches!(parse_token_response(br#"{"token_type":"mac"}"#), Err(TokenError::InvalidResponse(_))));
     }
 
     #[test]

@@ -94,3 +94,51 @@ fn ttl_delta(ttl: Duration) -> StoreResult<chrono::TimeDelta> {
 fn new_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
+
+/// A held lease kept alive in the background (renewed every third of its TTL) for as long as
+/// its holder works, however long a store write or a retry takes. If a renewal finds the lease
+/// taken (it expired, e.g. the process was paused), [`Keeper::is_lost`] says so and the holder
+/// must stop before doing anything the lease protects.
+pub struct Keeper {
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Lease>,
+}
+
+impl Keeper {
+    pub fn keep(store: std::sync::Arc<dyn TableStore>, lease: Lease, ttl: Duration) -> Keeper {
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (flag, stopped) = (lost.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut lease = lease;
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return lease,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+                match renew(store.as_ref(), &mut lease, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        stopped.cancelled().await;
+                        return lease;
+                    }
+                    // The next tick tries again; the lease is good for two more.
+                    Err(e) => tracing::warn!(lease = %lease.name, error = %e, "a lease could not be renewed"),
+                }
+            }
+        });
+        Keeper { lost, stop, task }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops renewing and hands the lease back for release.
+    pub async fn finish(self) -> Option<Lease> {
+        self.stop.cancel();
+        self.task.await.ok()
+    }
+}

@@ -21,6 +21,10 @@ pub struct TokenBundle {
     pub refresh_at: Option<DateTime<Utc>>,
     pub scopes: Vec<String>,
     pub issued_at: DateTime<Utc>,
+    /// For a set stored by a refresh: the version the connection record named when that
+    /// refresh began (the set it replaces). `None` for a consent's set. Lets the next refresh
+    /// recognise, and adopt, a set whose refresh died before it could update the record.
+    pub supersedes: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +42,8 @@ struct Wire {
     #[serde(default)]
     scopes: Vec<String>,
     issued_at: DateTime<Utc>,
+    #[serde(default)]
+    supersedes: Option<String>,
 }
 
 impl TokenBundle {
@@ -51,6 +57,7 @@ impl TokenBundle {
             refresh_at: self.refresh_at,
             scopes: self.scopes.clone(),
             issued_at: self.issued_at,
+            supersedes: self.supersedes.clone(),
         };
         let text = Zeroizing::new(serde_json::to_string(&wire).expect("plain data serialises"));
         // The copies made for serialisation are wiped as the originals would be.
@@ -75,6 +82,7 @@ impl TokenBundle {
                 refresh_at: None,
                 scopes: Vec::new(),
                 issued_at: created,
+                supersedes: None,
             });
         }
         let wire: Wire = serde_json::from_str(text).map_err(|_| "the stored token set is not readable".to_owned())?;
@@ -89,6 +97,7 @@ impl TokenBundle {
             refresh_at: wire.refresh_at,
             scopes: wire.scopes,
             issued_at: wire.issued_at,
+            supersedes: wire.supersedes,
         })
     }
 }
@@ -127,6 +136,7 @@ mod tests {
             refresh_at: Some(now + chrono::TimeDelta::seconds(3000)),
             scopes: vec!["openid".into(), "api".into()],
             issued_at: now,
+            supersedes: Some("v1".into()),
         };
         let stored = bundle.to_secret();
         let back = TokenBundle::from_secret(&stored, now).unwrap();
@@ -135,6 +145,7 @@ mod tests {
         assert_eq!(back.access_token.unwrap().expose(), "at-secret");
         assert_eq!(back.expires_at, bundle.expires_at);
         assert_eq!(back.scopes, bundle.scopes);
+        assert_eq!(back.supersedes.as_deref(), Some("v1"));
         let printed = format!("{bundle:?} {stored:?}");
         assert!(!printed.contains("rt-secret") && !printed.contains("at-secret"), "{printed}");
     }

@@ -54,6 +54,20 @@ pub struct Failure {
     /// The OAuth error and description (or what went wrong), safe to log and show.
     pub reason: String,
     pub retry_after: Option<Duration>,
+    /// A refresh token that came back in an answer we could not use: it must be kept.
+    pub rotated_refresh_token: Option<crate::secret::SecretString>,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, code: &str, reason: &str) -> Self {
+        Failure {
+            class,
+            code: code.to_owned(),
+            reason: crate::telemetry::redact(reason).into_owned(),
+            retry_after: None,
+            rotated_refresh_token: None,
+        }
+    }
 }
 
 pub fn classify(error: &EndpointError) -> Failure {
@@ -80,11 +94,25 @@ pub fn classify(error: &EndpointError) -> Failure {
         EndpointError::Http { status, retry_after } if *status == 429 || *status >= 500 => {
             (FailureClass::Transient, *retry_after)
         }
+        // Client authentication failed, without an OAuth body to say so.
+        EndpointError::Http { status: 401, retry_after } => (FailureClass::AppCredentials, *retry_after),
         EndpointError::Http { retry_after, .. } => (FailureClass::Rejected, *retry_after),
         EndpointError::Timeout | EndpointError::Unreachable(_) => (FailureClass::Transient, None),
-        EndpointError::InvalidResponse(_) => (FailureClass::Rejected, None),
+        EndpointError::InvalidResponse(_) | EndpointError::UnusableWithRefreshToken { .. } => {
+            (FailureClass::Rejected, None)
+        }
     };
-    Failure { class, code: code(error), reason, retry_after: retry_after.map(|d| d.min(MAX_RETRY_AFTER)) }
+    let rotated_refresh_token = match error {
+        EndpointError::UnusableWithRefreshToken { refresh_token, .. } => Some(refresh_token.clone()),
+        _ => None,
+    };
+    Failure {
+        class,
+        code: code(error),
+        reason,
+        retry_after: retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
+        rotated_refresh_token,
+    }
 }
 
 fn code(error: &EndpointError) -> String {
@@ -93,7 +121,7 @@ fn code(error: &EndpointError) -> String {
         EndpointError::Http { status, .. } => format!("http_{status}"),
         EndpointError::Timeout => "timeout".into(),
         EndpointError::Unreachable(_) => "unreachable".into(),
-        EndpointError::InvalidResponse(_) => "invalid_response".into(),
+        EndpointError::InvalidResponse(_) | EndpointError::UnusableWithRefreshToken { .. } => "invalid_response".into(),
     }
 }
 
@@ -181,6 +209,7 @@ mod tests {
         assert_eq!(classify(&http(429)).class, FailureClass::Transient);
         assert_eq!(classify(&http(502)).retry_after, Some(Duration::from_secs(7)));
         assert_eq!(classify(&http(404)).class, FailureClass::Rejected);
+        assert_eq!(classify(&http(401)).class, FailureClass::AppCredentials);
         assert_eq!(classify(&EndpointError::Timeout).class, FailureClass::Transient);
         // Message text does not decide: an invalid_request that mentions "expired" is a refusal.
         assert_eq!(classify(&rejected(400, "invalid_request", &[])).class, FailureClass::Rejected);
@@ -198,26 +227,15 @@ mod tests {
 
     #[test]
     fn pauses_grow_honour_retry_after_and_stay_bounded() {
-        let transient = |retry_after| Failure {
-            class: FailureClass::Transient,
-            code: String::new(),
-            reason: String::new(),
-            retry_after,
-        };
+        let transient = |retry_after| Failure { retry_after, ..Failure::new(FailureClass::Transient, "", "") };
         let first = pause(&transient(None), 1);
         assert!(first >= Duration::from_millis(3750) && first <= Duration::from_millis(6250), "{first:?}");
         let tenth = pause(&transient(None), 10);
         assert!(tenth <= MAX_BACKOFF.mul_f64(1.25) && tenth >= MAX_BACKOFF.mul_f64(0.75), "{tenth:?}");
         assert_eq!(pause(&transient(Some(Duration::from_secs(120))), 1), Duration::from_secs(120));
-        let rejected =
-            Failure { class: FailureClass::Rejected, code: String::new(), reason: String::new(), retry_after: None };
+        let rejected = Failure::new(FailureClass::Rejected, "", "");
         assert_eq!(pause(&rejected, 3), REJECTED_PAUSE);
-        let looped = Failure {
-            class: FailureClass::LoopDetected,
-            code: String::new(),
-            reason: String::new(),
-            retry_after: None,
-        };
+        let looped = Failure::new(FailureClass::LoopDetected, "", "");
         assert!(pause(&looped, 1) >= LOOP_PAUSE);
         assert_eq!(
             retry_in_call(&transient(Some(Duration::from_secs(2))), 0, Duration::from_secs(5)),

@@ -45,8 +45,15 @@ const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: u32 = 3;
 /// Transient failures in a row that raise an alert (the connection is still active).
 pub const FAILING_ALERT_AFTER: u32 = 5;
-/// Tries for the one secret-store write that keeps a rotated refresh token.
-const SECRET_WRITE_TRIES: u32 = 3;
+/// Tries for the one secret-store write that keeps a rotated refresh token (about 15 s).
+const SECRET_WRITE_TRIES: u32 = 5;
+/// Key Vault takes values up to 25 KB.
+const MAX_SECRET_CHARS: usize = 24 * 1024;
+/// How long this process trusts its cached token before reading the record again.
+const CACHE_RECHECK: Duration = Duration::from_secs(60);
+/// The alerts a successful refresh ends.
+const REFRESH_ALERTS: [&str; 4] =
+    ["connection_needs_reauth", "token_refresh_rejected", "token_refresh_failing", "token_set_not_stored"];
 
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
@@ -63,6 +70,8 @@ pub struct AccessToken {
     pub source: TokenSource,
     /// The server sent no `expires_in`; the lifetime was assumed.
     pub expires_in_assumed: bool,
+    /// The generation of the token set it came from.
+    pub generation: u64,
 }
 
 /// Where a token came from on this call.
@@ -154,10 +163,17 @@ impl Subject {
     }
 }
 
+/// A token this process holds, and when the record was last looked at to confirm it.
+#[derive(Clone)]
+struct Cached {
+    token: AccessToken,
+    checked_at: DateTime<Utc>,
+}
+
 /// The per-process half of the token lifecycle: the memory cache and the single-flight locks.
 /// One per process (in [`App`]); everything shared lives in the store.
 pub struct TokenService {
-    cache: Mutex<HashMap<String, AccessToken>>,
+    cache: Mutex<HashMap<String, Cached>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     holder: String,
     clock: Clock,
@@ -181,15 +197,29 @@ impl TokenService {
         }
     }
 
-    fn cached(&self, id: &str, want: Want, now: DateTime<Utc>) -> Option<AccessToken> {
+    /// The held token if it suits `want`, and whether the record was confirmed recently.
+    fn cached(&self, id: &str, want: Want, now: DateTime<Utc>) -> Option<(AccessToken, bool)> {
         let cache = self.cache.lock().expect("token cache lock");
-        let token = cache.get(id)?;
+        let entry = cache.get(id)?;
+        let token = &entry.token;
+        let confirmed = now - entry.checked_at < delta(CACHE_RECHECK);
         want.accepts(token.issued_at, token.refresh_at, now)
-            .then(|| AccessToken { source: TokenSource::Memory, ..token.clone() })
+            .then(|| (AccessToken { source: TokenSource::Memory, ..token.clone() }, confirmed))
     }
 
-    fn remember(&self, token: &AccessToken) {
-        self.cache.lock().expect("token cache lock").insert(token.connection.clone(), token.clone());
+    fn remember(&self, token: &AccessToken, now: DateTime<Utc>) {
+        let entry = Cached { token: token.clone(), checked_at: now };
+        self.cache.lock().expect("token cache lock").insert(token.connection.clone(), entry);
+    }
+
+    fn confirmed(&self, id: &str, now: DateTime<Utc>) {
+        if let Some(entry) = self.cache.lock().expect("token cache lock").get_mut(id) {
+            entry.checked_at = now;
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.cache.lock().expect("token cache lock").remove(id);
     }
 
     fn flight(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -230,24 +260,42 @@ impl<'a> Tokens<'a> {
     }
 
     /// Drops this process's copy of a connection's token (a re-consent replaced the grant, maybe
-    /// with another account); other instances' copies age out at their refresh time.
+    /// with another account). Other instances notice within `CACHE_RECHECK`.
     pub fn forget(&self, connection: &str) {
-        self.service.cache.lock().expect("token cache lock").remove(connection);
+        self.service.forget(connection);
     }
 
     async fn get(&self, connection: &str, want: Want) -> Result<AccessToken, TokenError> {
         let subject = self.subject(connection)?;
-        if let Some(token) = self.service.cached(&subject.id, want, self.now()) {
+        if let Some(token) = self.held_in_memory(&subject, want).await? {
             return Ok(token);
         }
         let flight = self.service.flight(&subject.id);
         let _one_caller_at_a_time = flight.lock().await;
-        if let Some(token) = self.service.cached(&subject.id, want, self.now()) {
+        if let Some(token) = self.held_in_memory(&subject, want).await? {
             return Ok(token);
         }
         let token = self.obtain(&subject, want).await?;
-        self.service.remember(&token);
+        self.service.remember(&token, self.now());
         Ok(token)
+    }
+
+    /// The token this process holds. Once per `CACHE_RECHECK` the record is read to confirm it
+    /// is still the connection's (same generation, still active), so a re-consent — maybe of
+    /// another account — or a grant another instance found dead reaches every process quickly.
+    async fn held_in_memory(&self, subject: &Subject, want: Want) -> Result<Option<AccessToken>, TokenError> {
+        let now = self.now();
+        let Some((token, confirmed)) = self.service.cached(&subject.id, want, now) else { return Ok(None) };
+        if confirmed {
+            return Ok(Some(token));
+        }
+        let record = self.load(subject).await?.value;
+        if record.state == ConnectionState::Active && record.token_generation == token.generation {
+            self.service.confirmed(&subject.id, now);
+            return Ok(Some(token));
+        }
+        self.service.forget(&subject.id);
+        Ok(None)
     }
 
     fn subject(&self, connection: &str) -> Result<Subject, TokenError> {
@@ -270,14 +318,18 @@ impl<'a> Tokens<'a> {
             return Ok(token);
         }
         self.not_blocked(&record.value)?;
-        let mut held = match self.take_lease(subject, want).await? {
+        let held = match self.take_lease(subject, want).await? {
             Leased::Token(token) => return Ok(token),
             Leased::Lease(held) => held,
         };
-        let result = self.refresh_holding(subject, want, &mut held).await;
-        if let Err(e) = lease::release(self.app.stores.tables.as_ref(), held).await {
-            // It expires by itself; only the next refresh of this connection can be delayed.
-            tracing::warn!(connection = %subject.id, error = %e, "the refresh lease could not be released");
+        // Renewed in the background until the refresh is recorded, however long that takes.
+        let keeper = lease::Keeper::keep(self.app.stores.tables.clone(), held, self.app.settings.tokens.refresh_lease);
+        let result = self.refresh_holding(subject, want, &keeper).await;
+        if let Some(held) = keeper.finish().await {
+            if let Err(e) = lease::release(self.app.stores.tables.as_ref(), held).await {
+                // It expires by itself; only the next refresh of this connection can be delayed.
+                tracing::warn!(connection = %subject.id, error = %e, "the refresh lease could not be released");
+            }
         }
         result
     }
@@ -397,7 +449,7 @@ impl<'a> Tokens<'a> {
         &self,
         subject: &Subject,
         want: Want,
-        held: &mut lease::Lease,
+        keeper: &lease::Keeper,
     ) -> Result<AccessToken, TokenError> {
         // Everything is read again under the lease: the refresh token read before it may
         // already have been used by the instance that held the lease before us.
@@ -414,43 +466,55 @@ impl<'a> Tokens<'a> {
         let provider = self.app.oauth().provider.get().await.map_err(|e| TokenError::Configuration(e.to_string()))?;
         let mut attempt = 0;
         loop {
-            // The client's credential first (a managed-identity assertion can take a while), so
-            // the renewed lease covers the token-endpoint call and nothing else.
             let auth = match self.app.oauth().client_auth(&provider).await {
                 Ok(auth) => auth,
                 Err(reason) => {
-                    let failure = Failure {
-                        class: FailureClass::AppCredentials,
-                        code: "client_auth".into(),
-                        reason,
-                        retry_after: None,
-                    };
-                    return Err(self.record_failure(subject, record, failure).await);
+                    return Err(self.record_failure(subject, record, self.client_auth_failure(&reason)).await)
                 }
             };
-            let ttl = self.app.settings.tokens.refresh_lease;
-            if !lease::renew(self.app.stores.tables.as_ref(), held, ttl).await? {
+            // Never present the refresh token once the lease is gone: its new holder may have.
+            if keeper.is_lost() {
                 return Err(TokenError::Busy(subject.id.clone()));
             }
-            match self.request(subject, &provider, &auth, &current).await {
+            let mut failure = match self.request(subject, &provider, &auth, &current).await {
                 Ok(tokens) => return self.record_success(subject, record, current, tokens).await,
-                Err(failure) => {
-                    attempt += 1;
-                    match classify::retry_in_call(&failure, attempt, MAX_IN_CALL_WAIT) {
-                        Some(wait) if attempt < MAX_ATTEMPTS => {
-                            tracing::warn!(connection = %subject.id, reason = %failure.reason, wait_ms = wait.as_millis() as u64,
-                                "token endpoint failed; trying again shortly");
-                            tokio::time::sleep(wait).await;
-                        }
-                        _ => return Err(self.record_failure(subject, record, failure).await),
-                    }
+                Err(failure) => failure,
+            };
+            if subject.app_only && failure.class == FailureClass::Reauth {
+                // The app has no grant to lose: a refusal of client credentials is about them.
+                failure.class = FailureClass::AppCredentials;
+            }
+            if let Some(rotated) = failure.rotated_refresh_token.take() {
+                let record = self.keep_rotated(subject, record, &current, rotated).await;
+                return Err(self.record_failure(subject, record, failure).await);
+            }
+            attempt += 1;
+            match classify::retry_in_call(&failure, attempt, MAX_IN_CALL_WAIT) {
+                Some(wait) if attempt < MAX_ATTEMPTS => {
+                    tracing::warn!(connection = %subject.id, reason = %failure.reason, wait_ms = wait.as_millis() as u64,
+                        "token endpoint failed; trying again shortly");
+                    tokio::time::sleep(wait).await;
                 }
+                _ => return Err(self.record_failure(subject, record, failure).await),
             }
         }
     }
 
-    /// The token set in force. A newer generation than the record names, left as the latest
-    /// version, is one a refresh stored before it died: it holds the newest refresh token.
+    /// The client's own credential could not be made: a managed identity that did not answer is
+    /// transient; a certificate that cannot be read is the app's configuration.
+    fn client_auth_failure(&self, reason: &str) -> Failure {
+        let class = if self.app.settings.oauth.federated_credential {
+            FailureClass::Transient
+        } else {
+            FailureClass::AppCredentials
+        };
+        Failure::new(class, "client_auth", reason)
+    }
+
+    /// The token set in force. A later version that supersedes exactly the one the record names
+    /// was stored by a refresh that died before it could update the record: it holds the newest
+    /// refresh token, so it is adopted. (A consent's set supersedes nothing and is never
+    /// adopted: its own write names it.)
     async fn current_bundle(
         &self,
         subject: &Subject,
@@ -463,7 +527,7 @@ impl<'a> Tokens<'a> {
             let is_named = record.refresh_token_version.as_deref() == Some(latest.version.as_str());
             match TokenBundle::from_secret(&latest.value, latest.created) {
                 Ok(bundle) if is_named => return Ok(Ok(bundle)),
-                Ok(bundle) if bundle.generation > record.token_generation => {
+                Ok(bundle) if bundle.supersedes.is_some() && bundle.supersedes == record.refresh_token_version => {
                     tracing::warn!(connection = %subject.id, generation = bundle.generation,
                         "adopting the token set an interrupted refresh stored");
                     return Ok(Ok(bundle));
@@ -477,7 +541,8 @@ impl<'a> Tokens<'a> {
         };
         match named.map(|s| TokenBundle::from_secret(&s.value, s.created)) {
             Some(Ok(bundle)) => Ok(Ok(bundle)),
-            None if subject.app_only => Ok(Ok(empty_bundle(self.now()))),
+            // The app's set only saves a call; without one, it simply asks for a new token.
+            _ if subject.app_only => Ok(Ok(empty_bundle(self.now()))),
             None => Ok(Err(store_failure("the refresh token is missing from the secret store"))),
             Some(Err(reason)) => Ok(Err(store_failure(&reason))),
         }
@@ -536,80 +601,156 @@ impl<'a> Tokens<'a> {
         let now = self.now();
         let margin = self.app.settings.tokens.refresh_margin;
         let rotated = tokens.refresh_token.is_some();
+        let scopes = match tokens.scope {
+            Some(scopes) => scopes,
+            None if current.scopes.is_empty() => record.value.scopes.clone(),
+            None => current.scopes.clone(),
+        };
         let bundle = TokenBundle {
             generation: current.generation.max(record.value.token_generation) + 1,
             refresh_token: tokens.refresh_token.or(current.refresh_token),
             access_token: Some(tokens.access_token),
             expires_at: Some(now + delta(tokens.expires_in)),
             refresh_at: Some(refresh_time(now, tokens.expires_in, margin, tokens.refresh_in)),
-            scopes: tokens.scope.unwrap_or_else(|| {
-                if current.scopes.is_empty() {
-                    record.value.scopes.clone()
-                } else {
-                    current.scopes
-                }
-            }),
+            scopes,
             issued_at: now,
+            supersedes: record.value.refresh_token_version.clone(),
         };
-        let version = self.store_bundle(subject, &record.value.refresh_token_secret, &bundle).await?;
         let had_trouble = record.value.last_error.is_some() || record.value.consecutive_failures > 0;
-        let base_generation = record.value.token_generation;
-        let apply = |c: &mut Connection| {
-            c.refresh_token_version = Some(version.clone());
-            c.token_generation = bundle.generation;
-            c.access_token_expires_at = bundle.expires_at;
-            c.refresh_at = bundle.refresh_at;
-            c.expires_in_assumed = tokens.expires_in_assumed;
-            c.scopes = bundle.scopes.clone();
-            c.last_refresh_success = Some(now);
-            c.consecutive_failures = 0;
-            c.retry_not_before = None;
-            c.last_error_class = None;
-            c.last_error = None;
-        };
-        let written = self
-            .update_record(subject, record, |c| {
-                // A newer token set (a re-consent) was stored meanwhile: never go back from it.
-                if c.token_generation != base_generation {
-                    return false;
-                }
-                apply(c);
-                true
+        let assumed = tokens.expires_in_assumed;
+        let persisted = self
+            .persist(subject, record.clone(), &bundle, |c| {
+                c.expires_in_assumed = assumed;
+                c.last_refresh_success = Some(now);
+                c.consecutive_failures = 0;
+                c.retry_not_before = None;
+                c.last_error_class = None;
+                c.last_error = None;
             })
             .await;
-        match written {
+        match persisted {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(connection = %subject.id,
-                "a newer token set was stored while refreshing; it stays in force"),
-            // The secret holds the new token set; the next refresh adopts it (`current_bundle`).
-            Err(e) => tracing::error!(connection = %subject.id, error = %e,
-                "the connection record could not be updated after a refresh"),
+            Ok(false) => {
+                // A newer token set (a re-consent, maybe of another account) was stored while we
+                // refreshed the old grant: it stays in force, and its token is the one to use.
+                tracing::warn!(connection = %subject.id, "a newer token set was stored while refreshing; it stays in force");
+                let newer = self.load(subject).await?;
+                usable(&newer.value)?;
+                return self
+                    .shared(subject, &newer.value, Want::Usable)
+                    .await?
+                    .ok_or(TokenError::Busy(subject.id.clone()));
+            }
+            Err(e) => {
+                let failure = Failure::new(FailureClass::Transient, "token_set_not_stored", &e.to_string());
+                return Err(self.record_failure(subject, record, failure).await);
+            }
         }
         if had_trouble {
             self.clear_alerts(subject).await;
         }
         tracing::info!(connection = %subject.id, generation = bundle.generation, rotated,
             expires_at = %bundle.expires_at.unwrap_or(now), "access token refreshed");
-        Ok(token_from_bundle(&subject.id, &bundle, TokenSource::TokenEndpoint, tokens.expires_in_assumed)
+        Ok(token_from_bundle(&subject.id, &bundle, TokenSource::TokenEndpoint, assumed)
             .expect("a refreshed bundle has an access token"))
     }
 
+    /// Keeps a refresh token that came back with an answer we could not use (the server may
+    /// have rotated, so the one we sent is spent).
+    async fn keep_rotated(
+        &self,
+        subject: &Subject,
+        record: Versioned<Connection>,
+        current: &TokenBundle,
+        rotated: SecretString,
+    ) -> Versioned<Connection> {
+        let bundle = TokenBundle {
+            generation: current.generation.max(record.value.token_generation) + 1,
+            refresh_token: Some(rotated),
+            access_token: None,
+            expires_at: None,
+            refresh_at: None,
+            scopes: current.scopes.clone(),
+            issued_at: self.now(),
+            supersedes: record.value.refresh_token_version.clone(),
+        };
+        match self.persist(subject, record.clone(), &bundle, |_| {}).await {
+            Ok(_) => self.load(subject).await.unwrap_or(record),
+            Err(e) => {
+                tracing::error!(connection = %subject.id, error = %e, "a rotated refresh token could not be stored");
+                record
+            }
+        }
+    }
+
+    /// Stores `bundle` as a new secret version, then moves the record to it under If-Match —
+    /// unless another writer moved it to a newer generation meanwhile (`Ok(false)`; the secret
+    /// version stays unused). `extra` adds what else the record should say.
+    async fn persist(
+        &self,
+        subject: &Subject,
+        record: Versioned<Connection>,
+        bundle: &TokenBundle,
+        extra: impl Fn(&mut Connection),
+    ) -> Result<bool, TokenError> {
+        let base_generation = record.value.token_generation;
+        let version = self.store_bundle(subject, &record.value.refresh_token_secret, bundle).await?;
+        let written = self
+            .update_record(subject, record, |c| {
+                if c.token_generation != base_generation {
+                    return false;
+                }
+                c.refresh_token_version = Some(version.clone());
+                c.token_generation = bundle.generation;
+                c.access_token_expires_at = bundle.expires_at;
+                c.refresh_at = bundle.refresh_at;
+                if !bundle.scopes.is_empty() {
+                    c.scopes = bundle.scopes.clone();
+                }
+                extra(c);
+                true
+            })
+            .await;
+        match written {
+            Ok(written) => Ok(written),
+            Err(e) => {
+                // The secret holds the new set; the next refresh adopts it (`current_bundle`).
+                tracing::error!(connection = %subject.id, error = %e, "the connection record could not be updated after a refresh");
+                Ok(true)
+            }
+        }
+    }
+
     /// The one secret write of a refresh. With a rotating server the old refresh token is
-    /// already spent, so this is retried before giving up.
+    /// already spent, so this is retried (the lease is kept meanwhile) before giving up. A set
+    /// too large for Key Vault is stored without its access token (other instances then
+    /// refresh for themselves, but the refresh token is never dropped).
     async fn store_bundle(&self, subject: &Subject, name: &str, bundle: &TokenBundle) -> Result<String, TokenError> {
-        let value = bundle.to_secret();
+        let mut value = bundle.to_secret();
+        if value.expose().len() > MAX_SECRET_CHARS {
+            tracing::warn!(connection = %subject.id, "the token set is too large for the secret store; storing it without the access token");
+            value = TokenBundle { access_token: None, ..bundle.clone() }.to_secret();
+        }
         let mut tries = 0;
         loop {
             tries += 1;
             match self.app.stores.secrets.set(name, &value).await {
                 Ok(version) => return Ok(version),
-                Err(e) if tries < SECRET_WRITE_TRIES => {
+                Err(e) if tries < SECRET_WRITE_TRIES && !matches!(e, StoreError::Invalid { .. }) => {
                     tracing::warn!(connection = %subject.id, error = %e, "storing the new token set failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+                    tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(tries))).await;
                 }
                 Err(e) => {
                     tracing::error!(connection = %subject.id, error = %e,
                         "the new token set could not be stored; the refresh token it carries is lost");
+                    let alert =
+                        Alert::new("token_set_not_stored", Some(&subject.id), "store", "secret_write", &e.to_string());
+                    if let Err(e) =
+                        alerts::raise(&self.app.stores, self.app.settings.tokens.alert_webhook_url.as_ref(), alert)
+                            .await
+                    {
+                        tracing::error!(connection = %subject.id, error = %e, "an alert could not be recorded");
+                    }
                     return Err(e.into());
                 }
             }
@@ -644,10 +785,15 @@ impl<'a> Tokens<'a> {
     async fn record_failure(&self, subject: &Subject, record: Versioned<Connection>, failure: Failure) -> TokenError {
         let now = self.now();
         let was_active = record.value.state == ConnectionState::Active;
+        let base_generation = record.value.token_generation;
         let mut failures = 0;
         let mut until = now;
         let updated = self
             .update_record(subject, record, |c| {
+                // A re-consent landed meanwhile: this failure was the old grant's, not its.
+                if c.token_generation != base_generation {
+                    return false;
+                }
                 c.last_refresh_failure = Some(now);
                 c.consecutive_failures = c.consecutive_failures.saturating_add(1);
                 c.last_error_class = Some(failure.class.name().to_owned());
@@ -667,10 +813,12 @@ impl<'a> Tokens<'a> {
         if let Err(e) = &updated {
             tracing::error!(connection = %subject.id, error = %e, "the refresh failure could not be recorded");
         }
+        let recorded = matches!(updated, Ok(true));
         tracing::warn!(connection = %subject.id, class = failure.class.name(), error_code = %failure.code,
             reason = %failure.reason, consecutive_failures = failures, "access token refresh failed");
         let alert = match failure.class {
-            FailureClass::Reauth if was_active && updated.is_ok() => Some(Alert::new(
+            _ if matches!(updated, Ok(false)) => None,
+            FailureClass::Reauth if was_active && recorded => Some(Alert::new(
                 "connection_needs_reauth",
                 Some(&subject.id),
                 failure.class.name(),
@@ -715,14 +863,13 @@ impl<'a> Tokens<'a> {
         }
     }
 
+    /// After a successful refresh: the refresh alerts of this connection are over, and so are
+    /// app-level ones (the app's credentials just worked). Others (a B2C deadline) stay.
     async fn clear_alerts(&self, subject: &Subject) {
-        let cleared = if subject.app_only {
-            alerts::clear_app(&self.app.stores).await
-        } else {
-            match alerts::clear_connection(&self.app.stores, &subject.id).await {
-                Ok(()) => alerts::clear_app(&self.app.stores).await,
-                Err(e) => Err(e),
-            }
+        let stores = &self.app.stores;
+        let cleared = match alerts::clear_connection_named(stores, &subject.id, &REFRESH_ALERTS).await {
+            Ok(()) => alerts::clear_app(stores).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = cleared {
             tracing::warn!(connection = %subject.id, error = %e, "alerts could not be cleared after a recovery");
@@ -762,6 +909,7 @@ fn token_from_bundle(id: &str, bundle: &TokenBundle, source: TokenSource, assume
         scopes: bundle.scopes.clone(),
         source,
         expires_in_assumed: assumed,
+        generation: bundle.generation,
     })
 }
 
@@ -774,17 +922,13 @@ fn empty_bundle(now: DateTime<Utc>) -> TokenBundle {
         refresh_at: None,
         scopes: Vec::new(),
         issued_at: now,
+        supersedes: None,
     }
 }
 
 /// The stored token set is unusable: nothing but a new consent can help.
 fn store_failure(reason: &str) -> Failure {
-    Failure {
-        class: FailureClass::Reauth,
-        code: "token_set_missing".into(),
-        reason: reason.to_owned(),
-        retry_after: None,
-    }
+    Failure::new(FailureClass::Reauth, "token_set_missing", reason)
 }
 
 /// Durations here are bounded (lifetimes are capped at 366 days when parsed); the cap keeps
