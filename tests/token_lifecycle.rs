@@ -456,3 +456,179 @@ async fn app_only_tokens_are_cached_and_shared_across_instances() {
     assert_eq!(report.connections[0].access, "app_only");
     assert!(report.connections[0].last_refresh_success.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_other_refusal_pauses_a_minute_and_alerts_once() {
+    let sink = AlertSink::start().await;
+    let bridge =
+        Connected::start(Options { settings: vec![("ALERT_WEBHOOK_URL", sink.url.clone())], ..Default::default() })
+            .await;
+    let app = bridge.instance();
+    bridge.advance(PAST_REFRESH);
+    bridge
+        .provider
+        .token_faults(vec![
+            json!({ "status": 400, "error": "invalid_scope", "error_description": "scope profile2 unknown" }),
+        ])
+        .await;
+    for _ in 0..3 {
+        match app.tokens().access_token("default").await {
+            Err(TokenError::Rejected { reason, .. }) => assert!(reason.contains("invalid_scope"), "{reason}"),
+            other => panic!("expected rejected, got {other:?}"),
+        }
+    }
+    assert_eq!(bridge.refresh_calls().await, 1, "the identical 400 is not sent again within a minute");
+    bridge.advance(30);
+    assert!(app.tokens().access_token("default").await.is_err());
+    assert_eq!(bridge.refresh_calls().await, 1);
+    let alerts = sink.alerts();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["alert"], "token_refresh_rejected");
+    assert_eq!(alerts[0]["class"], "rejected");
+    let report = StatusReport::gather(&app).await.unwrap();
+    assert_eq!(report.summary.status, 424, "a refusal is the operator's to look at");
+    assert_eq!(report.connections[0].state, ConnectionState::Active);
+    // A minute later it is asked again; it works, and the alert ends.
+    bridge.advance(31);
+    assert_eq!(app.tokens().access_token("default").await.unwrap().source, TokenSource::TokenEndpoint);
+    let report = StatusReport::gather(&app).await.unwrap();
+    assert!(report.healthy, "{:?}", report.summary);
+    assert!(report.connections[0].alerts.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_alert_once_after_five_in_a_row() {
+    let sink = AlertSink::start().await;
+    let bridge =
+        Connected::start(Options { settings: vec![("ALERT_WEBHOOK_URL", sink.url.clone())], ..Default::default() })
+            .await;
+    let app = bridge.instance();
+    bridge.advance(PAST_REFRESH);
+    let unavailable = json!({ "status": 503, "retry_after": "30" });
+    bridge.provider.token_faults(vec![unavailable; 6]).await;
+    for failure in 1..=6u32 {
+        assert!(matches!(app.tokens().access_token("default").await, Err(TokenError::Unavailable { .. })));
+        let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
+        assert_eq!(record.consecutive_failures, failure);
+        let report = StatusReport::gather(&app).await.unwrap();
+        assert_eq!(report.healthy, failure < 5, "failure {failure}: {:?}", report.summary);
+        bridge.advance(20 * 60); // past any backoff
+    }
+    assert_eq!(bridge.refresh_calls().await, 6, "a Retry-After of 30 s is not waited out inside a call");
+    let alerts = sink.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["alert"], "token_refresh_failing");
+    app.tokens().access_token("default").await.unwrap();
+    assert!(StatusReport::gather(&app).await.unwrap().healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_overtaken_by_a_reconsent_leaves_the_new_grant_in_force() {
+    let bridge = Connected::start(Options::default()).await;
+    let app = bridge.instance();
+    let before = connections::get(&app.stores, "default").await.unwrap().unwrap().value.token_generation;
+    // The token endpoint sits on this refresh while an administrator consents again.
+    bridge.provider.token_faults(vec![json!({ "delay_ms": 1500 })]).await;
+    let refreshing = {
+        let app = app.clone();
+        tokio::spawn(async move { app.tokens().refresh_now("default").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bridge.consent("default").await;
+    let consented = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
+    assert!(consented.token_generation > before);
+    let token = refreshing.await.unwrap().expect("the new grant's token");
+    assert_eq!(token.source, TokenSource::Store, "the consent's token, not the old grant's");
+    assert_eq!(token.generation, consented.token_generation);
+    let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
+    assert_eq!(record.refresh_token_version, consented.refresh_token_version, "the refresh did not overwrite it");
+    assert_eq!(record.consecutive_failures, 0);
+
+    // The next refresh presents the consent's refresh token.
+    app.tokens().refresh_now("default").await.unwrap();
+    let log = bridge.provider.token_request_log().await;
+    let consent = log.iter().rev().find(|r| r["grant_type"] == "authorization_code").unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(last["grant_type"], "refresh_token");
+    assert_eq!(last["ok"], true);
+    assert_eq!(last["presented_refresh_token"], consent["issued_refresh_token"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_answer_keeps_the_refresh_token_it_carried() {
+    let bridge = Connected::start(Options::default()).await;
+    let app = bridge.instance();
+    bridge.advance(PAST_REFRESH);
+    // A 200 with a new refresh token and a token type we cannot use.
+    bridge
+        .provider
+        .token_faults(vec![json!({ "status": 200, "body": { "access_token": "at", "token_type": "DPoP", "refresh_token": "rt-from-odd-answer", "expires_in": 3600 } })])
+        .await;
+    assert!(matches!(app.tokens().access_token("default").await, Err(TokenError::Rejected { .. })));
+    let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
+    let stored = app
+        .stores
+        .secrets
+        .get(&record.refresh_token_secret, record.refresh_token_version.as_deref())
+        .await
+        .unwrap()
+        .unwrap();
+    let bundle = truecontext_bridge::tokens::bundle::TokenBundle::from_secret(&stored.value, stored.created).unwrap();
+    assert_eq!(bundle.refresh_token.unwrap().expose(), "rt-from-odd-answer", "the refresh token it carried is kept");
+    assert!(bundle.access_token.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_set_stored_by_a_refresh_that_died_is_adopted() {
+    use truecontext_bridge::secret::SecretString;
+    use truecontext_bridge::tokens::bundle::TokenBundle;
+    let bridge = Connected::start(Options::default()).await;
+    let app = bridge.instance();
+    // A refresh that used the refresh token, stored the new set, and died before the record.
+    let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
+    let named = app
+        .stores
+        .secrets
+        .get(&record.refresh_token_secret, record.refresh_token_version.as_deref())
+        .await
+        .unwrap()
+        .unwrap();
+    let current = TokenBundle::from_secret(&named.value, named.created).unwrap();
+    let answer: serde_json::Value = harness::client()
+        .post(format!("{}/token", bridge.provider.issuer()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", current.refresh_token.as_ref().unwrap().expose()),
+            ("client_id", harness::connected::CLIENT_ID),
+            ("client_secret", harness::connected::CLIENT_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rotated = answer["refresh_token"].as_str().expect("a rotated refresh token").to_owned();
+    let orphan = TokenBundle {
+        generation: current.generation + 1,
+        refresh_token: Some(SecretString::new(rotated)),
+        access_token: None,
+        expires_at: None,
+        refresh_at: None,
+        scopes: current.scopes.clone(),
+        issued_at: chrono::Utc::now(),
+        supersedes: record.refresh_token_version.clone(),
+    };
+    app.stores.secrets.set(&record.refresh_token_secret, &orphan.to_secret()).await.unwrap();
+
+    // The next refresh finds it and uses its refresh token; the spent one is never presented.
+    bridge.advance(PAST_REFRESH);
+    let token = app.tokens().access_token("default").await.expect("the orphaned set's refresh token works");
+    assert_eq!(token.source, TokenSource::TokenEndpoint);
+    let calls = bridge.calls("refresh_token").await;
+    assert_eq!(calls.len(), 2);
+    assert_chain(&calls);
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:#?}");
+    let after = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
+    assert_eq!(after.token_generation, current.generation + 2);
+}

@@ -113,7 +113,7 @@ async fn a_lease_holder_killed_mid_refresh_is_outlived_and_the_grant_survives() 
     assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(report["refreshed"], true);
     // It waited for the dead holder's lease (15 s from its last renewal) rather than racing it.
-    assert!(taken_over.elapsed() >= Duration::from_secs(5), "took over after {:?}", taken_over.elapsed());
+    assert!(taken_over.elapsed() >= Duration::from_secs(10), "took over after {:?}", taken_over.elapsed());
 
     let calls = bridge.calls("refresh_token").await;
     assert_eq!(calls.len(), 2, "{calls:#?}");
