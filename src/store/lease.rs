@@ -142,3 +142,33 @@ impl Keeper {
         self.task.await.ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kept_lease_outlives_its_ttl_and_a_taken_one_is_reported_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = crate::store::local::open(dir.path(), None).unwrap();
+        let ttl = Duration::from_millis(600);
+        let held = acquire(stores.tables.as_ref(), "kept", "a", ttl).await.unwrap().expect("free");
+        let keeper = Keeper::keep(stores.tables.clone(), held, ttl);
+        tokio::time::sleep(ttl * 3).await;
+        assert!(acquire(stores.tables.as_ref(), "kept", "b", ttl).await.unwrap().is_none(), "still held");
+        assert!(!keeper.is_lost());
+        release(stores.tables.as_ref(), keeper.finish().await.unwrap()).await.unwrap();
+        assert!(acquire(stores.tables.as_ref(), "kept", "b", ttl).await.unwrap().is_some(), "released");
+
+        // Someone takes it over (here: the row is replaced behind the keeper's back).
+        let held = acquire(stores.tables.as_ref(), "lost", "a", ttl).await.unwrap().unwrap();
+        let keeper = Keeper::keep(stores.tables.clone(), held, ttl);
+        stores.tables.delete(Table::Leases, PARTITION, "lost", IfMatch::Any).await.unwrap();
+        acquire(stores.tables.as_ref(), "lost", "c", Duration::from_secs(60)).await.unwrap().unwrap();
+        tokio::time::sleep(ttl).await;
+        assert!(keeper.is_lost());
+        let lease = keeper.finish().await.unwrap();
+        release(stores.tables.as_ref(), lease).await.unwrap();
+        assert!(acquire(stores.tables.as_ref(), "lost", "d", ttl).await.unwrap().is_none(), "c's lease stands");
+    }
+}
