@@ -144,7 +144,7 @@ impl StatusReport {
         let mut connections: Vec<ConnectionStatus> = app_only_connection(app, now).await?.into_iter().collect();
         for record in connections::list(&app.stores).await? {
             let mut status = ConnectionStatus::from_record(record, "delegated", tokens, now);
-            status.alerts = alerts::list(&app.stores, Some(&status.id)).await?.into_iter().map(|a| a.alert).collect();
+            status.alerts = alert_names(app, &status.id).await?;
             connections.push(status);
         }
         let app_alerts = alerts::list(&app.stores, None).await?;
@@ -172,6 +172,10 @@ impl StatusReport {
     }
 }
 
+async fn alert_names(app: &App, connection: &str) -> Result<Vec<String>, StoreError> {
+    Ok(alerts::list(&app.stores, Some(connection)).await?.into_iter().map(|a| a.alert).collect())
+}
+
 /// With `OAUTH_GRANT=client_credentials` the app itself is the connection (seed 003's preferred
 /// mode): it exists from configuration, with no consent and no refresh token. Its record
 /// appears with its first token.
@@ -182,7 +186,9 @@ async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<Con
     }
     let table = TypedTable::new(app.stores.tables.as_ref(), Table::Connections);
     if let Some(record) = table.get::<Connection>(APP_ONLY_PARTITION, APP_ONLY_CONNECTION).await? {
-        return Ok(Some(ConnectionStatus::from_record(record.value, "app_only", &app.settings.tokens, now)));
+        let mut status = ConnectionStatus::from_record(record.value, "app_only", &app.settings.tokens, now);
+        status.alerts = alert_names(app, APP_ONLY_CONNECTION).await?;
+        return Ok(Some(status));
     }
     Ok(Some(ConnectionStatus {
         id: connections::APP_ONLY_CONNECTION.to_owned(),
