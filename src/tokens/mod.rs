@@ -2,16 +2,19 @@
 //! instances, without ever losing or burning a refresh token.
 //!
 //! [`Tokens::access_token`] is the one way in. In order, it tries:
-//! 1. this process's memory (a token not yet due for refresh);
+//! 1. this process's memory (a token not yet due for refresh, re-confirmed against the record
+//!    once a minute so a re-consent or a dead grant found elsewhere reaches every process);
 //! 2. one caller per connection at a time inside the process (single flight): the others wait,
 //!    then find the token the first one got;
 //! 3. the store: the connection record says when its token set is due; if another instance has a
 //!    fresh one, its access token is read from the secret store (one read, no refresh);
-//! 4. a lease on the connection (CAS with a TTL) around the refresh. Having it, the caller reads
+//! 4. a lease on the connection (CAS with a TTL, renewed in the background by a
+//!    [`lease::Keeper`] while the refresh runs) around the refresh. Having it, the caller reads
 //!    the record and token set *again* and refreshes only if they are still due, with the refresh
 //!    token read under the lease; the new token set is one new secret version, then the record is
 //!    moved to it under If-Match, never over a newer generation. The old refresh token is kept
-//!    when the response carries none.
+//!    when the response carries none. A set stored by a refresh that died before its record
+//!    write is adopted by the next refresh (it names the version it supersedes).
 //!
 //! Failures are classified by [`classify`]: a dead grant makes the connection `needs_reauth`
 //! (once, with one alert); refused app credentials raise one app-level alert; transient failures
