@@ -155,6 +155,12 @@ impl AlertSink {
         AlertSink { url, received }
     }
 
+    /// A connected bridge that posts its alerts here.
+    async fn bridge(&self, mut settings: Vec<(&'static str, String)>) -> Connected {
+        settings.push(("ALERT_WEBHOOK_URL", self.url.clone()));
+        Connected::start(Options { settings, ..Default::default() }).await
+    }
+
     fn alerts(&self) -> Vec<serde_json::Value> {
         self.received.lock().unwrap().clone()
     }
@@ -163,9 +169,7 @@ impl AlertSink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_grant_needs_reauth_once_with_one_alert_and_reconsent_restores_it() {
     let sink = AlertSink::start().await;
-    let bridge =
-        Connected::start(Options { settings: vec![("ALERT_WEBHOOK_URL", sink.url.clone())], ..Default::default() })
-            .await;
+    let bridge = sink.bridge(Vec::new()).await;
     let instances: Vec<App> = (0..3).map(|_| bridge.instance()).collect();
     // A sync cursor, which must survive the whole episode.
     let cursors = TypedTable::new(instances[0].stores.tables.as_ref(), Table::Cursors);
@@ -319,9 +323,7 @@ async fn a_hanging_token_endpoint_is_cut_off_and_the_refresh_token_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_app_credentials_alert_once_at_app_level_and_leave_connections_alone() {
     let sink = AlertSink::start().await;
-    let bridge =
-        Connected::start(Options { settings: vec![("ALERT_WEBHOOK_URL", sink.url.clone())], ..Default::default() })
-            .await;
+    let bridge = sink.bridge(Vec::new()).await;
     let app = bridge.instance();
     bridge.consent("second").await;
     bridge.advance(PAST_REFRESH);
@@ -399,15 +401,8 @@ async fn idle_connections_are_refreshed_by_the_keep_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b2c_connections_warn_ahead_of_the_sliding_window() {
     let sink = AlertSink::start().await;
-    let bridge = Connected::start(Options {
-        settings: vec![
-            ("ALERT_WEBHOOK_URL", sink.url.clone()),
-            ("B2C_REFRESH_WINDOW_DAYS", "20".into()),
-            ("B2C_REAUTH_WARNING_DAYS", "7".into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let bridge =
+        sink.bridge(vec![("B2C_REFRESH_WINDOW_DAYS", "20".into()), ("B2C_REAUTH_WARNING_DAYS", "7".into())]).await;
     let app = bridge.instance();
     // Mark the connection as a B2C one consented 15 days ago (the sign-in ran against an OIDC server).
     let table = TypedTable::new(app.stores.tables.as_ref(), Table::Connections);
@@ -460,9 +455,7 @@ async fn app_only_tokens_are_cached_and_shared_across_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_other_refusal_pauses_a_minute_and_alerts_once() {
     let sink = AlertSink::start().await;
-    let bridge =
-        Connected::start(Options { settings: vec![("ALERT_WEBHOOK_URL", sink.url.clone())], ..Default::default() })
-            .await;
+    let bridge = sink.bridge(Vec::new()).await;
     let app = bridge.instance();
     bridge.advance(PAST_REFRESH);
     bridge
@@ -499,9 +492,7 @@ async fn any_other_refusal_pauses_a_minute_and_alerts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_alert_once_after_five_in_a_row() {
     let sink = AlertSink::start().await;
-    let bridge =
-        Connected::start(Options { settings: vec![("ALERT_WEBHOOK_URL", sink.url.clone())], ..Default::default() })
-            .await;
+    let bridge = sink.bridge(Vec::new()).await;
     let app = bridge.instance();
     bridge.advance(PAST_REFRESH);
     let unavailable = json!({ "status": 503, "retry_after": "30" });
