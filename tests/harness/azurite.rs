@@ -16,30 +16,51 @@ pub struct Azurite {
 }
 
 impl Azurite {
+    /// Starts Azurite; a start that fails (a port taken between our probe and its bind, or a
+    /// crash) is retried on other ports, and the last failure says what Azurite printed.
     pub fn start() -> Azurite {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(azurite) => return azurite,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("Azurite did not start:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start() -> Result<Azurite, String> {
         let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/azurite");
         assert!(bin.exists(), "Azurite is not installed: run `bash scripts/test.sh` (it runs `npm ci`)");
         let dir = tempfile::tempdir().unwrap();
-        let (blob_port, queue_port, table_port) = (super::free_port(), super::free_port(), super::free_port());
+        let [blob_port, queue_port, table_port] = distinct_free_ports();
+        let log_path = dir.path().join("azurite.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(bin)
             .args(["--inMemoryPersistence", "--silent", "--skipApiVersionCheck", "--disableProductStyleUrl"])
             .args(["--blobHost", "127.0.0.1", "--blobPort", &blob_port.to_string()])
             .args(["--queueHost", "127.0.0.1", "--queuePort", &queue_port.to_string()])
             .args(["--tableHost", "127.0.0.1", "--tablePort", &table_port.to_string()])
             .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("start azurite");
-        let azurite = Azurite { child, blob_port, queue_port, table_port, _dir: dir };
+        let mut azurite = Azurite { child, blob_port, queue_port, table_port, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         for port in [blob_port, queue_port, table_port] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "Azurite did not listen within 60 s");
+                let printed = || std::fs::read_to_string(&log_path).unwrap_or_default();
+                if let Some(status) = azurite.child.try_wait().unwrap() {
+                    return Err(format!("Azurite exited with {status}:\n{}", printed()));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("Azurite did not listen on {port} within 60 s:\n{}", printed()));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        azurite
+        Ok(azurite)
     }
 
     /// A connection string with explicit loopback endpoints, as `AzureWebJobsStorage`.
@@ -51,6 +72,14 @@ impl Azurite {
             self.blob_port, self.queue_port, self.table_port
         )
     }
+}
+
+/// Three different free loopback ports (held together while probed, so never the same twice).
+fn distinct_free_ports() -> [u16; 3] {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    [port(0), port(1), port(2)]
 }
 
 impl Drop for Azurite {
