@@ -130,37 +130,30 @@ pub async fn list(stores: &Stores, connection: Option<&str>) -> Result<Vec<Alert
     page.entities.into_iter().map(|e| crate::store::from_properties(e.properties)).collect()
 }
 
-/// Ends every alert of a connection (it recovered or was re-consented), so a new failure
-/// alerts again.
+/// Ends every alert of a connection (it was consented again), so a new failure alerts again.
 pub async fn clear_connection(stores: &Stores, connection: &str) -> Result<(), StoreError> {
-    clear(stores, Some(connection)).await
+    clear(stores, Some(connection), None).await
 }
 
 /// Ends the alerts of a connection with these names (a refresh succeeded: its refresh alerts
 /// are over, a B2C deadline is not).
 pub async fn clear_connection_named(stores: &Stores, connection: &str, names: &[&str]) -> Result<(), StoreError> {
-    let partition = partition(Some(connection));
-    for alert in list(stores, Some(connection)).await? {
-        if names.contains(&alert.alert.as_str()) {
-            match stores.tables.delete(Table::Alerts, &partition, &alert.row(), crate::store::IfMatch::Any).await {
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
+    clear(stores, Some(connection), Some(names)).await
 }
 
 /// Ends the app-level alerts (a token request succeeded, so the app's credentials work).
 pub async fn clear_app(stores: &Stores) -> Result<(), StoreError> {
-    clear(stores, None).await
+    clear(stores, None, None).await
 }
 
-async fn clear(stores: &Stores, connection: Option<&str>) -> Result<(), StoreError> {
+/// Deletes the alerts of one scope, all of them or those with one of `names`.
+async fn clear(stores: &Stores, connection: Option<&str>, names: Option<&[&str]>) -> Result<(), StoreError> {
     let partition = partition(connection);
-    let page = stores.tables.query(Table::Alerts, &partition, &RowRange::all(), 100, None).await?;
-    for entity in page.entities {
-        match stores.tables.delete(Table::Alerts, &partition, &entity.row_key, crate::store::IfMatch::Any).await {
+    for alert in list(stores, connection).await? {
+        if names.is_some_and(|names| !names.contains(&alert.alert.as_str())) {
+            continue;
+        }
+        match stores.tables.delete(Table::Alerts, &partition, &alert.row(), crate::store::IfMatch::Any).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }

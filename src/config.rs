@@ -728,8 +728,9 @@ fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {
 }
 
 fn cross_checks(p: &mut Parser<'_>, s: &Settings) {
-    // The holder renews its lease before each token-endpoint call; the call must end (or be cut
-    // off) well inside the lease, or a second instance could present the same refresh token.
+    // A token-endpoint call must end (or be cut off) well inside one lease period, even before
+    // the holder's background renewal has run, or a second instance could present the same
+    // refresh token.
     if s.tokens.refresh_lease < s.tokens.endpoint_timeout + Duration::from_secs(5) {
         p.problem(
             "TOKEN_REFRESH_LEASE_SECONDS",

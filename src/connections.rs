@@ -197,6 +197,35 @@ pub async fn save_consent(
     Ok(replaced)
 }
 
+/// The record of the app-only connection (`OAUTH_GRANT=client_credentials`): it exists from
+/// configuration, with no consent and no refresh token; its token set holds the app's token.
+pub fn app_only_record(oauth: &crate::config::OAuthSettings, now: DateTime<Utc>) -> Connection {
+    Connection {
+        id: APP_ONLY_CONNECTION.to_owned(),
+        state: ConnectionState::Active,
+        reason: None,
+        provider: format!("{:?}", oauth.provider).to_ascii_lowercase(),
+        issuer: None,
+        tenant: None,
+        account: format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)")),
+        account_name: None,
+        scopes: oauth.scopes.clone(),
+        consented_at: now,
+        access_token_expires_at: None,
+        expires_in_assumed: false,
+        refresh_at: None,
+        refresh_token_secret: connection_secret_name("app-token", APP_ONLY_CONNECTION),
+        refresh_token_version: None,
+        token_generation: 0,
+        last_refresh_success: None,
+        last_refresh_failure: None,
+        consecutive_failures: 0,
+        retry_not_before: None,
+        last_error_class: None,
+        last_error: None,
+    }
+}
+
 /// Refuses a consent by another account than the connection's unless `replace` was asked for;
 /// with it, names the account replaced.
 fn account_switch(

@@ -9,37 +9,20 @@
 
 mod harness;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::future::join_all;
-use harness::connected::{Connected, Options};
+use harness::connected::{assert_all_same_token, Connected, Options};
 use serde_json::json;
 use truecontext_bridge::connections::{self, ConnectionState};
 use truecontext_bridge::handlers::{App, StatusReport, TimerInfo};
 use truecontext_bridge::store::{Table, TypedTable};
-use truecontext_bridge::tokens::{TokenError, TokenSource};
+use truecontext_bridge::tokens::{AccessToken, TokenError, TokenSource};
 
 /// Due for refresh: past a one-hour token's refresh time.
 const PAST_REFRESH: i64 = 3100;
 
-async fn concurrent(
-    instances: &[App],
-    callers: usize,
-) -> Vec<Result<truecontext_bridge::tokens::AccessToken, TokenError>> {
-    let calls = (0..callers).map(|i| {
-        let app = &instances[i % instances.len()];
-        async move { app.tokens().access_token("default").await }
-    });
-    join_all(calls).await
-}
-
-fn assert_all_same_token(results: &[Result<truecontext_bridge::tokens::AccessToken, TokenError>]) {
-    let tokens: HashSet<String> = results
-        .iter()
-        .map(|r| r.as_ref().unwrap_or_else(|e| panic!("a caller failed: {e}")).token.expose().to_owned())
-        .collect();
-    assert_eq!(tokens.len(), 1, "every caller gets the one new token");
+async fn concurrent(instances: &[App], callers: usize) -> Vec<Result<AccessToken, TokenError>> {
+    harness::connected::concurrent(instances, callers, "default").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -438,11 +421,7 @@ async fn app_only_tokens_are_cached_and_shared_across_instances() {
     .await;
     let instances: Vec<App> = (0..3).map(|_| bridge.instance()).collect();
     for cycle in 1..=5u64 {
-        let calls = (0..21).map(|i| {
-            let app = &instances[i % 3];
-            async move { app.tokens().access_token("app").await }
-        });
-        assert_all_same_token(&join_all(calls).await);
+        assert_all_same_token(&harness::connected::concurrent(&instances, 21, "app").await);
         assert_eq!(bridge.provider.token_request_count("client_credentials").await, cycle);
         bridge.advance(PAST_REFRESH);
     }

@@ -271,16 +271,8 @@ async fn three_instances_on_azurite_and_key_vault_make_one_call_per_expiry() {
     let instances: Vec<App> = (1..=3).map(|n| bridge.instance_on(azure_stores(n))).collect();
     for cycle in 1..=50u64 {
         bridge.advance(3100);
-        let calls = (0..21).map(|i| {
-            let app = &instances[i % 3];
-            async move { app.tokens().access_token("default").await }
-        });
-        let results = join_all(calls).await;
-        let tokens: HashSet<String> = results
-            .iter()
-            .map(|r| r.as_ref().unwrap_or_else(|e| panic!("cycle {cycle}: {e}")).token.expose().to_owned())
-            .collect();
-        assert_eq!(tokens.len(), 1);
+        let results = harness::connected::concurrent(&instances, 21, "default").await;
+        harness::connected::assert_all_same_token(&results);
         assert_eq!(results.iter().filter(|r| r.as_ref().unwrap().source == TokenSource::TokenEndpoint).count(), 1);
         assert_eq!(bridge.refresh_calls().await, cycle, "cycle {cycle}");
     }

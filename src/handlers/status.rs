@@ -73,7 +73,7 @@ pub struct Summary {
 impl ConnectionStatus {
     fn from_record(c: Connection, access: &'static str, settings: &TokenSettings, now: DateTime<Utc>) -> Self {
         let deadline = crate::tokens::reconsent_deadline(&c, settings);
-        let attention = attention(&c, deadline, settings, now);
+        let attention = attention(&c, settings, now);
         ConnectionStatus {
             account: c.display_account().to_owned(),
             id: c.id,
@@ -100,12 +100,7 @@ impl ConnectionStatus {
 
 /// Transient failures are the token lifecycle's to absorb until they persist; everything else
 /// that stops a connection, or will soon, is the operator's.
-fn attention(
-    c: &Connection,
-    deadline: Option<DateTime<Utc>>,
-    settings: &TokenSettings,
-    now: DateTime<Utc>,
-) -> Option<String> {
+fn attention(c: &Connection, settings: &TokenSettings, now: DateTime<Utc>) -> Option<String> {
     match c.state {
         ConnectionState::NeedsReauth => {
             return Some(format!("needs re-consent: {}", c.reason.as_deref().unwrap_or("the grant is no longer valid")))
@@ -113,13 +108,11 @@ fn attention(
         ConnectionState::Disabled => return Some("disabled".into()),
         ConnectionState::Active => {}
     }
-    if let Some(deadline) = deadline {
-        if deadline - crate::tokens::delta(settings.b2c_reauth_warning) <= now {
-            return Some(format!(
-                "consent again before {} (Azure AD B2C refresh-token window)",
-                deadline.format("%Y-%m-%d %H:%M UTC")
-            ));
-        }
+    if let Some(deadline) = crate::tokens::reconsent_due(c, settings, now) {
+        return Some(format!(
+            "consent again before {} (Azure AD B2C refresh-token window)",
+            deadline.format("%Y-%m-%d %H:%M UTC")
+        ));
     }
     let error = c.last_error.as_deref().unwrap_or("unknown error");
     match c.last_error_class.as_deref() {
@@ -184,33 +177,15 @@ async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<Con
     if oauth.grant != OAuthGrant::ClientCredentials {
         return Ok(None);
     }
+    // Until the app's first token the record does not exist; show what it will be.
     let table = TypedTable::new(app.stores.tables.as_ref(), Table::Connections);
-    if let Some(record) = table.get::<Connection>(APP_ONLY_PARTITION, APP_ONLY_CONNECTION).await? {
-        let mut status = ConnectionStatus::from_record(record.value, "app_only", &app.settings.tokens, now);
-        status.alerts = alert_names(app, APP_ONLY_CONNECTION).await?;
-        return Ok(Some(status));
-    }
-    Ok(Some(ConnectionStatus {
-        id: connections::APP_ONLY_CONNECTION.to_owned(),
-        state: ConnectionState::Active,
-        reason: None,
-        account: format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)")),
-        tenant: None,
-        scopes: oauth.scopes.clone(),
-        consented_at: None,
-        access: "app_only",
-        access_token_expires_at: None,
-        access_token_lifetime_assumed: false,
-        last_refresh_success: None,
-        last_refresh_failure: None,
-        consecutive_failures: 0,
-        last_error_class: None,
-        last_error: None,
-        retry_not_before: None,
-        reconsent_deadline: None,
-        alerts: Vec::new(),
-        attention: None,
-    }))
+    let record = match table.get::<Connection>(APP_ONLY_PARTITION, APP_ONLY_CONNECTION).await? {
+        Some(record) => record.value,
+        None => connections::app_only_record(oauth, now),
+    };
+    let mut status = ConnectionStatus::from_record(record, "app_only", &app.settings.tokens, now);
+    status.alerts = alert_names(app, APP_ONLY_CONNECTION).await?;
+    Ok(Some(status))
 }
 
 pub async fn respond(app: &App) -> HttpResponse {

@@ -87,10 +87,7 @@ async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
 /// One alert per connection when its B2C window is about to close.
 async fn warn_before_reconsent_deadline(app: &App, connection: &crate::connections::Connection) {
     let settings = &app.settings.tokens;
-    let Some(deadline) = crate::tokens::reconsent_deadline(connection, settings) else { return };
-    if deadline - crate::tokens::delta(settings.b2c_reauth_warning) > Utc::now() {
-        return;
-    }
+    let Some(deadline) = crate::tokens::reconsent_due(connection, settings, Utc::now()) else { return };
     let reason = format!(
         "the Azure AD B2C refresh-token window closes at {}; an administrator must consent again before then",
         deadline.format("%Y-%m-%d %H:%M UTC")

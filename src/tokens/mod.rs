@@ -167,7 +167,6 @@ impl Subject {
 }
 
 /// A token this process holds, and when the record was last looked at to confirm it.
-#[derive(Clone)]
 struct Cached {
     token: AccessToken,
     checked_at: DateTime<Utc>,
@@ -346,40 +345,12 @@ impl<'a> Tokens<'a> {
         if !subject.app_only {
             return Err(TokenError::NotConnected(subject.id.clone()));
         }
-        let record = self.new_app_only_record();
+        let record = connections::app_only_record(&self.app.settings.oauth, self.now());
         match table.insert(subject.partition, &subject.id, &record).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         table.get(subject.partition, &subject.id).await?.ok_or_else(|| TokenError::NotConnected(subject.id.clone()))
-    }
-
-    fn new_app_only_record(&self) -> Connection {
-        let oauth = &self.app.settings.oauth;
-        Connection {
-            id: APP_ONLY_CONNECTION.to_owned(),
-            state: ConnectionState::Active,
-            reason: None,
-            provider: format!("{:?}", oauth.provider).to_ascii_lowercase(),
-            issuer: None,
-            tenant: None,
-            account: format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)")),
-            account_name: None,
-            scopes: oauth.scopes.clone(),
-            consented_at: self.now(),
-            access_token_expires_at: None,
-            expires_in_assumed: false,
-            refresh_at: None,
-            refresh_token_secret: crate::store::connection_secret_name("app-token", APP_ONLY_CONNECTION),
-            refresh_token_version: None,
-            token_generation: 0,
-            last_refresh_success: None,
-            last_refresh_failure: None,
-            consecutive_failures: 0,
-            retry_not_before: None,
-            last_error_class: None,
-            last_error: None,
-        }
     }
 
     /// The token another call or instance obtained, when the record says it is still good.
@@ -884,6 +855,15 @@ impl<'a> Tokens<'a> {
 /// they are used (`B2C_REFRESH_WINDOW_DAYS`); this is when, for a B2C connection.
 pub fn reconsent_deadline(connection: &Connection, settings: &crate::config::TokenSettings) -> Option<DateTime<Utc>> {
     (connection.provider == "b2c").then(|| connection.consented_at + delta(settings.b2c_refresh_window))
+}
+
+/// The B2C deadline, when it is within `B2C_REAUTH_WARNING_DAYS` of `now` (or past).
+pub fn reconsent_due(
+    connection: &Connection,
+    settings: &crate::config::TokenSettings,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    reconsent_deadline(connection, settings).filter(|deadline| *deadline - delta(settings.b2c_reauth_warning) <= now)
 }
 
 enum Leased {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use truecontext_bridge::config::{RawSettings, Settings};
 use truecontext_bridge::handlers::{App, Mode};
 use truecontext_bridge::store::{self, Stores};
-use truecontext_bridge::tokens::TokenService;
+use truecontext_bridge::tokens::{AccessToken, TokenError, TokenService};
 
 use super::oidc::{HttpAgent, OidcProvider};
 use super::{free_port, Server, TEST_FUNCTION_KEY};
@@ -20,6 +20,22 @@ pub const CLIENT_ID: &str = "bridge-client";
 pub const CLIENT_SECRET: &str = "bridge-client-secret-0123456789abcdef";
 /// Once a year: the server's own timer never refreshes behind a test's back.
 pub const NEVER: &str = "0 0 0 1 1 *";
+
+/// `callers` concurrent requests for `id`'s token, spread over `instances` in turn.
+pub async fn concurrent(instances: &[App], callers: usize, id: &str) -> Vec<Result<AccessToken, TokenError>> {
+    let calls = (0..callers).map(|i| {
+        let app = &instances[i % instances.len()];
+        async move { app.tokens().access_token(id).await }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Every caller succeeded, and all got the one same token.
+pub fn assert_all_same_token(results: &[Result<AccessToken, TokenError>]) {
+    let tokens: std::collections::HashSet<&str> =
+        results.iter().map(|r| r.as_ref().unwrap_or_else(|e| panic!("a caller failed: {e}")).token.expose()).collect();
+    assert_eq!(tokens.len(), 1, "every caller gets the one new token");
+}
 
 pub struct Connected {
     pub provider: OidcProvider,
