@@ -8,7 +8,7 @@
 //! wrapper around the embedded store. Run with `cargo bench --bench token_budget`; numbers go in
 //! the README.
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/suite/harness/mod.rs"]
 mod harness;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -16,7 +16,6 @@ use url::Url;
 
 use crate::schedule::Schedule;
 use crate::secret::SecretString;
-use crate::store::StoreKind;
 
 pub const DEFAULT_TRUECONTEXT_BASE_URL: &str = "https://api.prontoforms.com/api/1.1";
 pub const DEFAULT_SYNC_SCHEDULE: &str = "0 */30 * * * *";
@@ -222,6 +221,24 @@ impl AzureStorageSettings {
     }
 }
 
+/// Which storage backend: the embedded one, or Azure Storage with Key Vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Local,
+    Azure,
+}
+
+impl StoreKind {
+    /// The setting's own spelling (`STORE=local`), as status and start-up lines show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Local => "local",
+            StoreKind::Azure => "azure",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub kind: StoreKind,
@@ -280,12 +297,16 @@ pub struct Settings {
     pub queues: QueueSettings,
     pub max_request_body_bytes: usize,
     pub log_format: LogFormat,
+    /// The values of the secret settings that are set (see [`Self::secret_values`]).
+    secrets: Vec<SecretString>,
 }
 
 /// Collects problems while parsing, so all of them are reported together.
 struct Parser<'a> {
     raw: &'a RawSettings,
     problems: Vec<Problem>,
+    /// Every secret value read, so the log scrubber can be told of each one.
+    secrets: Vec<SecretString>,
 }
 
 impl<'a> Parser<'a> {
@@ -301,8 +322,12 @@ impl<'a> Parser<'a> {
         self.raw.get(name).map(str::to_owned)
     }
 
-    fn secret(&self, name: &str) -> Option<SecretString> {
-        self.raw.get(name).map(SecretString::new)
+    /// A secret setting; only the names in [`Settings::SECRET_SETTINGS`] are read this way.
+    fn secret(&mut self, name: &str) -> Option<SecretString> {
+        debug_assert!(Settings::SECRET_SETTINGS.contains(&name), "{name} is not listed in SECRET_SETTINGS");
+        let value = self.raw.get(name).map(SecretString::new)?;
+        self.secrets.push(value.clone());
+        Some(value)
     }
 
     fn list(&self, name: &str, separators: &[char]) -> Vec<String> {
@@ -384,7 +409,7 @@ fn is_loopback(url: &Url) -> bool {
 impl Settings {
     /// Parses every setting. On any invalid value, returns all the problems found.
     pub fn load(raw: &RawSettings) -> Result<Settings, Vec<Problem>> {
-        let mut p = Parser { raw, problems: raw.source_problems.clone() };
+        let mut p = Parser { raw, problems: raw.source_problems.clone(), secrets: Vec::new() };
         let settings = Settings {
             oauth: parse_oauth(&mut p),
             truecontext: parse_truecontext(&mut p),
@@ -408,7 +433,9 @@ impl Settings {
                 LogFormat::Auto,
                 &[("auto", LogFormat::Auto), ("json", LogFormat::Json), ("text", LogFormat::Text)],
             ),
+            secrets: Vec::new(),
         };
+        let settings = Settings { secrets: std::mem::take(&mut p.secrets), ..settings };
         cross_checks(&mut p, &settings);
         if p.problems.is_empty() {
             Ok(settings)
@@ -477,7 +504,13 @@ impl Settings {
         out
     }
 
-    /// The setting names whose values are secret; `check` never prints them.
+    /// The values of every secret setting that is set, for the log scrubber.
+    pub fn secret_values(&self) -> &[SecretString] {
+        &self.secrets
+    }
+
+    /// The setting names whose values are secret: the only ones read as secrets, never
+    /// printed, and registered with the log scrubber.
     pub const SECRET_SETTINGS: &'static [&'static str] = &[
         "OAUTH_CLIENT_SECRET",
         "TRUECONTEXT_API_KEY_SECRET",
@@ -712,7 +745,7 @@ fn parse_function_key(p: &mut Parser<'_>) -> Option<SecretString> {
 
 fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {
     let incoming = p.text("INCOMING_QUEUE_NAME").unwrap_or_else(|| DEFAULT_INCOMING_QUEUE.to_owned());
-    if crate::store::validate_container_name("INCOMING_QUEUE_NAME", &incoming).is_err() || incoming.len() > 56 {
+    if !crate::naming::is_container_name(&incoming) || incoming.len() > 56 {
         p.problem(
             "INCOMING_QUEUE_NAME",
             format!("{incoming:?} must be 3-56 lowercase letters, digits or single dashes (\"-poison\" is appended for failures)"),
@@ -824,6 +857,26 @@ mod tests {
             assert!(named.contains(&setting), "{setting} missing from {named:?}");
         }
         assert!(problems.iter().all(|p| p.example.is_some()));
+    }
+
+    #[test]
+    fn every_secret_setting_is_handed_to_the_scrubber() {
+        use base64::Engine;
+        // Each secret must be valid on its own terms, so that the whole set loads.
+        let values: Vec<(&str, String)> = Settings::SECRET_SETTINGS
+            .iter()
+            .map(|name| match *name {
+                "LOCAL_STORE_KEY" => (*name, base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
+                "AzureWebJobsStorage" => (*name, "UseDevelopmentStorage=true".to_owned()),
+                _ => (*name, format!("value-of-{name}-1234567890")),
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let settings = load(&pairs).unwrap_or_else(|p| panic!("{p:?}"));
+        let registered: Vec<&str> = settings.secret_values().iter().map(SecretString::expose).collect();
+        for (name, value) in &values {
+            assert!(registered.contains(&value.as_str()), "{name} is not handed to the scrubber");
+        }
     }
 
     #[test]

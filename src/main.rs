@@ -97,18 +97,7 @@ fn main() -> ExitCode {
 fn load_settings(raw: &RawSettings) -> anyhow::Result<Arc<Settings>> {
     match Settings::load(raw) {
         Ok(settings) => {
-            for secret in [
-                &settings.oauth.client_secret,
-                &settings.function_key,
-                &settings.store.local_key,
-                &settings.store.azure.connection_string,
-                &settings.truecontext.api_key_secret,
-                &settings.webhook.basic_password,
-                &settings.webhook.header_value,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for secret in settings.secret_values() {
                 telemetry::register_secret(secret);
             }
             Ok(Arc::new(settings))
@@ -146,7 +135,7 @@ async fn check(raw: &RawSettings) -> anyhow::Result<ExitCode> {
         println!("configuration OK");
         println!("  OAUTH_PROVIDER    {:?}", s.oauth.provider);
         println!("  OAUTH_GRANT       {:?}", s.oauth.grant);
-        println!("  STORE             {:?}", s.store.kind);
+        println!("  STORE             {}", s.store.kind.name());
         println!("  SYNC_SCHEDULE     {}", s.sync_schedule.describe());
         return Ok(ExitCode::SUCCESS);
     }
@@ -239,7 +228,7 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stdout);
     let app = open_app(settings, Mode::Functions)?;
-    tracing::info!(port, store = ?app.stores.kind, "custom handler listening on 127.0.0.1:{port}");
+    tracing::info!(port, store = app.stores.kind.name(), "custom handler listening on 127.0.0.1:{port}");
     axum::serve(listener, host::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -263,7 +252,10 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     }
     telemetry::register_secret(&key);
     let local_addr = listener.local_addr()?;
-    println!("truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {:?})", app.stores.kind);
+    println!(
+        "truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {})",
+        app.stores.kind.name()
+    );
     tracing::info!(%local_addr, "standalone server started");
 
     let stop = CancellationToken::new();

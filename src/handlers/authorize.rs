@@ -119,26 +119,10 @@ fn read_params(request: &HttpRequest) -> Result<AuthorizeParams, String> {
     })
 }
 
-/// The scopes to request: the configured ones plus `openid` (OIDC servers) and
-/// `offline_access` (always: without it there is no refresh token).
-pub fn requested_scopes(configured: &[String], openid: bool) -> Vec<String> {
-    let mut scopes: Vec<String> = Vec::new();
-    if openid {
-        scopes.push("openid".into());
-    }
-    scopes.push("offline_access".into());
-    for scope in configured {
-        if !scopes.contains(scope) {
-            scopes.push(scope.clone());
-        }
-    }
-    scopes
-}
-
 fn authorization_url(app: &App, provider: &Provider, params: &AuthorizeParams, new_flow: &flow::NewFlow) -> Url {
     let settings = &app.settings.oauth;
     let mut url = provider.authorization_endpoint.clone();
-    let scopes = requested_scopes(&settings.scopes, provider.is_openid()).join(" ");
+    let scopes = crate::oauth::requested_scopes(&settings.scopes, provider.is_openid()).join(" ");
     {
         let mut query = url.query_pairs_mut();
         query
@@ -166,16 +150,4 @@ fn authorization_url(app: &App, provider: &Provider, params: &AuthorizeParams, n
         }
     }
     url
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offline_access_and_openid_are_always_requested_once() {
-        let scopes = requested_scopes(&["api://tc/.default".into(), "offline_access".into()], true);
-        assert_eq!(scopes, ["openid", "offline_access", "api://tc/.default"]);
-        assert_eq!(requested_scopes(&[], false), ["offline_access"]);
-    }
 }

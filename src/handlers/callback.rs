@@ -13,11 +13,12 @@ use chrono::Utc;
 
 use super::pages::{error_page, page, redirect, Row};
 use super::{App, HttpRequest, HttpResponse};
-use crate::connections::{self, Connection, ConnectionState, ConsentError};
+use crate::connections::{self, Connection, ConsentError};
 use crate::oauth::flow::{self, ConnectResult, FlowError, PendingFlow, COOKIE_PREFIX, RESULT_LIFETIME};
 use crate::oauth::identity::{self, Identity};
-use crate::oauth::provider::ExpectedIssuer;
-use crate::oauth::token::{request_tokens, TokenError, TokenRequest};
+use crate::oauth::provider::{ExpectedIssuer, Provider};
+use crate::oauth::requested_scopes;
+use crate::oauth::token::{request_tokens, EndpointError, TokenRequest, TokenResponse};
 use crate::secret::SecretString;
 
 /// Largest value accepted per parameter; authorization codes are long on Entra (~1-2 KB).
@@ -89,7 +90,8 @@ fn read_params(app: &App, request: &HttpRequest) -> Result<HashMap<String, Strin
     let code_param = app.settings.oauth.code_param.as_str();
     let mut params = HashMap::new();
     for (name, value) in pairs {
-        // Seed 001's server names the code `authorization_code`.
+        // Some OAuth 2.0 servers name it otherwise (`OAUTH_CODE_PARAM`; see
+        // docs/authorization-servers.md, "A custom OAuth 2.0 server without discovery").
         let name = if name == code_param { "code".to_owned() } else { name };
         let Some((_, limit)) = LIMITS.iter().find(|(n, _)| *n == name) else { continue };
         if value.len() > *limit {
@@ -177,25 +179,7 @@ async fn complete(
             &[("Detail", e.to_string())],
         )
     })?;
-    // Mix-up defence (RFC 9207): an `iss` must name the issuer this flow started with.
-    if let Some(iss) = params.get("iss") {
-        if !issuer_matches(&pending.expected_issuer(), iss) {
-            tracing::warn!("callback with an unexpected iss refused");
-            return Err(error_page(
-                StatusCode::BAD_REQUEST,
-                "The sign-in response came from a different authorization server than the one this sign-in started with.",
-                "Nothing was stored. Start again from the authorize link.",
-                &[],
-            ));
-        }
-    } else if provider.iss_parameter {
-        return Err(error_page(
-            StatusCode::BAD_REQUEST,
-            "The sign-in response is missing the issuer (iss) that this authorization server always sends.",
-            "Nothing was stored. Start again from the authorize link.",
-            &[],
-        ));
-    }
+    check_issuer(&provider, pending, params.get("iss"))?;
     let Some(code) = params.get("code") else {
         return Err(error_page(
             StatusCode::BAD_REQUEST,
@@ -204,9 +188,72 @@ async fn complete(
             &[],
         ));
     };
-    let settings = &app.settings.oauth;
-    let client_id = settings.client_id.clone().unwrap_or_default();
-    let auth = oauth.client_auth(&provider).await.map_err(|reason| {
+    let tokens = redeem(app, &provider, pending, code).await?;
+    let identity = verify_identity(app, &provider, pending, &tokens).await?;
+    let scopes =
+        tokens.scope.clone().unwrap_or_else(|| requested_scopes(&app.settings.oauth.scopes, provider.is_openid()));
+    let now = Utc::now();
+    let connection = Connection {
+        issuer: identity.issuer.clone(),
+        tenant: identity.tenant.clone(),
+        account_name: identity.name.clone(),
+        expires_in_assumed: tokens.expires_in_assumed,
+        last_refresh_success: Some(now),
+        ..Connection::new(
+            &pending.connection_id,
+            format!("{:?}", provider.kind).to_ascii_lowercase(),
+            identity.account.clone(),
+            scopes.clone(),
+            now,
+        )
+    };
+    let display = connection.display_account().to_owned();
+    let replaced = store_connection(app, connection, &tokens, pending.replace).await?;
+    app.tokens().forget(&pending.connection_id);
+    tracing::info!(connection = %pending.connection_id, tenant = ?identity.tenant, "connection consented and stored");
+    Ok(ConnectResult {
+        connection_id: pending.connection_id.clone(),
+        account: display,
+        tenant: identity.tenant,
+        scopes,
+        replaced_account: replaced,
+        next_sync: app.settings.sync_schedule.next_after(now),
+        expires_at: now + chrono::TimeDelta::from_std(RESULT_LIFETIME).expect("minutes fit"),
+    })
+}
+
+/// Mix-up defence (RFC 9207): an `iss` must name the issuer this flow started with, and a
+/// server that always sends one must have sent it.
+fn check_issuer(provider: &Provider, pending: &PendingFlow, iss: Option<&String>) -> Result<(), HttpResponse> {
+    match iss {
+        Some(iss) if !issuer_matches(&pending.expected_issuer(), iss) => {
+            tracing::warn!("callback with an unexpected iss refused");
+            Err(error_page(
+                StatusCode::BAD_REQUEST,
+                "The sign-in response came from a different authorization server than the one this sign-in started with.",
+                "Nothing was stored. Start again from the authorize link.",
+                &[],
+            ))
+        }
+        None if provider.iss_parameter => Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response is missing the issuer (iss) that this authorization server always sends.",
+            "Nothing was stored. Start again from the authorize link.",
+            &[],
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Redeems the code with the flow's PKCE verifier.
+async fn redeem(
+    app: &App,
+    provider: &Provider,
+    pending: &PendingFlow,
+    code: &str,
+) -> Result<TokenResponse, HttpResponse> {
+    let oauth = app.oauth();
+    let auth = oauth.client_auth(provider).await.map_err(|reason| {
         tracing::error!(reason = %reason, "the client credential is not usable");
         error_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -215,20 +262,29 @@ async fn complete(
             &[("Reason", reason)],
         )
     })?;
-    let redirect_uri = settings.redirect_uri.as_ref().map(|u| u.to_string()).unwrap_or_default();
+    let redirect_uri = app.settings.oauth.redirect_uri.as_ref().map(|u| u.to_string()).unwrap_or_default();
     let request = TokenRequest {
         endpoint: &provider.token_endpoint,
-        client_id: &client_id,
+        client_id: &oauth.client_id,
         auth: &auth,
         params: vec![
             ("grant_type", SecretString::new("authorization_code")),
-            ("code", SecretString::new(code.clone())),
+            ("code", SecretString::new(code)),
             ("redirect_uri", SecretString::new(redirect_uri)),
             ("code_verifier", SecretString::new(pending.code_verifier.clone())),
         ],
     };
-    let tokens = request_tokens(&oauth.http, request).await.map_err(redeem_error)?;
-    let identity: Identity = identity::identify(app, &provider, pending, &tokens).await.map_err(|message| {
+    request_tokens(&oauth.http, request).await.map_err(redeem_error)
+}
+
+/// Validates the id_token and applies `ALLOWED_TENANTS` / `ALLOWED_USERS`.
+async fn verify_identity(
+    app: &App,
+    provider: &Provider,
+    pending: &PendingFlow,
+    tokens: &TokenResponse,
+) -> Result<Identity, HttpResponse> {
+    let identity = identity::identify(app.oauth(), provider, pending, tokens).await.map_err(|message| {
         tracing::warn!(reason = %message, "the id_token was refused");
         error_page(
             StatusCode::BAD_REQUEST,
@@ -246,70 +302,27 @@ async fn complete(
             &[],
         ));
     }
-    let scopes = tokens
-        .scope
-        .clone()
-        .unwrap_or_else(|| super::authorize::requested_scopes(&settings.scopes, provider.is_openid()));
-    let now = Utc::now();
-    let connection = Connection {
-        id: pending.connection_id.clone(),
-        state: ConnectionState::Active,
-        reason: None,
-        provider: format!("{:?}", provider.kind).to_ascii_lowercase(),
-        issuer: identity.issuer.clone(),
-        tenant: identity.tenant.clone(),
-        account: identity.account.clone(),
-        account_name: identity.name.clone(),
-        scopes: scopes.clone(),
-        consented_at: now,
-        access_token_expires_at: None,
-        expires_in_assumed: tokens.expires_in_assumed,
-        refresh_at: None,
-        refresh_token_secret: String::new(),
-        refresh_token_version: None,
-        token_generation: 0,
-        last_refresh_success: Some(now),
-        last_refresh_failure: None,
-        consecutive_failures: 0,
-        retry_not_before: None,
-        last_error_class: None,
-        last_error: None,
-    };
-    let display = connection.display_account().to_owned();
-    let replaced = match connections::save_consent(
-        &app.stores,
-        connection,
-        &tokens,
-        app.settings.tokens.refresh_margin,
-        pending.replace,
-    )
-    .await
+    Ok(identity)
+}
+
+/// Stores the consent; names the account it replaced, if any.
+async fn store_connection(
+    app: &App,
+    connection: Connection,
+    tokens: &TokenResponse,
+    replace: bool,
+) -> Result<Option<String>, HttpResponse> {
+    match connections::save_consent(&app.stores, connection, tokens, app.settings.tokens.refresh_margin, replace).await
     {
-        Ok(replaced) => replaced,
+        Ok(replaced) => Ok(replaced),
         Err(e @ (ConsentError::AccountSwitch { .. } | ConsentError::NoRefreshToken)) => {
-            return Err(error_page(StatusCode::CONFLICT, &e.to_string(), "Nothing was changed.", &[]));
+            Err(error_page(StatusCode::CONFLICT, &e.to_string(), "Nothing was changed.", &[]))
         }
         Err(ConsentError::Store(e)) => {
             tracing::error!(error = %e, "the connection could not be stored");
-            return Err(error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The connection could not be stored.",
-                "Try again.",
-                &[],
-            ));
+            Err(error_page(StatusCode::SERVICE_UNAVAILABLE, "The connection could not be stored.", "Try again.", &[]))
         }
-    };
-    app.tokens().forget(&pending.connection_id);
-    tracing::info!(connection = %pending.connection_id, tenant = ?identity.tenant, "connection consented and stored");
-    Ok(ConnectResult {
-        connection_id: pending.connection_id.clone(),
-        account: display,
-        tenant: identity.tenant,
-        scopes,
-        replaced_account: replaced,
-        next_sync: app.settings.sync_schedule.next_after(now),
-        expires_at: now + chrono::TimeDelta::from_std(RESULT_LIFETIME).expect("minutes fit"),
-    })
+    }
 }
 
 fn issuer_matches(expected: &ExpectedIssuer, iss: &str) -> bool {
@@ -325,10 +338,10 @@ fn issuer_matches(expected: &ExpectedIssuer, iss: &str) -> bool {
     }
 }
 
-fn redeem_error(error: TokenError) -> HttpResponse {
+fn redeem_error(error: EndpointError) -> HttpResponse {
     tracing::warn!(error = %error, "the code could not be redeemed");
     let mut rows: Vec<Row> = Vec::new();
-    if let TokenError::Rejected { body, .. } = &error {
+    if let EndpointError::Rejected { body, .. } = &error {
         rows.push(("Error", body.error.clone()));
         if let Some(description) = &body.error_description {
             rows.push(("Description", description.clone()));

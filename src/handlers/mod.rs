@@ -22,7 +22,6 @@ use crate::config::Settings;
 use crate::functions::{Function, Trigger};
 use crate::store::Stores;
 
-pub use authorize::requested_scopes;
 pub use status::StatusReport;
 
 /// How this process was started; reported by `status`.
@@ -145,17 +144,13 @@ impl App {
 
     /// Access tokens for connections: the one path everything that calls TrueContext uses.
     pub fn tokens(&self) -> crate::tokens::Tokens<'_> {
-        crate::tokens::Tokens::new(self, &self.tokens)
+        let settings = &self.settings;
+        crate::tokens::Tokens::new(&settings.oauth, &settings.tokens, &self.stores, self.oauth(), &self.tokens)
     }
 
     /// The OAuth client side: HTTP client, provider metadata, JWKS.
     pub fn oauth(&self) -> &crate::oauth::OAuthRuntime {
-        self.oauth.get_or_init(|| {
-            crate::oauth::OAuthRuntime::new(
-                &self.settings.oauth,
-                self.settings.store.azure.managed_identity_client_id.clone(),
-            )
-        })
+        self.oauth.get_or_init(|| crate::oauth::OAuthRuntime::new(&self.settings.oauth, self.stores.identity.clone()))
     }
 
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is

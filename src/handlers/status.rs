@@ -7,9 +7,10 @@ use serde::Serialize;
 use super::sync::{last_run, SyncRun};
 use super::{App, HttpResponse, Mode};
 use crate::alerts::{self, Alert};
+use crate::config::StoreKind;
 use crate::config::{OAuthGrant, TokenSettings};
 use crate::connections::{self, Connection, ConnectionState, APP_ONLY_CONNECTION, APP_ONLY_PARTITION};
-use crate::store::{StoreError, StoreKind, Table, TypedTable};
+use crate::store::{StoreError, Table, TypedTable};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {

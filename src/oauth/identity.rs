@@ -2,15 +2,12 @@
 //! account identified the way each server defines it — (`tid`, `oid`) on Entra, (`iss`, `sub`)
 //! elsewhere — and `ALLOWED_TENANTS` / `ALLOWED_USERS` applied before anything is stored.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use super::flow::PendingFlow;
-use super::id_token::{Expectations, IdTokenClaims, IdTokenValidator, JwksCache};
+use super::id_token::{Expectations, IdTokenClaims, IdTokenValidator};
 use super::provider::{ExpectedIssuer, Provider};
-use super::token::TokenSet;
+use super::token::TokenResponse;
+use super::OAuthRuntime;
 use crate::config::{OAuthProvider, OAuthSettings};
-use crate::handlers::App;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
@@ -23,24 +20,13 @@ pub struct Identity {
     pub aliases: Vec<String>,
 }
 
-/// One JWKS cache per key-set URL, kept for the life of the process.
-#[derive(Default)]
-pub struct JwksCaches(Mutex<HashMap<String, Arc<JwksCache>>>);
-
-impl JwksCaches {
-    fn get(&self, uri: &url::Url, http: &reqwest::Client) -> Arc<JwksCache> {
-        let mut caches = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        caches.entry(uri.to_string()).or_insert_with(|| Arc::new(JwksCache::new(uri.clone(), http.clone()))).clone()
-    }
-}
-
 /// Validates the id_token of a code redemption and says who signed in. Servers without OpenID
 /// Connect (plain OAuth 2.0) have no id_token; their connections are identified by the server.
 pub async fn identify(
-    app: &App,
+    oauth: &OAuthRuntime,
     provider: &Provider,
     flow: &PendingFlow,
-    tokens: &TokenSet,
+    tokens: &TokenResponse,
 ) -> Result<Identity, String> {
     if !provider.is_openid() {
         let server = provider.token_endpoint.origin().ascii_serialization();
@@ -56,9 +42,8 @@ pub async fn identify(
         return Err("the authorization server returned no id_token although openid was requested".into());
     };
     let jwks_uri = provider.jwks_uri.as_ref().ok_or("the authorization server publishes no keys (jwks_uri)")?;
-    let oauth = app.oauth();
     let validator = IdTokenValidator::new(oauth.jwks.get(jwks_uri, &oauth.http));
-    let client_id = app.settings.oauth.client_id.clone().unwrap_or_default();
+    let client_id = oauth.client_id.clone();
     let expectations = match flow.expected_issuer() {
         ExpectedIssuer::Exact(issuer) => Expectations::exact(issuer, client_id, flow.nonce.clone()),
         ExpectedIssuer::TenantTemplate(template) => {

@@ -5,14 +5,12 @@ pub mod assertion;
 pub mod flow;
 pub mod id_token;
 pub mod identity;
+pub mod jwks;
 pub mod provider;
 pub mod token;
 
-use std::sync::Arc;
-
-use azure_core::credentials::TokenCredential;
-
 use crate::config::{OAuthProvider, OAuthSettings};
+use crate::store::azure::credential::SharedCredential;
 use token::ClientAuth;
 
 /// What the sign-in and token code share: one HTTP client (no redirects), the provider's
@@ -25,21 +23,22 @@ pub struct OAuthRuntime {
     /// Loaded from `OAUTH_CLIENT_CERTIFICATE_PATH` on first use; an error is kept as text.
     certificate: Option<Result<assertion::ClientCertificate, String>>,
     /// `OAUTH_FEDERATED_CREDENTIAL`: the managed identity whose token is the client assertion.
-    federated: Option<(Option<String>, LazyCredential)>,
-    pub jwks: identity::JwksCaches,
+    federated: Option<SharedCredential>,
+    pub jwks: jwks::JwksCaches,
 }
 
 impl OAuthRuntime {
-    /// `managed_identity_client_id` is `AZURE_CLIENT_ID` (a user-assigned identity), if any.
-    pub fn new(settings: &OAuthSettings, managed_identity_client_id: Option<String>) -> Self {
+    /// `identity` is the process's Azure credential (the stores'), used for a federated
+    /// credential.
+    pub fn new(settings: &OAuthSettings, identity: SharedCredential) -> Self {
         let http = token::http_client();
         Self {
             provider: provider::ProviderResolver::new(settings.clone(), http.clone()),
             client_id: settings.client_id.clone().unwrap_or_default(),
             client_secret: settings.client_secret.clone(),
             certificate: settings.client_certificate_path.as_deref().map(assertion::ClientCertificate::from_pem_file),
-            federated: settings.federated_credential.then(|| (managed_identity_client_id, std::sync::OnceLock::new())),
-            jwks: identity::JwksCaches::default(),
+            federated: settings.federated_credential.then_some(identity),
+            jwks: jwks::JwksCaches::default(),
             http,
         }
     }
@@ -48,8 +47,8 @@ impl OAuthRuntime {
     /// when a certificate is configured; else the secret, in the body unless the server only
     /// supports Basic; else nothing (a public client).
     pub async fn client_auth(&self, provider: &provider::Provider) -> Result<ClientAuth, String> {
-        if let Some((client_id, credential)) = &self.federated {
-            return federated_assertion(client_id.as_deref(), credential).await.map(ClientAuth::Assertion);
+        if let Some(credential) = &self.federated {
+            return federated_assertion(credential).await.map(ClientAuth::Assertion);
         }
         if let Some(certificate) = &self.certificate {
             let certificate = certificate.as_ref().map_err(Clone::clone)?;
@@ -71,8 +70,21 @@ impl OAuthRuntime {
     }
 }
 
-/// A credential made on first use; a failure to make it is kept as text.
-type LazyCredential = std::sync::OnceLock<Result<Arc<dyn TokenCredential>, String>>;
+/// The scopes to request: the configured ones plus `openid` (OIDC servers) and
+/// `offline_access` (always: without it there is no refresh token).
+pub fn requested_scopes(configured: &[String], openid: bool) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    if openid {
+        scopes.push("openid".into());
+    }
+    scopes.push("offline_access".into());
+    for scope in configured {
+        if !scopes.contains(scope) {
+            scopes.push(scope.clone());
+        }
+    }
+    scopes
+}
 
 /// The audience Entra expects of a managed-identity token used as a federated credential.
 pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
@@ -80,17 +92,23 @@ pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
 /// A managed-identity token for `api://AzureADTokenExchange`, used as the app's client
 /// assertion (Entra workload identity federation), so production needs no secret at all.
 /// The credential caches its token and refreshes it before expiry.
-async fn federated_assertion(
-    client_id: Option<&str>,
-    credential: &LazyCredential,
-) -> Result<crate::secret::SecretString, String> {
-    let credential = credential
-        .get_or_init(|| crate::store::azure::credential::default_credential(client_id).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(Clone::clone)?;
+async fn federated_assertion(credential: &SharedCredential) -> Result<crate::secret::SecretString, String> {
+    let credential = credential.get().map_err(|e| e.to_string())?;
     let token = credential
         .get_token(&[TOKEN_EXCHANGE_SCOPE], None)
         .await
         .map_err(|e| format!("the managed identity gave no token for the federated credential: {e}"))?;
     Ok(crate::secret::SecretString::new(token.token.secret()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_access_and_openid_are_always_requested_once() {
+        let scopes = requested_scopes(&["api://tc/.default".into(), "offline_access".into()], true);
+        assert_eq!(scopes, ["openid", "offline_access", "api://tc/.default"]);
+        assert_eq!(requested_scopes(&[], false), ["offline_access"]);
+    }
 }

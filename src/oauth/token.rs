@@ -19,7 +19,7 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Tokens from a successful response. Token values are secrets; everything else is not.
 #[derive(Debug, Clone)]
-pub struct TokenSet {
+pub struct TokenResponse {
     pub access_token: SecretString,
     pub refresh_token: Option<SecretString>,
     pub id_token: Option<SecretString>,
@@ -50,7 +50,7 @@ pub struct OAuthErrorBody {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub enum EndpointError {
     #[error("the authorization server refused the request: {} ({})", .body.error, .body.error_description.as_deref().unwrap_or("no description"))]
     Rejected { status: u16, body: Box<OAuthErrorBody>, retry_after: Option<Duration> },
     #[error("the token endpoint answered HTTP {status} without an OAuth error")]
@@ -67,11 +67,11 @@ pub enum TokenError {
     UnusableWithRefreshToken { reason: String, refresh_token: SecretString },
 }
 
-impl TokenError {
+impl EndpointError {
     /// The OAuth `error` code, when the server sent one.
     pub fn oauth_error(&self) -> Option<&str> {
         match self {
-            TokenError::Rejected { body, .. } => Some(body.error.as_str()),
+            EndpointError::Rejected { body, .. } => Some(body.error.as_str()),
             _ => None,
         }
     }
@@ -106,26 +106,29 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
 }
 
 /// Parses a 2xx token endpoint body.
-pub fn parse_token_response(body: &[u8]) -> Result<TokenSet, TokenError> {
+pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, EndpointError> {
     let mut raw: RawTokenResponse = serde_json::from_slice(body)
-        .map_err(|e| TokenError::InvalidResponse(format!("not a JSON token response ({})", e.classify_name())))?;
+        .map_err(|e| EndpointError::InvalidResponse(format!("not a JSON token response ({})", e.classify_name())))?;
     let refresh_token = raw.refresh_token.take().filter(|t| !t.is_empty()).map(SecretString::new);
     validate_token_response(raw, refresh_token.clone()).map_err(|e| match (e, refresh_token) {
-        (TokenError::InvalidResponse(reason), Some(refresh_token)) => {
-            TokenError::UnusableWithRefreshToken { reason, refresh_token }
+        (EndpointError::InvalidResponse(reason), Some(refresh_token)) => {
+            EndpointError::UnusableWithRefreshToken { reason, refresh_token }
         }
         (e, _) => e,
     })
 }
 
-fn validate_token_response(raw: RawTokenResponse, refresh_token: Option<SecretString>) -> Result<TokenSet, TokenError> {
+fn validate_token_response(
+    raw: RawTokenResponse,
+    refresh_token: Option<SecretString>,
+) -> Result<TokenResponse, EndpointError> {
     let access_token = raw
         .access_token
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| TokenError::InvalidResponse("no access_token in the response".into()))?;
+        .ok_or_else(|| EndpointError::InvalidResponse("no access_token in the response".into()))?;
     if let Some(kind) = &raw.token_type {
         if !kind.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::InvalidResponse(format!("token_type {kind:?} is not Bearer")));
+            return Err(EndpointError::InvalidResponse(format!("token_type {kind:?} is not Bearer")));
         }
     }
     let (expires_in, expires_in_assumed) = match raw.expires_in {
@@ -135,7 +138,7 @@ fn validate_token_response(raw: RawTokenResponse, refresh_token: Option<SecretSt
         },
         Some(secs) => (Duration::from_secs(secs.min(366 * 86_400)), false),
     };
-    Ok(TokenSet {
+    Ok(TokenResponse {
         access_token: SecretString::new(access_token),
         refresh_token,
         id_token: raw.id_token.filter(|t| !t.is_empty()).map(SecretString::new),
@@ -210,7 +213,7 @@ pub fn http_client() -> reqwest::Client {
 }
 
 /// Posts `request` and parses the answer.
-pub async fn request_tokens(http: &reqwest::Client, request: TokenRequest<'_>) -> Result<TokenSet, TokenError> {
+pub async fn request_tokens(http: &reqwest::Client, request: TokenRequest<'_>) -> Result<TokenResponse, EndpointError> {
     let mut form: Vec<(String, String)> = Vec::with_capacity(request.params.len() + 3);
     for (name, value) in &request.params {
         form.push(((*name).to_owned(), value.expose().to_owned()));
@@ -250,16 +253,18 @@ pub async fn request_tokens(http: &reqwest::Client, request: TokenRequest<'_>) -
         return parse_token_response(&bytes);
     }
     match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
-        Ok(body) if !body.error.is_empty() => Err(TokenError::Rejected { status, body: Box::new(body), retry_after }),
-        _ => Err(TokenError::Http { status, retry_after }),
+        Ok(body) if !body.error.is_empty() => {
+            Err(EndpointError::Rejected { status, body: Box::new(body), retry_after })
+        }
+        _ => Err(EndpointError::Http { status, retry_after }),
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, TokenError> {
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, EndpointError> {
     let mut out = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
         if out.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(TokenError::InvalidResponse("the response is larger than 256 KiB".into()));
+            return Err(EndpointError::InvalidResponse("the response is larger than 256 KiB".into()));
         }
         out.extend_from_slice(&chunk);
     }
@@ -267,11 +272,11 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, TokenE
 }
 
 /// Transport errors print their URL; ours carry no secrets in URLs, but scrub anyway.
-fn transport_error(e: reqwest::Error) -> TokenError {
+fn transport_error(e: reqwest::Error) -> EndpointError {
     if e.is_timeout() {
-        TokenError::Timeout
+        EndpointError::Timeout
     } else {
-        TokenError::Unreachable(crate::telemetry::redact(&e.without_url().to_string()).into_owned())
+        EndpointError::Unreachable(crate::telemetry::redact(&e.without_url().to_string()).into_owned())
     }
 }
 
@@ -342,14 +347,14 @@ mod tests {
     #[test]
     fn an_unusable_answer_still_hands_over_its_new_refresh_token() {
         match parse_token_response(br#"{"refresh_token":"rotated-rt","token_type":"Bearer"}"#) {
-            Err(e @ TokenError::UnusableWithRefreshToken { .. }) => {
+            Err(e @ EndpointError::UnusableWithRefreshToken { .. }) => {
                 assert!(!e.to_string().contains("rotated-rt") && !format!("{e:?}").contains("rotated-rt"));
-                let TokenError::UnusableWithRefreshToken { refresh_token, .. } = e else { unreachable!() };
+                let EndpointError::UnusableWithRefreshToken { refresh_token, .. } = e else { unreachable!() };
                 assert_eq!(refresh_token.expose(), "rotated-rt");
             }
             other => panic!("expected the refresh token back, got {other:?}"),
         }
-        assert!(matches!(parse_token_response(br#"{"token_type":"mac"}"#), Err(TokenError::InvalidResponse(_))));
+        assert!(matches!(parse_token_response(br#"{"token_type":"mac"}"#), Err(EndpointError::InvalidResponse(_))));
     }
 
     #[test]

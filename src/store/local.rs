@@ -35,6 +35,8 @@ pub fn open(dir: &Path, encryption_key: Option<&SecretString>) -> StoreResult<St
         blobs: Arc::new(store.clone()),
         queues: Arc::new(store.clone()),
         secrets: Arc::new(store),
+        // No Azure identity is needed here; one is made on first use if something asks.
+        identity: super::azure::credential::SharedCredential::new(None),
     })
 }
 

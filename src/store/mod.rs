@@ -13,7 +13,7 @@
 //! * [`SecretStore`]: versioned secrets (refresh tokens, keys), encrypted at rest.
 //!
 //! Leases ([`lease`]) are built on the table primitive with compare-and-swap, so every backend
-//! gets the same lease semantics for free. `tests/store_conformance.rs` holds the behaviour
+//! gets the same lease semantics for free. `tests/suite/store_conformance.rs` holds the behaviour
 //! every backend must pass.
 
 pub mod azure;
@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::StoreKind;
 use crate::secret::SecretString;
 
 /// The tables the product uses. The Azure backend prefixes these names (`TABLE_PREFIX`).
@@ -286,13 +287,9 @@ pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
     pub queues: Arc<dyn QueueStore>,
     pub secrets: Arc<dyn SecretStore>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    Local,
-    Azure,
+    /// The app's Entra identity: what the Azure backend authenticates with, and what the
+    /// OAuth client borrows for a federated credential. One per opened store, made on first use.
+    pub identity: azure::credential::SharedCredential,
 }
 
 /// A typed record read from a table, with the ETag to write it back conditionally.
@@ -423,42 +420,18 @@ pub fn validate_properties(props: &Map<String, Value>) -> StoreResult<()> {
     Ok(())
 }
 
-/// Azure container and queue names: 3-63 of lowercase letters, digits and single dashes.
+/// Azure container and queue names (see [`crate::naming::is_container_name`]).
 pub fn validate_container_name(field: &'static str, name: &str) -> StoreResult<()> {
-    let ok = (3..=63).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
+    if crate::naming::is_container_name(name) {
         Ok(())
     } else {
         Err(StoreError::invalid(field, format!("{name:?} must be 3-63 lowercase letters, digits or single dashes")))
     }
 }
 
-/// The secret-store name for one of a connection's secrets (`kind` is a fixed word such as
-/// `refresh-token`). Key Vault names allow only `[0-9a-zA-Z-]`, at most 127, and ignore case,
-/// while connection ids are free text: a short lowercase id stays readable
-/// (`refresh-token-c-default`); any other id is replaced by a hash of it
-/// (`refresh-token-h-<40 hex>`). The `-c-`/`-h-` marker keeps the two forms from colliding.
-pub fn connection_secret_name(kind: &str, connection_id: &str) -> String {
-    debug_assert!(kind.chars().all(|c| c.is_ascii_lowercase() || c == '-') && kind.len() <= 40);
-    let readable = (1..=63).contains(&connection_id.len())
-        && connection_id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if readable {
-        format!("{kind}-c-{connection_id}")
-    } else {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(connection_id.as_bytes());
-        format!("{kind}-h-{}", &hex::encode(digest)[..40])
-    }
-}
-
-/// Key Vault secret names: 1-127 of `[0-9a-zA-Z-]`.
+/// Key Vault secret names (see [`crate::naming::is_secret_name`]).
 pub fn validate_secret_name(name: &str) -> StoreResult<()> {
-    let ok = (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if ok {
+    if crate::naming::is_secret_name(name) {
         Ok(())
     } else {
         Err(StoreError::invalid("secret name", format!("{name:?} must be 1-127 of 0-9, a-z, A-Z and '-'")))
@@ -467,31 +440,9 @@ pub fn validate_secret_name(name: &str) -> StoreResult<()> {
 
 /// Opens the store the settings name.
 pub fn open(settings: &crate::config::StoreSettings) -> StoreResult<Stores> {
+    let identity = azure::credential::SharedCredential::new(settings.azure.managed_identity_client_id.clone());
     match settings.kind {
-        StoreKind::Local => local::open(&settings.local_path, settings.local_key.as_ref()),
-        StoreKind::Azure => azure::open(settings),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_secret_names_are_valid_distinct_and_readable_when_possible() {
-        assert_eq!(connection_secret_name("refresh-token", "default"), "refresh-token-c-default");
-        let odd = ["Default", "tenant/contoso", "ünïcödé", "a b", &"x".repeat(200), "", "c-default"];
-        let mut names = std::collections::HashSet::new();
-        names.insert(connection_secret_name("refresh-token", "default"));
-        for id in odd {
-            let name = connection_secret_name("refresh-token", id);
-            validate_secret_name(&name).unwrap_or_else(|e| panic!("{id:?} gave {name:?}: {e}"));
-            assert!(names.insert(name.to_ascii_lowercase()), "{id:?} collides");
-        }
-        // Case-insensitive Key Vault: ids differing only in case must not share a secret.
-        assert_ne!(
-            connection_secret_name("refresh-token", "Prod").to_ascii_lowercase(),
-            connection_secret_name("refresh-token", "prod").to_ascii_lowercase()
-        );
+        StoreKind::Local => Ok(Stores { identity, ..local::open(&settings.local_path, settings.local_key.as_ref())? }),
+        StoreKind::Azure => azure::open(settings, identity),
     }
 }

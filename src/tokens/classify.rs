@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::oauth::token::TokenError as EndpointError;
+use crate::oauth::token::EndpointError;
 
 /// Entra's "LoopDetected": too many identical requests. A refresh storm; back off hard.
 const AADSTS_LOOP_DETECTED: i64 = 50196;

@@ -2,7 +2,7 @@
 //! (user-assigned when `AZURE_CLIENT_ID` is set), workload identity where a federated token
 //! file is mounted, and the developer's own `az`/`azd` login on a workstation.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use azure_core::credentials::TokenCredential;
 use azure_identity::{
@@ -11,7 +11,35 @@ use azure_identity::{
 
 use crate::store::{StoreError, StoreResult};
 
-pub fn default_credential(user_assigned_client_id: Option<&str>) -> StoreResult<Arc<dyn TokenCredential>> {
+/// The process's one Entra credential, made on first use and shared by everything that
+/// authenticates as the app's identity (the Azure stores, the federated client assertion), so
+/// its token cache is shared too. Cheap to clone; a failure to make it is kept as text.
+#[derive(Clone)]
+pub struct SharedCredential {
+    user_assigned_client_id: Option<String>,
+    cell: Arc<OnceLock<Result<Arc<dyn TokenCredential>, String>>>,
+}
+
+impl SharedCredential {
+    /// `user_assigned_client_id` is `AZURE_CLIENT_ID`, when a user-assigned identity is meant.
+    pub fn new(user_assigned_client_id: Option<String>) -> Self {
+        Self { user_assigned_client_id, cell: Arc::default() }
+    }
+
+    pub fn user_assigned_client_id(&self) -> Option<&str> {
+        self.user_assigned_client_id.as_deref()
+    }
+
+    pub fn get(&self) -> StoreResult<Arc<dyn TokenCredential>> {
+        self.cell
+            .get_or_init(|| default_credential(self.user_assigned_client_id.as_deref()))
+            .clone()
+            .map_err(StoreError::Backend)
+    }
+}
+
+/// The credential for where the process runs (see the module documentation).
+fn default_credential(user_assigned_client_id: Option<&str>) -> Result<Arc<dyn TokenCredential>, String> {
     let in_azure =
         ["IDENTITY_ENDPOINT", "MSI_ENDPOINT", "WEBSITE_INSTANCE_ID"].iter().any(|v| std::env::var_os(v).is_some());
     let credential: azure_core::Result<Arc<dyn TokenCredential>> = if in_azure {
@@ -25,5 +53,5 @@ pub fn default_credential(user_assigned_client_id: Option<&str>) -> StoreResult<
     } else {
         DeveloperToolsCredential::new(None).map(|c| c as Arc<dyn TokenCredential>)
     };
-    credential.map_err(|e| StoreError::Backend(format!("cannot set up the Azure credential: {e}")))
+    credential.map_err(|e| format!("cannot set up the Azure credential: {e}"))
 }

@@ -55,6 +55,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 
 use super::super::{validate_secret_name, SecretStore, SecretVersion, StoreError, StoreResult};
+use super::service::error_chain;
 use crate::secret::SecretString;
 
 /// The tag holding our own write time of a version (RFC 3339, nanoseconds), to order versions
@@ -380,7 +381,7 @@ impl KeyVaultSecrets {
             ),
             _ => format!("Key Vault {vault}: cannot {} secret {name}: {}", op.verb(), error_chain(err)),
         };
-        StoreError::Backend(scrub(message, value))
+        StoreError::Backend(without_value(message, value))
     }
 }
 
@@ -739,23 +740,8 @@ fn default_identity_hint() -> String {
     }
 }
 
-/// An error and its sources, without repeats.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// Removes a secret value from a message, should anything have echoed it.
-fn scrub(message: String, value: Option<&SecretString>) -> String {
+fn without_value(message: String, value: Option<&SecretString>) -> String {
     match value {
         Some(v) if v.expose().len() >= 4 && message.contains(v.expose()) => message.replace(v.expose(), "[REDACTED]"),
         _ => message,
@@ -819,8 +805,8 @@ mod tests {
     #[test]
     fn scrub_removes_the_value() {
         let v = SecretString::new("hunter2-secret");
-        assert_eq!(scrub("oops hunter2-secret echoed".into(), Some(&v)), "oops [REDACTED] echoed");
-        assert_eq!(scrub("nothing here".into(), Some(&v)), "nothing here");
+        assert_eq!(without_value("oops hunter2-secret echoed".into(), Some(&v)), "oops [REDACTED] echoed");
+        assert_eq!(without_value("nothing here".into(), Some(&v)), "nothing here");
     }
 
     #[test]

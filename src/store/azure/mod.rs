@@ -6,29 +6,29 @@ pub mod connection;
 pub mod credential;
 pub mod keyvault;
 pub mod queues;
+mod service;
 pub mod tables;
 
 use std::sync::Arc;
 
-use crate::config::StoreSettings;
-use crate::store::{StoreError, StoreKind, StoreResult, Stores};
+use crate::config::{StoreKind, StoreSettings};
+use crate::store::{StoreError, StoreResult, Stores};
 
 /// Table names are `tcbridge<name>`, so the app's tables stand out in a shared account.
 pub const TABLE_PREFIX: &str = "tcbridge";
 
 /// The Azure store from the settings: storage by connection string or managed identity, and
 /// Key Vault (`KEYVAULT_URI`) through the identity.
-pub fn open(settings: &StoreSettings) -> StoreResult<Stores> {
+pub fn open(settings: &StoreSettings, identity: credential::SharedCredential) -> StoreResult<Stores> {
     let account = connection::StorageAccount::from_settings(&settings.azure)?;
     let vault = settings.keyvault_uri.as_ref().ok_or_else(|| {
         StoreError::invalid("KEYVAULT_URI", "STORE=azure keeps secrets in Key Vault; set KEYVAULT_URI")
     })?;
-    let client_id = settings.azure.managed_identity_client_id.as_deref();
-    // One credential for everything; it caches its tokens.
-    let credential = credential::default_credential(client_id)?;
+    let client_id = identity.user_assigned_client_id().map(str::to_owned);
+    let credential = identity.get()?;
     let storage_credential = matches!(account.auth, connection::StorageAuth::Identity).then(|| credential.clone());
     let mut secrets = keyvault::KeyVaultSecrets::new(vault.as_str(), credential, None)?;
-    if let Some(id) = client_id {
+    if let Some(id) = &client_id {
         secrets = secrets.with_identity_hint(format!("the managed identity with client id {id}"));
     }
     Ok(Stores {
@@ -37,5 +37,6 @@ pub fn open(settings: &StoreSettings) -> StoreResult<Stores> {
         blobs: Arc::new(blobs::AzureBlobs::new(&account, storage_credential.clone())?),
         queues: Arc::new(queues::AzureQueues::new(&account, storage_credential)?),
         secrets: Arc::new(secrets),
+        identity,
     })
 }

@@ -5,7 +5,7 @@
 //! can start a queue-triggered function. Dequeue decodes them again. Messages never expire
 //! (`messagettl=-1`), as in the embedded store; Azure's default would drop them after 7 days.
 //!
-//! Authentication, retries and error mapping are shared with [`super::blobs`].
+//! Authentication, retries and error mapping are shared with the blob store ([`super::service`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +21,8 @@ use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOpt
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
-use super::blobs::{backend_error, client_setup, error_code, service_root, status, Service};
 use super::connection::StorageAccount;
+use super::service::{backend_error, client_setup, error_code, service_root, status, without_url_queries, Service};
 use crate::store::*;
 
 /// Azure's ceiling for a visibility timeout or an enqueue delay: 7 days.
@@ -46,7 +46,7 @@ impl AzureQueues {
             QueueServiceClient::new(service_root(&account.queue), credential, Some(options)).map_err(|e| {
                 StoreError::Backend(format!(
                     "cannot set up the Queue storage client: {}",
-                    super::blobs::scrub(&e.to_string())
+                    without_url_queries(&e.to_string())
                 ))
             })?;
         Ok(Self { service, account: account.name.clone() })

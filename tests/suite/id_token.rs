@@ -17,9 +17,9 @@ use axum::Router;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use truecontext_bridge::oauth::id_token::{
-    Clock, Expectations, IdTokenClaims, IdTokenError, IdTokenValidator, JwksCache, ManualClock,
-};
+use truecontext_bridge::clock::{Clock, ManualClock};
+use truecontext_bridge::oauth::id_token::{Expectations, IdTokenClaims, IdTokenError, IdTokenValidator};
+use truecontext_bridge::oauth::jwks::JwksCache;
 use truecontext_bridge::secret::SecretString;
 
 const ISSUER: &str = "https://issuer.test";

@@ -2,9 +2,7 @@
 //! (Azurite), through `azure_storage_blob` / `azure_storage_queue` 1.x with an account SAS;
 //! plus what the Functions host needs of our queue messages, and what our errors may say.
 
-mod common;
-mod harness;
-
+use crate::{common, harness};
 use std::sync::Arc;
 use std::time::Duration;
 

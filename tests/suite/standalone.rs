@@ -1,8 +1,7 @@
 //! The standalone front door: the same handlers as plain HTTP, the function key, the
 //! in-process timer and queue.
 
-mod harness;
-
+use crate::harness;
 use std::time::{Duration, Instant};
 
 use harness::{client, Server, TEST_FUNCTION_KEY};

@@ -1,7 +1,6 @@
 //! The operator commands: `check`, `status`, and `serve` refusing to start half-configured.
 
-mod harness;
-
+use crate::harness;
 use std::process::Output;
 
 fn run(args: &[&str], settings: &[(&str, &str)]) -> (Output, String) {

@@ -4,8 +4,7 @@
 //! count it wrote; the counts must be exactly 1..=N — one winner per version, no lost update.
 //! Run against the embedded store (processes sharing one SQLite file) and against Azurite.
 
-mod harness;
-
+use crate::harness;
 use std::process::Command;
 use std::sync::Arc;
 

@@ -5,10 +5,9 @@
 //!
 //! "Instances" here are separate `App`s on one store: each has its own token cache, its own
 //! single-flight locks and its own store handle, so they share only what separate processes
-//! share. tests/token_processes.rs does the same with real `tcbridge` processes.
+//! share. tests/suite/token_processes.rs does the same with real `tcbridge` processes.
 
-mod harness;
-
+use crate::harness;
 use std::time::Duration;
 
 use harness::connected::{assert_all_same_token, Connected, Options};
@@ -78,7 +77,7 @@ async fn three_instances_on_one_embedded_store_make_one_call_per_expiry() {
     // One secret-store write per refresh: the consent's version plus one per cycle.
     let app = &instances[0];
     let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
-    assert_eq!(app.stores.secrets.versions(&record.refresh_token_secret).await.unwrap().len(), 51);
+    assert_eq!(app.stores.secrets.versions(&record.token_set_secret).await.unwrap().len(), 51);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +510,7 @@ async fn a_refresh_overtaken_by_a_reconsent_leaves_the_new_grant_in_force() {
     assert_eq!(token.source, TokenSource::Store, "the consent's token, not the old grant's");
     assert_eq!(token.generation, consented.token_generation);
     let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
-    assert_eq!(record.refresh_token_version, consented.refresh_token_version, "the refresh did not overwrite it");
+    assert_eq!(record.token_set_version, consented.token_set_version, "the refresh did not overwrite it");
     assert_eq!(record.consecutive_failures, 0);
 
     // The next refresh presents the consent's refresh token.
@@ -536,34 +535,24 @@ async fn an_unusable_answer_keeps_the_refresh_token_it_carried() {
         .await;
     assert!(matches!(app.tokens().access_token("default").await, Err(TokenError::Rejected { .. })));
     let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
-    let stored = app
-        .stores
-        .secrets
-        .get(&record.refresh_token_secret, record.refresh_token_version.as_deref())
-        .await
-        .unwrap()
-        .unwrap();
-    let bundle = truecontext_bridge::tokens::bundle::TokenBundle::from_secret(&stored.value, stored.created).unwrap();
+    let stored =
+        app.stores.secrets.get(&record.token_set_secret, record.token_set_version.as_deref()).await.unwrap().unwrap();
+    let bundle = truecontext_bridge::connections::TokenSet::from_secret(&stored.value, stored.created).unwrap();
     assert_eq!(bundle.refresh_token.unwrap().expose(), "rt-from-odd-answer", "the refresh token it carried is kept");
     assert!(bundle.access_token.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_set_stored_by_a_refresh_that_died_is_adopted() {
+    use truecontext_bridge::connections::TokenSet;
     use truecontext_bridge::secret::SecretString;
-    use truecontext_bridge::tokens::bundle::TokenBundle;
     let bridge = Connected::start(Options::default()).await;
     let app = bridge.instance();
     // A refresh that used the refresh token, stored the new set, and died before the record.
     let record = connections::get(&app.stores, "default").await.unwrap().unwrap().value;
-    let named = app
-        .stores
-        .secrets
-        .get(&record.refresh_token_secret, record.refresh_token_version.as_deref())
-        .await
-        .unwrap()
-        .unwrap();
-    let current = TokenBundle::from_secret(&named.value, named.created).unwrap();
+    let named =
+        app.stores.secrets.get(&record.token_set_secret, record.token_set_version.as_deref()).await.unwrap().unwrap();
+    let current = TokenSet::from_secret(&named.value, named.created).unwrap();
     let answer: serde_json::Value = harness::client()
         .post(format!("{}/token", bridge.provider.issuer()))
         .form(&[
@@ -579,7 +568,7 @@ async fn a_token_set_stored_by_a_refresh_that_died_is_adopted() {
         .await
         .unwrap();
     let rotated = answer["refresh_token"].as_str().expect("a rotated refresh token").to_owned();
-    let orphan = TokenBundle {
+    let orphan = TokenSet {
         generation: current.generation + 1,
         refresh_token: Some(SecretString::new(rotated)),
         access_token: None,
@@ -587,9 +576,9 @@ async fn a_token_set_stored_by_a_refresh_that_died_is_adopted() {
         refresh_at: None,
         scopes: current.scopes.clone(),
         issued_at: chrono::Utc::now(),
-        supersedes: record.refresh_token_version.clone(),
+        supersedes: record.token_set_version.clone(),
     };
-    app.stores.secrets.set(&record.refresh_token_secret, &orphan.to_secret()).await.unwrap();
+    app.stores.secrets.set(&record.token_set_secret, &orphan.to_secret()).await.unwrap();
 
     // The next refresh finds it and uses its refresh token; the spent one is never presented.
     bridge.advance(PAST_REFRESH);

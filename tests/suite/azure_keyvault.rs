@@ -1,10 +1,8 @@
 //! The storage conformance suite's secret checks against Key Vault, through the real
-//! `azure_security_keyvault_secrets` SDK and the Key Vault simulator (tests/harness/keyvault.rs),
+//! `azure_security_keyvault_secrets` SDK and the Key Vault simulator (tests/suite/harness/keyvault.rs),
 //! plus retries, error messages, the read cache and soft delete.
 
-mod common;
-mod harness;
-
+use crate::{common, harness};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

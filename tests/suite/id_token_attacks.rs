@@ -10,7 +10,8 @@ use axum::Router;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use truecontext_bridge::oauth::id_token::{Expectations, IdTokenError, IdTokenValidator, JwksCache};
+use truecontext_bridge::oauth::id_token::{Expectations, IdTokenError, IdTokenValidator};
+use truecontext_bridge::oauth::jwks::JwksCache;
 use truecontext_bridge::secret::SecretString;
 
 const ISSUER: &str = "https://issuer.test";

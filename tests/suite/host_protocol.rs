@@ -8,8 +8,7 @@
 //! `Outputs`/`Logs`/`ReturnValue`, `Outputs.res` has a numeric `statusCode`, string header
 //! values and a string body.
 
-mod harness;
-
+use crate::harness;
 use std::time::Duration;
 
 use harness::{client, Server};

@@ -9,10 +9,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::clock::delta;
+use crate::oauth::token::TokenResponse;
 use crate::secret::SecretString;
 
 #[derive(Debug, Clone)]
-pub struct TokenBundle {
+pub struct TokenSet {
     /// Counts the token sets written for this connection; the record names the one in force.
     pub generation: u64,
     pub refresh_token: Option<SecretString>,
@@ -46,7 +48,91 @@ struct Wire {
     supersedes: Option<String>,
 }
 
-impl TokenBundle {
+impl TokenSet {
+    /// The set a consent stores: the code redemption's tokens, superseding nothing.
+    pub fn from_consent(
+        generation: u64,
+        response: &TokenResponse,
+        refresh_token: SecretString,
+        scopes: Vec<String>,
+        issued_at: DateTime<Utc>,
+        refresh_margin: std::time::Duration,
+    ) -> Self {
+        TokenSet {
+            generation,
+            refresh_token: Some(refresh_token),
+            access_token: Some(response.access_token.clone()),
+            expires_at: Some(issued_at + delta(response.expires_in)),
+            refresh_at: Some(refresh_time(issued_at, response.expires_in, refresh_margin, response.refresh_in)),
+            scopes,
+            issued_at,
+            supersedes: None,
+        }
+    }
+
+    /// The set a refresh stores: the new tokens, keeping `previous`'s refresh token when the
+    /// server sent none (it did not rotate).
+    pub fn from_refresh(
+        generation: u64,
+        response: TokenResponse,
+        previous: TokenSet,
+        scopes: Vec<String>,
+        issued_at: DateTime<Utc>,
+        refresh_margin: std::time::Duration,
+        supersedes: Option<String>,
+    ) -> Self {
+        TokenSet {
+            generation,
+            refresh_token: response.refresh_token.or(previous.refresh_token),
+            access_token: Some(response.access_token),
+            expires_at: Some(issued_at + delta(response.expires_in)),
+            refresh_at: Some(refresh_time(issued_at, response.expires_in, refresh_margin, response.refresh_in)),
+            scopes,
+            issued_at,
+            supersedes,
+        }
+    }
+
+    /// Only a refresh token: the rotated one that came with an answer we could not use, or one
+    /// stored bare before token sets were JSON.
+    pub fn refresh_token_only(
+        generation: u64,
+        refresh_token: SecretString,
+        scopes: Vec<String>,
+        issued_at: DateTime<Utc>,
+        supersedes: Option<String>,
+    ) -> Self {
+        TokenSet {
+            generation,
+            refresh_token: Some(refresh_token),
+            access_token: None,
+            expires_at: None,
+            refresh_at: None,
+            scopes,
+            issued_at,
+            supersedes,
+        }
+    }
+
+    /// No tokens yet: the app-only connection before its first token.
+    pub fn empty(now: DateTime<Utc>) -> Self {
+        TokenSet {
+            generation: 0,
+            refresh_token: None,
+            access_token: None,
+            expires_at: None,
+            refresh_at: None,
+            scopes: Vec::new(),
+            issued_at: now,
+            supersedes: None,
+        }
+    }
+
+    /// The same set without its access token (for a secret store that cannot hold it all).
+    pub fn without_access_token(&self) -> Self {
+        TokenSet { access_token: None, ..self.clone() }
+    }
+
     pub fn to_secret(&self) -> SecretString {
         let wire = Wire {
             v: 1,
@@ -74,22 +160,13 @@ impl TokenBundle {
             if text.is_empty() {
                 return Err("the stored token set is empty".into());
             }
-            return Ok(TokenBundle {
-                generation: 0,
-                refresh_token: Some(SecretString::new(text)),
-                access_token: None,
-                expires_at: None,
-                refresh_at: None,
-                scopes: Vec::new(),
-                issued_at: created,
-                supersedes: None,
-            });
+            return Ok(TokenSet::refresh_token_only(0, SecretString::new(text), Vec::new(), created, None));
         }
         let wire: Wire = serde_json::from_str(text).map_err(|_| "the stored token set is not readable".to_owned())?;
         if wire.v != 1 {
             return Err(format!("the stored token set has unknown format version {}", wire.v));
         }
-        Ok(TokenBundle {
+        Ok(TokenSet {
             generation: wire.generation,
             refresh_token: wire.refresh_token.filter(|t| !t.is_empty()).map(SecretString::new),
             access_token: wire.access_token.filter(|t| !t.is_empty()).map(SecretString::new),
@@ -128,7 +205,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_every_field_and_prints_nothing_secret() {
         let now = Utc::now();
-        let bundle = TokenBundle {
+        let set = TokenSet {
             generation: 7,
             refresh_token: Some(SecretString::new("rt-secret")),
             access_token: Some(SecretString::new("at-secret")),
@@ -138,27 +215,27 @@ mod tests {
             issued_at: now,
             supersedes: Some("v1".into()),
         };
-        let stored = bundle.to_secret();
-        let back = TokenBundle::from_secret(&stored, now).unwrap();
+        let stored = set.to_secret();
+        let back = TokenSet::from_secret(&stored, now).unwrap();
         assert_eq!(back.generation, 7);
         assert_eq!(back.refresh_token.unwrap().expose(), "rt-secret");
         assert_eq!(back.access_token.unwrap().expose(), "at-secret");
-        assert_eq!(back.expires_at, bundle.expires_at);
-        assert_eq!(back.scopes, bundle.scopes);
+        assert_eq!(back.expires_at, set.expires_at);
+        assert_eq!(back.scopes, set.scopes);
         assert_eq!(back.supersedes.as_deref(), Some("v1"));
-        let printed = format!("{bundle:?} {stored:?}");
+        let printed = format!("{set:?} {stored:?}");
         assert!(!printed.contains("rt-secret") && !printed.contains("at-secret"), "{printed}");
     }
 
     #[test]
     fn a_bare_value_is_a_refresh_token_and_garbage_is_named_not_echoed() {
-        let legacy = TokenBundle::from_secret(&SecretString::new("old-rt"), Utc::now()).unwrap();
+        let legacy = TokenSet::from_secret(&SecretString::new("old-rt"), Utc::now()).unwrap();
         assert_eq!(legacy.refresh_token.unwrap().expose(), "old-rt");
         assert_eq!(legacy.generation, 0);
         let err =
-            TokenBundle::from_secret(&SecretString::new("{\"v\":1,\"refresh_token\":\"leak"), Utc::now()).unwrap_err();
+            TokenSet::from_secret(&SecretString::new("{\"v\":1,\"refresh_token\":\"leak"), Utc::now()).unwrap_err();
         assert!(!err.contains("leak"), "{err}");
-        assert!(TokenBundle::from_secret(
+        assert!(TokenSet::from_secret(
             &SecretString::new(r#"{"v":9,"generation":1,"issued_at":"2026-01-01T00:00:00Z"}"#),
             Utc::now()
         )

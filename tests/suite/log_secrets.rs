@@ -1,8 +1,7 @@
 //! No secret reaches a log line or a reply: a run with every secret setting set and
 //! credential-shaped inputs, then a scan of everything the process wrote and answered.
 
-mod harness;
-
+use crate::harness;
 use harness::{client, Server};
 use serde_json::json;
 

@@ -2,8 +2,8 @@
 //! Entra-like authorization-code flow (PKCE S256, form_post, offline_access without prompt=consent,
 //! refresh-token rotation with reuse detection) over plain HTTP, and Debian's Chromium driven by
 //! playwright-core goes through its interactive pages to a page on another site.
-mod harness;
 
+use crate::harness;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 

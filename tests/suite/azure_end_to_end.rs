@@ -1,9 +1,8 @@
 //! The binary on the Azure backend: `tcbridge serve` (host mode) and `serve --standalone` with
 //! `STORE=azure` against Azurite, so the same handlers run on Table, Blob and Queue storage.
-//! (Key Vault is named but not needed by these paths; its own suite is tests/azure_keyvault.rs.)
+//! (Key Vault is named but not needed by these paths; its own suite is tests/suite/azure_keyvault.rs.)
 
-mod harness;
-
+use crate::harness;
 use std::time::{Duration, Instant};
 
 use harness::azurite::Azurite;

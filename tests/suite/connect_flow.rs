@@ -3,8 +3,7 @@
 //! plain HTTP with a cookie-keeping agent, plus the attack battery: each attack must end on a
 //! clear error page with nothing stored.
 
-mod harness;
-
+use crate::harness;
 use std::collections::BTreeMap;
 
 use harness::oidc::{AuthorizationResponse, HttpAgent, OidcProvider};

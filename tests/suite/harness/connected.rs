@@ -3,11 +3,12 @@
 //! then any number of in-process `App`s on the same store, each its own "instance" (own token
 //! cache, own single-flight locks, own store handle), with a clock the test can move.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use truecontext_bridge::clock::{Clock, OffsetClock};
 use truecontext_bridge::config::{RawSettings, Settings};
 use truecontext_bridge::handlers::{App, Mode};
 use truecontext_bridge::store::{self, Stores};
@@ -42,7 +43,8 @@ pub struct Connected {
     pub server: Server,
     pub settings: Vec<(String, String)>,
     /// Milliseconds added to the real clock by every `App` made here.
-    offset_ms: Arc<AtomicI64>,
+    /// Every instance's token clock: real time plus the jumps `advance` makes.
+    clock: Arc<OffsetClock>,
 }
 
 pub struct Options {
@@ -91,7 +93,7 @@ impl Connected {
         let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let server = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &pairs);
         settings.push(("LOCAL_STORE_PATH".into(), server.store_dir().display().to_string()));
-        let connected = Connected { provider, server, settings, offset_ms: Arc::default() };
+        let connected = Connected { provider, server, settings, clock: Arc::default() };
         if options.consent {
             connected.consent("default").await;
         }
@@ -124,18 +126,17 @@ impl Connected {
 
     /// A new instance on other stores (Azurite, the Key Vault simulator).
     pub fn instance_on(&self, stores: Stores) -> App {
-        let offset = self.offset_ms.clone();
-        let clock = Arc::new(move || Utc::now() + chrono::TimeDelta::milliseconds(offset.load(Ordering::SeqCst)));
+        let clock = self.clock.clone();
         App::with_token_service(self.settings(), stores, Mode::Cli, TokenService::with_clock(clock))
     }
 
     /// Moves every instance's token clock forward.
     pub fn advance(&self, seconds: i64) {
-        self.offset_ms.fetch_add(seconds * 1000, Ordering::SeqCst);
+        self.clock.advance(Duration::from_secs(u64::try_from(seconds).expect("the token clock only moves forward")));
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::TimeDelta::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+        self.clock.utc()
     }
 
     pub async fn refresh_calls(&self) -> u64 {

@@ -9,10 +9,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::oauth::token::TokenSet;
-use crate::store::{connection_secret_name, IfMatch, RowRange, StoreError, Stores, Table, TypedTable, Versioned};
+pub mod token_set;
 
-use crate::tokens::bundle::{refresh_time, TokenBundle};
+use crate::naming::connection_secret_name;
+use crate::oauth::token::TokenResponse;
+use crate::store::{IfMatch, RowRange, StoreError, Stores, Table, TypedTable, Versioned};
+pub use token_set::TokenSet;
 
 pub const PARTITION: &str = "connection";
 /// Where the app-only connection's record lives (kept apart so `list` shows consents only).
@@ -57,10 +59,12 @@ pub struct Connection {
     #[serde(default)]
     pub refresh_at: Option<DateTime<Utc>>,
     /// Secret-store name and version of the current token set (refresh token, access token;
-    /// see `tokens::bundle`). The name keeps its first meaning for stored records' sake.
-    pub refresh_token_secret: String,
-    #[serde(default)]
-    pub refresh_token_version: Option<String>,
+    /// see [`TokenSet`]). Stored under their first names, from when they held a refresh token
+    /// alone.
+    #[serde(rename = "refresh_token_secret")]
+    pub token_set_secret: String,
+    #[serde(default, rename = "refresh_token_version")]
+    pub token_set_version: Option<String>,
     /// The generation of the token set the record names; a writer only replaces it with a
     /// higher one, so a newer refresh token is never overwritten by an older one.
     #[serde(default)]
@@ -83,6 +87,34 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection in its blank state: active, naming no token set yet, no failures.
+    pub fn new(id: &str, provider: String, account: String, scopes: Vec<String>, consented_at: DateTime<Utc>) -> Self {
+        Connection {
+            id: id.to_owned(),
+            state: ConnectionState::Active,
+            reason: None,
+            provider,
+            issuer: None,
+            tenant: None,
+            account,
+            account_name: None,
+            scopes,
+            consented_at,
+            access_token_expires_at: None,
+            expires_in_assumed: false,
+            refresh_at: None,
+            token_set_secret: String::new(),
+            token_set_version: None,
+            token_generation: 0,
+            last_refresh_success: None,
+            last_refresh_failure: None,
+            consecutive_failures: 0,
+            retry_not_before: None,
+            last_error_class: None,
+            last_error: None,
+        }
+    }
+
     pub fn display_account(&self) -> &str {
         self.account_name.as_deref().unwrap_or(&self.account)
     }
@@ -140,7 +172,7 @@ pub async fn list(stores: &Stores) -> Result<Vec<Connection>, StoreError> {
 pub async fn save_consent(
     stores: &Stores,
     mut connection: Connection,
-    tokens: &TokenSet,
+    tokens: &TokenResponse,
     refresh_margin: std::time::Duration,
     replace: bool,
 ) -> Result<Option<String>, ConsentError> {
@@ -149,30 +181,19 @@ pub async fn save_consent(
     let mut existing = get(stores, &connection.id).await?;
     let mut replaced = account_switch(existing.as_ref(), &connection, replace)?;
     let issued_at = connection.consented_at;
-    let expires_at = issued_at + crate::tokens::delta(tokens.expires_in);
-    let refresh_at = refresh_time(issued_at, tokens.expires_in, refresh_margin, tokens.refresh_in);
-    let bundle = TokenBundle {
-        generation: existing.as_ref().map_or(0, |e| e.value.token_generation) + 1,
-        refresh_token: Some(refresh_token),
-        access_token: Some(tokens.access_token.clone()),
-        expires_at: Some(expires_at),
-        refresh_at: Some(refresh_at),
-        scopes: connection.scopes.clone(),
-        issued_at,
-        supersedes: None,
-    };
-    connection.refresh_token_secret = connection_secret_name(REFRESH_TOKEN_SECRET, &connection.id);
-    connection.refresh_token_version =
-        Some(stores.secrets.set(&connection.refresh_token_secret, &bundle.to_secret()).await?);
-    connection.access_token_expires_at = Some(expires_at);
-    connection.refresh_at = Some(refresh_at);
+    let generation = existing.as_ref().map_or(0, |e| e.value.token_generation) + 1;
+    let set =
+        TokenSet::from_consent(generation, tokens, refresh_token, connection.scopes.clone(), issued_at, refresh_margin);
+    connection.token_set_secret = connection_secret_name(REFRESH_TOKEN_SECRET, &connection.id);
+    connection.token_set_version = Some(stores.secrets.set(&connection.token_set_secret, &set.to_secret()).await?);
+    connection.access_token_expires_at = set.expires_at;
+    connection.refresh_at = set.refresh_at;
     connection.expires_in_assumed = tokens.expires_in_assumed;
     connection.last_refresh_success = Some(issued_at);
     // A refresh or a failure record may land between our read and our write: read again and
     // retry, still refusing an account switch that was not asked for.
     for attempt in 1..=5 {
-        connection.token_generation =
-            bundle.generation.max(existing.as_ref().map_or(0, |e| e.value.token_generation) + 1);
+        connection.token_generation = set.generation.max(existing.as_ref().map_or(0, |e| e.value.token_generation) + 1);
         let written = match &existing {
             None => table.insert(PARTITION, &connection.id, &connection).await,
             Some(current) => {
@@ -200,29 +221,11 @@ pub async fn save_consent(
 /// The record of the app-only connection (`OAUTH_GRANT=client_credentials`): it exists from
 /// configuration, with no consent and no refresh token; its token set holds the app's token.
 pub fn app_only_record(oauth: &crate::config::OAuthSettings, now: DateTime<Utc>) -> Connection {
+    let provider = format!("{:?}", oauth.provider).to_ascii_lowercase();
+    let account = format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)"));
     Connection {
-        id: APP_ONLY_CONNECTION.to_owned(),
-        state: ConnectionState::Active,
-        reason: None,
-        provider: format!("{:?}", oauth.provider).to_ascii_lowercase(),
-        issuer: None,
-        tenant: None,
-        account: format!("app {}", oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)")),
-        account_name: None,
-        scopes: oauth.scopes.clone(),
-        consented_at: now,
-        access_token_expires_at: None,
-        expires_in_assumed: false,
-        refresh_at: None,
-        refresh_token_secret: connection_secret_name("app-token", APP_ONLY_CONNECTION),
-        refresh_token_version: None,
-        token_generation: 0,
-        last_refresh_success: None,
-        last_refresh_failure: None,
-        consecutive_failures: 0,
-        retry_not_before: None,
-        last_error_class: None,
-        last_error: None,
+        token_set_secret: connection_secret_name("app-token", APP_ONLY_CONNECTION),
+        ..Connection::new(APP_ONLY_CONNECTION, provider, account, oauth.scopes.clone(), now)
     }
 }
 

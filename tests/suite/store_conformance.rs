@@ -1,9 +1,8 @@
-//! The storage conformance suite (`tests/common/conformance.rs`) against the embedded store,
+//! The storage conformance suite (`tests/suite/common/conformance.rs`) against the embedded store,
 //! plus checks only the embedded store can be held to (encryption at rest, sharing a
 //! directory between handles).
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! The storage conformance suite's table and lease checks against Table storage (Azurite),
 //! through `azure_data_tables`, and a compare-and-swap race between two processes.
 
-mod common;
-mod harness;
-
+use crate::{common, harness};
 use std::sync::Arc;
 
 use common::conformance as c;

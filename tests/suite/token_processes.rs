@@ -4,8 +4,7 @@
 //! Azurite tables with token sets in the Key Vault simulator, and a scan of everything the
 //! processes printed for any token they handled.
 
-mod harness;
-
+use crate::harness;
 use std::collections::HashSet;
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -16,12 +15,12 @@ use harness::azurite::Azurite;
 use harness::connected::{Connected, Options};
 use harness::keyvault::KeyVaultSim;
 use serde_json::{json, Value};
+use truecontext_bridge::connections::TokenSet;
 use truecontext_bridge::connections::{self, Connection};
 use truecontext_bridge::handlers::App;
 use truecontext_bridge::store::azure::connection::StorageAccount;
 use truecontext_bridge::store::azure::tables::AzureTables;
 use truecontext_bridge::store::{local, Stores, Table, TypedTable};
-use truecontext_bridge::tokens::bundle::TokenBundle;
 use truecontext_bridge::tokens::TokenSource;
 
 fn run_token(bridge: &Connected, args: &[&str]) -> std::thread::JoinHandle<Output> {
@@ -40,9 +39,9 @@ fn report(output: &Output) -> Value {
 async fn every_token(app: &App, id: &str) -> Vec<String> {
     let record = connections::get(&app.stores, id).await.unwrap().unwrap().value;
     let mut values = Vec::new();
-    for version in app.stores.secrets.versions(&record.refresh_token_secret).await.unwrap() {
-        let stored = app.stores.secrets.get(&record.refresh_token_secret, Some(&version)).await.unwrap().unwrap();
-        let bundle = TokenBundle::from_secret(&stored.value, stored.created).unwrap();
+    for version in app.stores.secrets.versions(&record.token_set_secret).await.unwrap() {
+        let stored = app.stores.secrets.get(&record.token_set_secret, Some(&version)).await.unwrap().unwrap();
+        let bundle = TokenSet::from_secret(&stored.value, stored.created).unwrap();
         values.extend(bundle.refresh_token.iter().chain(bundle.access_token.iter()).map(|s| s.expose().to_owned()));
     }
     values
@@ -166,14 +165,9 @@ async fn the_cli_exits_with_the_failure_class() {
 async fn copy_connection(bridge: &Connected, tables: &Stores) {
     let local = bridge.instance();
     let mut record: Connection = connections::get(&local.stores, "default").await.unwrap().unwrap().value;
-    let stored = local
-        .stores
-        .secrets
-        .get(&record.refresh_token_secret, record.refresh_token_version.as_deref())
-        .await
-        .unwrap()
-        .unwrap();
-    record.refresh_token_version = Some(tables.secrets.set(&record.refresh_token_secret, &stored.value).await.unwrap());
+    let stored =
+        local.stores.secrets.get(&record.token_set_secret, record.token_set_version.as_deref()).await.unwrap().unwrap();
+    record.token_set_version = Some(tables.secrets.set(&record.token_set_secret, &stored.value).await.unwrap());
     TypedTable::new(tables.tables.as_ref(), Table::Connections)
         .insert(connections::PARTITION, "default", &record)
         .await
@@ -280,5 +274,5 @@ async fn three_instances_on_azurite_and_key_vault_make_one_call_per_expiry() {
     assert!(calls.iter().all(|c| c["ok"] == true), "{calls:#?}");
     // One Key Vault write per refresh: the copied version plus fifty.
     let record = connections::get(&instances[0].stores, "default").await.unwrap().unwrap().value;
-    assert_eq!(vault.live_versions(&record.refresh_token_secret), 51);
+    assert_eq!(vault.live_versions(&record.token_set_secret), 51);
 }

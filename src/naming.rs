@@ -1,0 +1,58 @@
+//! Azure's naming rules for the names this app makes: blob containers and queues, and Key Vault
+//! secrets. A leaf module, so that configuration can check a queue name the way the store will.
+
+/// Azure container and queue names: 3-63 of lowercase letters, digits and single dashes, not
+/// starting or ending with a dash.
+pub fn is_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// Key Vault secret names: 1-127 of `[0-9a-zA-Z-]`.
+pub fn is_secret_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// The secret-store name for one of a connection's secrets (`kind` is a fixed word such as
+/// `refresh-token`). Key Vault names allow only `[0-9a-zA-Z-]`, at most 127, and ignore case,
+/// while connection ids are free text: a short lowercase id stays readable
+/// (`refresh-token-c-default`); any other id is replaced by a hash of it
+/// (`refresh-token-h-<40 hex>`). The `-c-`/`-h-` marker keeps the two forms from colliding.
+pub fn connection_secret_name(kind: &str, connection_id: &str) -> String {
+    debug_assert!(kind.chars().all(|c| c.is_ascii_lowercase() || c == '-') && kind.len() <= 40);
+    let readable = (1..=63).contains(&connection_id.len())
+        && connection_id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if readable {
+        format!("{kind}-c-{connection_id}")
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(connection_id.as_bytes());
+        format!("{kind}-h-{}", &hex::encode(digest)[..40])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_secret_names_are_valid_distinct_and_readable_when_possible() {
+        assert_eq!(connection_secret_name("refresh-token", "default"), "refresh-token-c-default");
+        let odd = ["Default", "tenant/contoso", "ünïcödé", "a b", &"x".repeat(200), "", "c-default"];
+        let mut names = std::collections::HashSet::new();
+        names.insert(connection_secret_name("refresh-token", "default"));
+        for id in odd {
+            let name = connection_secret_name("refresh-token", id);
+            assert!(is_secret_name(&name), "{id:?} gave {name:?}");
+            assert!(names.insert(name.to_ascii_lowercase()), "{id:?} collides");
+        }
+        // Case-insensitive Key Vault: ids differing only in case must not share a secret.
+        assert_ne!(
+            connection_secret_name("refresh-token", "Prod").to_ascii_lowercase(),
+            connection_secret_name("refresh-token", "prod").to_ascii_lowercase()
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! The integration tests, as one test binary: each file is a module, and `harness` and
+//! `common` are shared by all of them. One binary links the crate (and the Azure SDKs) once
+//! instead of once per file, which is most of the build time on a small machine.
+//!
+//! Run one file's tests with `cargo test --test suite <module>::`, e.g.
+//! `cargo test --test suite standalone::`.
+
+mod common;
+mod harness;
+
+mod azure_blob_queue;
+mod azure_end_to_end;
+mod azure_keyvault;
+mod azure_tables;
+mod cas_processes;
+mod cli;
+mod connect_flow;
+mod function_json;
+mod host_protocol;
+mod id_token;
+mod id_token_attacks;
+mod log_secrets;
+mod oidc_peer;
+mod queue_worker;
+mod standalone;
+mod store_conformance;
+mod token_lifecycle;
+mod token_processes;
