@@ -238,7 +238,8 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     telemetry::init(settings.log_format, Output::Stdout);
     let app = open_app(settings.clone(), Mode::Standalone)?;
     let addr = SocketAddr::new(address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port.unwrap_or(7071));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    // The key is settled (and a generated one printed) before the port opens, so whoever sees
+    // the port open can already read the key.
     let (key, generated) = standalone::function_key(settings.function_key.as_ref(), &app.stores)
         .await
         .context("cannot read or create the standalone function key")?;
@@ -248,9 +249,13 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
         println!("Pass it as the x-functions-key header or ?code= on /api/authorize and /api/status:");
         println!("    {}", key.expose());
     } else if settings.function_key.is_none() {
-        println!("Using the function key generated on an earlier start (set FUNCTION_KEY to choose one).");
+        println!(
+            "Using the function key generated on an earlier start. It is not shown again: if it is lost, \
+             set FUNCTION_KEY to a key of your choice (at least 16 characters), which replaces it."
+        );
     }
     telemetry::register_secret(&key);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local_addr = listener.local_addr()?;
     println!(
         "truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {})",

@@ -78,7 +78,7 @@ async fn race_across_processes(backend: &str, target: &str) {
 
     let spawn_child = || {
         Command::new(std::env::current_exe().unwrap())
-            .args(["cas_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args(["cas_processes::cas_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
             .env("CAS_WORKER", backend)
             .env("CAS_TARGET", target)
             .env("CAS_PK", &pk)

@@ -100,8 +100,8 @@ async fn without_function_key_one_is_generated_printed_once_and_kept() {
         let port = harness::free_port();
         Server::start(&["serve", "--standalone", "--port", &port.to_string()], port, &[("LOCAL_STORE_PATH", store)])
     };
-    let first = start();
-    let log = first.log();
+    let mut first = start();
+    let log = first.wait_for_log("x-functions-key");
     let key = log
         .lines()
         .skip_while(|l| !l.contains("x-functions-key"))
@@ -151,9 +151,15 @@ async fn a_failing_queue_message_is_redelivered_then_poisoned() {
     let stores = local::open(&server.store_dir(), None).unwrap();
     stores.queues.enqueue("incoming-test", r#"{"submission":"1"}"#, Duration::ZERO).await.unwrap();
     let queues = stores.queues.clone();
-    eventually(Duration::from_secs(30), "the message in the poison queue", || {
+    // The poison copy is written before the original is deleted (a crash duplicates, never
+    // loses), so the move is over only when both hold.
+    eventually(Duration::from_secs(30), "the message moved to the poison queue", || {
         let queues = queues.clone();
-        async move { (queues.len("incoming-test-poison").await.unwrap() == 1).then_some(()) }
+        async move {
+            let moved = queues.len("incoming-test-poison").await.unwrap() == 1
+                && queues.len("incoming-test").await.unwrap() == 0;
+            moved.then_some(())
+        }
     })
     .await;
     assert_eq!(stores.queues.len("incoming-test").await.unwrap(), 0);

@@ -216,7 +216,7 @@ async fn three_processes_on_azurite_and_key_vault_make_one_call_per_expiry() {
     let spawn_worker = || {
         let mut command = std::process::Command::new(std::env::current_exe().unwrap());
         command
-            .args(["token_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args(["token_processes::token_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
             .env("TOKEN_WORKER", config.to_string())
             .stdin(Stdio::null());
         tokio::task::spawn_blocking(move || command.output().unwrap())

@@ -78,22 +78,44 @@ impl Server {
             .spawn()
             .expect("start tcbridge");
         let mut server = Server { child, port, dir, log_path };
-        server.wait_ready();
+        server.wait_ready(args.contains(&"--standalone"));
         server
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
+    /// Ready means the port accepts connections and, standalone, the start-up line (printed
+    /// after the function key and after the bind) is in the log.
+    fn wait_ready(&mut self, standalone: bool) {
+        let (port, path) = (self.port, self.log_path.clone());
+        self.wait_until("tcbridge to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && (!standalone
+                    || std::fs::read_to_string(&path).unwrap_or_default().contains("truecontext-bridge listening on"))
+        });
+    }
+
+    /// Waits (60 s at most, polling) until `done` holds; a process that exits meanwhile fails
+    /// at once, with its log.
+    fn wait_until(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tcbridge exited with {status} before it was ready:\n{}", self.log());
+                panic!("tcbridge exited with {status} while waiting for {what}:\n{}", self.log());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if done() {
                 return;
             }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("tcbridge did not listen within 30 s:\n{}", self.log());
+    }
+
+    /// Waits until the log contains `needle` and returns the log.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let path = self.log_path.clone();
+        self.wait_until(&format!("{needle:?} in the log"), || {
+            std::fs::read_to_string(&path).unwrap_or_default().contains(needle)
+        });
+        self.log()
     }
 
     pub fn url(&self, path: &str) -> String {
