@@ -29,7 +29,7 @@ LAYERS = [
     ["store"],  # storage traits and their backends
     ["telemetry"],
     ["config"],
-    ["functions", "schedule", "secret", "clock", "naming"],  # leaves
+    ["functions", "schedule", "secret", "clock", "naming", "tls"],  # leaves
 ]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -102,6 +102,7 @@ pub async fn raise(stores: &Stores, webhook: Option<&url::Url>, alert: Alert) ->
 async fn post(url: &url::Url, alert: &Alert) {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     let client = CLIENT.get_or_init(|| {
+        crate::tls::install_crypto_provider();
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))

@@ -175,8 +175,9 @@ pub struct OAuthSettings {
     pub allowed_tenants: Vec<String>,
     pub allowed_users: Vec<String>,
     /// Non-standard servers: the authorization response parameter carrying the code
-    /// (`OAUTH_CODE_PARAM`, seed 001: `authorization_code`) and the refresh request parameter
-    /// carrying the refresh token (`OAUTH_REFRESH_TOKEN_PARAM`, seed 001: `token`).
+    /// (`OAUTH_CODE_PARAM`, e.g. `authorization_code`) and the refresh request parameter
+    /// carrying the refresh token (`OAUTH_REFRESH_TOKEN_PARAM`, e.g. `token`); see
+    /// docs/authorization-servers.md, "A custom OAuth 2.0 server without discovery".
     pub code_param: String,
     pub refresh_token_param: String,
 }
@@ -480,7 +481,7 @@ impl Settings {
             );
         }
         // Entra and B2C web apps are confidential clients; other servers may register public
-        // clients (seed 001's server has no secret), which then send only client_id.
+        // clients (a custom OAuth 2.0 server may issue no secret), which then send only client_id.
         let confidential = matches!(o.provider, OAuthProvider::Entra | OAuthProvider::B2c);
         if confidential && o.client_secret.is_none() && o.client_certificate_path.is_none() && !o.federated_credential {
             need(

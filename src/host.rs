@@ -4,7 +4,7 @@
 //! invocation to `POST /<FunctionName>` and expects `200 application/json` with
 //! `{"Outputs": {...}, "Logs": [...], "ReturnValue": ...}`. The shapes and quirks handled here
 //! (double-encoded strings, header arrays, comma-joined query values, base64 bodies, a null
-//! `ScheduleStatus`) are documented in `shared/reference/azure-functions-custom-handler.md`.
+//! `ScheduleStatus`) are described, with their sources, in `docs/custom-handler-protocol.md`.
 //!
 //! A reply other than 2xx fails the invocation (the host then retries a queue message and
 //! poisons it after `maxDequeueCount`), so we answer non-2xx exactly when the invocation

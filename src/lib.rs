@@ -1,5 +1,40 @@
 //! truecontext-bridge: an Azure Functions custom handler that connects TrueContext to Azure.
-//! See ARCHITECTURE.md for the map.
+//!
+//! # Map
+//!
+//! Layers, top to bottom; a module uses only modules below its own layer
+//! (`scripts/check-layers.py` holds the order and fails CI when an import goes up or sideways).
+//! ARCHITECTURE.md walks through how a request, a token, a sync and a push flow through them.
+//!
+//! **Front doors** turn what arrives into plain calls on the handlers:
+//! - `main.rs` (the `tcbridge` binary): the CLI, `anyhow` only there.
+//! - [`host`]: behind the Functions host, its invocation envelopes.
+//! - [`standalone`]: plain HTTP under `/api/`, the function key, the in-process timer and queue.
+//!
+//! **Handlers** say what each function does:
+//! - [`handlers`]: [`handlers::App`] is the composition root (settings, stores, the OAuth
+//!   runtime, the token service); each function is one file.
+//!
+//! **Domain** modules get their parts passed in and never reach back up:
+//! - [`tokens`]: a fresh access token for any caller on any instance, never burning a refresh
+//!   token.
+//! - [`connections`]: consented connections, their records and their token sets.
+//! - [`oauth`]: the client side of OAuth 2.0 / OpenID Connect: provider discovery, the token
+//!   endpoint, JWKS and id_token validation, the sign-in flow's records.
+//! - [`alerts`]: alerts raised once and cleared when the cause is gone.
+//! - Coming with the data path, in this order from the top: `sync` and `webhook` (what the timer
+//!   and a push do), `landing` (one landing path for every submission), `truecontext` (the only
+//!   code that speaks TrueContext's HTTP).
+//!
+//! **Storage, configuration and telemetry**:
+//! - [`store`]: the four storage traits with an embedded ([`store::local`]) and an Azure
+//!   ([`store::azure`]) backend, and leases ([`store::lease`]).
+//! - [`telemetry`]: logging, the secret scrubber, per-invocation log capture.
+//! - [`config`]: every setting, typed and validated.
+//!
+//! **Leaves**: [`functions`] (the function table), [`schedule`] (NCRONTAB), [`secret`]
+//! (`SecretString`), [`clock`] (injectable time), [`naming`] (Azure's naming rules), [`tls`] (the
+//! one TLS crypto provider).
 
 pub mod alerts;
 pub mod clock;
@@ -15,4 +50,5 @@ pub mod secret;
 pub mod standalone;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;

@@ -63,6 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    truecontext_bridge::tls::install_crypto_provider();
     let cli = Cli::parse();
     let raw = RawSettings::from_environment(cli.settings.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -19,7 +19,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::functions::{self, AuthLevel, Function, Trigger};
-use crate::handlers::{App, HttpRequest, HttpResponse, InvocationError, QueueInput, TimerInfo};
+use crate::handlers::{pages, App, HttpRequest, HttpResponse, InvocationError, QueueInput, TimerInfo};
 use crate::schedule::Schedule;
 use crate::secret::SecretString;
 use crate::store::{QueueStore, StoreError, Stores};
@@ -77,11 +77,17 @@ async fn handle(State(state): State<Standalone>, request: Request) -> Response {
         parts.uri.query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     if auth == AuthLevel::Function && !key_matches(&state.function_key, &parts.headers, &query) {
         tracing::warn!(function = function.name, "request without a valid function key refused");
-        return to_axum(HttpResponse::error(
-            StatusCode::UNAUTHORIZED,
-            "function_key_required",
-            "this route needs the function key, as the x-functions-key header or the code query parameter",
-        ));
+        let message = "this route needs the function key, as the x-functions-key header or the code query parameter";
+        if pages::accepts_html(&parts.headers) {
+            return to_axum(pages::error_page(
+                StatusCode::UNAUTHORIZED,
+                "This link needs the function key.",
+                "Open the link with &code=<function key> added (tcbridge consent-url prints the link; the key is \
+                 FUNCTION_KEY, or the one printed when this server first started).",
+                &[],
+            ));
+        }
+        return to_axum(HttpResponse::error(StatusCode::UNAUTHORIZED, "function_key_required", message));
     }
     let limit = state.app.settings.max_request_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {

@@ -43,6 +43,16 @@ pub fn escape(text: &str) -> String {
 /// One row of a page: a label and a value (both plain text; escaped here).
 pub type Row = (&'static str, String);
 
+/// Whether the client is a browser that wants a page (its `Accept` names `text/html`) rather
+/// than a script that wants JSON.
+pub fn accepts_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|item| item.trim().to_ascii_lowercase().starts_with("text/html")))
+}
+
 /// A page with a heading, paragraphs and an optional table of details. All text is escaped.
 pub fn page(status: StatusCode, title: &str, paragraphs: &[String], rows: &[Row]) -> HttpResponse {
     let mut body = String::from(
@@ -113,5 +123,19 @@ mod tests {
         for header in ["cache-control", "referrer-policy", "content-security-policy", "x-frame-options"] {
             assert!(names.contains(&header), "{header}");
         }
+    }
+
+    #[test]
+    fn browsers_are_told_apart_from_scripts_by_accept() {
+        let with = |accept: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+            accepts_html(&headers)
+        };
+        assert!(with("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"));
+        assert!(with("application/json, TEXT/HTML;q=0.5"));
+        assert!(!with("application/json"));
+        assert!(!with("*/*"));
+        assert!(!accepts_html(&axum::http::HeaderMap::new()));
     }
 }

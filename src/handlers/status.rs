@@ -170,8 +170,8 @@ async fn alert_names(app: &App, connection: &str) -> Result<Vec<String>, StoreEr
     Ok(alerts::list(&app.stores, Some(connection)).await?.into_iter().map(|a| a.alert).collect())
 }
 
-/// With `OAUTH_GRANT=client_credentials` the app itself is the connection (seed 003's preferred
-/// mode): it exists from configuration, with no consent and no refresh token. Its record
+/// With `OAUTH_GRANT=client_credentials` the app itself is the connection (app-only access;
+/// docs/authorization-servers.md, "Client credentials versus authorization code"): it exists from configuration, with no consent and no refresh token. Its record
 /// appears with its first token.
 async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<ConnectionStatus>, StoreError> {
     let oauth = &app.settings.oauth;

@@ -1,7 +1,7 @@
 //! The authorization server: where its endpoints are, who it says it is, what it supports.
 //!
 //! `entra`, `b2c` and `oidc` are read from OpenID Connect discovery; `oauth2` servers (no
-//! discovery, such as seed 001's) come from explicit endpoint settings. Discovery is cached
+//! discovery; see docs/authorization-servers.md) come from explicit endpoint settings. Discovery is cached
 //! for an hour. `openidconnect`'s discovery refuses Entra's `/common` and `/organizations`
 //! metadata (its `issuer` is a `{tenantid}` template), which is why this is our own.
 
@@ -34,7 +34,7 @@ pub struct Provider {
     pub issuer: ExpectedIssuer,
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
-    /// Where refresh requests go (seed 001's server has a separate one).
+    /// Where refresh requests go (some OAuth 2.0 servers have a route of their own for it).
     pub refresh_endpoint: Url,
     pub jwks_uri: Option<Url>,
     /// `response_mode=form_post` is supported (the code then never sits in a URL).

@@ -2,7 +2,7 @@
 //!
 //! We talk to it with our own small client rather than `oauth2`'s exchange types because of
 //! the known gaps this product must cover: `expires_in` as a string (Azure AD B2C, #191/#320)
-//! or absent (seed 001's server), Entra's extra error fields (`error_codes`, `trace_id`,
+//! or absent (servers outside OpenID Connect; docs/authorization-servers.md), Entra's extra error fields (`error_codes`, `trace_id`,
 //! `correlation_id`) kept for diagnostics, non-standard parameter names, and client
 //! assertions. Redirects are never followed (an SSRF and credential-leak risk).
 
@@ -151,7 +151,7 @@ fn validate_token_response(
 }
 
 /// How long a JWT access token has left by its own `exp`, for servers that send no
-/// `expires_in` (seed 001's lives 5 minutes and says so only there). The signature is not
+/// `expires_in` (one documented server issues 5-minute tokens and says so only there). The signature is not
 /// checked: the claim only decides when we refresh, never whether we trust the token.
 fn jwt_lifetime(token: &str) -> Option<Duration> {
     use base64::Engine;
@@ -203,6 +203,7 @@ pub struct TokenRequest<'a> {
 
 /// The HTTP client for authorization servers: no redirects, bounded time.
 pub fn http_client() -> reqwest::Client {
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))

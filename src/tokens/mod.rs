@@ -9,7 +9,7 @@
 //! 3. the store: the connection record says when its token set is due; if another instance has a
 //!    fresh one, its access token is read from the secret store (one read, no refresh);
 //! 4. a lease on the connection (CAS with a TTL, renewed in the background by a
-//!    [`lease::Keeper`] while the refresh runs) around the refresh. Having it, the caller reads
+//!    [`crate::store::lease::Keeper`] while the refresh runs) around the refresh. Having it, the caller reads
 //!    the record and token set *again* and refreshes only if they are still due, with the refresh
 //!    token read under the lease; the new token set is one new secret version, then the record is
 //!    moved to it under If-Match, never over a newer generation. The old refresh token is kept
@@ -22,8 +22,8 @@
 //! instance nor any other calls the token endpoint again before it.
 
 //!
-//! The parts: [`cache`] (this process's memory and single-flight locks), [`refresh`] (the
-//! lease-guarded refresh), [`persist`] (recording a refresh's success or failure), [`classify`]
+//! The parts: `cache.rs` (this process's memory and single-flight locks), `refresh.rs` (the
+//! lease-guarded refresh), `persist.rs` (recording a refresh's success or failure), [`classify`]
 //! (what a failure means). The token sets themselves are [`crate::connections::TokenSet`]s.
 
 mod cache;

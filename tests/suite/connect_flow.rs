@@ -361,7 +361,7 @@ async fn the_flow_works_through_host_envelopes() {
         let server = &server;
         async move {
             let envelope = json!({ "Data": { "req": req }, "Metadata": {} });
-            let reply: Value = reqwest::Client::new()
+            let reply: Value = harness::plain_client(reqwest::Client::builder())
                 .post(server.url(&format!("/{function}")))
                 .json(&envelope)
                 .send()
@@ -420,9 +420,9 @@ async fn an_injected_code_fails_pkce_and_stores_nothing() {
     assert_eq!(setup.connection_count().await, 0);
 }
 
-/// Seed 001's server: no discovery, no id_token, `authorization_code` instead of `code` in the
+/// A custom OAuth 2.0 server (docs/authorization-servers.md, "A custom OAuth 2.0 server without discovery"): no discovery, no id_token, `authorization_code` instead of `code` in the
 /// redirect, a token request with only client_id and code, no `expires_in`, a public client.
-mod seed001 {
+mod custom_oauth2 {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
@@ -463,7 +463,7 @@ mod seed001 {
     }
 
     /// `POST /oauth2/refresh` with `token`: a new access token (a JWT that expires in 5 minutes,
-    /// as seed 001 says, with no `expires_in`) and a new refresh token; the old one dies.
+    /// as that server's documentation says, with no `expires_in`) and a new refresh token; the old one dies.
     async fn refresh(State(f): State<Fixture>, Form(form): Form<HashMap<String, String>>) -> Response {
         use base64::Engine;
         f.token_requests.lock().unwrap().push(form.clone());
@@ -497,8 +497,8 @@ mod seed001 {
 }
 
 #[tokio::test]
-async fn a_plain_oauth2_server_in_the_seed_001_dialect_connects() {
-    let (base, fixture) = seed001::start().await;
+async fn a_custom_oauth2_server_without_discovery_connects() {
+    let (base, fixture) = custom_oauth2::start().await;
     let app_port = free_port();
     let redirect = format!("http://127.0.0.1:{app_port}/api/callback");
     let (authorize, token, refresh) =
@@ -566,8 +566,8 @@ async fn a_plain_oauth2_server_in_the_seed_001_dialect_connects() {
     assert!(requests[2]["token"].starts_with("rt-") && requests[2]["token"] != "rt-1");
 }
 
-/// An Azure AD B2C-shaped server: a policy in the authority's path (as seed 002's custom
-/// domain), discovery under it, `expires_in` as a string, accounts identified by (iss, sub).
+/// An Azure AD B2C-shaped server: a policy in the authority's path (as on a B2C custom
+/// domain; docs/authorization-servers.md), discovery under it, `expires_in` as a string, accounts identified by (iss, sub).
 #[tokio::test]
 async fn a_b2c_shaped_server_with_a_policy_path_and_string_expires_in_connects() {
     let app_port = free_port();

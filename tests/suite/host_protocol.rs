@@ -1,7 +1,7 @@
 //! The custom-handler wire protocol, end to end: the real binary started as the Functions host
 //! starts it, and envelopes posted the way the host posts them (headers, chunked bodies,
 //! double-encoded strings, header arrays, base64 bodies, timer objects, queue metadata).
-//! See `shared/reference/azure-functions-custom-handler.md` §1.4, §2 and §3.
+//! See `docs/custom-handler-protocol.md` for the protocol as the host speaks it.
 //!
 //! The host is strict about a few things, and those are checked exactly: a reply is always
 //! `application/json` and never empty, a successful invocation is `200` with exactly
@@ -602,7 +602,7 @@ async fn oversized_envelope_at_the_default_limit_is_413() {
 /// Sends `steps` (what, path, body, expected status) one after another through one pooled
 /// client, as the host's `HttpClient` does: a kept-alive connection is reused when it can be.
 async fn on_one_connection(server: &Server, steps: Vec<(&str, &str, Vec<u8>, u16)>) {
-    let pooled = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(TIMEOUT).build().unwrap();
+    let pooled = harness::plain_client(reqwest::Client::builder().pool_max_idle_per_host(1).timeout(TIMEOUT));
     for (i, (what, path, body, expected)) in steps.into_iter().enumerate() {
         let what = &format!("step {i}: {what}");
         let request = pooled

@@ -62,7 +62,7 @@ impl KeyServer {
     }
 
     fn validator(&self) -> (IdTokenValidator, Arc<JwksCache>) {
-        let cache = Arc::new(JwksCache::new(self.url.clone(), reqwest::Client::new()));
+        let cache = Arc::new(JwksCache::new(self.url.clone(), truecontext_bridge::oauth::token::http_client()));
         (IdTokenValidator::new(cache.clone()), cache)
     }
 }

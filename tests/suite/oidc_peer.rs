@@ -67,7 +67,7 @@ impl Flow {
 }
 
 async fn discover(op: &OidcProvider) -> Value {
-    let metadata: Value = reqwest::get(op.discovery_url()).await.unwrap().json().await.unwrap();
+    let metadata: Value = harness::client().get(op.discovery_url()).send().await.unwrap().json().await.unwrap();
     assert_eq!(metadata["issuer"], op.issuer());
     metadata
 }
@@ -139,7 +139,8 @@ async fn code_flow_over_plain_http_with_pkce_form_post_offline_access_and_rotati
     let refresh_1 = tokens["refresh_token"].as_str().expect("a refresh token").to_string();
     let (header, claims) = jwt_parts(tokens["id_token"].as_str().expect("an id_token"));
     assert_eq!(header["alg"], "RS256");
-    let jwks: Value = reqwest::get(metadata["jwks_uri"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    let jwks: Value =
+        harness::client().get(metadata["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["kid"], header["kid"]);
     assert!(jwks["keys"][0].get("alg").is_none(), "JWKS entries without alg, like Entra's");
     assert_eq!(claims["iss"], op.issuer());
@@ -216,7 +217,8 @@ async fn test_endpoints_deny_rotate_keys_and_basic_auth() {
 
     // rotate-keys: id_tokens are signed with the new kid, which the JWKS now lists too.
     let old_kid = {
-        let jwks: Value = reqwest::get(metadata["jwks_uri"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+        let jwks: Value =
+            harness::client().get(metadata["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
         jwks["keys"][0]["kid"].as_str().unwrap().to_string()
     };
     let new_kid = op.rotate_keys().await;
@@ -242,7 +244,8 @@ async fn test_endpoints_deny_rotate_keys_and_basic_auth() {
     let (header, claims) = jwt_parts(tokens["id_token"].as_str().unwrap());
     assert_eq!(header["kid"], new_kid.as_str());
     assert_eq!(claims["iss"], op.issuer());
-    let jwks: Value = reqwest::get(metadata["jwks_uri"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    let jwks: Value =
+        harness::client().get(metadata["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
     let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(kids, [new_kid.as_str(), old_kid.as_str()]);
     let requests = op.token_requests().await;
@@ -417,7 +420,7 @@ async fn invalid_grant_shorthand_fault_and_clearing_the_queue() {
 #[tokio::test]
 async fn a_client_gone_during_a_delay_or_hang_is_abandoned_and_the_refresh_token_is_not_consumed() {
     let (op, metadata, refresh_token) = signed_in().await;
-    let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(300)).build().unwrap();
+    let impatient = harness::plain_client(reqwest::Client::builder().timeout(std::time::Duration::from_millis(300)));
 
     op.token_faults(vec![json!({ "delay_ms": 1000 })]).await;
     let error = refresh_with(&impatient, &metadata, &refresh_token).await.unwrap_err();

@@ -189,3 +189,21 @@ async fn app_only_access_is_a_connection_from_configuration_without_consent() {
     assert_eq!(authorize.status(), 409);
     assert!(authorize.text().await.unwrap().contains("nothing to consent"));
 }
+
+#[tokio::test]
+async fn a_browser_without_the_key_gets_a_page_and_a_script_gets_json() {
+    let server = Server::standalone(&[]);
+    let browser = client()
+        .get(server.url("/api/authorize?connection=default"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 401);
+    assert!(browser.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(browser.text().await.unwrap().contains("function key"));
+    let script = client().get(server.url("/api/authorize?connection=default")).send().await.unwrap();
+    assert_eq!(script.status(), 401);
+    let body: Value = script.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "function_key_required");
+}

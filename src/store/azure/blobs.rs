@@ -7,7 +7,7 @@
 //! strings from any URL they quote (the transport's errors name the request URL).
 //!
 //! Client options, the SAS policy and error mapping are shared with the queue store, in
-//! [`super::service`].
+//! `service.rs`.
 
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ pub struct AzureBlobs {
 
 impl AzureBlobs {
     /// `credential` is used (and required) when the account is reached with a managed identity
-    /// ([`StorageAuth::Identity`]); keyed and SAS accounts ignore it.
+    /// ([`StorageAuth::Identity`](super::connection::StorageAuth::Identity)); keyed and SAS accounts ignore it.
     pub fn new(account: &StorageAccount, credential: Option<Arc<dyn TokenCredential>>) -> StoreResult<Self> {
         let (credential, client_options) = client_setup(account, credential, Service::Blob)?;
         let options = BlobServiceClientOptions { client_options, ..Default::default() };

@@ -40,6 +40,7 @@ impl SharedCredential {
 
 /// The credential for where the process runs (see the module documentation).
 fn default_credential(user_assigned_client_id: Option<&str>) -> Result<Arc<dyn TokenCredential>, String> {
+    crate::tls::install_crypto_provider();
     let in_azure =
         ["IDENTITY_ENDPOINT", "MSI_ENDPOINT", "WEBSITE_INSTANCE_ID"].iter().any(|v| std::env::var_os(v).is_some());
     let credential: azure_core::Result<Arc<dyn TokenCredential>> = if in_azure {

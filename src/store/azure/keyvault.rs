@@ -141,6 +141,7 @@ impl KeyVaultSecrets {
         client_options: Option<ClientOptions>,
         tuning: KeyVaultTuning,
     ) -> StoreResult<Self> {
+        crate::tls::install_crypto_provider();
         let url = url::Url::parse(vault_url)
             .map_err(|e| StoreError::invalid("KEYVAULT_URI", format!("{vault_url:?} is not a URL: {e}")))?;
         if url.scheme() != "https" {

@@ -5,7 +5,7 @@
 //! can start a queue-triggered function. Dequeue decodes them again. Messages never expire
 //! (`messagettl=-1`), as in the embedded store; Azure's default would drop them after 7 days.
 //!
-//! Authentication, retries and error mapping are shared with the blob store ([`super::service`]).
+//! Authentication, retries and error mapping are shared with the blob store (`service.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -56,6 +56,7 @@ pub(super) fn client_setup(
     credential: Option<Arc<dyn TokenCredential>>,
     service: Service,
 ) -> StoreResult<(Option<Arc<dyn TokenCredential>>, ClientOptions)> {
+    crate::tls::install_crypto_provider();
     let mut options = ClientOptions { retry: retry_options(), ..Default::default() };
     match &account.auth {
         StorageAuth::Identity => {
@@ -216,6 +217,7 @@ mod tests {
 
     #[test]
     fn service_urls_join_container_names_with_one_slash() {
+        crate::tls::install_crypto_provider();
         for (endpoint, expected) in [
             ("http://127.0.0.1:10000/devstoreaccount1", "http://127.0.0.1:10000/devstoreaccount1/box"),
             ("http://127.0.0.1:10000/devstoreaccount1/", "http://127.0.0.1:10000/devstoreaccount1/box"),

@@ -96,6 +96,24 @@ impl AzureTables {
         }
     }
 
+    /// Checks and encodes an entity, then writes it with `op` (see [`Self::with_table`]).
+    async fn write<F, Fut>(
+        &self,
+        table: Table,
+        pk: &str,
+        rk: &str,
+        props: &Map<String, Value>,
+        op: F,
+    ) -> StoreResult<ETag>
+    where
+        F: Fn(TableClient, Value) -> Fut,
+        Fut: std::future::Future<Output = Result<ETag, LegacyError>>,
+    {
+        check_entity(pk, rk, Some(props))?;
+        let body = encode(pk, rk, props);
+        self.with_table(table, || entity_name(table, pk, rk), |client| op(client, body.clone())).await
+    }
+
     /// True the first time it is called for `table` (so a vanished table is recreated once per
     /// process, not in a loop).
     fn mark_created(&self, table: Table) -> bool {
@@ -222,6 +240,11 @@ fn decode(mut raw: Map<String, Value>) -> StoreResult<Entity> {
 /// A key as it goes inside `(PartitionKey='…',RowKey='…')` in an entity URL: OData doubles
 /// single quotes there. `azure_data_tables` 0.21 inserts keys verbatim (a gap we fill here),
 /// so an entity whose key holds a `'` could be inserted but never read, updated or deleted.
+/// The client of one entity of `client`'s table.
+fn entity(client: TableClient, pk: &str, rk: &str) -> azure_data_tables::prelude::EntityClient {
+    client.partition_key_client(url_key(pk)).entity_client(url_key(rk))
+}
+
 fn url_key(key: &str) -> String {
     key.replace('\'', "''")
 }
@@ -258,13 +281,7 @@ impl TableStore for AzureTables {
             .with_table(
                 table,
                 || entity_name(table, pk, rk),
-                |client| async move {
-                    client
-                        .partition_key_client(url_key(pk))
-                        .entity_client(url_key(rk))
-                        .get::<Map<String, Value>>()
-                        .await
-                },
+                |client| async move { entity(client, pk, rk).get::<Map<String, Value>>().await },
             )
             .await;
         match result {
@@ -279,19 +296,10 @@ impl TableStore for AzureTables {
     }
 
     async fn insert(&self, table: Table, pk: &str, rk: &str, props: Map<String, Value>) -> StoreResult<ETag> {
-        check_entity(pk, rk, Some(&props))?;
-        let body = encode(pk, rk, &props);
-        let response = self
-            .with_table(
-                table,
-                || entity_name(table, pk, rk),
-                |client| {
-                    let body = body.clone();
-                    async move { client.insert::<Value, Value>(body)?.await }
-                },
-            )
-            .await?;
-        Ok(ETag(response.etag.to_string()))
+        self.write(table, pk, rk, &props, |client, body| async move {
+            client.insert::<Value, Value>(body)?.await.map(|r| ETag(r.etag.to_string()))
+        })
+        .await
     }
 
     async fn update(
@@ -302,47 +310,18 @@ impl TableStore for AzureTables {
         props: Map<String, Value>,
         if_match: IfMatch,
     ) -> StoreResult<ETag> {
-        check_entity(pk, rk, Some(&props))?;
-        let body = encode(pk, rk, &props);
-        let response = self
-            .with_table(
-                table,
-                || entity_name(table, pk, rk),
-                |client| {
-                    let (body, if_match) = (body.clone(), condition(&if_match));
-                    async move {
-                        client
-                            .partition_key_client(url_key(pk))
-                            .entity_client(url_key(rk))
-                            .update(body, if_match)?
-                            .await
-                    }
-                },
-            )
-            .await?;
-        Ok(ETag(response.etag.to_string()))
+        self.write(table, pk, rk, &props, |client, body| {
+            let if_match = condition(&if_match);
+            async move { entity(client, pk, rk).update(body, if_match)?.await.map(|r| ETag(r.etag.to_string())) }
+        })
+        .await
     }
 
     async fn upsert(&self, table: Table, pk: &str, rk: &str, props: Map<String, Value>) -> StoreResult<ETag> {
-        check_entity(pk, rk, Some(&props))?;
-        let body = encode(pk, rk, &props);
-        let response = self
-            .with_table(
-                table,
-                || entity_name(table, pk, rk),
-                |client| {
-                    let body = body.clone();
-                    async move {
-                        client
-                            .partition_key_client(url_key(pk))
-                            .entity_client(url_key(rk))
-                            .insert_or_replace(body)?
-                            .await
-                    }
-                },
-            )
-            .await?;
-        Ok(ETag(response.etag.to_string()))
+        self.write(table, pk, rk, &props, |client, body| async move {
+            entity(client, pk, rk).insert_or_replace(body)?.await.map(|r| ETag(r.etag.to_string()))
+        })
+        .await
     }
 
     async fn delete(&self, table: Table, pk: &str, rk: &str, if_match: IfMatch) -> StoreResult<()> {
@@ -352,14 +331,7 @@ impl TableStore for AzureTables {
             || entity_name(table, pk, rk),
             |client| {
                 let if_match = condition(&if_match);
-                async move {
-                    client
-                        .partition_key_client(url_key(pk))
-                        .entity_client(url_key(rk))
-                        .delete()
-                        .if_match(if_match)
-                        .await
-                }
+                async move { entity(client, pk, rk).delete().if_match(if_match).await }
             },
         )
         .await

@@ -289,14 +289,15 @@ fn test_pki(host: &str) -> (String, ServerConfig) {
     (ca.pem(), config)
 }
 
-/// A transport (reqwest 0.13, as azure_core 1.x uses) that trusts only the test CA and
+/// A transport (reqwest, the generation azure_core 1.x uses) that trusts only the test CA and
 /// resolves the vault host to 127.0.0.1.
 fn client_options(ca_pem: &str, host: &str, port: u16) -> ClientOptions {
-    let ca = reqwest013::Certificate::from_pem(ca_pem.as_bytes()).expect("test CA");
-    let client = reqwest013::Client::builder()
+    truecontext_bridge::tls::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("test CA");
+    let client = reqwest::Client::builder()
         .tls_certs_only([ca])
         .resolve(host, SocketAddr::from(([127, 0, 0, 1], port)))
-        .redirect(reqwest013::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("reqwest client for the simulator");
     ClientOptions { transport: Some(Transport::new(Arc::new(client))), ..Default::default() }

@@ -143,10 +143,15 @@ impl Drop for Server {
     }
 }
 
+/// An HTTP client for talking to servers under test: no redirects, bounded time.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    plain_client(builder.timeout(Duration::from_secs(30)))
+}
+
+/// Builds `builder` once the process has its TLS provider (reqwest is built without a default
+/// one; see src/tls.rs). Every client a test makes goes through here.
+pub fn plain_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    truecontext_bridge::tls::install_crypto_provider();
+    builder.build().unwrap()
 }

@@ -149,7 +149,7 @@ impl OidcProvider {
     }
 
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = reqwest::Client::new().request(method, self.url(path));
+        let mut request = super::plain_client(reqwest::Client::builder()).request(method, self.url(path));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -198,11 +198,9 @@ impl Default for HttpAgent {
 
 impl HttpAgent {
     pub fn new() -> HttpAgent {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
+        let client = super::plain_client(
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(30)),
+        );
         HttpAgent { client, cookies: Mutex::new(BTreeMap::new()) }
     }
 

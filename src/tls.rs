@@ -1,0 +1,29 @@
+//! One TLS crypto provider for the whole process: *ring*.
+//!
+//! Two generations of the HTTP stack share the process: reqwest 0.13 (our own clients and
+//! `azure_core` 1.x) and reqwest 0.12 (inside `azure_data_tables` 0.21, which selects *ring*
+//! itself). reqwest 0.13's default TLS feature would compile in a second provider, aws-lc-rs,
+//! with its C build, so it is built with `rustls-no-provider` instead, and that needs a process
+//! default provider installed before any client is built. Every constructor of an HTTP client
+//! in this crate calls [`install_crypto_provider`] first, and so must code that builds reqwest
+//! clients of its own (tests); `main` does it before anything else.
+
+/// Installs *ring* as rustls' process-wide default provider; later calls do nothing.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first (by an embedding program): keep it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clients_can_be_built_once_the_provider_is_installed() {
+        super::install_crypto_provider();
+        super::install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        reqwest::Client::builder().build().expect("a client with the process provider");
+    }
+}
