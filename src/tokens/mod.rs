@@ -9,18 +9,17 @@
 //! 3. the store: the connection record says when its token set is due; if another instance has a
 //!    fresh one, its access token is read from the secret store (one read, no refresh);
 //! 4. a lease on the connection (CAS with a TTL, renewed in the background by a
-//!    [`crate::store::lease::Keeper`] while the refresh runs) around the refresh. Having it, the caller reads
-//!    the record and token set *again* and refreshes only if they are still due, with the refresh
-//!    token read under the lease; the new token set is one new secret version, then the record is
-//!    moved to it under If-Match, never over a newer generation. The old refresh token is kept
-//!    when the response carries none. A set stored by a refresh that died before its record
-//!    write is adopted by the next refresh (it names the version it supersedes).
+//!    [`crate::store::lease::Keeper`] while the refresh runs) around the refresh. Having it, the
+//!    caller reads the record and token set *again* and refreshes only if they are still due,
+//!    with the refresh token read under the lease; the new token set is one new secret version,
+//!    then the record is moved to it under If-Match, never over a newer generation. The old
+//!    refresh token is kept when the response carries none. A set stored by a refresh that died
+//!    before its record write is adopted by the next refresh (it names the version it supersedes).
 //!
 //! Failures are classified by [`classify`]: a dead grant makes the connection `needs_reauth`
 //! (once, with one alert); refused app credentials raise one app-level alert; transient failures
 //! set a shared `retry_not_before` (backoff with jitter, honouring `Retry-After`) so neither this
 //! instance nor any other calls the token endpoint again before it.
-
 //!
 //! The parts: `cache.rs` (this process's memory and single-flight locks), `refresh.rs` (the
 //! lease-guarded refresh), `persist.rs` (recording a refresh's success or failure), [`classify`]

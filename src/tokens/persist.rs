@@ -76,7 +76,7 @@ impl Tokens<'_> {
         tracing::info!(connection = %subject.id, generation = token_set.generation, rotated,
             expires_at = %token_set.expires_at.unwrap_or(now), "access token refreshed");
         Ok(token_from_set(&subject.id, &token_set, TokenSource::TokenEndpoint, assumed)
-            .expect("a refreshed token_set has an access token"))
+            .expect("a refreshed token set has an access token"))
     }
 
     /// Keeps a refresh token that came back with an answer we could not use (the server may
