@@ -188,6 +188,16 @@ pub struct TrueContextSettings {
     pub auth: TrueContextAuth,
     pub api_key_id: Option<String>,
     pub api_key_secret: Option<SecretString>,
+    /// With `basic`: the connection the configured key syncs as (`TRUECONTEXT_CONNECTION`).
+    pub connection: String,
+    /// Simultaneous calls, cluster-wide (`TRUECONTEXT_CONCURRENCY`; TrueContext allows 3 per key).
+    pub concurrency: u32,
+    /// Calls per connection per UTC day (`TRUECONTEXT_DAILY_CALL_BUDGET`).
+    pub daily_call_budget: u64,
+    /// One call's time limit (`TRUECONTEXT_TIMEOUT_SECONDS`).
+    pub timeout: Duration,
+    /// The largest answer read (`TRUECONTEXT_MAX_RESPONSE_BYTES`); documents carry media inline.
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -600,7 +610,28 @@ fn parse_truecontext(p: &mut Parser<'_>) -> TrueContextSettings {
         ),
         api_key_id: p.text("TRUECONTEXT_API_KEY_ID"),
         api_key_secret: p.secret("TRUECONTEXT_API_KEY_SECRET"),
+        connection: parse_connection_id(p, "TRUECONTEXT_CONNECTION"),
+        concurrency: p.number("TRUECONTEXT_CONCURRENCY", 3, 1, 3),
+        daily_call_budget: p.number("TRUECONTEXT_DAILY_CALL_BUDGET", 2000u64, 1, 2500),
+        timeout: Duration::from_secs(p.number("TRUECONTEXT_TIMEOUT_SECONDS", 30, 1, 300)),
+        max_response_bytes: p.number("TRUECONTEXT_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, 64 * 1024, 512 * 1024 * 1024),
     }
+}
+
+/// A connection id setting: 1-64 letters, digits, `-`, `_`, `.` (as connection ids are).
+fn parse_connection_id(p: &mut Parser<'_>, name: &str) -> String {
+    let id = p.text(name).unwrap_or_else(|| "default".to_owned());
+    let ok = (1..=64).contains(&id.len())
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        p.problem(
+            name,
+            format!("{id:?} must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"),
+            "default",
+        );
+    }
+    id
 }
 
 fn parse_store(p: &mut Parser<'_>) -> StoreSettings {

@@ -22,9 +22,10 @@
 //! - [`oauth`]: the client side of OAuth 2.0 / OpenID Connect: provider discovery, the token
 //!   endpoint, JWKS and id_token validation, the sign-in flow's records.
 //! - [`alerts`]: alerts raised once and cleared when the cause is gone.
+//! - [`truecontext`]: the only code that speaks TrueContext's HTTP: typed calls, the daily call
+//!   budget and the 402 stop, the cluster-wide call cap.
 //! - Coming with the data path, in this order from the top: `sync` and `webhook` (what the timer
-//!   and a push do), `landing` (one landing path for every submission), `truecontext` (the only
-//!   code that speaks TrueContext's HTTP).
+//!   and a push do), `landing` (one landing path for every submission).
 //!
 //! **Storage, configuration and telemetry**:
 //! - [`store`]: the four storage traits with an embedded ([`store::local`]) and an Azure
@@ -52,3 +53,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod truecontext;

@@ -42,10 +42,12 @@ pub enum Table {
     Leases,
     Runs,
     Alerts,
+    /// Calls made to TrueContext per connection and UTC day, and the stop after a 402.
+    Budgets,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Connections,
         Table::PendingFlows,
         Table::Cursors,
@@ -53,6 +55,7 @@ impl Table {
         Table::Leases,
         Table::Runs,
         Table::Alerts,
+        Table::Budgets,
     ];
 
     /// Azure table names are alphanumeric, 3-63 characters, starting with a letter.
@@ -65,6 +68,7 @@ impl Table {
             Table::Leases => "leases",
             Table::Runs => "runs",
             Table::Alerts => "alerts",
+            Table::Budgets => "budgets",
         }
     }
 }

@@ -26,3 +26,4 @@ mod standalone;
 mod store_conformance;
 mod token_lifecycle;
 mod token_processes;
+mod truecontext_client;

@@ -8,6 +8,7 @@ pub mod browser;
 pub mod connected;
 pub mod keyvault;
 pub mod oidc;
+pub mod truecontext;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,406 @@
+//! A TrueContext (ProntoForms) REST API simulator, built from docs/truecontext-api.md: `data.json`
+//! with its filters, ascending processed-date order and 0-based paging (`s` at most 100),
+//! `data/{id}`, `data/{id}/document.json`, `formspaces` and their `forms`; Basic and Bearer
+//! authentication; TrueContext's 3-concurrent limit (429 past it) and a daily call count (402
+//! `CallCountExpended` past it), with the `X-ProntoForms-*` error headers; injected faults
+//! (status, `Retry-After`, latency, malformed JSON); unknown fields in every answer; a call log
+//! and the ground truth.
+//!
+//! It runs on a thread of its own (its own runtime), so a test that blocks does not stop it; it
+//! stops when dropped.
+// Its refusals are whole HTTP responses returned early; boxing them buys a test server nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Value};
+
+pub const KEY_ID: &str = "sim-key-id";
+pub const KEY_SECRET: &str = "sim-key-secret-0123456789";
+
+/// One request the simulator answered.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub status: u16,
+}
+
+/// A fault for the next request(s) that reach a route.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer this status (with `X-ProntoForms-ErrorCode`), and `Retry-After` seconds if given.
+    Status { status: u16, code: &'static str, retry_after: Option<u64> },
+    /// A 200 whose body is not JSON.
+    Malformed,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimRecord {
+    pub id: String,
+    pub form_id: String,
+    pub formspace_id: String,
+    pub processed: DateTime<Utc>,
+    pub state: String,
+    /// The document exactly as served (bytes are what `document.json` answers).
+    pub document: Vec<u8>,
+}
+
+#[derive(Default)]
+struct World {
+    records: BTreeMap<String, SimRecord>,
+    calls: Vec<Call>,
+    faults: VecDeque<Fault>,
+    bearer_tokens: Vec<String>,
+    calls_today: u64,
+    daily_limit: Option<u64>,
+    latency: Duration,
+}
+
+struct Shared {
+    world: Mutex<World>,
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
+}
+
+pub struct TrueContextSim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TrueContextSim {
+    pub fn start() -> TrueContextSim {
+        let shared = Arc::new(Shared {
+            world: Mutex::default(),
+            in_flight: AtomicU32::new(0),
+            max_in_flight: AtomicU32::new(0),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(shared.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        TrueContextSim { shared, addr, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// The API base, as `TRUECONTEXT_BASE_URL` names it.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/1.1", self.addr)
+    }
+
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.shared.world.lock().unwrap()
+    }
+
+    /// Adds `count` submissions of form `form` processed one minute apart, ending at `last`.
+    pub fn add_records(&self, count: usize, form: &str, last: DateTime<Utc>) -> Vec<String> {
+        let mut world = self.world();
+        let first = world.records.len();
+        (0..count)
+            .map(|i| {
+                let id = format!("{}", 3_000_000_000u64 + (first + i) as u64);
+                let processed = last - TimeDelta::minutes((count - 1 - i) as i64);
+                let record = SimRecord {
+                    id: id.clone(),
+                    form_id: form.to_owned(),
+                    formspace_id: "fs-1".into(),
+                    processed,
+                    state: "Complete".into(),
+                    document: document(&id, form, processed).into_bytes(),
+                };
+                world.records.insert(id.clone(), record);
+                id
+            })
+            .collect()
+    }
+
+    pub fn record(&self, id: &str) -> Option<SimRecord> {
+        self.world().records.get(id).cloned()
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.world().records.remove(id);
+    }
+
+    pub fn fault(&self, fault: Fault) {
+        self.world().faults.push_back(fault);
+    }
+
+    pub fn allow_bearer(&self, token: &str) {
+        self.world().bearer_tokens.push(token.to_owned());
+    }
+
+    /// TrueContext's daily call count: calls past it get 402 `CallCountExpended`.
+    pub fn daily_limit(&self, limit: u64) {
+        self.world().daily_limit = Some(limit);
+    }
+
+    pub fn latency(&self, latency: Duration) {
+        self.world().latency = latency;
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.world().calls.clone()
+    }
+
+    /// The most requests it ever had in flight at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TrueContextSim {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A Standard-format document, with a field TrueContext might add one day.
+fn document(id: &str, form: &str, processed: DateTime<Utc>) -> String {
+    let answers = json!([
+        {"label": "Result", "question": "Inspection result", "type": "Select", "values": ["Pass"]},
+        {"label": "Count", "question": "Units", "type": "Integer", "values": [3]},
+    ]);
+    let doc = json!({
+        "identifier": id, "referenceNumber": format!("{}-{id}", processed.format("%Y%m%d")), "version": "v2",
+        "zone": "America/Toronto", "state": "Complete", "name": "Pump inspection",
+        "form": {"identifier": form, "name": "Pump inspection", "version": 3},
+        "user": {"identifier": "118800321", "username": "inspector@example.com"},
+        "serverReceiveDate": processed.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "futureField": {"nested": true},
+        "pages": [{"name": "Page1", "label": "Overview", "sections": [{"name": "S1", "type": "Flow", "answers": answers}]}],
+    });
+    // Pretty-printed, so "exactly as served" is not the same as re-serialised.
+    serde_json::to_string_pretty(&doc).unwrap()
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/1.1/data.json", get(list))
+        .route("/api/1.1/data/{id}", get(metadata))
+        .route("/api/1.1/data/{id}/document.json", get(document_route))
+        .route("/api/1.1/formspaces", get(formspaces))
+        .route("/api/1.1/formspaces/{id}/forms", get(forms))
+        .with_state(shared)
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    let mut response = (StatusCode::from_u16(status).unwrap(), "").into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-prontoforms-errorcode", HeaderValue::from_str(code).unwrap());
+    headers.insert("x-prontoforms-errormessage", HeaderValue::from_str(message).unwrap());
+    headers.insert("x-prontoforms-requestid", HeaderValue::from_static("sim-request"));
+    response
+}
+
+/// Authentication, the call count, the concurrency limit and injected faults, in that order;
+/// `Ok(latency)` when the route may answer.
+fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Duration, Response> {
+    let mut world = shared.world.lock().unwrap();
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{KEY_ID}:{KEY_SECRET}")));
+    let bearer_ok =
+        authorization.strip_prefix("Bearer ").is_some_and(|token| world.bearer_tokens.iter().any(|t| t == token));
+    if authorization != basic && !bearer_ok {
+        return Err(error(401, "AuthenticationFailed", "authorization failed"));
+    }
+    world.calls_today += 1;
+    if world.daily_limit.is_some_and(|limit| world.calls_today > limit) {
+        return Err(error(402, "CallCountExpended", "the daily call count is used up"));
+    }
+    match world.faults.pop_front() {
+        Some(Fault::Status { status, code, retry_after }) => {
+            let mut response = error(status, code, "injected");
+            if let Some(seconds) = retry_after {
+                response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+            }
+            Err(response)
+        }
+        Some(Fault::Malformed) => Err((StatusCode::OK, "{\"pageData\": [ {\"identifier\": ").into_response()),
+        None => Ok(world.latency),
+    }
+}
+
+/// Runs `answer` as one request: counted in flight (429 past 3), logged, delayed by the latency.
+async fn request(
+    shared: Arc<Shared>,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: HeaderMap,
+    answer: impl FnOnce(&World) -> Response,
+) -> Response {
+    let in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    let response = if in_flight > 3 {
+        error(429, "TooManyRequests", "more than 3 concurrent requests")
+    } else {
+        match admit(&shared, &headers) {
+            Err(response) => response,
+            Ok(latency) => {
+                tokio::time::sleep(latency).await;
+                answer(&shared.world.lock().unwrap())
+            }
+        }
+    };
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let status = response.status().as_u16();
+    shared.world.lock().unwrap().calls.push(Call { path, query, status });
+    response
+}
+
+fn json_response(value: Value) -> Response {
+    ([("content-type", "application/json")], value.to_string()).into_response()
+}
+
+fn page(items: Vec<Value>, query: &BTreeMap<String, String>) -> Result<Value, Response> {
+    let p: usize =
+        query.get("p").map_or(Ok(0), |v| v.parse()).map_err(|_| error(400, "InvalidRequestDataFormat", "p"))?;
+    let s: usize =
+        query.get("s").map_or(Ok(100), |v| v.parse()).map_err(|_| error(400, "InvalidRequestDataFormat", "s"))?;
+    if s == 0 || s > 100 {
+        return Err(error(400, "InvalidRequestDataFormat", "s must be 1-100"));
+    }
+    let total = items.len();
+    let data: Vec<Value> = items.into_iter().skip(p * s).take(s).collect();
+    Ok(json!({"totalNumberOfResults": total, "totalNumberOfPages": total.div_ceil(s), "zone": null,
+              "simulatorNote": "unknown field", "pageData": data}))
+}
+
+fn time_param(query: &BTreeMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, Response> {
+    query
+        .get(name)
+        .map(|v| v.parse::<DateTime<Utc>>().map_err(|_| error(400, "InvalidRequestDataFormat", name)))
+        .transpose()
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let q = query.clone();
+    request(shared, "data.json".into(), query, headers, move |world| {
+        let (stime, etime) = match (time_param(&q, "stime"), time_param(&q, "etime")) {
+            (Ok(s), Ok(e)) => (s, e),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
+        let fids: Option<Vec<&str>> = q.get("fids").map(|v| v.split(',').collect());
+        let mut selected: Vec<&SimRecord> = world
+            .records
+            .values()
+            .filter(|r| stime.is_none_or(|s| r.processed >= s) && etime.is_none_or(|e| r.processed <= e))
+            .filter(|r| fids.as_ref().is_none_or(|f| f.contains(&r.form_id.as_str())))
+            .collect();
+        selected.sort_by(|a, b| (a.processed, &a.id).cmp(&(b.processed, &b.id)));
+        let items = selected
+            .into_iter()
+            .map(|r| {
+                json!({"identifier": r.id, "referenceNumber": format!("{}-{}", r.processed.format("%Y%m%d"), r.id),
+                       "state": r.state, "dataState": "Processed", "actionState": null, "dataPersisted": true,
+                       "serverReceiveDate": r.processed.to_rfc3339(), "formId": r.form_id, "formVersionId": "v3",
+                       "userId": "118800321", "username": "inspector@example.com", "newField": 1})
+            })
+            .collect();
+        match page(items, &q) {
+            Ok(value) => json_response(value),
+            Err(response) => response,
+        }
+    })
+    .await
+}
+
+async fn metadata(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    request(shared, format!("data/{id}"), BTreeMap::new(), headers, move |world| match world.records.get(&id) {
+        None => error(404, "ObjectNotFound", "no such data record"),
+        Some(r) => json_response(json!({
+            "identifier": r.id, "referenceNumber": format!("{}-{}", r.processed.format("%Y%m%d"), r.id),
+            "state": r.state, "dataState": "Processed",
+            "form": {"formSpaceId": r.formspace_id, "formId": r.form_id, "formVersionId": "v3"},
+            "processedTimestamp": r.processed.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            "processorExecutions": [],
+        })),
+    })
+    .await
+}
+
+async fn document_route(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    request(shared, format!("data/{id}/document.json"), BTreeMap::new(), headers, move |world| {
+        match world.records.get(&id) {
+            None => error(404, "ObjectNotFound", "no such data record"),
+            Some(r) => ([("content-type", "application/json")], r.document.clone()).into_response(),
+        }
+    })
+    .await
+}
+
+async fn formspaces(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let q = query.clone();
+    request(shared, "formspaces".into(), query, headers, move |_| {
+        let items = vec![json!({"identifier": "fs-1", "name": "Field service", "problemContactEmail": null})];
+        match page(items, &q) {
+            Ok(value) => json_response(value),
+            Err(response) => response,
+        }
+    })
+    .await
+}
+
+async fn forms(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let q = query.clone();
+    request(shared, format!("formspaces/{id}/forms"), query, headers, move |world| {
+        if id != "fs-1" {
+            return error(404, "ObjectNotFound", "no such FormSpace");
+        }
+        let mut forms: Vec<&str> = world.records.values().map(|r| r.form_id.as_str()).collect();
+        forms.sort_unstable();
+        forms.dedup();
+        let items = forms
+            .into_iter()
+            .map(|f| json!({"identifier": f, "name": format!("Form {f}"), "state": "Active", "locked": false}))
+            .collect();
+        match page(items, &q) {
+            Ok(value) => json_response(value),
+            Err(response) => response,
+        }
+    })
+    .await
+}
