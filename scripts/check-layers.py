@@ -3,9 +3,10 @@
 
 The layers, top to bottom, are declared in LAYERS below; ARCHITECTURE.md draws the same order.
 A module may use modules of any layer *below* its own, and nothing of its own layer but itself.
-Every `crate::<module>` (and, in `src/main.rs`, `truecontext_bridge::<module>`) path in the
-code counts as an import, wherever it stands: `use` lines and paths inside expressions alike.
-Comment lines do not count: documentation may name the layer that calls a module.
+Every path into the crate counts as an import, wherever it stands (`use` lines, paths inside
+expressions, groups spread over several lines): `crate::<module>`, `truecontext_bridge::<module>`
+in `src/main.rs`, and `super::…::<module>` that climbs to the crate root. Comment lines do not
+count: documentation may name the layer that calls a module.
 
 Run: python3 scripts/check-layers.py   (CI runs it before the tests)
 """
@@ -34,8 +35,18 @@ LAYERS = [
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
+# `crate::x`, `truecontext_bridge::x` (in the binary), and `super::…::x` that climbs to the root.
 PATH = re.compile(r"\b(?:crate|truecontext_bridge)::([a-z_][a-z0-9_]*)")
-GROUPED = re.compile(r"\b(?:crate|truecontext_bridge)::\{([^}]*)\}")
+GROUP_START = re.compile(r"\b(?:crate|truecontext_bridge)::\{")
+SUPER = re.compile(r"\b((?:super::)+)([a-z_][a-z0-9_]*)")
+
+
+def module_path(path: pathlib.Path) -> list[str]:
+    """The module path of a source file: src/a/b.rs and src/a/b/mod.rs are both [a, b]."""
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "mod":
+        parts.pop()
+    return parts
 
 
 def module_of(path: pathlib.Path) -> str:
@@ -45,13 +56,43 @@ def module_of(path: pathlib.Path) -> str:
     return rel.parts[0].removesuffix(".rs")
 
 
-def imports(text: str) -> set[str]:
-    found = set(PATH.findall(text))
-    for group in GROUPED.findall(text):
-        for item in group.split(","):
-            name = item.strip().split("::")[0].split(" ")[0]
-            if name and name != "self":
-                found.add(name)
+def without_comments(text: str) -> str:
+    """Comment lines blanked (kept as empty lines, so line numbers stay): documentation may name
+    the layer that calls a module."""
+    return "\n".join("" if line.lstrip().startswith("//") else line for line in text.splitlines())
+
+
+def group_items(text: str, start: int) -> list[str]:
+    """The top-level items of the `{…}` group opening at `start` (it may span lines and nest)."""
+    depth, item, items = 0, "", []
+    for ch in text[start:]:
+        if ch == "{":
+            depth += 1
+            if depth == 1:
+                continue
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                items.append(item)
+                break
+        elif ch == "," and depth == 1:
+            items.append(item)
+            item = ""
+            continue
+        item += ch
+    return [i.strip().split("::")[0].split(" ")[0].strip("{") for i in items if i.strip()]
+
+
+def imports(text: str, path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line number, top-level module) for every path into the crate."""
+    line_of = lambda offset: text.count("\n", 0, offset) + 1
+    found = [(line_of(m.start()), m.group(1)) for m in PATH.finditer(text)]
+    for m in GROUP_START.finditer(text):
+        found += [(line_of(m.start()), name) for name in group_items(text, m.end() - 1) if name != "self"]
+    depth = len(module_path(path)) if path.name != "main.rs" or path.parent != SRC else 0
+    for m in SUPER.finditer(text):
+        if m.group(1).count("super::") == depth:  # climbs exactly to the crate root
+            found.append((line_of(m.start()), m.group(2)))
     return found
 
 
@@ -66,18 +107,13 @@ def main() -> int:
         if module not in rank:
             problems.append(f"{path.relative_to(ROOT)}: module `{module}` has no layer in scripts/check-layers.py")
             continue
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
-            if line.lstrip().startswith("//"):
+        for line_no, target in imports(without_comments(path.read_text()), path):
+            if target == module or target not in rank:
                 continue
-            for target in imports(line):
-                if target == module or target not in rank:
-                    continue
-                edges.setdefault(module, set()).add(target)
-                if rank[target] <= rank[module]:
-                    how = "its own layer" if rank[target] == rank[module] else "a higher layer"
-                    problems.append(
-                        f"{path.relative_to(ROOT)}:{line_no}: `{module}` uses `{target}`, which is in {how}"
-                    )
+            edges.setdefault(module, set()).add(target)
+            if rank[target] <= rank[module]:
+                how = "its own layer" if rank[target] == rank[module] else "a higher layer"
+                problems.append(f"{path.relative_to(ROOT)}:{line_no}: `{module}` uses `{target}`, which is in {how}")
     for problem in problems:
         print(problem)
     if problems:

@@ -75,7 +75,8 @@ impl Clock for ManualClock {
     }
 }
 
-/// The real time plus an offset that only grows: processes that share one see the same jumps
+/// The real time plus an offset that only grows: the instances (`App`s) of one process that share
+/// it see the same jumps
 /// while real time (and so real leases and timeouts) goes on as usual.
 #[derive(Debug, Default)]
 pub struct OffsetClock {

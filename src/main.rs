@@ -252,7 +252,7 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     } else if settings.function_key.is_none() {
         println!(
             "Using the function key generated on an earlier start. It is not shown again: if it is lost, \
-             set FUNCTION_KEY to a key of your choice (at least 16 characters), which replaces it."
+             set FUNCTION_KEY to a key of your choice (at least 16 characters); while it is set, only it is accepted."
         );
     }
     telemetry::register_secret(&key);

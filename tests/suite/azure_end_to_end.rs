@@ -6,6 +6,7 @@ use crate::harness;
 use std::time::{Duration, Instant};
 
 use harness::azurite::Azurite;
+use harness::host;
 use harness::{client, Server, TEST_FUNCTION_KEY};
 use serde_json::{json, Value};
 use truecontext_bridge::store::azure::connection::StorageAccount;
@@ -29,23 +30,21 @@ async fn host_mode_records_sync_runs_in_table_storage() {
     let azurite = Azurite::start();
     let owned = azure_settings(&azurite);
     let server = Server::host(&pairs(&owned));
-    let timer = json!({ "Data": { "timer": { "Schedule": { "AdjustForDST": true }, "ScheduleStatus": null, "IsPastDue": false } },
-                        "Metadata": {} });
+    let timer = host::timer_envelope(Value::Null, false);
     for _ in 0..2 {
-        let reply = client().post(server.url("/sync")).json(&timer).send().await.unwrap();
-        assert_eq!(reply.status(), 200, "{}", server.log());
+        let reply = host::invoke(&server, "sync", &timer).await;
+        assert_eq!(reply.status, 200, "{}", server.log());
     }
-    let status =
-        json!({ "Data": { "req": { "Url": "https://x/api/status", "Method": "GET", "Headers": {} } }, "Metadata": {} });
-    let reply: Value = client().post(server.url("/status")).json(&status).send().await.unwrap().json().await.unwrap();
-    let report: Value = serde_json::from_str(reply["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let status = json!({ "Url": "https://x/api/status", "Method": "GET", "Headers": {} });
+    let res = host::invoke_http(&server, "status", status.clone()).await;
+    let report: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
     assert_eq!(report["store"], "azure");
     assert_eq!(report["sync"]["last_run"]["count"], 2, "both runs recorded in Azurite");
 
     // A second instance on the same account sees the same state.
     let other = Server::host(&pairs(&owned));
-    let reply: Value = client().post(other.url("/status")).json(&status).send().await.unwrap().json().await.unwrap();
-    let report: Value = serde_json::from_str(reply["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let res = host::invoke_http(&other, "status", status).await;
+    let report: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
     assert_eq!(report["sync"]["last_run"]["count"], 2);
 }
 

@@ -357,22 +357,7 @@ async fn the_flow_works_through_host_envelopes() {
         ("OAUTH_CLIENT_SECRET", CLIENT_SECRET),
         ("OAUTH_REDIRECT_URI", public),
     ]);
-    let invoke = |function: &'static str, req: Value| {
-        let server = &server;
-        async move {
-            let envelope = json!({ "Data": { "req": req }, "Metadata": {} });
-            let reply: Value = harness::plain_client(reqwest::Client::builder())
-                .post(server.url(&format!("/{function}")))
-                .json(&envelope)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            reply["Outputs"]["res"].clone()
-        }
-    };
+    let invoke = |function: &'static str, req: Value| harness::host::invoke_http(&server, function, req);
     let res = invoke(
         "authorize",
         json!({ "Url": "https://bridge.example.com/api/authorize?connection=hosted&code=k", "Method": "GET",
@@ -549,7 +534,7 @@ async fn a_custom_oauth2_server_without_discovery_connects() {
     for round in 1..=2 {
         let mut command = harness::command(app.dir.path(), &settings);
         command.args(["token", "--connection", "seed", "--force"]);
-        // The seed server runs on this test's runtime: wait for the process off it.
+        // The custom OAuth 2.0 server runs on this test's runtime: wait for the process off it.
         let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let report: Value = serde_json::from_slice(&output.stdout).unwrap();

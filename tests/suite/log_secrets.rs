@@ -2,8 +2,8 @@
 //! credential-shaped inputs, then a scan of everything the process wrote and answered.
 
 use crate::harness;
-use harness::{client, Server};
-use serde_json::json;
+use harness::Server;
+use serde_json::{json, Value};
 
 const CLIENT_SECRET: &str = "oauth-client-secret-Zx81";
 const STORE_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGhlLWxvY2FsLXN0b3JlISE="; // 32 bytes
@@ -67,7 +67,7 @@ async fn a_host_run_logs_and_answers_no_secret() {
         if let Some(body) = body {
             req["Body"] = json!(body);
         }
-        (function.to_owned(), json!({ "Data": { "req": req }, "Metadata": { "sys": { "MethodName": function } } }))
+        (function.to_owned(), harness::host::req_envelope(function, req))
     };
     let invocations = vec![
         http("status", "GET", format!("https://app/api/status?code={FUNCTION_KEY}"), None),
@@ -78,21 +78,22 @@ async fn a_host_run_logs_and_answers_no_secret() {
             "https://app/api/webhook".into(),
             Some(json!({ "refresh_token": REFRESH_TOKEN }).to_string()),
         ),
-        ("sync".into(), json!({ "Data": { "timer": { "IsPastDue": true, "ScheduleStatus": null } }, "Metadata": {} })),
+        ("sync".into(), harness::host::timer_envelope(Value::Null, true)),
         (
             "process".into(),
-            json!({ "Data": { "msg": json!(json!({ "access_token": BEARER }).to_string()).to_string() },
-                    "Metadata": { "DequeueCount": "5" } }),
+            harness::host::queue_envelope(
+                json!(json!(json!({ "access_token": BEARER }).to_string()).to_string()),
+                &[("DequeueCount", json!("5"))],
+            ),
         ),
-        ("process".into(), json!({ "Data": { "msg": format!("\"not json {REFRESH_TOKEN}\"") }, "Metadata": {} })),
+        ("process".into(), harness::host::queue_envelope(json!(format!("\"not json {REFRESH_TOKEN}\"")), &[])),
     ];
     for (function, envelope) in invocations {
-        let reply = client().post(server.url(&format!("/{function}"))).json(&envelope).send().await.unwrap();
-        replies.push_str(&reply.text().await.unwrap());
+        let reply = harness::host::invoke(&server, &function, &envelope).await;
+        replies.push_str(&reply.json.to_string());
     }
-    let truncated =
-        client().post(server.url("/status")).body(format!("{{\"Data\": {{\"req\": \"{BEARER}")).send().await;
-    replies.push_str(&truncated.unwrap().text().await.unwrap());
+    let truncated = harness::host::invoke_raw(&server, "status", format!("{{\"Data\": {{\"req\": \"{BEARER}")).await;
+    replies.push_str(&truncated.json.to_string());
 
     assert_clean("the replies", &replies);
     let log = server.log();

@@ -11,7 +11,7 @@ use crate::harness;
 use std::time::Duration;
 
 use harness::connected::{assert_all_same_token, Connected, Options};
-use serde_json::json;
+use serde_json::{json, Value};
 use truecontext_bridge::connections::{self, ConnectionState};
 use truecontext_bridge::handlers::{App, StatusReport, TimerInfo};
 use truecontext_bridge::store::{Table, TypedTable};
@@ -292,8 +292,14 @@ async fn a_hanging_token_endpoint_is_cut_off_and_the_refresh_token_survives() {
         Err(e @ TokenError::Unavailable { .. }) => assert!(e.to_string().contains("did not answer in time"), "{e}"),
         other => panic!("expected a timeout, got {other:?}"),
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let calls = bridge.calls("refresh_token").await;
+    // The provider records an abandoned call once it notices the closed connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut calls = bridge.calls("refresh_token").await;
+    let settled = |calls: &[Value]| calls.len() >= 5 && calls[2..].iter().all(|c| c["fault"] == "abandoned");
+    while !settled(&calls) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        calls = bridge.calls("refresh_token").await;
+    }
     assert_eq!(calls.len(), 5);
     assert!(calls[2..].iter().all(|c| c["fault"] == "abandoned"), "{calls:#?}");
     bridge.advance(60);

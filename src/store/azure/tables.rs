@@ -237,14 +237,14 @@ fn decode(mut raw: Map<String, Value>) -> StoreResult<Entity> {
     Ok(Entity { partition_key, row_key, etag, timestamp, properties })
 }
 
-/// A key as it goes inside `(PartitionKey='…',RowKey='…')` in an entity URL: OData doubles
-/// single quotes there. `azure_data_tables` 0.21 inserts keys verbatim (a gap we fill here),
-/// so an entity whose key holds a `'` could be inserted but never read, updated or deleted.
 /// The client of one entity of `client`'s table.
 fn entity(client: TableClient, pk: &str, rk: &str) -> azure_data_tables::prelude::EntityClient {
     client.partition_key_client(url_key(pk)).entity_client(url_key(rk))
 }
 
+/// A key as it goes inside `(PartitionKey='…',RowKey='…')` in an entity URL: OData doubles
+/// single quotes there. `azure_data_tables` 0.21 inserts keys verbatim (a gap we fill here),
+/// so an entity whose key holds a `'` could be inserted but never read, updated or deleted.
 fn url_key(key: &str) -> String {
     key.replace('\'', "''")
 }

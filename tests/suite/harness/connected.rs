@@ -42,7 +42,6 @@ pub struct Connected {
     pub provider: OidcProvider,
     pub server: Server,
     pub settings: Vec<(String, String)>,
-    /// Milliseconds added to the real clock by every `App` made here.
     /// Every instance's token clock: real time plus the jumps `advance` makes.
     clock: Arc<OffsetClock>,
 }

@@ -6,6 +6,7 @@
 pub mod azurite;
 pub mod browser;
 pub mod connected;
+pub mod host;
 pub mod keyvault;
 pub mod oidc;
 pub mod truecontext;
