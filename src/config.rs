@@ -306,6 +306,7 @@ pub struct Settings {
     pub function_key: Option<SecretString>,
     pub tokens: TokenSettings,
     pub queues: QueueSettings,
+    pub landing: LandingSettings,
     pub max_request_body_bytes: usize,
     pub log_format: LogFormat,
     /// The values of the secret settings that are set (see [`Self::secret_values`]).
@@ -438,6 +439,7 @@ impl Settings {
                 keepalive: Duration::from_secs(3600 * p.number("TOKEN_KEEPALIVE_HOURS", 20u64, 1, 24)),
             },
             queues: parse_queues(&mut p),
+            landing: parse_landing(&mut p),
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             log_format: p.choice(
                 "LOG_FORMAT",
@@ -773,6 +775,29 @@ fn parse_function_key(p: &mut Parser<'_>) -> Option<SecretString> {
         );
     }
     Some(key)
+}
+
+/// Where landed data goes.
+#[derive(Debug, Clone)]
+pub struct LandingSettings {
+    /// `SUBMISSIONS_CONTAINER`: raw documents, normalised records, media.
+    pub container: String,
+    /// `LANDED_QUEUE_NAME`: one message per new or changed record.
+    pub landed_queue: String,
+}
+
+fn parse_landing(p: &mut Parser<'_>) -> LandingSettings {
+    let mut name = |setting: &str, default: &str| {
+        let value = p.text(setting).unwrap_or_else(|| default.to_owned());
+        if !crate::naming::is_container_name(&value) {
+            p.problem(setting, format!("{value:?} must be 3-63 lowercase letters, digits or single dashes"), default);
+        }
+        value
+    };
+    LandingSettings {
+        container: name("SUBMISSIONS_CONTAINER", "submissions"),
+        landed_queue: name("LANDED_QUEUE_NAME", "landed-submissions"),
+    }
 }
 
 fn parse_queues(p: &mut Parser<'_>) -> QueueSettings {

@@ -24,8 +24,10 @@
 //! - [`alerts`]: alerts raised once and cleared when the cause is gone.
 //! - [`truecontext`]: the only code that speaks TrueContext's HTTP: typed calls, the daily call
 //!   budget and the 402 stop, the cluster-wide call cap.
-//! - Coming with the data path, in this order from the top: `sync` and `webhook` (what the timer
-//!   and a push do), `landing` (one landing path for every submission).
+//! - [`landing`]: the one path by which any submission becomes stored data (raw document,
+//!   normalised record, media, index row, landed event), idempotent and monotonic.
+//! - Coming with the data path, at the top of the domain: `sync` and `webhook` (what the timer
+//!   and a push do).
 //!
 //! **Storage, configuration and telemetry**:
 //! - [`store`]: the four storage traits with an embedded ([`store::local`]) and an Azure
@@ -44,6 +46,7 @@ pub mod connections;
 pub mod functions;
 pub mod handlers;
 pub mod host;
+pub mod landing;
 pub mod naming;
 pub mod oauth;
 pub mod schedule;

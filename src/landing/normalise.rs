@@ -1,0 +1,328 @@
+//! A TrueContext document (the Standard JSON format; docs/truecontext-api.md, "One submission")
+//! as the normalised record the product lands: answers keyed by question label with typed
+//! values, repeat sections as arrays of rows, media taken out as references.
+//!
+//! The document format is only partly documented, so this reads defensively: a field that is
+//! missing or has an unexpected shape becomes `null` (or the value as sent), never an error.
+//! Only a document without an identifier is refused.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::truecontext::model::parse_time;
+
+/// A media item cut out of the document: stored once, referenced from the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Media {
+    pub id: String,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// The normalised record (without the landing's own fields) and the media it references.
+#[derive(Debug, Clone)]
+pub struct Normalised {
+    pub identifier: String,
+    pub record: Map<String, Value>,
+    pub media: Vec<Media>,
+}
+
+/// Why a document cannot be landed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("the document is not a JSON object")]
+    NotAnObject,
+    #[error("the document has no identifier")]
+    NoIdentifier,
+    #[error("the document's identifier {0:?} is not a TrueContext identifier")]
+    BadIdentifier(String),
+}
+
+/// Normalises `document`; `media_path` names where a media item of this submission is stored.
+pub fn normalise(document: &Value, media_path: &dyn Fn(&str) -> String) -> Result<Normalised, DocumentError> {
+    let root = document.as_object().ok_or(DocumentError::NotAnObject)?;
+    // Some renderings wrap the record in `dataRecord`.
+    let record = root.get("dataRecord").and_then(Value::as_object).unwrap_or(root);
+    let identifier = text(record.get("identifier")).ok_or(DocumentError::NoIdentifier)?;
+    let mut media = Vec::new();
+    let answers = answers_of_pages(record.get("pages"), &mut media, media_path);
+    let form = record.get("form");
+    let out = json!({
+        "identifier": identifier,
+        "reference_number": text(record.get("referenceNumber")),
+        "form": {
+            "id": text(form.and_then(|f| f.get("identifier")).or(record.get("formId"))),
+            "name": text(form.and_then(|f| f.get("name"))).or_else(|| text(record.get("name"))),
+            "version": form.and_then(|f| f.get("version")).cloned().unwrap_or(Value::Null),
+        },
+        "formspace": {
+            "id": text(form.and_then(|f| f.get("formSpaceId")).or(record.get("formSpaceId"))),
+            "name": text(record.get("formSpaceName")),
+        },
+        "user": {
+            "id": text(record.get("user").and_then(|u| u.get("identifier")).or(record.get("userId"))),
+            "username": text(record.get("user").and_then(|u| u.get("username")).or(record.get("username"))),
+        },
+        "device_submit": instant(record.get("deviceSubmitDate")),
+        "server_receive": instant(record.get("serverReceiveDate")),
+        "state": text(record.get("state")),
+        "data_state": text(record.get("dataState")),
+        "zone": text(record.get("zone")),
+        "geo_stamp": location(record.get("geoStamp")),
+        "answers": answers,
+        "media": media.iter().map(|m| json!({
+            "id": m.id, "filename": m.filename, "content_type": m.content_type,
+            "size": m.bytes.len(), "sha256": hex::encode(Sha256::digest(&m.bytes)), "path": media_path(&m.id),
+        })).collect::<Vec<_>>(),
+    });
+    let Value::Object(record) = out else { unreachable!("built as an object") };
+    Ok(Normalised { identifier, record, media })
+}
+
+/// The hash of what the record says (its own bookkeeping fields left out), so the same content
+/// from a push and from a pull is one version however the bytes were laid out.
+pub fn content_hash(record: &Map<String, Value>) -> String {
+    // serde_json's maps are ordered by key, so this serialisation is canonical.
+    hex::encode(Sha256::digest(Value::Object(record.clone()).to_string().as_bytes()))
+}
+
+fn text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A date-time as the document gives it: a string, or `{provided: {time, zone}}` (older
+/// documents: `{time}`), as UTC plus the zone provided.
+fn instant(value: Option<&Value>) -> Value {
+    let Some(value) = value else { return Value::Null };
+    let (time, zone) = match value {
+        Value::String(s) => (Some(s.as_str()), None),
+        Value::Object(o) => {
+            let provided = o.get("provided").and_then(Value::as_object).unwrap_or(o);
+            (provided.get("time").and_then(Value::as_str), provided.get("zone").and_then(Value::as_str))
+        }
+        _ => (None, None),
+    };
+    match time.and_then(parse_time) {
+        Some(utc) => {
+            json!({ "utc": utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "zone": zone, "provided": time })
+        }
+        None => Value::Null,
+    }
+}
+
+fn location(value: Option<&Value>) -> Value {
+    let Some(Value::Object(o)) = value else { return Value::Null };
+    let coordinates = o.get("coordinates").and_then(Value::as_object).unwrap_or(o);
+    let number = |names: &[&str]| names.iter().find_map(|n| coordinates.get(*n).and_then(Value::as_f64));
+    json!({
+        "lat": number(&["latitude", "lat"]),
+        "long": number(&["longitude", "long", "lng"]),
+        "alt": number(&["altitude", "alt"]),
+        "address": text(o.get("address")),
+    })
+}
+
+/// Answers of all pages, keyed by label (question when there is no label). Repeat sections
+/// become arrays of rows, each row the answers of its own pages.
+fn answers_of_pages(
+    pages: Option<&Value>,
+    media: &mut Vec<Media>,
+    media_path: &dyn Fn(&str) -> String,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    for page in pages.and_then(Value::as_array).into_iter().flatten() {
+        // Older documents have answers directly on the page.
+        add_answers(&mut out, page.get("answers"), media, media_path);
+        for section in page.get("sections").and_then(Value::as_array).into_iter().flatten() {
+            let is_repeat =
+                section.get("type").and_then(Value::as_str).is_some_and(|t| t.eq_ignore_ascii_case("repeat"));
+            if is_repeat {
+                let rows: Vec<Value> = section
+                    .get("rows")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|row| Value::Object(answers_of_pages(row.get("pages"), media, media_path)))
+                    .collect();
+                let name =
+                    text(section.get("label")).or_else(|| text(section.get("name"))).unwrap_or_else(|| "repeat".into());
+                out.insert(name, Value::Array(rows));
+            } else {
+                add_answers(&mut out, section.get("answers"), media, media_path);
+            }
+        }
+    }
+    out
+}
+
+fn add_answers(
+    out: &mut Map<String, Value>,
+    answers: Option<&Value>,
+    media: &mut Vec<Media>,
+    media_path: &dyn Fn(&str) -> String,
+) {
+    for answer in answers.and_then(Value::as_array).into_iter().flatten() {
+        let Some(label) = text(answer.get("label")).or_else(|| text(answer.get("question"))) else { continue };
+        let kind = answer.get("type").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+        let values: Vec<Value> = match answer.get("values") {
+            Some(Value::Array(values)) => values.clone(),
+            Some(Value::Null) | None => Vec::new(),
+            Some(single) => vec![single.clone()],
+        };
+        out.insert(label, typed(&kind, values, media, media_path));
+    }
+}
+
+/// One answer's value by its question type (the type names are not documented: the common
+/// ones are recognised, anything else keeps the value as sent).
+fn typed(kind: &str, values: Vec<Value>, media: &mut Vec<Media>, media_path: &dyn Fn(&str) -> String) -> Value {
+    let first = values.first().cloned().unwrap_or(Value::Null);
+    match kind {
+        "number" | "integer" | "decimal" | "numeric" | "calculation" => match &first {
+            Value::String(s) => s.trim().parse::<f64>().ok().map_or(first.clone(), |n| json!(n)),
+            _ => first,
+        },
+        "date" => match &first {
+            Value::String(s) if s.len() >= 10 => json!(&s[..10]),
+            other => instant(Some(other)).get("utc").and_then(Value::as_str).map_or(Value::Null, |t| json!(&t[..10])),
+        },
+        "datetime" | "date_time" | "time" => instant(Some(&first)),
+        "select" | "multiselect" | "multi_select" | "singleselect" | "dropdown" | "radio" | "checkbox" => {
+            Value::Array(values)
+        }
+        "location" | "gps" | "geolocation" => location(Some(&first)),
+        _ if values.iter().any(|v| v.get("bytes").is_some()) => {
+            Value::Array(values.iter().filter_map(|v| media_reference(v, media, media_path)).collect())
+        }
+        _ if values.len() == 1 => first,
+        _ => Value::Array(values),
+    }
+}
+
+/// Takes an inline media value (base64 `bytes`) out of the record: its bytes go to `media`,
+/// the record keeps where they are.
+fn media_reference(value: &Value, media: &mut Vec<Media>, media_path: &dyn Fn(&str) -> String) -> Option<Value> {
+    let bytes = value.get("bytes").and_then(Value::as_str)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(bytes.trim()).ok()?;
+    let id = text(value.get("identifier")).unwrap_or_else(|| hex::encode(&Sha256::digest(&decoded)[..8]));
+    let safe_id: String =
+        id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(64).collect();
+    let item = Media {
+        id: safe_id.clone(),
+        filename: text(value.get("filename")),
+        content_type: text(value.get("contentType")),
+        bytes: decoded,
+    };
+    let reference = json!({ "media_id": safe_id, "filename": item.filename, "content_type": item.content_type, "path": media_path(&safe_id) });
+    if !media.iter().any(|m| m.id == item.id) {
+        media.push(item);
+    }
+    Some(reference)
+}
+
+/// The time a record's order is judged by when nothing better is known.
+pub fn received(record: &Map<String, Value>) -> Option<DateTime<Utc>> {
+    record.get("server_receive")?.get("utc")?.as_str().and_then(parse_time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(id: &str) -> String {
+        format!("media/c/1/{id}")
+    }
+
+    fn document() -> Value {
+        json!({
+            "identifier": "3051172209", "referenceNumber": "20250304-3051172209", "version": "v2",
+            "zone": "America/Toronto", "state": "Complete", "dataState": "Processed", "name": "Pump inspection",
+            "form": { "identifier": "207761540", "name": "Pump inspection", "version": 3, "formSpaceId": "fs-9" },
+            "user": { "identifier": "118800321", "username": "inspector@example.com" },
+            "deviceSubmitDate": { "provided": { "time": "2025-03-04T10:20:07-05:00", "zone": "America/Toronto" } },
+            "serverReceiveDate": "2025-03-04T15:20:41Z",
+            "geoStamp": { "address": "1 Main St", "coordinates": { "latitude": 45.40, "longitude": -75.71 } },
+            "somethingNew": { "x": 1 },
+            "pages": [ { "name": "Page1", "label": "Overview", "sections": [
+                { "name": "Section1", "type": "Flow", "answers": [
+                    { "label": "Result", "question": "Inspection Result", "type": "Select", "values": ["Pass", "Clean"] },
+                    { "label": "Units", "type": "Number", "values": ["3.5"] },
+                    { "label": "Due", "type": "Date", "values": ["2025-03-10"] },
+                    { "label": "Seen", "type": "DateTime", "values": [{ "provided": { "time": "2025-03-04T10:00:00-05:00", "zone": "America/Toronto" } }] },
+                    { "label": "Where", "type": "Location", "values": [{ "coordinates": { "latitude": 1.5, "longitude": 2.5, "altitude": 30 }, "address": "Site" }] },
+                    { "label": "Photo", "type": "Image", "values": [
+                        { "identifier": "90117", "filename": "pump.jpg", "contentType": "image/jpeg", "bytes": "aGVsbG8=" } ] } ] },
+                { "name": "Parts", "label": "Parts", "type": "Repeat", "rows": [
+                    { "row": 0, "pages": [ { "sections": [ { "answers": [ { "label": "Part", "type": "Text", "values": ["Valve"] } ] } ] } ] },
+                    { "row": 1, "pages": [ { "sections": [ { "answers": [ { "label": "Part", "type": "Text", "values": ["Seal"] } ] } ] } ] }
+                ] } ] } ]
+        })
+    }
+
+    #[test]
+    fn answers_are_typed_and_media_taken_out() {
+        let n = normalise(&document(), &path).unwrap();
+        let r = &n.record;
+        assert_eq!(n.identifier, "3051172209");
+        assert_eq!(r["reference_number"], "20250304-3051172209");
+        assert_eq!(r["form"], json!({ "id": "207761540", "name": "Pump inspection", "version": 3 }));
+        assert_eq!(r["formspace"]["id"], "fs-9");
+        assert_eq!(r["device_submit"]["utc"], "2025-03-04T15:20:07Z");
+        assert_eq!(r["device_submit"]["zone"], "America/Toronto");
+        assert_eq!(r["geo_stamp"]["lat"], 45.40);
+        let a = &r["answers"];
+        assert_eq!(a["Result"], json!(["Pass", "Clean"]));
+        assert_eq!(a["Units"], json!(3.5));
+        assert_eq!(a["Due"], "2025-03-10");
+        assert_eq!(a["Seen"]["utc"], "2025-03-04T15:00:00Z");
+        assert_eq!(a["Where"], json!({ "lat": 1.5, "long": 2.5, "alt": 30.0, "address": "Site" }));
+        assert_eq!(a["Photo"][0]["path"], "media/c/1/90117");
+        assert!(!r.values().any(|v| v.to_string().contains("aGVsbG8=")), "no media bytes in the record");
+        assert_eq!(
+            n.media,
+            vec![Media {
+                id: "90117".into(),
+                filename: Some("pump.jpg".into()),
+                content_type: Some("image/jpeg".into()),
+                bytes: b"hello".to_vec()
+            }]
+        );
+        assert_eq!(a["Parts"], json!([{ "Part": "Valve" }, { "Part": "Seal" }]));
+    }
+
+    #[test]
+    fn the_same_content_hashes_alike_however_it_was_laid_out() {
+        let compact = serde_json::to_vec(&document()).unwrap();
+        let pretty = serde_json::to_vec_pretty(&document()).unwrap();
+        let a = normalise(&serde_json::from_slice(&compact).unwrap(), &path).unwrap();
+        let b = normalise(&serde_json::from_slice(&pretty).unwrap(), &path).unwrap();
+        assert_eq!(content_hash(&a.record), content_hash(&b.record));
+        let mut edited = document();
+        edited["pages"][0]["sections"][0]["answers"][0]["values"] = json!(["Fail"]);
+        assert_ne!(content_hash(&normalise(&edited, &path).unwrap().record), content_hash(&a.record));
+    }
+
+    #[test]
+    fn odd_documents_are_read_or_refused_by_name() {
+        assert_eq!(normalise(&json!([1]), &path).unwrap_err(), DocumentError::NotAnObject);
+        assert_eq!(normalise(&json!({"pages": []}), &path).unwrap_err(), DocumentError::NoIdentifier);
+        let wrapped = normalise(&json!({"dataRecord": {"identifier": 7, "pages": "nonsense"}}), &path).unwrap();
+        assert_eq!(wrapped.identifier, "7");
+        assert_eq!(wrapped.record["answers"], json!({}));
+        let older = normalise(
+            &json!({"identifier": "1", "deviceSubmitDate": {"time": "2025-01-01T00:00:00Z"},
+            "pages": [{"answers": [{"question": "Q", "values": ["A"]}]}]}),
+            &path,
+        )
+        .unwrap();
+        assert_eq!(older.record["answers"]["Q"], "A");
+        assert_eq!(older.record["device_submit"]["utc"], "2025-01-01T00:00:00Z");
+    }
+}
