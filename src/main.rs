@@ -14,7 +14,7 @@ use truecontext_bridge::config::{RawSettings, Settings};
 use truecontext_bridge::functions::{self, Trigger};
 use truecontext_bridge::handlers::{App, Mode, StatusReport};
 use truecontext_bridge::telemetry::{self, Output};
-use truecontext_bridge::{host, standalone, store};
+use truecontext_bridge::{host, landing, standalone, store};
 
 #[derive(Parser)]
 #[command(name = "tcbridge", version, about = "TrueContext ⇄ Azure bridge: an Azure Functions custom handler")]
@@ -54,11 +54,36 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The submissions landed in the store.
+    Submissions {
+        #[command(subcommand)]
+        command: SubmissionsCommand,
+    },
     /// Print the link an administrator opens to connect (or reconnect) a connection.
     ConsentUrl {
         /// The connection to connect.
         #[arg(long, default_value = "default")]
         connection: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubmissionsCommand {
+    /// List the landed submissions (all connections unless --connection).
+    List {
+        #[arg(long)]
+        connection: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one submission's normalised record, or with --raw its document exactly as stored.
+    Show {
+        id: String,
+        #[arg(long)]
+        connection: Option<String>,
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -78,6 +103,7 @@ fn main() -> ExitCode {
             Command::Check => check(&raw).await,
             Command::Status => status(&raw).await,
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
+            Command::Submissions { command } => submissions(&raw, command).await,
             Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
             Command::Serve { standalone: true, port, address } => serve_standalone(&raw, port, address).await,
@@ -211,6 +237,68 @@ async fn token(raw: &RawSettings, connection: Option<String>, force: bool) -> an
             println!("{}", serde_json::to_string_pretty(&report)?);
             eprintln!("error: {}: {message}", e.class());
             Ok(ExitCode::from(token_exit_code(e.class())))
+        }
+    }
+}
+
+async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let app = open_app(settings.clone(), Mode::Cli)?;
+    let (stores, settings) = (&app.stores, &settings);
+    let connections = |only: Option<String>| async move {
+        match only {
+            Some(id) => {
+                truecontext_bridge::connections::validate_id(&id).map_err(|e| anyhow::anyhow!("--connection: {e}"))?;
+                Ok(vec![id])
+            }
+            None => truecontext_bridge::connections::known_ids(stores, settings).await.map_err(anyhow::Error::from),
+        }
+    };
+    match command {
+        SubmissionsCommand::List { connection, json } => {
+            let mut stdout = std::io::stdout().lock();
+            for connection in connections(connection).await.context("cannot list the connections")? {
+                let listed =
+                    landing::list(&app.stores, &connection).await.context("cannot read the submissions index")?;
+                for item in listed {
+                    if json {
+                        writeln!(stdout, "{}", serde_json::to_string(&item)?)?;
+                    } else {
+                        let row = &item.row;
+                        writeln!(
+                            stdout,
+                            "{}  {}  {}  v{}  {}  {}",
+                            item.connection,
+                            item.id,
+                            row.reference_number.as_deref().unwrap_or("-"),
+                            row.version,
+                            row.state.as_deref().unwrap_or("-"),
+                            row.form_name.as_deref().or(row.form_id.as_deref()).unwrap_or("-"),
+                        )?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SubmissionsCommand::Show { id, connection, raw } => {
+            let searched = connections(connection).await.context("cannot list the connections")?;
+            let Some(found) =
+                landing::find(&app.stores, &searched, &id).await.context("cannot read the submissions index")?
+            else {
+                bail!("no landed submission {id:?} (looked in: {})", searched.join(", "));
+            };
+            let path = if raw { &found.row.raw_path } else { &found.row.record_path };
+            let container = &app.settings.landing.container;
+            let blob = app.stores.blobs.get(container, path).await.context("cannot read the submission's blob")?;
+            let blob = blob.with_context(|| format!("{path} is named by the index but missing from {container}"))?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&blob.content)?;
+            if !raw {
+                writeln!(stdout)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

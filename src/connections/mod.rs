@@ -218,6 +218,21 @@ pub async fn save_consent(
     Ok(replaced)
 }
 
+/// Every connection id data may be kept under: the consented ones, the app-only one
+/// (`OAUTH_GRANT=client_credentials`) and the API key's (`TRUECONTEXT_AUTH=basic`).
+pub async fn known_ids(stores: &Stores, settings: &crate::config::Settings) -> Result<Vec<String>, StoreError> {
+    let mut ids: Vec<String> = list(stores).await?.into_iter().map(|c| c.id).collect();
+    if settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
+        ids.push(APP_ONLY_CONNECTION.to_owned());
+    }
+    if settings.truecontext.auth == crate::config::TrueContextAuth::Basic {
+        ids.push(settings.truecontext.connection.clone());
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// The record of the app-only connection (`OAUTH_GRANT=client_credentials`): it exists from
 /// configuration, with no consent and no refresh token; its token set holds the app's token.
 pub fn app_only_record(oauth: &crate::config::OAuthSettings, now: DateTime<Utc>) -> Connection {

@@ -304,6 +304,46 @@ impl<'a> Landing<'a> {
     }
 }
 
+/// One landed submission as the index lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listed {
+    pub connection: String,
+    pub id: String,
+    #[serde(flatten)]
+    pub row: IndexRow,
+}
+
+/// Every landed submission of `connection`, in id order, a store page at a time.
+pub async fn list(stores: &Stores, connection: &str) -> Result<Vec<Listed>, StoreError> {
+    let mut out = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = stores
+            .tables
+            .query(Table::Submissions, connection, &crate::store::RowRange::all(), 1000, continuation.as_deref())
+            .await?;
+        for entity in page.entities {
+            let row: IndexRow = crate::store::from_properties(entity.properties)?;
+            out.push(Listed { connection: connection.to_owned(), id: entity.row_key, row });
+        }
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// A landed submission's index row, on the first of `connections` that has it.
+pub async fn find(stores: &Stores, connections: &[String], id: &str) -> Result<Option<Listed>, StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Submissions);
+    for connection in connections {
+        if let Some(row) = table.get::<IndexRow>(connection, id).await? {
+            return Ok(Some(Listed { connection: connection.clone(), id: id.to_owned(), row: row.value }));
+        }
+    }
+    Ok(None)
+}
+
 /// A submission id as it goes into blob paths and table keys.
 fn sanitized_id(id: &str) -> Result<String, LandingError> {
     let ok = (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));

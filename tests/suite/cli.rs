@@ -130,3 +130,45 @@ fn consent_url_is_derived_from_the_redirect_uri() {
     assert!(!output.status.success());
     assert!(text.contains("OAUTH_REDIRECT_URI"), "{text}");
 }
+
+#[tokio::test]
+async fn submissions_list_and_show_read_what_landed() {
+    use truecontext_bridge::landing::{Arrival, Landing, Source};
+    let dir = tempfile::tempdir().unwrap();
+    let stores = truecontext_bridge::store::local::open(&dir.path().join("store"), None).unwrap();
+    let landing = Landing::new(&stores, "submissions", "landed-submissions");
+    let raw = br#"{ "identifier": "3051",  "referenceNumber": "20250304-3051", "state": "Complete",
+                    "form": {"identifier": "f1", "name": "Pump"}, "pages": [] }"#;
+    let order = chrono::Utc::now();
+    let arrival = Arrival { connection: "default", source: Source::Sync, raw, order, processed_date: None };
+    landing.land(&arrival).await.unwrap();
+    drop(stores);
+    let settings = [("TRUECONTEXT_AUTH", "basic")];
+    let output = harness::command(dir.path(), &settings).args(["submissions", "list", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    for field in
+        ["connection", "id", "reference_number", "form_id", "state", "processed_date", "version", "sha256", "sources"]
+    {
+        assert!(lines[0].get(field).is_some(), "{field} in {}", lines[0]);
+    }
+    assert_eq!((lines[0]["id"].as_str(), lines[0]["version"].as_u64()), (Some("3051"), Some(1)));
+
+    let shown =
+        harness::command(dir.path(), &settings).args(["submissions", "show", "3051", "--raw"]).output().unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    assert_eq!(shown.stdout, raw, "the document exactly as stored");
+    let record = harness::command(dir.path(), &settings).args(["submissions", "show", "3051"]).output().unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record.stdout).unwrap();
+    assert_eq!(record["form"]["name"], "Pump");
+
+    let missing = harness::command(dir.path(), &settings).args(["submissions", "show", "999"]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no landed submission"));
+    let bad =
+        harness::command(dir.path(), &settings).args(["submissions", "list", "--connection", "../x"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection"));
+}
