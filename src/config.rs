@@ -307,6 +307,7 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub queues: QueueSettings,
     pub landing: LandingSettings,
+    pub sync: SyncSettings,
     pub max_request_body_bytes: usize,
     pub log_format: LogFormat,
     /// The values of the secret settings that are set (see [`Self::secret_values`]).
@@ -440,6 +441,13 @@ impl Settings {
             },
             queues: parse_queues(&mut p),
             landing: parse_landing(&mut p),
+            sync: SyncSettings {
+                backfill: Duration::from_secs(86_400 * p.number("SYNC_BACKFILL_DAYS", 30u64, 1, 365)),
+                overlap: Duration::from_secs(p.number("SYNC_OVERLAP_SECONDS", 600, 0, 86_400)),
+                settle: Duration::from_secs(p.number("SYNC_SETTLE_SECONDS", 120, 0, 86_400)),
+                form_ids: p.list("SYNC_FORM_IDS", &[',', ' ']),
+                formspace_ids: p.list("SYNC_FORMSPACE_IDS", &[',', ' ']),
+            },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             log_format: p.choice(
                 "LOG_FORMAT",
@@ -775,6 +783,20 @@ fn parse_function_key(p: &mut Parser<'_>) -> Option<SecretString> {
         );
     }
     Some(key)
+}
+
+/// What the sync pulls, and its windows.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// `SYNC_BACKFILL_DAYS`: the first sync's history.
+    pub backfill: Duration,
+    /// `SYNC_OVERLAP_SECONDS`: how far before the cursor each run re-reads.
+    pub overlap: Duration,
+    /// `SYNC_SETTLE_SECONDS`: how far behind now a window ends (records become visible late).
+    pub settle: Duration,
+    /// `SYNC_FORM_IDS`, `SYNC_FORMSPACE_IDS`: what to sync (empty: everything).
+    pub form_ids: Vec<String>,
+    pub formspace_ids: Vec<String>,
 }
 
 /// Where landed data goes.

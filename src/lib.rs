@@ -26,8 +26,8 @@
 //!   budget and the 402 stop, the cluster-wide call cap.
 //! - [`landing`]: the one path by which any submission becomes stored data (raw document,
 //!   normalised record, media, index row, landed event), idempotent and monotonic.
-//! - Coming with the data path, at the top of the domain: `sync` and `webhook` (what the timer
-//!   and a push do).
+//! - [`sync`]: the incremental, skip-proof walk of one connection's submissions (not yet run by
+//!   the timer). Coming at the same level: `webhook` (what a push does).
 //!
 //! **Storage, configuration and telemetry**:
 //! - [`store`]: the four storage traits with an embedded ([`store::local`]) and an Azure
@@ -53,6 +53,7 @@ pub mod schedule;
 pub mod secret;
 pub mod standalone;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;

@@ -66,6 +66,10 @@ struct World {
     calls_today: u64,
     daily_limit: Option<u64>,
     latency: Duration,
+    /// After this many answered list calls, re-process (edit) this record: its processed date
+    /// becomes now and its document changes.
+    reprocess: Vec<(usize, String)>,
+    list_calls: usize,
 }
 
 struct Shared {
@@ -158,6 +162,16 @@ impl TrueContextSim {
     /// TrueContext's daily call count: calls past it get 402 `CallCountExpended`.
     pub fn daily_limit(&self, limit: u64) {
         self.world().daily_limit = Some(limit);
+    }
+
+    /// Re-processes `id` right after the `after`-th list call is answered (mid-walk edits).
+    pub fn reprocess_after_list_calls(&self, after: usize, id: &str) {
+        self.world().reprocess.push((after, id.to_owned()));
+    }
+
+    /// Edits `id` now: a new processed date and a changed answer.
+    pub fn edit(&self, id: &str) {
+        edit(&mut self.world(), id);
     }
 
     pub fn latency(&self, latency: Duration) {
@@ -274,8 +288,26 @@ async fn request(
     };
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     let status = response.status().as_u16();
-    shared.world.lock().unwrap().calls.push(Call { path, query, status });
+    let mut world = shared.world.lock().unwrap();
+    if path == "data.json" && status == 200 {
+        world.list_calls += 1;
+        let due: Vec<String> =
+            world.reprocess.iter().filter(|(after, _)| *after == world.list_calls).map(|(_, id)| id.clone()).collect();
+        for id in due {
+            edit(&mut world, &id);
+        }
+    }
+    world.calls.push(Call { path, query, status });
     response
+}
+
+fn edit(world: &mut World, id: &str) {
+    if let Some(record) = world.records.get_mut(id) {
+        record.processed = Utc::now();
+        let mut doc: Value = serde_json::from_slice(&record.document).unwrap();
+        doc["pages"][0]["sections"][0]["answers"][0]["values"] = json!([format!("Edited at {}", record.processed)]);
+        record.document = serde_json::to_vec_pretty(&doc).unwrap();
+    }
 }
 
 fn json_response(value: Value) -> Response {

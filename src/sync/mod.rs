@@ -1,0 +1,282 @@
+//! The incremental sync of one connection: windows over `DataRecordProcessedDate`, listed page
+//! by page, each new or changed submission fetched and landed, the cursor checkpointed after
+//! every page so a crash resumes where it stopped.
+//!
+//! **Why no record is skipped.** A run walks one closed window `[start, end]` (`end` is
+//! `SYNC_SETTLE_SECONDS` behind now, `start` is `SYNC_OVERLAP_SECONDS` before the cursor). Offset
+//! paging over a live set can skip: a record re-processed while we page leaves the window (its
+//! processed date becomes now, past `end`), every later record moves up one place, and one is
+//! never listed. In a closed window records can only leave, so `totalNumberOfResults` drops;
+//! every page is checked against the first page's total, and a change restarts the window from
+//! page 0 (what was already landed is not fetched again, so a restart costs list pages only).
+//! The record that left is listed by the next run's window, which covers its new date.
+//!
+//! **Which headers are fetched.** A landed row remembers the end of the window it was landed
+//! from (its order). A header whose row was landed from a window ending at or after this one's
+//! end, in the same state, is skipped. One landed before this window started was processed
+//! since: fetched, its hash compared, landed if changed. One landed by the previous run (its
+//! order inside this window, the overlap) is ambiguous: either it is the overlap listing it
+//! again, or it was edited since. The overlap window `[start, cursor]` is listed once, only when
+//! such a header appears, to tell them apart: still there in the same state means unchanged.
+//! So N new submissions cost ⌈N/100⌉ list pages and N documents.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::delta;
+use crate::config::SyncSettings;
+use crate::landing::{Arrival, IndexRow, Landing, LandingError, Outcome, Source};
+use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
+use crate::truecontext::model::RecordHeader;
+use crate::truecontext::{Credentials, ListQuery, TrueContextClient, TrueContextError};
+
+/// Restarts of one window (its total kept changing) before the run gives up for now.
+const MAX_RESTARTS: u32 = 10;
+
+/// The cursor of one connection and filter set (`cursors` table).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Every submission processed at or before this was landed (or is being, by `walk`).
+    pub processed_until: Option<DateTime<Utc>>,
+    /// A window in progress: resumed at `next_page`.
+    pub walk: Option<Walk>,
+    /// Runs in a row that could not advance the cursor.
+    #[serde(default)]
+    pub stalled_runs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Walk {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub next_page: u32,
+    pub total: Option<u64>,
+    pub restarts: u32,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncSummary {
+    pub connection: String,
+    pub windows: u32,
+    pub pages: u32,
+    pub restarts: u32,
+    pub documents_landed: u32,
+    pub documents_unchanged: u32,
+    pub documents_older: u32,
+    pub documents_gone: u32,
+    pub api_calls: u64,
+    pub budget_left: u64,
+    pub cursor: Option<DateTime<Utc>>,
+    pub completed: bool,
+    pub stopped_reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    TrueContext(#[from] TrueContextError),
+    #[error(transparent)]
+    Landing(#[from] LandingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the window kept changing while it was listed ({0} restarts); the next run tries again")]
+    Unstable(u32),
+}
+
+/// The parts a sync works with.
+pub struct SyncParts<'a> {
+    pub client: &'a TrueContextClient,
+    pub credentials: &'a Credentials<'a>,
+    pub stores: &'a Stores,
+    pub landing: &'a Landing<'a>,
+    pub settings: &'a SyncSettings,
+}
+
+/// One run for `connection` at `now`: walks until the window is done or something stops it.
+pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateTime<Utc>) -> SyncSummary {
+    let mut summary = SyncSummary { connection: connection.to_owned(), ..SyncSummary::default() };
+    let before = parts.client.budget(connection).state(now).await.map(|s| s.calls_today).unwrap_or(0);
+    let result = walk(parts, connection, now, &mut summary).await;
+    let budget = parts.client.budget(connection).state(now).await.ok();
+    summary.api_calls = budget.as_ref().map_or(0, |b| b.calls_today.saturating_sub(before));
+    summary.budget_left = budget.map_or(0, |b| b.budget_left);
+    match result {
+        Ok(()) => summary.completed = true,
+        Err(e) => {
+            tracing::warn!(connection, error = %e, "the sync stopped");
+            summary.stopped_reason = Some(match &e {
+                SyncError::TrueContext(e) => format!("{}: {e}", e.class()),
+                other => other.to_string(),
+            });
+        }
+    }
+    summary
+}
+
+fn cursor_row(settings: &SyncSettings) -> String {
+    // One cursor per filter set, so changing SYNC_FORM_IDS starts a walk of its own.
+    let mut filter = settings.form_ids.join(",");
+    filter.push('|');
+    filter.push_str(&settings.formspace_ids.join(","));
+    use sha2::Digest;
+    format!("processed-{}", &hex::encode(sha2::Sha256::digest(filter.as_bytes()))[..16])
+}
+
+async fn walk(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    now: DateTime<Utc>,
+    summary: &mut SyncSummary,
+) -> Result<(), SyncError> {
+    let table = TypedTable::new(parts.stores.tables.as_ref(), Table::Cursors);
+    let row = cursor_row(parts.settings);
+    let mut stored = match table.get::<Cursor>(connection, &row).await? {
+        Some(found) => found,
+        None => {
+            let etag = table.insert(connection, &row, &Cursor::default()).await?;
+            Versioned { value: Cursor::default(), etag }
+        }
+    };
+    summary.cursor = stored.value.processed_until;
+    let previous_end = stored.value.processed_until;
+    let mut walk = match stored.value.walk.clone() {
+        Some(walk) => walk,
+        None => {
+            let end = now - delta(parts.settings.settle);
+            let start = match previous_end {
+                Some(cursor) => cursor - delta(parts.settings.overlap),
+                None => now - delta(parts.settings.backfill),
+            };
+            if end <= start {
+                return Ok(());
+            }
+            Walk { start, end, next_page: 0, total: None, restarts: 0 }
+        }
+    };
+    summary.windows += 1;
+    let query = ListQuery {
+        stime: Some(walk.start),
+        etime: Some(walk.end),
+        form_ids: parts.settings.form_ids.clone(),
+        formspace_ids: parts.settings.formspace_ids.clone(),
+        ..ListQuery::default()
+    };
+    let mut overlap: Option<HashMap<String, Option<String>>> = None;
+    loop {
+        let page = parts.client.list(parts.credentials, connection, &query, walk.next_page).await?;
+        summary.pages += 1;
+        if walk.next_page > 0 && walk.total != Some(page.total_number_of_results) {
+            // Records left the window under us: an offset may have skipped one. From the top.
+            walk.restarts += 1;
+            summary.restarts += 1;
+            if walk.restarts > MAX_RESTARTS {
+                return Err(SyncError::Unstable(walk.restarts));
+            }
+            tracing::info!(
+                connection,
+                total = page.total_number_of_results,
+                "the window changed while listed; restarting it"
+            );
+            walk.next_page = 0;
+            walk.total = None;
+            continue;
+        }
+        walk.total = Some(page.total_number_of_results);
+        for header in &page.page_data {
+            land_header(parts, connection, &walk, previous_end, header, &mut overlap, summary).await?;
+        }
+        let done = page.page_data.is_empty() || u64::from(walk.next_page) + 1 >= page.total_number_of_pages;
+        walk.next_page += 1;
+        let next = if done {
+            Cursor { processed_until: Some(walk.end), walk: None, stalled_runs: 0 }
+        } else {
+            Cursor { walk: Some(walk.clone()), ..stored.value.clone() }
+        };
+        stored.etag = table.update(connection, &row, &next, IfMatch::ETag(stored.etag.clone())).await?;
+        stored.value = next;
+        if done {
+            summary.cursor = Some(walk.end);
+            return Ok(());
+        }
+    }
+}
+
+/// Decides whether one listed header needs its document, and lands it when it does.
+async fn land_header(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    walk: &Walk,
+    previous_end: Option<DateTime<Utc>>,
+    header: &RecordHeader,
+    overlap: &mut Option<HashMap<String, Option<String>>>,
+    summary: &mut SyncSummary,
+) -> Result<(), SyncError> {
+    let index = TypedTable::new(parts.stores.tables.as_ref(), Table::Submissions);
+    let landed: Option<IndexRow> = index.get::<IndexRow>(connection, &header.identifier).await?.map(|r| r.value);
+    let fetch = match &landed {
+        None => true,
+        Some(row) if row.order >= walk.end && row.state == header.state => false,
+        Some(row) if previous_end.is_some_and(|prev| row.order >= walk.start && row.order <= prev) => {
+            // Listed again by the overlap, or edited since? The overlap listing tells.
+            if overlap.is_none() {
+                *overlap =
+                    Some(list_overlap(parts, connection, walk.start, previous_end.expect("checked"), summary).await?);
+            }
+            let in_overlap = overlap.as_ref().and_then(|o| o.get(&header.identifier));
+            !matches!(in_overlap, Some(state) if *state == row.state && *state == header.state)
+        }
+        Some(_) => true,
+    };
+    if !fetch {
+        return Ok(());
+    }
+    let document = match parts.client.document(parts.credentials, connection, &header.identifier).await {
+        Ok(document) => document,
+        Err(TrueContextError::NotFound { .. }) => {
+            // Gone (retention, a passthrough form): nothing to land, and it will not be listed again.
+            tracing::warn!(connection, id = %header.identifier, "a listed submission's document is gone (404); skipped");
+            summary.documents_gone += 1;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let arrival =
+        Arrival { connection, source: Source::Sync, raw: &document.bytes, order: walk.end, processed_date: None };
+    match parts.landing.land(&arrival).await?.outcome {
+        Outcome::New | Outcome::Changed => summary.documents_landed += 1,
+        Outcome::Unchanged => summary.documents_unchanged += 1,
+        Outcome::Older => summary.documents_older += 1,
+    }
+    Ok(())
+}
+
+/// The ids (and states) the overlap window `[start, previous_end]` lists now.
+async fn list_overlap(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    start: DateTime<Utc>,
+    previous_end: DateTime<Utc>,
+    summary: &mut SyncSummary,
+) -> Result<HashMap<String, Option<String>>, SyncError> {
+    let query = ListQuery {
+        stime: Some(start),
+        etime: Some(previous_end),
+        form_ids: parts.settings.form_ids.clone(),
+        formspace_ids: parts.settings.formspace_ids.clone(),
+        ..ListQuery::default()
+    };
+    let mut out = HashMap::new();
+    let mut page = 0;
+    loop {
+        let listed = parts.client.list(parts.credentials, connection, &query, page).await?;
+        summary.pages += 1;
+        out.extend(listed.page_data.iter().map(|h| (h.identifier.clone(), h.state.clone())));
+        page += 1;
+        if listed.page_data.is_empty() || u64::from(page) >= listed.total_number_of_pages {
+            return Ok(out);
+        }
+    }
+}
