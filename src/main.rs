@@ -54,6 +54,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Pull new and changed submissions from TrueContext now, once, and say what happened.
+    Sync {
+        /// Required: the schedule itself runs under `serve`.
+        #[arg(long)]
+        once: bool,
+        /// The connection (default: every known connection).
+        #[arg(long)]
+        connection: Option<String>,
+        /// The summary as one JSON object per connection.
+        #[arg(long)]
+        json: bool,
+    },
     /// The submissions landed in the store.
     Submissions {
         #[command(subcommand)]
@@ -104,6 +116,7 @@ fn main() -> ExitCode {
             Command::Status => status(&raw).await,
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
             Command::Submissions { command } => submissions(&raw, command).await,
+            Command::Sync { once, connection, json } => sync_once(&raw, once, connection, json).await,
             Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
             Command::Serve { standalone: true, port, address } => serve_standalone(&raw, port, address).await,
@@ -239,6 +252,52 @@ async fn token(raw: &RawSettings, connection: Option<String>, force: bool) -> an
             Ok(ExitCode::from(token_exit_code(e.class())))
         }
     }
+}
+
+async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    if !once {
+        bail!("`tcbridge sync` needs --once: the scheduled sync runs inside `tcbridge serve`");
+    }
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let app = open_app(settings.clone(), Mode::Cli)?;
+    let connections = match connection {
+        Some(id) => {
+            truecontext_bridge::connections::validate_id(&id).map_err(|e| anyhow::anyhow!("--connection: {e}"))?;
+            vec![id]
+        }
+        None => truecontext_bridge::connections::known_ids(&app.stores, &settings).await?,
+    };
+    if connections.is_empty() {
+        bail!(
+            "no connection to sync: connect one (tcbridge consent-url), or set TRUECONTEXT_AUTH=basic with an API key"
+        );
+    }
+    let mut all_completed = true;
+    for connection in connections {
+        let summary = truecontext_bridge::handlers::pull(&app, &connection).await;
+        all_completed &= summary.completed;
+        if json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            println!(
+                "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} API call(s), {} left today, cursor {}{}",
+                summary.connection,
+                summary.windows,
+                summary.pages,
+                summary.documents_landed,
+                summary.documents_unchanged,
+                summary.api_calls,
+                summary.budget_left,
+                summary.cursor.map_or_else(|| "none".to_owned(), |c| c.to_rfc3339()),
+                summary.stopped_reason.as_deref().map(|r| format!("; stopped: {r}")).unwrap_or_default(),
+            );
+        }
+        if let Some(reason) = &summary.stopped_reason {
+            eprintln!("error: the sync of {} stopped: {}", summary.connection, telemetry::redact(reason));
+        }
+    }
+    Ok(if all_completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::Result<ExitCode> {

@@ -23,6 +23,7 @@ use crate::functions::{Function, Trigger};
 use crate::store::Stores;
 
 pub use status::StatusReport;
+pub use sync::pull;
 
 /// How this process was started; reported by `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -125,3 +125,41 @@ pub async fn last_run(app: &App) -> Result<Option<SyncRun>, crate::store::StoreE
     let table = TypedTable::new(app.stores.tables.as_ref(), Table::Runs);
     Ok(table.get::<SyncRun>(RUNS_PARTITION, LAST_RUN).await?.map(|v| v.value))
 }
+
+/// One sync run of `connection` with this app's parts: the TrueContext client, the credentials
+/// `TRUECONTEXT_AUTH` names, the landing. (`tcbridge sync --once` runs it; the timer will.)
+pub async fn pull(app: &App, connection: &str) -> crate::sync::SyncSummary {
+    let settings = &app.settings;
+    let client = crate::truecontext::TrueContextClient::new(&settings.truecontext, app.stores.clone());
+    let tokens = app.tokens();
+    let credentials = match (
+        &settings.truecontext.auth,
+        &settings.truecontext.api_key_id,
+        &settings.truecontext.api_key_secret,
+    ) {
+        (crate::config::TrueContextAuth::Bearer, _, _) => crate::truecontext::Credentials::Bearer(&tokens),
+        (crate::config::TrueContextAuth::Basic, Some(key_id), Some(secret)) => {
+            crate::truecontext::Credentials::Basic { key_id, secret }
+        }
+        (crate::config::TrueContextAuth::Basic, _, _) => {
+            return crate::sync::SyncSummary {
+                connection: connection.to_owned(),
+                stopped_reason: Some(
+                    "configuration: TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET"
+                        .into(),
+                ),
+                ..Default::default()
+            };
+        }
+    };
+    let landing =
+        crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+    let parts = crate::sync::SyncParts {
+        client: &client,
+        credentials: &credentials,
+        stores: &app.stores,
+        landing: &landing,
+        settings: &settings.sync,
+    };
+    crate::sync::sync_connection(&parts, connection, Utc::now()).await
+}

@@ -136,3 +136,48 @@ async fn an_edit_after_a_run_and_a_new_submission_land_on_the_next_run() {
     assert_eq!(landed.len(), 6);
     assert_eq!(landed.iter().find(|l| l.id == ids[2]).unwrap().row.version, 2);
 }
+
+/// `tcbridge sync --once --json` as an operator runs it, then `submissions list`.
+#[test]
+fn the_binary_syncs_once_and_says_why_it_stopped() {
+    let sim = TrueContextSim::start();
+    sim.add_records(120, "form-1", Utc::now() - TimeDelta::hours(3));
+    let dir = tempfile::tempdir().unwrap();
+    let base = sim.base_url();
+    let settings = [
+        ("TRUECONTEXT_BASE_URL", base.as_str()),
+        ("TRUECONTEXT_AUTH", "basic"),
+        ("TRUECONTEXT_API_KEY_ID", KEY_ID),
+        ("TRUECONTEXT_API_KEY_SECRET", KEY_SECRET),
+        ("SYNC_SETTLE_SECONDS", "0"),
+    ];
+    let run = |args: &[&str]| crate::harness::command(dir.path(), &settings).args(args).output().unwrap();
+    let output = run(&["sync", "--once", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for field in
+        ["api_calls", "documents_landed", "documents_unchanged", "pages", "budget_left", "completed", "stopped_reason"]
+    {
+        assert!(summary.get(field).is_some(), "{field} in {summary}");
+    }
+    assert_eq!(summary["documents_landed"], 120);
+    assert_eq!(summary["api_calls"], 122, "2 list pages + 120 documents");
+    assert_eq!(summary["completed"], true);
+    assert!(!stderr.contains(KEY_SECRET));
+    let listed = run(&["submissions", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 120);
+
+    // TrueContext's daily count runs out: the run stops at once, non-zero, saying why.
+    sim.add_records(3, "form-1", Utc::now());
+    sim.daily_limit(sim.calls().len() as u64 + 1);
+    let stopped = run(&["sync", "--once", "--json"]);
+    assert!(!stopped.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
+    assert_eq!(summary["completed"], false);
+    assert!(summary["stopped_reason"].as_str().unwrap().starts_with("call_count_expended"), "{summary}");
+    let calls = sim.calls().len();
+    let again = run(&["sync", "--once"]);
+    assert!(!again.status.success());
+    assert_eq!(sim.calls().len(), calls, "no call until 00:00 UTC");
+}
