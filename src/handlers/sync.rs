@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{App, InvocationError, TimerInfo};
+use crate::config::TrueContextAuth;
 use crate::store::{lease, Table, TypedTable};
+use crate::truecontext::Credentials;
 
 const RUNS_PARTITION: &str = "sync";
 const LAST_RUN: &str = "last";
@@ -132,24 +134,15 @@ pub async fn pull(app: &App, connection: &str) -> crate::sync::SyncSummary {
     let settings = &app.settings;
     let client = crate::truecontext::TrueContextClient::new(&settings.truecontext, app.stores.clone());
     let tokens = app.tokens();
-    let credentials = match (
-        &settings.truecontext.auth,
-        &settings.truecontext.api_key_id,
-        &settings.truecontext.api_key_secret,
-    ) {
-        (crate::config::TrueContextAuth::Bearer, _, _) => crate::truecontext::Credentials::Bearer(&tokens),
-        (crate::config::TrueContextAuth::Basic, Some(key_id), Some(secret)) => {
-            crate::truecontext::Credentials::Basic { key_id, secret }
-        }
-        (crate::config::TrueContextAuth::Basic, _, _) => {
-            return crate::sync::SyncSummary {
-                connection: connection.to_owned(),
-                stopped_reason: Some(
-                    "configuration: TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET"
-                        .into(),
-                ),
-                ..Default::default()
-            };
+    let tc = &settings.truecontext;
+    let credentials = match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {
+        (TrueContextAuth::Bearer, _, _) => Credentials::Bearer(&tokens),
+        (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Credentials::Basic { key_id, secret },
+        (TrueContextAuth::Basic, _, _) => {
+            let reason =
+                "configuration: TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
+            let connection = connection.to_owned();
+            return crate::sync::SyncSummary { connection, stopped_reason: Some(reason.into()), ..Default::default() };
         }
     };
     let landing =
