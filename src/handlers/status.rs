@@ -28,8 +28,25 @@ pub struct StatusReport {
     pub sync: SyncStatus,
     /// App-level alerts in force (the app's own credentials refused, …).
     pub app_alerts: Vec<Alert>,
+    /// Per connection: TrueContext calls today and the budget, and the sync cursor.
+    pub truecontext: Vec<TrueContextStatus>,
     /// Settings that a feature still needs (names only, never values).
     pub configuration_missing: Vec<String>,
+}
+
+/// One connection's use of TrueContext.
+#[derive(Debug, Serialize)]
+pub struct TrueContextStatus {
+    pub connection: String,
+    pub calls_today: u64,
+    pub budget: u64,
+    pub budget_left: u64,
+    /// After a 402 `CallCountExpended`: no call before this (00:00 UTC).
+    pub budget_stopped_until: Option<DateTime<Utc>>,
+    /// Everything processed up to here has been pulled.
+    pub cursor: Option<DateTime<Utc>>,
+    /// A window is being walked (a run stopped mid-way resumes it).
+    pub walk_in_progress: bool,
 }
 
 /// A connection as status shows it: never a token or a secret name.
@@ -142,8 +159,14 @@ impl StatusReport {
             connections.push(status);
         }
         let app_alerts = alerts::list(&app.stores, None).await?;
+        let truecontext = truecontext_status(app, now).await?;
         let mut attention: Vec<String> =
             connections.iter().filter_map(|c| c.attention.as_ref().map(|a| format!("{}: {a}", c.id))).collect();
+        attention.extend(truecontext.iter().filter_map(|t| {
+            t.budget_stopped_until.map(|until| {
+                format!("{}: TrueContext's daily call count is used up; no call before {until}", t.connection)
+            })
+        }));
         attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
         let healthy = attention.is_empty();
         Ok(StatusReport {
@@ -156,6 +179,7 @@ impl StatusReport {
             uptime_seconds: app.started.elapsed().as_secs(),
             connections,
             app_alerts,
+            truecontext,
             sync: SyncStatus {
                 schedule: schedule.describe(),
                 next_run: schedule.next_after(Utc::now()),
@@ -164,6 +188,29 @@ impl StatusReport {
             configuration_missing: app.settings.missing().into_iter().map(|p| p.setting).collect(),
         })
     }
+}
+
+async fn truecontext_status(app: &App, now: DateTime<Utc>) -> Result<Vec<TrueContextStatus>, StoreError> {
+    let mut out = Vec::new();
+    for connection in connections::known_ids(&app.stores, &app.settings).await? {
+        let limit = app.settings.truecontext.daily_call_budget;
+        let budget = crate::truecontext::Budget::new(app.stores.tables.as_ref(), &connection, limit);
+        let state = budget.state(now).await.map_err(|e| match e {
+            crate::truecontext::TrueContextError::Store(e) => e,
+            other => StoreError::Backend(other.to_string()),
+        })?;
+        let cursor = crate::sync::cursor(&app.stores, &app.settings.sync, &connection).await?;
+        out.push(TrueContextStatus {
+            connection,
+            calls_today: state.calls_today,
+            budget: state.budget,
+            budget_left: state.budget_left,
+            budget_stopped_until: state.stopped_until,
+            cursor: cursor.as_ref().and_then(|c| c.processed_until),
+            walk_in_progress: cursor.is_some_and(|c| c.walk.is_some()),
+        });
+    }
+    Ok(out)
 }
 
 async fn alert_names(app: &App, connection: &str) -> Result<Vec<String>, StoreError> {

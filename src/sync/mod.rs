@@ -116,6 +116,12 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
     summary
 }
 
+/// The cursor of `connection` for the configured filter set, if a sync has run.
+pub async fn cursor(stores: &Stores, settings: &SyncSettings, connection: &str) -> Result<Option<Cursor>, StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Cursors);
+    Ok(table.get::<Cursor>(connection, &cursor_row(settings)).await?.map(|c| c.value))
+}
+
 fn cursor_row(settings: &SyncSettings) -> String {
     // One cursor per filter set, so changing SYNC_FORM_IDS starts a walk of its own.
     let mut filter = settings.form_ids.join(",");

@@ -167,6 +167,10 @@ fn the_binary_syncs_once_and_says_why_it_stopped() {
     assert!(!stderr.contains(KEY_SECRET));
     let listed = run(&["submissions", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 120);
+    let status: serde_json::Value = serde_json::from_slice(&run(&["status"]).stdout).unwrap();
+    let tc = &status["truecontext"][0];
+    assert_eq!((tc["connection"].as_str(), tc["calls_today"].as_u64()), (Some("default"), Some(122)), "{status}");
+    assert!(tc["cursor"].is_string() && tc["budget_stopped_until"].is_null(), "{status}");
 
     // TrueContext's daily count runs out: the run stops at once, non-zero, saying why.
     sim.add_records(3, "form-1", Utc::now());
@@ -180,4 +184,8 @@ fn the_binary_syncs_once_and_says_why_it_stopped() {
     let again = run(&["sync", "--once"]);
     assert!(!again.status.success());
     assert_eq!(sim.calls().len(), calls, "no call until 00:00 UTC");
+    let status = run(&["status"]);
+    assert!(!status.status.success(), "a 402 stop needs attention");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["truecontext"][0]["budget_stopped_until"].is_string(), "{status}");
 }
