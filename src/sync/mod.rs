@@ -221,29 +221,30 @@ async fn land_header(
     summary: &mut SyncSummary,
 ) -> Result<(), SyncError> {
     let index = TypedTable::new(parts.stores.tables.as_ref(), Table::Submissions);
-    let landed: Option<IndexRow> = index.get::<IndexRow>(connection, &header.identifier).await?.map(|r| r.value);
+    let landed: Option<IndexRow> =
+        index.get::<IndexRow>(connection, &header.summary.identifier).await?.map(|r| r.value);
     let fetch = match &landed {
         None => true,
-        Some(row) if row.order >= walk.end && row.state == header.state => false,
+        Some(row) if row.order >= walk.end && row.state == header.summary.state => false,
         Some(row) if previous_end.is_some_and(|prev| row.order >= walk.start && row.order <= prev) => {
             // Listed again by the overlap, or edited since? The overlap listing tells.
             if overlap.is_none() {
                 *overlap =
                     Some(list_overlap(parts, connection, walk.start, previous_end.expect("checked"), summary).await?);
             }
-            let in_overlap = overlap.as_ref().and_then(|o| o.get(&header.identifier));
-            !matches!(in_overlap, Some(state) if *state == row.state && *state == header.state)
+            let in_overlap = overlap.as_ref().and_then(|o| o.get(&header.summary.identifier));
+            !matches!(in_overlap, Some(state) if *state == row.state && *state == header.summary.state)
         }
         Some(_) => true,
     };
     if !fetch {
         return Ok(());
     }
-    let document = match parts.client.document(parts.credentials, connection, &header.identifier).await {
+    let document = match parts.client.document(parts.credentials, connection, &header.summary.identifier).await {
         Ok(document) => document,
         Err(TrueContextError::NotFound { .. }) => {
             // Gone (retention, a passthrough form): nothing to land, and it will not be listed again.
-            tracing::warn!(connection, id = %header.identifier, "a listed submission's document is gone (404); skipped");
+            tracing::warn!(connection, id = %header.summary.identifier, "a listed submission's document is gone (404); skipped");
             summary.documents_gone += 1;
             return Ok(());
         }
@@ -279,7 +280,7 @@ async fn list_overlap(
     loop {
         let listed = parts.client.list(parts.credentials, connection, &query, page).await?;
         summary.pages += 1;
-        out.extend(listed.page_data.iter().map(|h| (h.identifier.clone(), h.state.clone())));
+        out.extend(listed.page_data.iter().map(|h| (h.summary.identifier.clone(), h.summary.state.clone())));
         page += 1;
         if listed.page_data.is_empty() || u64::from(page) >= listed.total_number_of_pages {
             return Ok(out);

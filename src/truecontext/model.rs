@@ -17,10 +17,10 @@ pub struct Page<T> {
     pub page_data: Vec<T>,
 }
 
-/// One submission as `data.json` lists it.
+/// What every view of a submission says: who it is and its processing state.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RecordHeader {
+pub struct RecordSummary {
     #[serde(deserialize_with = "id")]
     pub identifier: String,
     #[serde(default)]
@@ -29,6 +29,14 @@ pub struct RecordHeader {
     pub state: Option<String>,
     #[serde(default)]
     pub data_state: Option<String>,
+}
+
+/// One submission as `data.json` lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordHeader {
+    #[serde(flatten)]
+    pub summary: RecordSummary,
     #[serde(default, deserialize_with = "optional_time")]
     pub server_receive_date: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "optional_id")]
@@ -45,14 +53,8 @@ pub struct RecordHeader {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordMetadata {
-    #[serde(deserialize_with = "id")]
-    pub identifier: String,
-    #[serde(default)]
-    pub reference_number: Option<String>,
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub data_state: Option<String>,
+    #[serde(flatten)]
+    pub summary: RecordSummary,
     #[serde(default, deserialize_with = "optional_time")]
     pub processed_timestamp: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "optional_time")]
@@ -165,7 +167,7 @@ mod tests {
         .unwrap();
         assert_eq!(page.total_number_of_results, 2);
         assert_eq!(page.page_data[0].form_id.as_deref(), Some("207761540"));
-        assert_eq!(page.page_data[1].identifier, "42");
+        assert_eq!(page.page_data[1].summary.identifier, "42");
         assert!(serde_json::from_str::<Page<RecordHeader>>(r#"{"pageData": [{"state": "Complete"}]}"#).is_err());
         let empty: Page<RecordHeader> = serde_json::from_str("{}").unwrap();
         assert!(empty.page_data.is_empty());

@@ -51,7 +51,7 @@ async fn lists_a_page_and_serves_documents_exactly_as_sent() {
     };
     let page = client.list(&basic(&key), CONNECTION, &query, 0).await.unwrap();
     assert_eq!(page.total_number_of_results, 3);
-    assert_eq!(page.page_data.iter().map(|h| h.identifier.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(page.page_data.iter().map(|h| h.summary.identifier.clone()).collect::<Vec<_>>(), ids);
     assert_eq!(page.page_data[0].form_id.as_deref(), Some("form-1"));
 
     let document = client.document(&basic(&key), CONNECTION, &ids[1]).await.unwrap();
