@@ -631,15 +631,8 @@ fn parse_truecontext(p: &mut Parser<'_>) -> TrueContextSettings {
 /// A connection id setting: 1-64 letters, digits, `-`, `_`, `.` (as connection ids are).
 fn parse_connection_id(p: &mut Parser<'_>, name: &str) -> String {
     let id = p.text(name).unwrap_or_else(|| "default".to_owned());
-    let ok = (1..=64).contains(&id.len())
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        p.problem(
-            name,
-            format!("{id:?} must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"),
-            "default",
-        );
+    if !crate::naming::is_connection_id(&id) {
+        p.problem(name, format!("{id:?} must be {}", crate::naming::CONNECTION_ID_RULE), "default");
     }
     id
 }

@@ -11,6 +11,17 @@ pub fn is_container_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
+/// Connection ids: 1-64 letters, digits, `-`, `_`, `.`, starting with a letter or digit, so
+/// that any id is safe in a table key, a blob path, a lease name and a page.
+pub fn is_connection_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What a bad connection id is told.
+pub const CONNECTION_ID_RULE: &str = "1-64 letters, digits, '-', '_' or '.', starting with a letter or digit";
+
 /// Key Vault secret names: 1-127 of `[0-9a-zA-Z-]`.
 pub fn is_secret_name(name: &str) -> bool {
     (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')

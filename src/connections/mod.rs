@@ -136,13 +136,10 @@ pub enum ConsentError {
 /// A connection id from a URL: 1-64 of letters, digits, `-`, `_`, `.`, starting with a letter or
 /// digit. Anything else is refused before it reaches a store key or a page.
 pub fn validate_id(id: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&id.len())
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if crate::naming::is_connection_id(id) {
         Ok(())
     } else {
-        Err("a connection id is 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit".into())
+        Err(format!("a connection id is {}", crate::naming::CONNECTION_ID_RULE))
     }
 }
 
@@ -221,7 +218,12 @@ pub async fn save_consent(
 /// Every connection id data may be kept under: the consented ones, the app-only one
 /// (`OAUTH_GRANT=client_credentials`) and the API key's (`TRUECONTEXT_AUTH=basic`).
 pub async fn known_ids(stores: &Stores, settings: &crate::config::Settings) -> Result<Vec<String>, StoreError> {
-    let mut ids: Vec<String> = list(stores).await?.into_iter().map(|c| c.id).collect();
+    Ok(known_ids_of(&list(stores).await?, settings))
+}
+
+/// [`known_ids`] from records already read.
+pub fn known_ids_of(consented: &[Connection], settings: &crate::config::Settings) -> Vec<String> {
+    let mut ids: Vec<String> = consented.iter().map(|c| c.id.clone()).collect();
     if settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
         ids.push(APP_ONLY_CONNECTION.to_owned());
     }
@@ -230,7 +232,7 @@ pub async fn known_ids(stores: &Stores, settings: &crate::config::Settings) -> R
     }
     ids.sort();
     ids.dedup();
-    Ok(ids)
+    ids
 }
 
 /// The record of the app-only connection (`OAUTH_GRANT=client_credentials`): it exists from

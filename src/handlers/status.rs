@@ -153,13 +153,15 @@ impl StatusReport {
         let now = Utc::now();
         let tokens = &app.settings.tokens;
         let mut connections: Vec<ConnectionStatus> = app_only_connection(app, now).await?.into_iter().collect();
-        for record in connections::list(&app.stores).await? {
+        let consented = connections::list(&app.stores).await?;
+        let known = connections::known_ids_of(&consented, &app.settings);
+        for record in consented {
             let mut status = ConnectionStatus::from_record(record, "delegated", tokens, now);
             status.alerts = alert_names(app, &status.id).await?;
             connections.push(status);
         }
         let app_alerts = alerts::list(&app.stores, None).await?;
-        let truecontext = truecontext_status(app, now).await?;
+        let truecontext = truecontext_status(app, known, now).await?;
         let mut attention: Vec<String> =
             connections.iter().filter_map(|c| c.attention.as_ref().map(|a| format!("{}: {a}", c.id))).collect();
         attention.extend(truecontext.iter().filter_map(|t| {
@@ -190,9 +192,13 @@ impl StatusReport {
     }
 }
 
-async fn truecontext_status(app: &App, now: DateTime<Utc>) -> Result<Vec<TrueContextStatus>, StoreError> {
+async fn truecontext_status(
+    app: &App,
+    known: Vec<String>,
+    now: DateTime<Utc>,
+) -> Result<Vec<TrueContextStatus>, StoreError> {
     let mut out = Vec::new();
-    for connection in connections::known_ids(&app.stores, &app.settings).await? {
+    for connection in known {
         let limit = app.settings.truecontext.daily_call_budget;
         let budget = crate::truecontext::Budget::new(app.stores.tables.as_ref(), &connection, limit);
         let state = budget.state(now).await.map_err(|e| match e {

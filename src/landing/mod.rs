@@ -148,8 +148,7 @@ impl<'a> Landing<'a> {
             LandingError::NotJson(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
         })?;
         let connection = arrival.connection;
-        let provisional = normalise(&document, &|_| String::new())?;
-        let id = sanitized_id(&provisional.identifier)?;
+        let id = sanitized_id(&normalise::identifier(&document)?)?;
         let normalised = normalise(&document, &|media| Self::media_path(connection, &id, media))?;
         let sha256 = content_hash(&normalised.record);
         let turn = self.take_turn(connection, &id).await?;
@@ -455,7 +454,7 @@ mod tests {
         assert!(!table.get::<IndexRow>("c1", "7").await.unwrap().unwrap().value.event_pending);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_landers_of_one_submission_end_at_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let stores = local::open(dir.path(), None).unwrap();

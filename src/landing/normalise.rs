@@ -41,12 +41,19 @@ pub enum DocumentError {
     BadIdentifier(String),
 }
 
+/// The submission's identifier, read without normalising the rest.
+pub fn identifier(document: &Value) -> Result<String, DocumentError> {
+    let root = document.as_object().ok_or(DocumentError::NotAnObject)?;
+    let record = root.get("dataRecord").and_then(Value::as_object).unwrap_or(root);
+    text(record.get("identifier")).ok_or(DocumentError::NoIdentifier)
+}
+
 /// Normalises `document`; `media_path` names where a media item of this submission is stored.
 pub fn normalise(document: &Value, media_path: &dyn Fn(&str) -> String) -> Result<Normalised, DocumentError> {
+    let identifier = identifier(document)?;
     let root = document.as_object().ok_or(DocumentError::NotAnObject)?;
     // Some renderings wrap the record in `dataRecord`.
     let record = root.get("dataRecord").and_then(Value::as_object).unwrap_or(root);
-    let identifier = text(record.get("identifier")).ok_or(DocumentError::NoIdentifier)?;
     let mut media = Vec::new();
     let answers = answers_of_pages(record.get("pages"), &mut media, media_path);
     let form = record.get("form");

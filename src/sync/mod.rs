@@ -42,9 +42,6 @@ pub struct Cursor {
     pub processed_until: Option<DateTime<Utc>>,
     /// A window in progress: resumed at `next_page`.
     pub walk: Option<Walk>,
-    /// Runs in a row that could not advance the cursor.
-    #[serde(default)]
-    pub stalled_runs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,7 +194,7 @@ async fn walk(
         let done = page.page_data.is_empty() || u64::from(walk.next_page) + 1 >= page.total_number_of_pages;
         walk.next_page += 1;
         let next = if done {
-            Cursor { processed_until: Some(walk.end), walk: None, stalled_runs: 0 }
+            Cursor { processed_until: Some(walk.end), walk: None }
         } else {
             Cursor { walk: Some(walk.clone()), ..stored.value.clone() }
         };
