@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -20,8 +20,26 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
-    /// Starts the provider with `config` (a JSON object); `host` and `port` are filled in.
-    pub fn start(mut config: Value) -> OidcProvider {
+    /// Starts the provider with `config` (a JSON object); `host` and `port` are filled in. A start
+    /// that fails (a port taken between our probe and its bind, or a crash) is retried on another
+    /// port; the last failure says what the provider printed.
+    pub fn start(config: Value) -> OidcProvider {
+        // Node loading oidc-provider is a second or more of CPU; on a 2-core CI machine running
+        // the whole suite, a dozen of them booting at once starved each other past any sane
+        // timeout. One boots at a time, and its timeout counts from its own spawn.
+        static BOOTING: Mutex<()> = Mutex::new(());
+        let _booting = BOOTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(config.clone()) {
+                Ok(provider) => return provider,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("oidc-provider did not start:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start(mut config: Value) -> Result<OidcProvider, String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         assert!(
             root.join("node_modules/oidc-provider/package.json").exists(),
@@ -54,16 +72,27 @@ impl OidcProvider {
                 }
             }
         });
-        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(issuer) => issuer,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("oidc-provider did not start within 30 s:\n{}", std::fs::read_to_string(&log_path).unwrap());
+        let printed = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let issuer = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(issuer) => break issuer,
+                Err(mpsc::RecvTimeoutError::Disconnected) | Err(mpsc::RecvTimeoutError::Timeout)
+                    if child.try_wait().unwrap().is_some() =>
+                {
+                    let status = child.wait().unwrap();
+                    return Err(format!("oidc-provider exited with {status}:\n{}", printed()));
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("oidc-provider did not print READY within 120 s:\n{}", printed()));
+                }
+                Err(_) => {}
             }
         };
         let base = format!("http://127.0.0.1:{port}");
-        OidcProvider { child, issuer, base, port, log_path, _dir: dir }
+        Ok(OidcProvider { child, issuer, base, port, log_path, _dir: dir })
     }
 
     /// The issuer URL (with the configured `issuer_path`, if any).
