@@ -30,6 +30,7 @@ LAYERS = [
     ["store"],  # storage traits and their backends
     ["telemetry"],
     ["config"],
+    ["simulator"],  # the TrueContext simulator (feature `demo`): its own HTTP, nothing of ours
     ["functions", "schedule", "secret", "clock", "naming", "tls"],  # leaves
 ]
 

@@ -51,6 +51,8 @@ pub mod naming;
 pub mod oauth;
 pub mod schedule;
 pub mod secret;
+#[cfg(feature = "demo")]
+pub mod simulator;
 pub mod standalone;
 pub mod store;
 pub mod sync;

@@ -1,0 +1,544 @@
+//! A TrueContext (ProntoForms) REST API simulator, built from docs/truecontext-api.md: `data.json`
+//! with its filters, ascending processed-date order and 0-based paging (`s` at most 100),
+//! `data/{id}`, `data/{id}/document.json`, `formspaces` and their `forms`; Basic and Bearer
+//! authentication; TrueContext's 3-concurrent limit (429 past it) and a daily call count (402
+//! `CallCountExpended` past it), with the `X-ProntoForms-*` error headers; injected faults
+//! (status, `Retry-After`, latency, malformed JSON); unknown fields in every answer; a call log
+//! and the ground truth.
+//!
+//! Bearer tokens are accepted when registered ([`TrueContextSim::allow_bearer`]) or when an
+//! OpenID Connect userinfo endpoint accepts them ([`TrueContextSim::validate_bearer_at`]): the
+//! token's issuer then decides validity, expiry and revocation, as TrueContext's own token
+//! check would.
+//!
+//! It runs on a thread of its own (its own runtime), so a test that blocks does not stop it; it
+//! stops when dropped. `tcbridge serve --standalone --demo` runs it seeded, with new
+//! submissions and edits arriving on their own ([`TrueContextSim::start_demo`]). It is compiled
+//! only with the `demo` feature (on by default; the deploy package leaves it off).
+// Its refusals are whole HTTP responses returned early; boxing them buys a test server nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Value};
+
+pub const KEY_ID: &str = "sim-key-id";
+pub const KEY_SECRET: &str = "sim-key-secret-0123456789";
+
+/// One request the simulator answered.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub status: u16,
+}
+
+/// A fault for the next request(s) that reach a route.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer this status (with `X-ProntoForms-ErrorCode`), and `Retry-After` seconds if given.
+    Status { status: u16, code: &'static str, retry_after: Option<u64> },
+    /// A 200 whose body is not JSON.
+    Malformed,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimRecord {
+    pub id: String,
+    pub form_id: String,
+    pub formspace_id: String,
+    pub processed: DateTime<Utc>,
+    pub state: String,
+    /// The document exactly as served (bytes are what `document.json` answers).
+    pub document: Vec<u8>,
+}
+
+#[derive(Default)]
+struct World {
+    records: BTreeMap<String, SimRecord>,
+    calls: Vec<Call>,
+    faults: VecDeque<Fault>,
+    bearer_tokens: Vec<String>,
+    /// A userinfo URL that decides bearer tokens not in `bearer_tokens`.
+    userinfo: Option<String>,
+    calls_today: u64,
+    daily_limit: Option<u64>,
+    latency: Duration,
+    /// After this many answered list calls, re-process (edit) this record: its processed date
+    /// becomes now and its document changes.
+    reprocess: Vec<(usize, String)>,
+    list_calls: usize,
+    /// Ids are numbers counted from here, never reused (a removed record's id stays gone).
+    next_id: u64,
+}
+
+struct Shared {
+    world: Mutex<World>,
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
+    http: reqwest::Client,
+}
+
+pub struct TrueContextSim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The demo's activity (new submissions, edits), stopped with the simulator.
+    activity: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+/// The forms the demo's submissions use.
+const DEMO_FORMS: [&str; 3] = ["1001", "1002", "1003"];
+
+impl TrueContextSim {
+    pub fn start() -> TrueContextSim {
+        let shared = Arc::new(Shared {
+            world: Mutex::default(),
+            in_flight: AtomicU32::new(0),
+            max_in_flight: AtomicU32::new(0),
+            http: {
+                crate::tls::install_crypto_provider();
+                reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a static client builds")
+            },
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(shared.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        TrueContextSim { shared, addr, stop: Some(stop), thread: Some(thread), activity: None }
+    }
+
+    /// The demo: `seeded` submissions over the last three days on three forms, then a new one
+    /// every `every` and an edit of an earlier one every fourth time.
+    pub fn start_demo(seeded: usize, every: Duration) -> TrueContextSim {
+        let mut sim = Self::start();
+        let now = Utc::now();
+        for (i, form) in DEMO_FORMS.iter().enumerate() {
+            let count = seeded / DEMO_FORMS.len() + usize::from(i < seeded % DEMO_FORMS.len());
+            let spacing = TimeDelta::minutes(3 * 24 * 60 / count.max(1) as i64);
+            sim.add_spaced(count, form, now - TimeDelta::minutes(i as i64 + 5), spacing);
+        }
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, shared) = (stopped.clone(), sim.shared.clone());
+        let thread = std::thread::spawn(move || {
+            let mut tick = 0usize;
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                tick += 1;
+                let ticks_per_arrival = (every.as_millis() / 200).max(1) as usize;
+                if tick % ticks_per_arrival != 0 {
+                    continue;
+                }
+                let mut world = shared.world.lock().unwrap();
+                let arrivals = tick / ticks_per_arrival;
+                if arrivals % 4 == 0 {
+                    let ids: Vec<String> = world.records.keys().cloned().collect();
+                    if let Some(id) = ids.get(arrivals * 7919 % ids.len().max(1)) {
+                        edit(&mut world, id);
+                    }
+                } else {
+                    let form = DEMO_FORMS[arrivals % DEMO_FORMS.len()];
+                    insert_records(&mut world, 1, form, Utc::now(), TimeDelta::minutes(1));
+                }
+            }
+        });
+        sim.activity = Some((stopped, thread));
+        sim
+    }
+
+    /// The API base, as `TRUECONTEXT_BASE_URL` names it.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/1.1", self.addr)
+    }
+
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.shared.world.lock().unwrap()
+    }
+
+    /// Adds `count` submissions of form `form` processed one minute apart, ending at `last`.
+    pub fn add_records(&self, count: usize, form: &str, last: DateTime<Utc>) -> Vec<String> {
+        self.add_spaced(count, form, last, TimeDelta::minutes(1))
+    }
+
+    /// Adds `count` submissions of form `form` processed `spacing` apart, ending at `last`.
+    pub fn add_spaced(&self, count: usize, form: &str, last: DateTime<Utc>, spacing: TimeDelta) -> Vec<String> {
+        insert_records(&mut self.world(), count, form, last, spacing)
+    }
+
+    pub fn record(&self, id: &str) -> Option<SimRecord> {
+        self.world().records.get(id).cloned()
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.world().records.remove(id);
+    }
+
+    pub fn fault(&self, fault: Fault) {
+        self.world().faults.push_back(fault);
+    }
+
+    pub fn allow_bearer(&self, token: &str) {
+        self.world().bearer_tokens.push(token.to_owned());
+    }
+
+    /// Accepts any bearer token that this OpenID Connect userinfo endpoint accepts.
+    pub fn validate_bearer_at(&self, userinfo_url: &str) {
+        self.world().userinfo = Some(userinfo_url.to_owned());
+    }
+
+    /// How many calls it answered, by status.
+    pub fn statuses(&self) -> BTreeMap<u16, usize> {
+        let mut out = BTreeMap::new();
+        for call in &self.world().calls {
+            *out.entry(call.status).or_default() += 1;
+        }
+        out
+    }
+
+    /// The ids of every record, as the ground truth.
+    pub fn ids(&self) -> Vec<String> {
+        self.world().records.keys().cloned().collect()
+    }
+
+    /// TrueContext's daily call count: calls past it get 402 `CallCountExpended`.
+    pub fn daily_limit(&self, limit: u64) {
+        self.world().daily_limit = Some(limit);
+    }
+
+    /// Re-processes `id` right after the `after`-th list call is answered (mid-walk edits).
+    pub fn reprocess_after_list_calls(&self, after: usize, id: &str) {
+        self.world().reprocess.push((after, id.to_owned()));
+    }
+
+    /// Edits `id` now: a new processed date and a changed answer.
+    pub fn edit(&self, id: &str) {
+        edit(&mut self.world(), id);
+    }
+
+    pub fn latency(&self, latency: Duration) {
+        self.world().latency = latency;
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.world().calls.clone()
+    }
+
+    /// The most requests it ever had in flight at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+fn insert_records(world: &mut World, count: usize, form: &str, last: DateTime<Utc>, spacing: TimeDelta) -> Vec<String> {
+    let first = world.next_id;
+    world.next_id += count as u64;
+    (0..count)
+        .map(|i| {
+            let id = format!("{}", 3_000_000_000u64 + first + i as u64);
+            let processed = last - spacing * (count - 1 - i) as i32;
+            let record = SimRecord {
+                id: id.clone(),
+                form_id: form.to_owned(),
+                formspace_id: "fs-1".into(),
+                processed,
+                state: "Complete".into(),
+                document: document(&id, form, processed).into_bytes(),
+            };
+            world.records.insert(id.clone(), record);
+            id
+        })
+        .collect()
+}
+
+impl Drop for TrueContextSim {
+    fn drop(&mut self) {
+        if let Some((stopped, thread)) = self.activity.take() {
+            stopped.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A Standard-format document, with a field TrueContext might add one day.
+fn document(id: &str, form: &str, processed: DateTime<Utc>) -> String {
+    let answers = json!([
+        {"label": "Result", "question": "Inspection result", "type": "Select",
+         "values": [if id.ends_with('7') { "Fail" } else { "Pass" }]},
+        {"label": "Count", "question": "Units", "type": "Integer", "values": [id.len() % 5 + id.bytes().last().map_or(0, |b| b % 7) as usize]},
+    ]);
+    let doc = json!({
+        "identifier": id, "referenceNumber": format!("{}-{id}", processed.format("%Y%m%d")), "version": "v2",
+        "zone": "America/Toronto", "state": "Complete", "name": "Pump inspection",
+        "form": {"identifier": form, "name": "Pump inspection", "version": 3},
+        "user": {"identifier": "118800321", "username": "inspector@example.com"},
+        "serverReceiveDate": processed.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "futureField": {"nested": true},
+        "pages": [{"name": "Page1", "label": "Overview", "sections": [{"name": "S1", "type": "Flow", "answers": answers}]}],
+    });
+    // Pretty-printed, so "exactly as served" is not the same as re-serialised.
+    serde_json::to_string_pretty(&doc).unwrap()
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/1.1/data.json", get(list))
+        .route("/api/1.1/data/{id}", get(metadata))
+        .route("/api/1.1/data/{id}/document.json", get(document_route))
+        .route("/api/1.1/formspaces", get(formspaces))
+        .route("/api/1.1/formspaces/{id}/forms", get(forms))
+        .with_state(shared)
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    let mut response = (StatusCode::from_u16(status).unwrap(), "").into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-prontoforms-errorcode", HeaderValue::from_str(code).unwrap());
+    headers.insert("x-prontoforms-errormessage", HeaderValue::from_str(message).unwrap());
+    headers.insert("x-prontoforms-requestid", HeaderValue::from_static("sim-request"));
+    response
+}
+
+/// Authentication, the call count, the concurrency limit and injected faults, in that order;
+/// `Ok(latency)` when the route may answer.
+async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Duration, Response> {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{KEY_ID}:{KEY_SECRET}")));
+    if authorization != basic && !bearer_accepted(shared, &authorization).await {
+        return Err(error(401, "AuthenticationFailed", "authorization failed"));
+    }
+    let mut world = shared.world.lock().unwrap();
+    world.calls_today += 1;
+    if world.daily_limit.is_some_and(|limit| world.calls_today > limit) {
+        return Err(error(402, "CallCountExpended", "the daily call count is used up"));
+    }
+    match world.faults.pop_front() {
+        Some(Fault::Status { status, code, retry_after }) => {
+            let mut response = error(status, code, "injected");
+            if let Some(seconds) = retry_after {
+                response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+            }
+            Err(response)
+        }
+        Some(Fault::Malformed) => Err((StatusCode::OK, "{\"pageData\": [ {\"identifier\": ").into_response()),
+        None => Ok(world.latency),
+    }
+}
+
+async fn bearer_accepted(shared: &Shared, authorization: &str) -> bool {
+    let Some(token) = authorization.strip_prefix("Bearer ") else { return false };
+    let userinfo = {
+        let world = shared.world.lock().unwrap();
+        if world.bearer_tokens.iter().any(|t| t == token) {
+            return true;
+        }
+        world.userinfo.clone()
+    };
+    let Some(url) = userinfo else { return false };
+    match shared.http.get(url).bearer_auth(token).send().await {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+/// Runs `answer` as one request: counted in flight (429 past 3), logged, delayed by the latency.
+async fn request(
+    shared: Arc<Shared>,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: HeaderMap,
+    answer: impl FnOnce(&World) -> Response,
+) -> Response {
+    let in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    let response = if in_flight > 3 {
+        error(429, "TooManyRequests", "more than 3 concurrent requests")
+    } else {
+        match admit(&shared, &headers).await {
+            Err(response) => response,
+            Ok(latency) => {
+                tokio::time::sleep(latency).await;
+                answer(&shared.world.lock().unwrap())
+            }
+        }
+    };
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let status = response.status().as_u16();
+    let mut world = shared.world.lock().unwrap();
+    if path == "data.json" && status == 200 {
+        world.list_calls += 1;
+        let due: Vec<String> =
+            world.reprocess.iter().filter(|(after, _)| *after == world.list_calls).map(|(_, id)| id.clone()).collect();
+        for id in due {
+            edit(&mut world, &id);
+        }
+    }
+    world.calls.push(Call { path, query, status });
+    response
+}
+
+fn edit(world: &mut World, id: &str) {
+    if let Some(record) = world.records.get_mut(id) {
+        record.processed = Utc::now();
+        let mut doc: Value = serde_json::from_slice(&record.document).unwrap();
+        doc["pages"][0]["sections"][0]["answers"][0]["values"] = json!([format!("Edited at {}", record.processed)]);
+        record.document = serde_json::to_vec_pretty(&doc).unwrap();
+    }
+}
+
+fn json_response(value: Value) -> Response {
+    ([("content-type", "application/json")], value.to_string()).into_response()
+}
+
+fn page(items: Vec<Value>, query: &BTreeMap<String, String>) -> Result<Value, Response> {
+    let p: usize =
+        query.get("p").map_or(Ok(0), |v| v.parse()).map_err(|_| error(400, "InvalidRequestDataFormat", "p"))?;
+    let s: usize =
+        query.get("s").map_or(Ok(100), |v| v.parse()).map_err(|_| error(400, "InvalidRequestDataFormat", "s"))?;
+    if s == 0 || s > 100 {
+        return Err(error(400, "InvalidRequestDataFormat", "s must be 1-100"));
+    }
+    let total = items.len();
+    let data: Vec<Value> = items.into_iter().skip(p * s).take(s).collect();
+    Ok(json!({"totalNumberOfResults": total, "totalNumberOfPages": total.div_ceil(s), "zone": null,
+              "simulatorNote": "unknown field", "pageData": data}))
+}
+
+fn time_param(query: &BTreeMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, Response> {
+    query
+        .get(name)
+        .map(|v| v.parse::<DateTime<Utc>>().map_err(|_| error(400, "InvalidRequestDataFormat", name)))
+        .transpose()
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let q = query.clone();
+    request(shared, "data.json".into(), query, headers, move |world| {
+        let (stime, etime) = match (time_param(&q, "stime"), time_param(&q, "etime")) {
+            (Ok(s), Ok(e)) => (s, e),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
+        let fids: Option<Vec<&str>> = q.get("fids").map(|v| v.split(',').collect());
+        let mut selected: Vec<&SimRecord> = world
+            .records
+            .values()
+            .filter(|r| stime.is_none_or(|s| r.processed >= s) && etime.is_none_or(|e| r.processed <= e))
+            .filter(|r| fids.as_ref().is_none_or(|f| f.contains(&r.form_id.as_str())))
+            .collect();
+        selected.sort_by(|a, b| (a.processed, &a.id).cmp(&(b.processed, &b.id)));
+        let items = selected
+            .into_iter()
+            .map(|r| {
+                json!({"identifier": r.id, "referenceNumber": format!("{}-{}", r.processed.format("%Y%m%d"), r.id),
+                       "state": r.state, "dataState": "Processed", "actionState": null, "dataPersisted": true,
+                       "serverReceiveDate": r.processed.to_rfc3339(), "formId": r.form_id, "formVersionId": "v3",
+                       "userId": "118800321", "username": "inspector@example.com", "newField": 1})
+            })
+            .collect();
+        match page(items, &q) {
+            Ok(value) => json_response(value),
+            Err(response) => response,
+        }
+    })
+    .await
+}
+
+async fn metadata(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    request(shared, format!("data/{id}"), BTreeMap::new(), headers, move |world| match world.records.get(&id) {
+        None => error(404, "ObjectNotFound", "no such data record"),
+        Some(r) => json_response(json!({
+            "identifier": r.id, "referenceNumber": format!("{}-{}", r.processed.format("%Y%m%d"), r.id),
+            "state": r.state, "dataState": "Processed",
+            "form": {"formSpaceId": r.formspace_id, "formId": r.form_id, "formVersionId": "v3"},
+            "processedTimestamp": r.processed.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            "processorExecutions": [],
+        })),
+    })
+    .await
+}
+
+async fn document_route(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    request(shared, format!("data/{id}/document.json"), BTreeMap::new(), headers, move |world| {
+        match world.records.get(&id) {
+            None => error(404, "ObjectNotFound", "no such data record"),
+            Some(r) => ([("content-type", "application/json")], r.document.clone()).into_response(),
+        }
+    })
+    .await
+}
+
+async fn formspaces(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let q = query.clone();
+    request(shared, "formspaces".into(), query, headers, move |_| {
+        let items = vec![json!({"identifier": "fs-1", "name": "Field service", "problemContactEmail": null})];
+        match page(items, &q) {
+            Ok(value) => json_response(value),
+            Err(response) => response,
+        }
+    })
+    .await
+}
+
+async fn forms(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let q = query.clone();
+    request(shared, format!("formspaces/{id}/forms"), query, headers, move |world| {
+        if id != "fs-1" {
+            return error(404, "ObjectNotFound", "no such FormSpace");
+        }
+        let mut forms: Vec<&str> = world.records.values().map(|r| r.form_id.as_str()).collect();
+        forms.sort_unstable();
+        forms.dedup();
+        let items = forms
+            .into_iter()
+            .map(|f| json!({"identifier": f, "name": format!("Form {f}"), "state": "Active", "locked": false}))
+            .collect();
+        match page(items, &q) {
+            Ok(value) => json_response(value),
+            Err(response) => response,
+        }
+    })
+    .await
+}
