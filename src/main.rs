@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use truecontext_bridge::config::{RawSettings, Settings};
 use truecontext_bridge::functions::{self, Trigger};
 use truecontext_bridge::handlers::{App, Mode, StatusReport};
+use truecontext_bridge::sync::{RunOutcome, SyncSummary};
 use truecontext_bridge::telemetry::{self, Output};
 use truecontext_bridge::{host, landing, standalone, store};
 
@@ -273,31 +274,86 @@ async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, js
             "no connection to sync: connect one (tcbridge consent-url), or set TRUECONTEXT_AUTH=basic with an API key"
         );
     }
-    let mut all_completed = true;
+    let mut exit = ExitCode::SUCCESS;
     for connection in connections {
-        let summary = truecontext_bridge::handlers::pull(&app, &connection).await;
-        all_completed &= summary.completed;
+        let bar = progress_bar(&connection, json);
+        let show = |summary: &SyncSummary| {
+            if let Some(bar) = &bar {
+                bar.set_message(format!(
+                    "{} page(s) listed, {} landed, {} unchanged",
+                    summary.pages, summary.documents_landed, summary.documents_unchanged
+                ));
+                bar.tick();
+            }
+        };
+        let outcome = truecontext_bridge::handlers::pull(&app, &connection, Some(&show)).await;
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let summary = match outcome.context("the sync could not read or write the store")? {
+            RunOutcome::Ran(summary) => summary,
+            RunOutcome::Busy => {
+                eprintln!("error: the sync of {connection} is running elsewhere (its lease is held); try again later");
+                exit = ExitCode::from(SYNC_EXIT_BUSY);
+                continue;
+            }
+        };
         if json {
             println!("{}", serde_json::to_string(&summary)?);
         } else {
-            println!(
-                "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} API call(s), {} left today, cursor {}{}",
-                summary.connection,
-                summary.windows,
-                summary.pages,
-                summary.documents_landed,
-                summary.documents_unchanged,
-                summary.api_calls,
-                summary.budget_left,
-                summary.cursor.map_or_else(|| "none".to_owned(), |c| c.to_rfc3339()),
-                summary.stopped_reason.as_deref().map(|r| format!("; stopped: {r}")).unwrap_or_default(),
-            );
+            println!("{}", summary_line(&summary));
         }
         if let Some(reason) = &summary.stopped_reason {
             eprintln!("error: the sync of {} stopped: {}", summary.connection, telemetry::redact(reason));
+            exit = ExitCode::from(sync_exit_code(summary.stopped_class.as_deref()));
         }
     }
-    Ok(if all_completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(exit)
+}
+
+/// `sync --once` exit codes (README): 0 completed, 3 a budget or TrueContext's call count is
+/// spent, 4 credentials refused or no token, 5 a transient failure (retry later), 6 another
+/// run holds the lease, 1 anything else (configuration, a malformed or refused request).
+const SYNC_EXIT_BUSY: u8 = 6;
+
+fn sync_exit_code(class: Option<&str>) -> u8 {
+    match class {
+        Some("budget" | "call_count_expended") => 3,
+        Some("auth" | "token") => 4,
+        Some("transient" | "store" | "landing" | "unstable") => 5,
+        _ => 1,
+    }
+}
+
+fn summary_line(summary: &SyncSummary) -> String {
+    format!(
+        "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} gone, {} API call(s), {} left today, cursor {}{}",
+        summary.connection,
+        summary.windows,
+        summary.pages,
+        summary.documents_landed,
+        summary.documents_unchanged,
+        summary.documents_gone,
+        summary.api_calls,
+        summary.budget_left,
+        summary.cursor.map_or_else(|| "none".to_owned(), |c| c.to_rfc3339()),
+        summary.stopped_reason.as_deref().map(|r| format!("; stopped: {r}")).unwrap_or_default(),
+    )
+}
+
+/// A spinner with the running totals, on a terminal only (never under --json or in a pipe).
+fn progress_bar(connection: &str, json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_prefix(connection.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
 }
 
 async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::Result<ExitCode> {

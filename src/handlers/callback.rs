@@ -211,6 +211,11 @@ async fn complete(
     let replaced = store_connection(app, connection, &tokens, pending.replace).await?;
     app.tokens().forget(&pending.connection_id);
     tracing::info!(connection = %pending.connection_id, tenant = ?identity.tenant, "connection consented and stored");
+    // The first sync runs now, from the queue (not at the next tick, and not as a task this
+    // invocation leaves behind).
+    if app.settings.truecontext.auth == crate::config::TrueContextAuth::Bearer {
+        super::process::queue_first_sync(app, &pending.connection_id).await;
+    }
     Ok(ConnectResult {
         connection_id: pending.connection_id.clone(),
         account: display,

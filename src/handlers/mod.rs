@@ -8,6 +8,7 @@
 mod authorize;
 mod callback;
 pub mod pages;
+mod process;
 mod status;
 mod sync;
 
@@ -22,6 +23,7 @@ use crate::config::Settings;
 use crate::functions::{Function, Trigger};
 use crate::store::Stores;
 
+pub use process::ProcessMessage;
 pub use status::StatusReport;
 pub use sync::pull;
 
@@ -196,13 +198,7 @@ impl App {
     /// Runs a queue-triggered function.
     pub async fn queue(&self, function: &Function, input: QueueInput) -> Result<(), InvocationError> {
         match function.name {
-            "process" => {
-                serde_json::from_str::<serde_json::Value>(&input.body)
-                    .map_err(|e| InvocationError::InvalidInput(format!("message {} is not JSON: {e}", input.id)))?;
-                Err(InvocationError::Unavailable(
-                    "submission processing is not available in this version of truecontext-bridge".into(),
-                ))
-            }
+            "process" => process::run(self, input).await,
             name => Err(InvocationError::Unavailable(format!("{name} is not a queue function"))),
         }
     }

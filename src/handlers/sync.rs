@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{App, InvocationError, TimerInfo};
 use crate::config::TrueContextAuth;
 use crate::store::{lease, Table, TypedTable};
+use crate::sync::{RunOutcome, SyncSummary};
 use crate::truecontext::Credentials;
 
 const RUNS_PARTITION: &str = "sync";
@@ -53,10 +54,9 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
 }
 
 /// Makes sure every active connection has a usable access token (refreshing it when due, and
-/// at least every `TOKEN_KEEPALIVE_HOURS` even when idle) and warns ahead of B2C re-consent
-/// deadlines. Pulling submissions from TrueContext is the sync engine's job, which plugs in
-/// here with the token. Connections that need re-consent are skipped without a call; one
-/// connection's failure never stops the others.
+/// at least every `TOKEN_KEEPALIVE_HOURS` even when idle), warns ahead of B2C re-consent
+/// deadlines, then pulls each connection's new and changed submissions. Connections that need
+/// re-consent are skipped without a call; one connection's failure never stops the others.
 async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
     let mut ids: Vec<String> = Vec::new();
     if app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
@@ -70,20 +70,44 @@ async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
             ids.push(connection.id);
         }
     }
-    let mut ready = 0;
+    let mut ready = Vec::new();
     for id in &ids {
         match app.tokens().keep_alive(id).await {
             Ok(token) => {
-                ready += 1;
                 tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
+                ready.push(id.clone());
             }
             Err(e) => tracing::warn!(connection = %id, class = e.class(), error = %e, "no access token this run"),
         }
     }
-    if ready < ids.len() {
-        tracing::warn!(ready, total = ids.len(), "some connections have no access token this run");
+    if ready.len() < ids.len() {
+        tracing::warn!(ready = ready.len(), total = ids.len(), "some connections have no access token this run");
     }
-    Ok(ids.len() as u32)
+    // With an API key, the configured connection is the one TrueContext is read as; with
+    // bearer tokens, every connection whose token is ready.
+    let pulled = match app.settings.truecontext.auth {
+        TrueContextAuth::Basic => vec![app.settings.truecontext.connection.clone()],
+        TrueContextAuth::Bearer => ready,
+    };
+    for id in &pulled {
+        match pull(app, id, None).await {
+            Ok(RunOutcome::Ran(summary)) => log_summary(&summary),
+            Ok(RunOutcome::Busy) => {}
+            Err(e) => tracing::warn!(connection = %id, error = %e, "the sync could not be recorded"),
+        }
+    }
+    Ok(ids.len().max(pulled.len()) as u32)
+}
+
+fn log_summary(summary: &SyncSummary) {
+    let connection = summary.connection.as_str();
+    let (landed, calls, left) = (summary.documents_landed, summary.api_calls, summary.budget_left);
+    match &summary.stopped_reason {
+        None => tracing::info!(connection, landed, calls, budget_left = left, "submissions synced"),
+        Some(reason) => {
+            tracing::warn!(connection, landed, calls, budget_left = left, reason = %reason, "the sync stopped")
+        }
+    }
 }
 
 /// One alert per connection when its B2C window is about to close.
@@ -128,9 +152,14 @@ pub async fn last_run(app: &App) -> Result<Option<SyncRun>, crate::store::StoreE
     Ok(table.get::<SyncRun>(RUNS_PARTITION, LAST_RUN).await?.map(|v| v.value))
 }
 
-/// One sync run of `connection` with this app's parts: the TrueContext client, the credentials
-/// `TRUECONTEXT_AUTH` names, the landing. (`tcbridge sync --once` runs it; the timer will.)
-pub async fn pull(app: &App, connection: &str) -> crate::sync::SyncSummary {
+/// One sync run of `connection` with this app's parts (the TrueContext client, the credentials
+/// `TRUECONTEXT_AUTH` names, the landing), under the connection's sync lease and recorded for
+/// status. The timer, the first sync after consent and `tcbridge sync --once` all run it.
+pub async fn pull(
+    app: &App,
+    connection: &str,
+    progress: Option<&crate::sync::Progress<'_>>,
+) -> Result<RunOutcome, crate::store::StoreError> {
     let settings = &app.settings;
     let client = crate::truecontext::TrueContextClient::new(&settings.truecontext, app.stores.clone());
     let tokens = app.tokens();
@@ -141,8 +170,12 @@ pub async fn pull(app: &App, connection: &str) -> crate::sync::SyncSummary {
         (TrueContextAuth::Basic, _, _) => {
             let reason =
                 "configuration: TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
-            let connection = connection.to_owned();
-            return crate::sync::SyncSummary { connection, stopped_reason: Some(reason.into()), ..Default::default() };
+            return Ok(RunOutcome::Ran(SyncSummary {
+                connection: connection.to_owned(),
+                stopped_reason: Some(reason.into()),
+                stopped_class: Some("configuration".into()),
+                ..Default::default()
+            }));
         }
     };
     let landing =
@@ -153,6 +186,8 @@ pub async fn pull(app: &App, connection: &str) -> crate::sync::SyncSummary {
         stores: &app.stores,
         landing: &landing,
         settings: &settings.sync,
+        alert_webhook: settings.tokens.alert_webhook_url.as_ref(),
+        progress,
     };
-    crate::sync::sync_connection(&parts, connection, Utc::now()).await
+    crate::sync::run_connection(&parts, connection, Utc::now()).await
 }

@@ -20,6 +20,8 @@
 //! such a header appears, to tell them apart: still there in the same state means unchanged.
 //! So N new submissions cost ⌈N/100⌉ list pages and N documents.
 
+mod runs;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -68,7 +70,11 @@ pub struct SyncSummary {
     pub budget_left: u64,
     pub cursor: Option<DateTime<Utc>>,
     pub completed: bool,
+    /// Why it stopped, as `class: detail` (None when completed).
     pub stopped_reason: Option<String>,
+    /// The stop's class alone: `budget`, `call_count_expended`, `auth`, `token`, `transient`,
+    /// `malformed`, `rejected`, `store`, `landing`, `unstable`, `configuration`.
+    pub stopped_class: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,17 @@ pub enum SyncError {
     Unstable(u32),
 }
 
+impl SyncError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            SyncError::TrueContext(e) => e.class(),
+            SyncError::Landing(_) => "landing",
+            SyncError::Store(_) => "store",
+            SyncError::Unstable(_) => "unstable",
+        }
+    }
+}
+
 /// The parts a sync works with.
 pub struct SyncParts<'a> {
     pub client: &'a TrueContextClient,
@@ -90,7 +107,14 @@ pub struct SyncParts<'a> {
     pub stores: &'a Stores,
     pub landing: &'a Landing<'a>,
     pub settings: &'a SyncSettings,
+    /// Where a stalled sync's alert is posted (`ALERT_WEBHOOK_URL`).
+    pub alert_webhook: Option<&'a url::Url>,
+    /// Told the running totals after every page (the CLI's progress bar).
+    pub progress: Option<&'a Progress<'a>>,
 }
+
+/// A watcher of a run's totals as they grow.
+pub type Progress<'a> = dyn Fn(&SyncSummary) + Send + Sync + 'a;
 
 /// One run for `connection` at `now`: walks until the window is done or something stops it.
 pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateTime<Utc>) -> SyncSummary {
@@ -104,14 +128,15 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
         Ok(()) => summary.completed = true,
         Err(e) => {
             tracing::warn!(connection, error = %e, "the sync stopped");
-            summary.stopped_reason = Some(match &e {
-                SyncError::TrueContext(e) => format!("{}: {e}", e.class()),
-                other => other.to_string(),
-            });
+            let class = e.class();
+            summary.stopped_reason = Some(format!("{class}: {e}"));
+            summary.stopped_class = Some(class.to_owned());
         }
     }
     summary
 }
+
+pub use runs::{last_syncs, run_connection, LastSync, RunOutcome, STALL_RUNS};
 
 /// The cursor of `connection` for the configured filter set, if a sync has run.
 pub async fn cursor(stores: &Stores, settings: &SyncSettings, connection: &str) -> Result<Option<Cursor>, StoreError> {
@@ -188,8 +213,15 @@ async fn walk(
             continue;
         }
         walk.total = Some(page.total_number_of_results);
+        let mut wanted = Vec::new();
         for header in &page.page_data {
-            land_header(parts, connection, &walk, previous_end, header, &mut overlap, summary).await?;
+            if needs_document(parts, connection, &walk, previous_end, header, &mut overlap, summary).await? {
+                wanted.push(header.summary.identifier.as_str());
+            }
+        }
+        land_documents(parts, connection, walk.end, &wanted, summary).await?;
+        if let Some(progress) = parts.progress {
+            progress(summary);
         }
         let done = page.page_data.is_empty() || u64::from(walk.next_page) + 1 >= page.total_number_of_pages;
         walk.next_page += 1;
@@ -207,8 +239,8 @@ async fn walk(
     }
 }
 
-/// Decides whether one listed header needs its document, and lands it when it does.
-async fn land_header(
+/// Decides whether one listed header needs its document fetched.
+async fn needs_document(
     parts: &SyncParts<'_>,
     connection: &str,
     walk: &Walk,
@@ -216,11 +248,11 @@ async fn land_header(
     header: &RecordHeader,
     overlap: &mut Option<HashMap<String, Option<String>>>,
     summary: &mut SyncSummary,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let index = TypedTable::new(parts.stores.tables.as_ref(), Table::Submissions);
     let landed: Option<IndexRow> =
         index.get::<IndexRow>(connection, &header.summary.identifier).await?.map(|r| r.value);
-    let fetch = match &landed {
+    Ok(match &landed {
         None => true,
         Some(row) if row.order >= walk.end && row.state == header.summary.state => false,
         Some(row) if previous_end.is_some_and(|prev| row.order >= walk.start && row.order <= prev) => {
@@ -233,28 +265,64 @@ async fn land_header(
             !matches!(in_overlap, Some(state) if *state == row.state && *state == header.summary.state)
         }
         Some(_) => true,
-    };
-    if !fetch {
-        return Ok(());
+    })
+}
+
+/// What became of one fetched document.
+enum Fetched {
+    Landed(Outcome),
+    /// 404: retention expired, or a passthrough form.
+    Gone,
+}
+
+/// Fetches and lands the page's wanted documents, as many at a time as the cluster-wide call
+/// cap allows (more would only wait for a slot). Every fetch runs to its end before the first
+/// failure is returned, so nothing is abandoned half-landed and the tally is exact.
+async fn land_documents(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    order: DateTime<Utc>,
+    wanted: &[&str],
+    summary: &mut SyncSummary,
+) -> Result<(), SyncError> {
+    use futures::StreamExt;
+    // The futures are made before they become a stream: a stream that maps through a closure
+    // over borrowed ids trips rustc's higher-ranked `Send` inference (rust-lang/rust#102211).
+    let fetches: Vec<_> = wanted.iter().map(|id| fetch_and_land(parts, connection, order, id)).collect();
+    let results: Vec<Result<Fetched, SyncError>> =
+        futures::stream::iter(fetches).buffer_unordered(parts.client.concurrency()).collect().await;
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(Fetched::Landed(Outcome::New | Outcome::Changed)) => summary.documents_landed += 1,
+            Ok(Fetched::Landed(Outcome::Unchanged)) => summary.documents_unchanged += 1,
+            Ok(Fetched::Landed(Outcome::Older)) => summary.documents_older += 1,
+            Ok(Fetched::Gone) => summary.documents_gone += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    let document = match parts.client.document(parts.credentials, connection, &header.summary.identifier).await {
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn fetch_and_land(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    order: DateTime<Utc>,
+    id: &str,
+) -> Result<Fetched, SyncError> {
+    let document = match parts.client.document(parts.credentials, connection, id).await {
         Ok(document) => document,
         Err(TrueContextError::NotFound { .. }) => {
-            // Gone (retention, a passthrough form): nothing to land, and it will not be listed again.
-            tracing::warn!(connection, id = %header.summary.identifier, "a listed submission's document is gone (404); skipped");
-            summary.documents_gone += 1;
-            return Ok(());
+            // Nothing to land, and a 404 submission is not listed again.
+            tracing::warn!(connection, id, "a listed submission's document is gone (404); skipped");
+            return Ok(Fetched::Gone);
         }
         Err(e) => return Err(e.into()),
     };
-    let arrival =
-        Arrival { connection, source: Source::Sync, raw: &document.bytes, order: walk.end, processed_date: None };
-    match parts.landing.land(&arrival).await?.outcome {
-        Outcome::New | Outcome::Changed => summary.documents_landed += 1,
-        Outcome::Unchanged => summary.documents_unchanged += 1,
-        Outcome::Older => summary.documents_older += 1,
-    }
-    Ok(())
+    let arrival = Arrival { connection, source: Source::Sync, raw: &document.bytes, order, processed_date: None };
+    Ok(Fetched::Landed(parts.landing.land(&arrival).await?.outcome))
 }
 
 /// The ids (and states) the overlap window `[start, previous_end]` lists now.

@@ -88,6 +88,18 @@ impl ListQuery {
     }
 }
 
+/// Whose simultaneous calls TrueContext counts together: an API key's (however many
+/// connections are configured with it), or one connection's token's.
+fn slot_scope(credentials: &Credentials<'_>, connection: &str) -> String {
+    match credentials {
+        Credentials::Basic { key_id, .. } => {
+            use sha2::Digest;
+            format!("key-{}", &hex::encode(sha2::Sha256::digest(key_id.as_bytes()))[..16])
+        }
+        Credentials::Bearer(_) => format!("connection-{connection}"),
+    }
+}
+
 /// A submission's document exactly as TrueContext served it, and parsed.
 #[derive(Debug, Clone)]
 pub struct Document {
@@ -121,6 +133,11 @@ impl TrueContextClient {
             .expect("a static client configuration builds");
         let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
         Self { http, settings: Arc::new(settings.clone()), stores, holder, clock }
+    }
+
+    /// The cluster-wide cap on simultaneous calls (`TRUECONTEXT_CONCURRENCY`).
+    pub fn concurrency(&self) -> usize {
+        self.settings.concurrency.max(1) as usize
     }
 
     /// The connection's budget, as status shows it.
@@ -209,13 +226,14 @@ impl TrueContextClient {
     ) -> Result<Vec<u8>, TrueContextError> {
         let url = format!("{}/{path}", self.settings.base_url.as_str().trim_end_matches('/'));
         let budget = self.budget(connection);
+        let scope = slot_scope(credentials, connection);
         let (mut refreshed, mut refresh_next) = (false, false);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let authorization = self.authorization(credentials, connection, std::mem::take(&mut refresh_next)).await?;
             budget.reserve(self.clock.utc()).await?;
-            let outcome = self.send_once(connection, &url, params, &authorization).await?;
+            let outcome = self.send_once(&scope, &url, params, &authorization).await?;
             let failure = match outcome {
                 Sent::Answer { status, body, .. } if (200..300).contains(&status) => return Ok(body),
                 Sent::Answer { status: 401, headers, .. } => {
@@ -285,17 +303,17 @@ impl TrueContextClient {
         }
     }
 
-    /// Sends one request while holding a call slot.
+    /// Sends one request while holding a call slot of `scope`.
     async fn send_once(
         &self,
-        connection: &str,
+        scope: &str,
         url: &str,
         params: &[(&str, String)],
         authorization: &SecretString,
     ) -> Result<Sent, TrueContextError> {
         let timeout = self.settings.timeout;
         let tables = self.stores.tables.as_ref();
-        let slot = slots::acquire(tables, connection, self.settings.concurrency, &self.holder, timeout * 2).await?;
+        let slot = slots::acquire(tables, scope, self.settings.concurrency, &self.holder, timeout * 2).await?;
         let request = self
             .http
             .get(url)

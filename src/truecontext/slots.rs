@@ -1,5 +1,6 @@
 //! The cluster-wide cap on simultaneous calls (`TRUECONTEXT_CONCURRENCY`, TrueContext's 3 per
-//! API key): N leases `tc-slot:<connection>:<i>` in the store, one held for the length of each
+//! API key): N leases `tc-slot:<scope>:<i>` in the store (the scope is the API key's hash, or the
+//! connection for bearer tokens), one held for the length of each
 //! call. Any number of processes share them, and a crashed holder's slot frees itself when its
 //! lease runs out (its time-to-live is the call timeout plus a margin).
 
@@ -14,7 +15,7 @@ const MAX_SLOT_WAIT: Duration = Duration::from_secs(120);
 
 pub async fn acquire(
     tables: &dyn TableStore,
-    connection: &str,
+    scope: &str,
     slots: u32,
     holder: &str,
     ttl: Duration,
@@ -24,7 +25,7 @@ pub async fn acquire(
     loop {
         // Each caller starts at another slot, so they do not all contend for the first.
         for i in 0..slots {
-            let name = format!("tc-slot:{connection}:{}", (start.wrapping_add(i)) % slots);
+            let name = format!("tc-slot:{scope}:{}", (start.wrapping_add(i)) % slots);
             if let Some(held) = lease::acquire(tables, &name, holder, ttl).await? {
                 return Ok(held);
             }

@@ -45,6 +45,8 @@ impl Bench {
             stores: &self.stores,
             landing: &landing,
             settings: &self.settings.sync,
+            alert_webhook: None,
+            progress: None,
         };
         sync_connection(&parts, CONNECTION, Utc::now()).await
     }

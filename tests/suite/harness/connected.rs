@@ -15,6 +15,7 @@ use truecontext_bridge::store::{self, Stores};
 use truecontext_bridge::tokens::{AccessToken, TokenError, TokenService};
 
 use super::oidc::{HttpAgent, OidcProvider};
+use super::truecontext::TrueContextSim;
 use super::{free_port, Server, TEST_FUNCTION_KEY};
 
 pub const CLIENT_ID: &str = "bridge-client";
@@ -44,6 +45,8 @@ pub struct Connected {
     pub settings: Vec<(String, String)>,
     /// Every instance's token clock: real time plus the jumps `advance` makes.
     clock: Arc<OffsetClock>,
+    /// TrueContext, taking this provider's access tokens.
+    pub truecontext: TrueContextSim,
 }
 
 pub struct Options {
@@ -75,6 +78,9 @@ impl Connected {
             }],
             "ttl": { "access_token": options.access_token_ttl },
         }));
+        // TrueContext accepts the provider's access tokens (it asks the userinfo endpoint).
+        let truecontext = TrueContextSim::start();
+        truecontext.validate_bearer_at(&format!("{}/me", provider.issuer()));
         let mut settings: Vec<(String, String)> = vec![
             ("OAUTH_PROVIDER".into(), "oidc".into()),
             ("OAUTH_AUTHORITY".into(), provider.issuer().into()),
@@ -84,6 +90,7 @@ impl Connected {
             ("OAUTH_SCOPES".into(), "profile".into()),
             ("FUNCTION_KEY".into(), TEST_FUNCTION_KEY.into()),
             ("SYNC_SCHEDULE".into(), NEVER.into()),
+            ("TRUECONTEXT_BASE_URL".into(), truecontext.base_url()),
         ];
         for (name, value) in options.settings {
             settings.retain(|(n, _)| n != name);
@@ -92,7 +99,7 @@ impl Connected {
         let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let server = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &pairs);
         settings.push(("LOCAL_STORE_PATH".into(), server.store_dir().display().to_string()));
-        let connected = Connected { provider, server, settings, clock: Arc::default() };
+        let connected = Connected { provider, server, settings, clock: Arc::default(), truecontext };
         if options.consent {
             connected.consent("default").await;
         }

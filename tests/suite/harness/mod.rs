@@ -34,12 +34,17 @@ pub fn binary() -> &'static str {
 }
 
 /// A command for the binary with a clean environment, run inside `dir`.
+/// A TrueContext base URL nothing listens on (the discard port), for tests that sync nothing.
+pub const UNREACHABLE_TRUECONTEXT: &str = "http://127.0.0.1:9/api/1.1";
+
 pub fn command(dir: &Path, settings: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(binary());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
         .env("LOCAL_STORE_PATH", dir.join("store"))
+        // Never the real API: a closed loopback port unless a test points it at a simulator.
+        .env("TRUECONTEXT_BASE_URL", UNREACHABLE_TRUECONTEXT)
         .current_dir(dir);
     for (k, v) in settings {
         cmd.env(k, v);

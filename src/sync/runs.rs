@@ -1,0 +1,127 @@
+//! One run of a connection's sync as the timer and the first-sync message start it: under the
+//! connection's own lease (so a first sync after consent and a timer tick never walk the same
+//! cursor at once), recorded for `status`, and watched for a cursor that stops advancing.
+//!
+//! A run *progressed* when it completed, or when the stored cursor moved (a long walk stopped
+//! by the budget still moved its page). [`STALL_RUNS`] runs in a row without progress raise one
+//! `sync_stalled` alert; the next run that progresses clears it, so a later stall alerts again.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{cursor, sync_connection, SyncParts, SyncSummary};
+use crate::alerts::{self, Alert};
+use crate::store::{lease, RowRange, StoreError, Table, TypedTable};
+
+/// Runs in a row that leave the cursor where it was before the connection's alert is raised.
+pub const STALL_RUNS: u32 = 3;
+const PARTITION: &str = "connection-sync";
+const STALL_ALERT: &str = "sync_stalled";
+/// Renewed while the run works (a long backfill outlives it); a crashed run's lease frees
+/// itself after this.
+const LEASE_TTL: Duration = Duration::from_secs(120);
+
+/// The last run of one connection's sync (`runs` table), as status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastSync {
+    pub connection: String,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub completed: bool,
+    pub stopped_reason: Option<String>,
+    pub stopped_class: Option<String>,
+    pub documents_landed: u32,
+    pub documents_unchanged: u32,
+    pub api_calls: u64,
+    pub cursor: Option<DateTime<Utc>>,
+    /// Runs in a row that did not move the cursor.
+    pub runs_without_progress: u32,
+    /// Documents landed (new or changed) by every run so far.
+    pub landed_total: u64,
+    pub runs: u64,
+}
+
+/// What [`run_connection`] did.
+#[derive(Debug)]
+pub enum RunOutcome {
+    Ran(SyncSummary),
+    /// Another run of this connection holds its lease; it does the work.
+    Busy,
+}
+
+/// Runs `connection`'s sync once, unless another instance is running it.
+pub async fn run_connection(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    now: DateTime<Utc>,
+) -> Result<RunOutcome, StoreError> {
+    let tables = parts.stores.tables.clone();
+    let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let Some(held) = lease::acquire(tables.as_ref(), &format!("sync:{connection}"), &holder, LEASE_TTL).await? else {
+        tracing::info!(connection, "this connection's sync is running elsewhere; skipped");
+        return Ok(RunOutcome::Busy);
+    };
+    let keeper = lease::Keeper::keep(tables.clone(), held, LEASE_TTL);
+    let before = cursor(parts.stores, parts.settings, connection).await?;
+    let summary = sync_connection(parts, connection, now).await;
+    let after = cursor(parts.stores, parts.settings, connection).await?;
+    let progressed = summary.completed || before != after;
+    let recorded = record(parts, &summary, progressed).await;
+    if let Some(held) = keeper.finish().await {
+        lease::release(tables.as_ref(), held).await?;
+    }
+    recorded?;
+    Ok(RunOutcome::Ran(summary))
+}
+
+/// The last run of every connection that has synced, by connection id.
+pub async fn last_syncs(stores: &crate::store::Stores) -> Result<Vec<LastSync>, StoreError> {
+    let mut out = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = stores.tables.query(Table::Runs, PARTITION, &RowRange::all(), 1000, continuation.as_deref()).await?;
+        for entity in page.entities {
+            out.push(crate::store::from_properties::<LastSync>(entity.properties)?);
+        }
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+async fn record(parts: &SyncParts<'_>, summary: &SyncSummary, progressed: bool) -> Result<(), StoreError> {
+    let table = TypedTable::new(parts.stores.tables.as_ref(), Table::Runs);
+    let connection = summary.connection.as_str();
+    let previous = table.get::<LastSync>(PARTITION, connection).await?.map(|v| v.value).unwrap_or_default();
+    let runs_without_progress = if progressed { 0 } else { previous.runs_without_progress + 1 };
+    let last = LastSync {
+        connection: connection.to_owned(),
+        finished_at: Some(Utc::now()),
+        completed: summary.completed,
+        stopped_reason: summary.stopped_reason.clone(),
+        stopped_class: summary.stopped_class.clone(),
+        documents_landed: summary.documents_landed,
+        documents_unchanged: summary.documents_unchanged,
+        api_calls: summary.api_calls,
+        cursor: summary.cursor,
+        runs_without_progress,
+        landed_total: previous.landed_total + u64::from(summary.documents_landed),
+        runs: previous.runs + 1,
+    };
+    // Runs of one connection are serialised by its lease: a plain upsert loses no count.
+    table.upsert(PARTITION, connection, &last).await?;
+    if progressed && previous.runs_without_progress >= STALL_RUNS {
+        alerts::clear_connection_named(parts.stores, connection, &[STALL_ALERT]).await?;
+    } else if runs_without_progress == STALL_RUNS {
+        let reason = format!(
+            "the sync has not advanced for {STALL_RUNS} runs in a row; last stop: {}",
+            summary.stopped_reason.as_deref().unwrap_or("none")
+        );
+        let class = summary.stopped_class.as_deref().unwrap_or("unknown");
+        let alert = Alert::new(STALL_ALERT, Some(connection), class, "cursor_stalled", &reason);
+        alerts::raise(parts.stores, parts.alert_webhook, alert).await?;
+    }
+    Ok(())
+}
