@@ -110,6 +110,18 @@ impl RawSettings {
         }
     }
 
+    /// Sets `name`, whatever the environment or the file said (the demo's own settings).
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.values.insert(name.to_owned(), value.to_owned());
+    }
+
+    /// Sets `name` unless it is already set.
+    pub fn set_default(&mut self, name: &str, value: &str) {
+        if self.get(name).is_none() {
+            self.set(name, value);
+        }
+    }
+
     /// A setting's value; blank counts as unset.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
@@ -468,6 +480,34 @@ impl Settings {
     /// What the configured features still need. The server runs without these (status,
     /// local development), but the feature they name cannot work until they are set.
     pub fn missing(&self) -> Vec<Problem> {
+        // With an API key (TRUECONTEXT_AUTH=basic) nothing needs consent: the OAuth settings
+        // are only checked once one of them is set.
+        let o = &self.oauth;
+        let oauth_wanted = self.truecontext.auth == TrueContextAuth::Bearer
+            || o.client_id.is_some()
+            || o.authority.is_some()
+            || o.grant == OAuthGrant::ClientCredentials;
+        let mut out = if oauth_wanted { self.missing_oauth() } else { Vec::new() };
+        let mut need = |setting: &str, message: &str, example: &str| {
+            out.push(Problem { setting: setting.into(), message: message.into(), example: Some(example.into()) })
+        };
+        if self.truecontext.auth == TrueContextAuth::Basic
+            && (self.truecontext.api_key_id.is_none() || self.truecontext.api_key_secret.is_none())
+        {
+            need(
+                "TRUECONTEXT_API_KEY_ID",
+                "and TRUECONTEXT_API_KEY_SECRET are required with TRUECONTEXT_AUTH=basic",
+                "an API key id from TrueContext",
+            );
+        }
+        if self.webhook.auth.is_none() {
+            need("WEBHOOK_AUTH", "is not set; the webhook refuses every push until it is", "basic");
+        }
+        out
+    }
+
+    /// What the OAuth client still lacks (consent and token refresh need all of it).
+    pub fn missing_oauth(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut need = |setting: &str, message: &str, example: &str| {
             out.push(Problem { setting: setting.into(), message: message.into(), example: Some(example.into()) })
@@ -509,18 +549,6 @@ impl Settings {
                 "is not set, and neither OAUTH_CLIENT_CERTIFICATE_PATH nor OAUTH_FEDERATED_CREDENTIAL is; the app cannot authenticate to the token endpoint",
                 "a client secret from the app registration",
             );
-        }
-        if self.truecontext.auth == TrueContextAuth::Basic
-            && (self.truecontext.api_key_id.is_none() || self.truecontext.api_key_secret.is_none())
-        {
-            need(
-                "TRUECONTEXT_API_KEY_ID",
-                "and TRUECONTEXT_API_KEY_SECRET are required with TRUECONTEXT_AUTH=basic",
-                "an API key id from TrueContext",
-            );
-        }
-        if self.webhook.auth.is_none() {
-            need("WEBHOOK_AUTH", "is not set; the webhook refuses every push until it is", "basic");
         }
         out
     }

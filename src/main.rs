@@ -40,6 +40,10 @@ enum Command {
         /// Standalone listen address (default 127.0.0.1).
         #[arg(long, requires = "standalone")]
         address: Option<IpAddr>,
+        /// Run a built-in TrueContext simulator (seeded, with new submissions every few
+        /// seconds) and sync it with an API key on the embedded store: no account needed.
+        #[arg(long, requires = "standalone")]
+        demo: bool,
     },
     /// Print the status report as JSON; exit 1 when something needs attention.
     Status,
@@ -120,11 +124,22 @@ fn main() -> ExitCode {
             Command::Sync { once, connection, json } => sync_once(&raw, once, connection, json).await,
             Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
-            Command::Serve { standalone: true, port, address } => serve_standalone(&raw, port, address).await,
+            Command::Serve { standalone: true, port, address, demo: false } => {
+                serve_standalone(&raw, port, address).await
+            }
+            Command::Serve { standalone: true, port, address, demo: true } => serve_demo(raw, port, address).await,
         }
     });
     match result {
         Ok(code) => code,
+        // The reader went away (`tcbridge submissions list | head`): nothing left to say.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // `{:#}` prints the whole context chain on one line.
             tracing::error!("{e:#}");
@@ -368,7 +383,15 @@ async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::
                 truecontext_bridge::connections::validate_id(&id).map_err(|e| anyhow::anyhow!("--connection: {e}"))?;
                 Ok(vec![id])
             }
-            None => truecontext_bridge::connections::known_ids(stores, settings).await.map_err(anyhow::Error::from),
+            None => {
+                // Every connection that has data: the known ones, and any that synced under
+                // another configuration (the demo's, say).
+                let mut ids = truecontext_bridge::connections::known_ids(stores, settings).await?;
+                ids.extend(truecontext_bridge::sync::last_syncs(stores).await?.into_iter().map(|l| l.connection));
+                ids.sort();
+                ids.dedup();
+                Ok::<_, anyhow::Error>(ids)
+            }
         }
     };
     match command {
@@ -491,6 +514,41 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `serve --standalone --demo`: the simulator in-process, the settings pointed at it.
+#[cfg(feature = "demo")]
+async fn serve_demo(mut raw: RawSettings, port: Option<u16>, address: Option<IpAddr>) -> anyhow::Result<ExitCode> {
+    use truecontext_bridge::simulator::{TrueContextSim, KEY_ID, KEY_SECRET};
+    // Started off the runtime: the simulator runs its own, on a thread of its own.
+    let sim = tokio::task::spawn_blocking(|| TrueContextSim::start_demo(300, std::time::Duration::from_secs(4)))
+        .await
+        .context("cannot start the TrueContext simulator")?;
+    let base_url = sim.base_url();
+    for (name, value) in [
+        ("TRUECONTEXT_BASE_URL", base_url.as_str()),
+        ("TRUECONTEXT_AUTH", "basic"),
+        ("TRUECONTEXT_API_KEY_ID", KEY_ID),
+        ("TRUECONTEXT_API_KEY_SECRET", KEY_SECRET),
+        ("TRUECONTEXT_CONNECTION", "demo"),
+        ("STORE", "local"),
+        ("SYNC_BACKFILL_DAYS", "7"),
+        ("SYNC_SETTLE_SECONDS", "2"),
+        ("SYNC_OVERLAP_SECONDS", "30"),
+    ] {
+        raw.set(name, value);
+    }
+    raw.set_default("SYNC_SCHEDULE", "*/10 * * * * *");
+    println!("demo: a TrueContext simulator at {base_url} with 300 submissions and a new one every few seconds;");
+    println!("demo: synced as connection \"demo\" every 10 s. Try `tcbridge submissions list` and /api/status.");
+    let served = serve_standalone(&raw, port, address).await;
+    tokio::task::spawn_blocking(move || drop(sim)).await.ok();
+    served
+}
+
+#[cfg(not(feature = "demo"))]
+async fn serve_demo(_: RawSettings, _: Option<u16>, _: Option<IpAddr>) -> anyhow::Result<ExitCode> {
+    bail!("this build has no demo: it was built without the `demo` feature (the deploy package leaves it out)")
 }
 
 async fn shutdown_signal() {

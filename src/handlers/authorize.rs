@@ -38,8 +38,7 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
             &[],
         );
     }
-    let missing: Vec<String> =
-        app.settings.missing().into_iter().filter(|p| p.setting.starts_with("OAUTH_")).map(|p| p.to_string()).collect();
+    let missing: Vec<String> = app.settings.missing_oauth().into_iter().map(|p| p.to_string()).collect();
     if !missing.is_empty() {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -47,6 +47,10 @@ pub struct TrueContextStatus {
     pub cursor: Option<DateTime<Utc>>,
     /// A window is being walked (a run stopped mid-way resumes it).
     pub walk_in_progress: bool,
+    /// The last run: when, whether it completed, why it stopped, what it landed.
+    pub last_sync: Option<crate::sync::LastSync>,
+    /// Documents landed (new or changed) by every run so far.
+    pub landed_total: u64,
 }
 
 /// A connection as status shows it: never a token or a secret name.
@@ -154,19 +158,34 @@ impl StatusReport {
         let tokens = &app.settings.tokens;
         let mut connections: Vec<ConnectionStatus> = app_only_connection(app, now).await?.into_iter().collect();
         let consented = connections::list(&app.stores).await?;
-        let known = connections::known_ids_of(&consented, &app.settings);
+        let last_syncs = crate::sync::last_syncs(&app.stores).await?;
+        let mut known = connections::known_ids_of(&consented, &app.settings);
+        known.extend(last_syncs.iter().map(|l| l.connection.clone()));
+        known.sort();
+        known.dedup();
         for record in consented {
             let mut status = ConnectionStatus::from_record(record, "delegated", tokens, now);
             status.alerts = alert_names(app, &status.id).await?;
             connections.push(status);
         }
         let app_alerts = alerts::list(&app.stores, None).await?;
-        let truecontext = truecontext_status(app, known, now).await?;
+        let truecontext = truecontext_status(app, known, last_syncs, now).await?;
         let mut attention: Vec<String> =
             connections.iter().filter_map(|c| c.attention.as_ref().map(|a| format!("{}: {a}", c.id))).collect();
         attention.extend(truecontext.iter().filter_map(|t| {
             t.budget_stopped_until.map(|until| {
                 format!("{}: TrueContext's daily call count is used up; no call before {until}", t.connection)
+            })
+        }));
+        attention.extend(truecontext.iter().filter_map(|t| {
+            let last = t.last_sync.as_ref()?;
+            (last.runs_without_progress >= crate::sync::STALL_RUNS).then(|| {
+                format!(
+                    "{}: the sync has not advanced for {} runs; last stop: {}",
+                    t.connection,
+                    last.runs_without_progress,
+                    last.stopped_reason.as_deref().unwrap_or("none")
+                )
             })
         }));
         attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
@@ -195,6 +214,7 @@ impl StatusReport {
 async fn truecontext_status(
     app: &App,
     known: Vec<String>,
+    mut last_syncs: Vec<crate::sync::LastSync>,
     now: DateTime<Utc>,
 ) -> Result<Vec<TrueContextStatus>, StoreError> {
     let mut out = Vec::new();
@@ -206,7 +226,10 @@ async fn truecontext_status(
             other => StoreError::Backend(other.to_string()),
         })?;
         let cursor = crate::sync::cursor(&app.stores, &app.settings.sync, &connection).await?;
+        let last_sync = last_syncs.iter().position(|l| l.connection == connection).map(|i| last_syncs.swap_remove(i));
         out.push(TrueContextStatus {
+            landed_total: last_sync.as_ref().map_or(0, |l| l.landed_total),
+            last_sync,
             connection,
             calls_today: state.calls_today,
             budget: state.budget,
