@@ -79,6 +79,8 @@ struct World {
     /// becomes now and its document changes.
     reprocess: Vec<(usize, String)>,
     list_calls: usize,
+    /// Listed, but their documents answer 404 (retention expired between list and fetch).
+    gone_documents: std::collections::HashSet<String>,
     /// Ids are numbers counted from here, never reused (a removed record's id stays gone).
     next_id: u64,
 }
@@ -192,6 +194,11 @@ impl TrueContextSim {
 
     pub fn record(&self, id: &str) -> Option<SimRecord> {
         self.world().records.get(id).cloned()
+    }
+
+    /// `id` stays listed but its document answers 404 `ObjectNotFound`.
+    pub fn expire_document(&self, id: &str) {
+        self.world().gone_documents.insert(id.to_owned());
     }
 
     pub fn remove(&self, id: &str) {
@@ -494,8 +501,10 @@ async fn metadata(State(shared): State<Arc<Shared>>, Path(id): Path<String>, hea
 async fn document_route(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     request(shared, format!("data/{id}/document.json"), BTreeMap::new(), headers, move |world| {
         match world.records.get(&id) {
-            None => error(404, "ObjectNotFound", "no such data record"),
-            Some(r) => ([("content-type", "application/json")], r.document.clone()).into_response(),
+            Some(r) if !world.gone_documents.contains(&id) => {
+                ([("content-type", "application/json")], r.document.clone()).into_response()
+            }
+            _ => error(404, "ObjectNotFound", "no such data record"),
         }
     })
     .await

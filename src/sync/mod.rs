@@ -24,7 +24,7 @@ mod runs;
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::delta;
@@ -44,6 +44,13 @@ pub struct Cursor {
     pub processed_until: Option<DateTime<Utc>>,
     /// A window in progress: resumed at `next_page`.
     pub walk: Option<Walk>,
+}
+
+impl Cursor {
+    /// Where the sync stands: moves when a window completes or a page of one is done.
+    pub fn position(&self) -> (Option<DateTime<Utc>>, u32) {
+        (self.processed_until, self.walk.as_ref().map_or(0, |w| w.next_page))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,7 +180,9 @@ async fn walk(
     let mut walk = match stored.value.walk.clone() {
         Some(walk) => walk,
         None => {
-            let end = now - delta(parts.settings.settle);
+            // Whole seconds: the bound TrueContext filters on is exactly the cursor stored. A
+            // cursor finer than the `etime` sent would pass over records between the two.
+            let end = (now - delta(parts.settings.settle)).trunc_subsecs(0);
             let start = match previous_end {
                 Some(cursor) => cursor - delta(parts.settings.overlap),
                 None => now - delta(parts.settings.backfill),
@@ -181,7 +190,13 @@ async fn walk(
             if end <= start {
                 return Ok(());
             }
-            Walk { start, end, next_page: 0, total: None, restarts: 0 }
+            let walk = Walk { start, end, next_page: 0, total: None, restarts: 0 };
+            // Stored before the first call, so a run stopped anywhere in the window (budget,
+            // crash) resumes this window, and what it landed is recognised and not fetched again.
+            let next = Cursor { walk: Some(walk.clone()), ..stored.value.clone() };
+            stored.etag = table.update(connection, &row, &next, IfMatch::ETag(stored.etag.clone())).await?;
+            stored.value = next;
+            walk
         }
     };
     summary.windows += 1;

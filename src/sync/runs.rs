@@ -2,8 +2,8 @@
 //! connection's own lease (so a first sync after consent and a timer tick never walk the same
 //! cursor at once), recorded for `status`, and watched for a cursor that stops advancing.
 //!
-//! A run *progressed* when it completed, or when the stored cursor moved (a long walk stopped
-//! by the budget still moved its page). [`STALL_RUNS`] runs in a row without progress raise one
+//! A run *progressed* when it completed, or when the cursor's position moved (a long walk
+//! stopped by the budget still finished pages). [`STALL_RUNS`] runs in a row without progress raise one
 //! `sync_stalled` alert; the next run that progresses clears it, so a later stall alerts again.
 
 use std::time::Duration;
@@ -66,7 +66,8 @@ pub async fn run_connection(
     let before = cursor(parts.stores, parts.settings, connection).await?;
     let summary = sync_connection(parts, connection, now).await;
     let after = cursor(parts.stores, parts.settings, connection).await?;
-    let progressed = summary.completed || before != after;
+    let position = |c: &Option<super::Cursor>| c.as_ref().map_or((None, 0), super::Cursor::position);
+    let progressed = summary.completed || position(&before) != position(&after);
     let recorded = record(parts, &summary, progressed).await;
     if let Some(held) = keeper.finish().await {
         lease::release(tables.as_ref(), held).await?;

@@ -1,17 +1,23 @@
 //! The sync walk (src/sync/) against the TrueContext simulator, checked against its ground truth:
 //! many pages land every submission once at the minimum number of calls; a run with nothing new
 //! makes one list call; records re-processed while a window is listed are neither skipped nor
-//! lost (the window restarts, the edit lands on the next run); an edit between runs lands.
+//! lost (the window restarts, the edit lands on the next run); an edit between runs lands; a
+//! document that 404s is counted and passed; malformed JSON stops the run naming the call with
+//! the cursor where it was; our own daily budget stops a run mid-walk and the next UTC day
+//! resumes it; a cursor that does not move for three runs raises one alert.
+
+use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
+use truecontext_bridge::clock::{Clock, OffsetClock};
 use truecontext_bridge::config::{RawSettings, Settings};
 use truecontext_bridge::landing::{self, Landing};
 use truecontext_bridge::secret::SecretString;
 use truecontext_bridge::store::{local, Stores};
-use truecontext_bridge::sync::{sync_connection, SyncParts, SyncSummary};
+use truecontext_bridge::sync::{run_connection, sync_connection, RunOutcome, SyncParts, SyncSummary};
 use truecontext_bridge::truecontext::{Credentials, TrueContextClient};
 
-use crate::harness::truecontext::{TrueContextSim, KEY_ID, KEY_SECRET};
+use crate::harness::truecontext::{Fault, TrueContextSim, KEY_ID, KEY_SECRET};
 
 const CONNECTION: &str = "default";
 
@@ -19,36 +25,75 @@ struct Bench {
     sim: TrueContextSim,
     settings: Settings,
     stores: Stores,
+    /// The client's clock (its budget days) and the runs' `now`.
+    clock: Arc<OffsetClock>,
+    client: TrueContextClient,
+    secret: SecretString,
     _dir: tempfile::TempDir,
+}
+
+/// Windows end on whole seconds (src/sync), so what a test just added is seen once the clock has
+/// passed the next one: the run starts there, as a real one starts after what it should see.
+async fn next_second() {
+    let now = Utc::now();
+    let wait = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos()) + 1_000_000;
+    tokio::time::sleep(std::time::Duration::from_nanos(wait)).await;
 }
 
 impl Bench {
     fn new() -> Bench {
+        Self::with(&[])
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Bench {
         let sim = TrueContextSim::start();
         let base = sim.base_url();
-        let pairs =
-            [("TRUECONTEXT_BASE_URL", base.as_str()), ("TRUECONTEXT_AUTH", "basic"), ("SYNC_SETTLE_SECONDS", "0")];
+        let mut pairs =
+            vec![("TRUECONTEXT_BASE_URL", base.as_str()), ("TRUECONTEXT_AUTH", "basic"), ("SYNC_SETTLE_SECONDS", "0")];
+        pairs.extend_from_slice(extra);
         let settings = Settings::load(&RawSettings::from_pairs(pairs)).unwrap_or_else(|p| panic!("{p:?}"));
         let dir = tempfile::tempdir().unwrap();
         let stores = local::open(dir.path(), None).unwrap();
-        Bench { sim, settings, stores, _dir: dir }
+        let clock = Arc::new(OffsetClock::default());
+        let client = TrueContextClient::with_clock(&settings.truecontext, stores.clone(), clock.clone());
+        Bench { sim, settings, stores, clock, client, secret: SecretString::new(KEY_SECRET), _dir: dir }
     }
 
+    /// One plain walk ([`sync_connection`]).
     async fn run(&self) -> SyncSummary {
-        let client = TrueContextClient::new(&self.settings.truecontext, self.stores.clone());
-        let secret = SecretString::new(KEY_SECRET);
-        let credentials = Credentials::Basic { key_id: KEY_ID, secret: &secret };
-        let landing = Landing::new(&self.stores, &self.settings.landing.container, &self.settings.landing.landed_queue);
-        let parts = SyncParts {
-            client: &client,
-            credentials: &credentials,
+        next_second().await;
+        let (landing, credentials) = (self.landing(), self.credentials());
+        sync_connection(&self.parts(&landing, &credentials), CONNECTION, self.clock.utc()).await
+    }
+
+    /// One recorded run under the connection's lease, as the timer makes it ([`run_connection`]).
+    async fn run_recorded(&self) -> SyncSummary {
+        next_second().await;
+        let (landing, credentials) = (self.landing(), self.credentials());
+        match run_connection(&self.parts(&landing, &credentials), CONNECTION, self.clock.utc()).await.unwrap() {
+            RunOutcome::Ran(summary) => summary,
+            RunOutcome::Busy => panic!("nobody else holds the lease"),
+        }
+    }
+
+    fn landing(&self) -> Landing<'_> {
+        Landing::new(&self.stores, &self.settings.landing.container, &self.settings.landing.landed_queue)
+    }
+
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials::Basic { key_id: KEY_ID, secret: &self.secret }
+    }
+
+    fn parts<'a>(&'a self, landing: &'a Landing<'a>, credentials: &'a Credentials<'a>) -> SyncParts<'a> {
+        SyncParts {
+            client: &self.client,
+            credentials,
             stores: &self.stores,
-            landing: &landing,
+            landing,
             settings: &self.settings.sync,
             alert_webhook: None,
             progress: None,
-        };
-        sync_connection(&parts, CONNECTION, Utc::now()).await
+        }
     }
 
     fn calls(&self, path_prefix: &str) -> usize {
@@ -140,6 +185,93 @@ async fn an_edit_after_a_run_and_a_new_submission_land_on_the_next_run() {
 }
 
 /// `tcbridge sync --once --json` as an operator runs it, then `submissions list`.
+#[tokio::test]
+async fn a_document_that_404s_is_counted_gone_and_the_walk_goes_on() {
+    let bench = Bench::new();
+    let ids = bench.sim.add_records(5, "form-1", Utc::now() - TimeDelta::hours(1));
+    bench.sim.expire_document(&ids[1]);
+    let summary = bench.run().await;
+    assert!(summary.completed, "{summary:?}");
+    assert_eq!((summary.documents_landed, summary.documents_gone), (4, 1), "{summary:?}");
+    assert!(summary.cursor.is_some(), "the cursor moved past it");
+    let landed: Vec<String> = bench.landed().await.into_iter().map(|l| l.id).collect();
+    assert!(!landed.contains(&ids[1]) && landed.len() == 4, "{landed:?}");
+}
+
+#[tokio::test]
+async fn malformed_json_stops_the_run_naming_the_call_and_leaves_the_cursor() {
+    let bench = Bench::new();
+    bench.sim.add_records(50, "form-1", Utc::now() - TimeDelta::hours(2));
+    assert!(bench.run().await.completed);
+    let cursor = || async {
+        let found = truecontext_bridge::sync::cursor(&bench.stores, &bench.settings.sync, CONNECTION).await.unwrap();
+        found.unwrap().processed_until
+    };
+    let before = cursor().await;
+    // Processed after the first run, as new submissions are.
+    bench.sim.add_spaced(150, "form-2", Utc::now(), TimeDelta::milliseconds(20));
+    bench.sim.fault(Fault::Malformed);
+    let stopped = bench.run().await;
+    assert!(!stopped.completed);
+    let reason = stopped.stopped_reason.clone().unwrap();
+    assert!(reason.starts_with("malformed") && reason.contains("data.json page 0"), "{reason}");
+    assert_eq!(cursor().await, before, "the cursor is where it was");
+    let resumed = bench.run().await;
+    assert!(resumed.completed, "{resumed:?}");
+    assert_eq!(resumed.documents_landed, 150);
+    assert_eq!(bench.landed().await.len(), 200, "each once");
+}
+
+#[tokio::test]
+async fn our_own_budget_stops_a_run_mid_walk_and_the_next_utc_day_resumes_it() {
+    let bench = Bench::with(&[("TRUECONTEXT_DAILY_CALL_BUDGET", "70")]);
+    let ids = bench.sim.add_records(120, "form-1", Utc::now() - TimeDelta::hours(3));
+    let first = bench.run().await;
+    assert!(!first.completed);
+    assert_eq!(first.stopped_class.as_deref(), Some("budget"), "{first:?}");
+    assert_eq!(bench.sim.calls().len(), 70, "not one call past the budget");
+    assert_eq!(first.budget_left, 0);
+    let again = bench.run().await;
+    assert_eq!(again.stopped_class.as_deref(), Some("budget"));
+    assert_eq!(bench.sim.calls().len(), 70, "still none the same day");
+
+    bench.clock.advance(std::time::Duration::from_secs(24 * 3600));
+    let resumed = bench.run().await;
+    assert!(resumed.completed, "{resumed:?}");
+    let landed = bench.landed().await;
+    assert_eq!(landed.len(), 120);
+    assert!(landed.iter().all(|l| l.row.version == 1), "nothing landed twice");
+    assert_eq!(bench.calls("data/"), ids.len(), "no document fetched twice");
+    assert_eq!(bench.calls("data.json"), 3, "page 0 again (the resumed page), then page 1");
+}
+
+#[tokio::test]
+async fn a_cursor_that_does_not_move_for_three_runs_raises_one_alert_until_it_moves() {
+    let bench = Bench::new();
+    bench.sim.add_records(3, "form-1", Utc::now() - TimeDelta::hours(1));
+    let alerts = || async {
+        truecontext_bridge::alerts::list(&bench.stores, Some(CONNECTION))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.alert == "sync_stalled")
+            .count()
+    };
+    for run in 1..=4 {
+        bench.sim.fault(Fault::Malformed);
+        let summary = bench.run_recorded().await;
+        assert!(!summary.completed);
+        assert_eq!(alerts().await, usize::from(run >= 3), "after run {run}");
+    }
+    let last = truecontext_bridge::sync::last_syncs(&bench.stores).await.unwrap();
+    assert_eq!((last[0].runs_without_progress, last[0].runs), (4, 4), "{last:?}");
+    let healthy = bench.run_recorded().await;
+    assert!(healthy.completed, "{healthy:?}");
+    assert_eq!(alerts().await, 0, "cleared once the cursor moves");
+    let last = truecontext_bridge::sync::last_syncs(&bench.stores).await.unwrap();
+    assert_eq!((last[0].runs_without_progress, last[0].landed_total), (0, 3));
+}
+
 #[test]
 fn the_binary_syncs_once_and_says_why_it_stopped() {
     let sim = TrueContextSim::start();
