@@ -153,12 +153,12 @@ impl TrueContextSim {
                 std::thread::sleep(Duration::from_millis(200));
                 tick += 1;
                 let ticks_per_arrival = (every.as_millis() / 200).max(1) as usize;
-                if tick % ticks_per_arrival != 0 {
+                if !tick.is_multiple_of(ticks_per_arrival) {
                     continue;
                 }
                 let mut world = shared.world.lock().unwrap();
                 let arrivals = tick / ticks_per_arrival;
-                if arrivals % 4 == 0 {
+                if arrivals.is_multiple_of(4) {
                     let ids: Vec<String> = world.records.keys().cloned().collect();
                     if let Some(id) = ids.get(arrivals * 7919 % ids.len().max(1)) {
                         edit(&mut world, id);
