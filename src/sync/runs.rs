@@ -21,7 +21,7 @@ const PARTITION: &str = "connection-sync";
 const STALL_ALERT: &str = "sync_stalled";
 /// Renewed while the run works (a long backfill outlives it); a crashed run's lease frees
 /// itself after this.
-const LEASE_TTL: Duration = Duration::from_secs(120);
+const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// The last run of one connection's sync (`runs` table), as status shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -28,10 +28,13 @@ use crate::secret::SecretString;
 use crate::store::Stores;
 use crate::tokens::Tokens;
 
-/// Tries of one call (the first and the retries) on transient answers.
-const MAX_ATTEMPTS: u32 = 4;
-/// The first wait after a transient answer without `Retry-After`; doubles per try.
+/// Tries of one call (the first and the retries) on transient answers: enough to ride out a
+/// burst of 429s that each ask for a second or two.
+const MAX_ATTEMPTS: u32 = 8;
+/// The first wait after a transient answer without `Retry-After`; doubles per try, up to
+/// [`MAX_BACKOFF`] (so a dead endpoint fails a call in under a minute).
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// A `Retry-After` longer than this is not waited out inside a call: the call fails, saying when.
 const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(60);
 /// The list page size: TrueContext's maximum.
@@ -261,7 +264,7 @@ impl TrueContextClient {
                 }
                 Sent::Lost(reason) => Transient { reason, retry_after: None },
             };
-            let wait = failure.retry_after.unwrap_or(FIRST_BACKOFF * 2u32.pow(attempt - 1));
+            let wait = failure.retry_after.unwrap_or((FIRST_BACKOFF * 2u32.pow(attempt - 1)).min(MAX_BACKOFF));
             if attempt >= MAX_ATTEMPTS || wait > MAX_IN_CALL_WAIT {
                 return Err(TrueContextError::Unavailable {
                     call: call.into(),

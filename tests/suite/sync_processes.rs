@@ -1,0 +1,185 @@
+//! The sync as separate `tcbridge` processes run it, against the TrueContext simulator's ground
+//! truth: `kill -9` of `sync --once` mid-run and a rerun (every submission landed once, one
+//! landed event each, at most a page's worth of repeated calls); a 429 storm met by two
+//! processes syncing two connections with one API key (both complete, never more than 3 calls
+//! in flight at TrueContext); `serve --standalone --demo` landing submissions within a minute.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use serde_json::Value;
+use truecontext_bridge::store::{local, Stores};
+
+use crate::harness::truecontext::{Fault, TrueContextSim, KEY_ID, KEY_SECRET};
+use crate::harness::{self, Server};
+
+fn basic_settings(sim: &TrueContextSim) -> Vec<(&'static str, String)> {
+    vec![
+        ("TRUECONTEXT_BASE_URL", sim.base_url()),
+        ("TRUECONTEXT_AUTH", "basic".into()),
+        ("TRUECONTEXT_API_KEY_ID", KEY_ID.into()),
+        ("TRUECONTEXT_API_KEY_SECRET", KEY_SECRET.into()),
+        ("SYNC_SETTLE_SECONDS", "0".into()),
+        // A killed process's call slots free themselves after twice this.
+        ("TRUECONTEXT_TIMEOUT_SECONDS", "5".into()),
+    ]
+}
+
+fn tcbridge(dir: &Path, settings: &[(&'static str, String)], args: &[&str]) -> Command {
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut command = harness::command(dir, &pairs);
+    command.args(args);
+    command
+}
+
+/// Runs `sync --once` until it is not refused for a held lease (a killed run's lease expires).
+fn sync_until_it_runs(dir: &Path, settings: &[(&'static str, String)]) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let output = tcbridge(dir, settings, &["sync", "--once", "--json"]).output().unwrap();
+        if output.status.code() != Some(6) {
+            return output;
+        }
+        assert!(Instant::now() < deadline, "the lease was never freed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every landed event on the embedded store's queue, by submission id.
+async fn landed_events(stores: &Stores) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    loop {
+        let batch = stores.queues.dequeue("landed-submissions", 32, Duration::from_secs(600)).await.unwrap();
+        if batch.is_empty() {
+            return counts;
+        }
+        for message in batch {
+            let event: Value = serde_json::from_str(&message.body).unwrap();
+            *counts.entry(event["id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_mid_run_resumes_without_gap_or_duplicate() {
+    let sim = TrueContextSim::start();
+    sim.latency(Duration::from_millis(5));
+    let ids = sim.add_records(450, "form-1", Utc::now() - TimeDelta::hours(10));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = basic_settings(&sim);
+    let mut child: Child = tcbridge(dir.path(), &settings, &["sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let documents = |sim: &TrueContextSim| sim.calls().iter().filter(|c| c.path.starts_with("data/")).count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while documents(&sim) < 170 {
+        assert!(child.try_wait().unwrap().is_none(), "the sync finished before it could be killed");
+        assert!(Instant::now() < deadline, "the sync never got going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no clean-up of any kind
+    child.wait().unwrap();
+    let before_rerun = sim.calls().len();
+
+    let output = sync_until_it_runs(dir.path(), &settings);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["completed"], true, "{summary}");
+
+    let stores = local::open(&dir.path().join("store"), None).unwrap();
+    let landed = truecontext_bridge::landing::list(&stores, "default").await.unwrap();
+    let mut landed_ids: Vec<String> = landed.iter().map(|l| l.id.clone()).collect();
+    landed_ids.sort();
+    assert_eq!(landed_ids, ids, "no gap");
+    assert!(landed.iter().all(|l| l.row.version == 1), "nothing landed twice");
+    for id in [&ids[0], &ids[200], &ids[449]] {
+        let raw = stores.blobs.get("submissions", &format!("raw/default/{id}.json")).await.unwrap().unwrap();
+        assert_eq!(raw.content, sim.record(id).unwrap().document);
+    }
+    let events = landed_events(&stores).await;
+    assert_eq!(events.len(), 450, "an event for every submission");
+    assert!(events.values().all(|n| *n == 1), "one event each: {events:?}");
+
+    // The minimum is ⌈450/100⌉ list pages and 450 documents; the kill may repeat at most one
+    // page's worth.
+    let calls = sim.calls();
+    let total = calls.len();
+    let documents = calls.iter().filter(|c| c.path.starts_with("data/")).count();
+    assert!(total - (5 + 450) <= 100, "{total} calls in all ({before_rerun} before the rerun)");
+    assert!(documents - 450 <= 100, "{documents} document calls");
+    eprintln!("kill -9 mid-run: {total} calls in all for a minimum of 455 ({documents} documents)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_met_by_two_processes_completes_with_at_most_three_calls_in_flight() {
+    let sim = TrueContextSim::start();
+    sim.latency(Duration::from_millis(20));
+    sim.add_records(150, "form-1", Utc::now() - TimeDelta::hours(5));
+    for _ in 0..12 {
+        sim.fault(Fault::Status { status: 429, code: "TooManyRequests", retry_after: Some(1) });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Two connections synced with one API key: TrueContext counts their calls together.
+    let spawn = |connection: &str| {
+        let mut settings = basic_settings(&sim);
+        settings.push(("TRUECONTEXT_CONNECTION", connection.to_owned()));
+        tcbridge(dir.path(), &settings, &["sync", "--once", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("east"), spawn("west"));
+    for (name, child) in [("east", a), ("west", b)] {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!((summary["completed"].as_bool(), summary["documents_landed"].as_u64()), (Some(true), Some(150)));
+    }
+    assert!(sim.max_in_flight() <= 3, "{} calls were in flight at once", sim.max_in_flight());
+    let statuses = sim.statuses();
+    assert_eq!(statuses.get(&429), Some(&12), "only the injected 429s: {statuses:?}");
+    let stores = local::open(&dir.path().join("store"), None).unwrap();
+    for connection in ["east", "west"] {
+        assert_eq!(truecontext_bridge::landing::list(&stores, connection).await.unwrap().len(), 150);
+    }
+}
+
+#[tokio::test]
+async fn the_demo_lands_submissions_within_a_minute() {
+    let port = harness::free_port();
+    let mut server = Server::start(
+        &["serve", "--standalone", "--demo", "--port", &port.to_string()],
+        port,
+        &[("FUNCTION_KEY", harness::TEST_FUNCTION_KEY)],
+    );
+    let dir = server.store_dir().parent().unwrap().to_path_buf();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let landed = loop {
+        let output = harness::command(&dir, &[]).args(["submissions", "list", "--json"]).output().unwrap();
+        let lines = String::from_utf8_lossy(&output.stdout).lines().count();
+        if lines >= 300 {
+            break lines;
+        }
+        assert!(server.alive() && Instant::now() < deadline, "{lines} landed so far:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let status: Value = harness::client()
+        .get(server.url("/api/status"))
+        .header("x-functions-key", harness::TEST_FUNCTION_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let demo = status["truecontext"].as_array().unwrap().iter().find(|t| t["connection"] == "demo").unwrap();
+    assert!(demo["landed_total"].as_u64().unwrap() >= landed as u64, "{demo}");
+    assert_eq!(demo["last_sync"]["completed"], true, "{demo}");
+    assert!(!server.log().contains(KEY_SECRET), "the API key secret never reaches the log");
+}
