@@ -86,3 +86,50 @@ fn check_explains_an_azure_store_without_a_vault() {
     assert!(!output.status.success());
     assert!(text.contains("KEYVAULT_URI"), "{text}");
 }
+
+/// The scheduled sync through the host's timer envelope, landing on Azurite: raw documents and
+/// records in Blob storage, the index in Table storage, one landed event each in Queue storage;
+/// the next tick lists once and lands nothing.
+#[tokio::test]
+async fn the_sync_timer_lands_submissions_in_blob_table_and_queue_storage() {
+    use crate::harness::truecontext::{TrueContextSim, KEY_ID, KEY_SECRET};
+    let azurite = Azurite::start();
+    let sim = TrueContextSim::start();
+    let ids = sim.add_records(120, "form-1", chrono::Utc::now() - chrono::TimeDelta::hours(2));
+    let mut owned = azure_settings(&azurite);
+    owned.extend([
+        ("TRUECONTEXT_BASE_URL", sim.base_url()),
+        ("TRUECONTEXT_AUTH", "basic".to_owned()),
+        ("TRUECONTEXT_API_KEY_ID", KEY_ID.to_owned()),
+        ("TRUECONTEXT_API_KEY_SECRET", KEY_SECRET.to_owned()),
+    ]);
+    let server = Server::host(&pairs(&owned));
+    let timer = host::timer_envelope(Value::Null, false);
+    let reply = host::invoke(&server, "sync", &timer).await;
+    assert_eq!(reply.status, 200, "{}", server.log());
+
+    let account = StorageAccount::from_connection_string(&azurite.connection_string()).unwrap();
+    let queues = AzureQueues::new(&account, None).unwrap();
+    assert_eq!(queues.len("landed-submissions").await.unwrap(), 120, "one landed event each");
+    let dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| harness::command(dir.path(), &pairs(&owned)).args(args).output().unwrap();
+    let listed = cli(&["submissions", "list", "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let mut landed: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    landed.sort();
+    assert_eq!(landed, ids, "every submission in the Table index");
+    let raw = cli(&["submissions", "show", &ids[57], "--raw"]);
+    assert_eq!(raw.stdout, sim.record(&ids[57]).unwrap().document, "the raw blob, byte for byte");
+    let record: Value = serde_json::from_slice(&cli(&["submissions", "show", &ids[57]]).stdout).unwrap();
+    assert_eq!(record["identifier"], ids[57].as_str());
+
+    // The next tick: one list call, nothing landed again.
+    let calls = sim.calls().len();
+    let reply = host::invoke(&server, "sync", &timer).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sim.calls().len() - calls, 1, "one list call");
+    assert_eq!(queues.len("landed-submissions").await.unwrap(), 120, "no second event");
+}

@@ -24,6 +24,7 @@ mod oidc_peer;
 mod queue_worker;
 mod standalone;
 mod store_conformance;
+mod sync_connected;
 mod sync_processes;
 mod sync_walk;
 mod token_lifecycle;
