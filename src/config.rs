@@ -650,7 +650,9 @@ fn parse_truecontext(p: &mut Parser<'_>) -> TrueContextSettings {
         api_key_secret: p.secret("TRUECONTEXT_API_KEY_SECRET"),
         connection: parse_connection_id(p, "TRUECONTEXT_CONNECTION"),
         concurrency: p.number("TRUECONTEXT_CONCURRENCY", 3, 1, 3),
-        daily_call_budget: p.number("TRUECONTEXT_DAILY_CALL_BUDGET", 2000u64, 1, 2500),
+        // TrueContext allows about 2,500 a day per team; a plan with more may set more (a 402 stops
+        // the sync whatever this says).
+        daily_call_budget: p.number("TRUECONTEXT_DAILY_CALL_BUDGET", 2000u64, 1, 1_000_000),
         timeout: Duration::from_secs(p.number("TRUECONTEXT_TIMEOUT_SECONDS", 30, 1, 300)),
         max_response_bytes: p.number("TRUECONTEXT_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, 64 * 1024, 512 * 1024 * 1024),
     }

@@ -26,14 +26,17 @@
 //!   budget and the 402 stop, the cluster-wide call cap.
 //! - [`landing`]: the one path by which any submission becomes stored data (raw document,
 //!   normalised record, media, index row, landed event), idempotent and monotonic.
-//! - [`sync`]: the incremental, skip-proof walk of one connection's submissions (not yet run by
-//!   the timer). Coming at the same level: `webhook` (what a push does).
+//! - [`sync`]: the incremental, skip-proof walk of one connection's submissions, and its runs
+//!   (the connection's lease, the last-run record, the stall alert). Coming at the same level:
+//!   `webhook` (what a push does).
 //!
 //! **Storage, configuration and telemetry**:
 //! - [`store`]: the four storage traits with an embedded ([`store::local`]) and an Azure
 //!   ([`store::azure`]) backend, and leases ([`store::lease`]).
 //! - [`telemetry`]: logging, the secret scrubber, per-invocation log capture.
 //! - [`config`]: every setting, typed and validated.
+//! - `simulator` (cargo feature `demo`): a TrueContext simulator for the demo and the tests; it
+//!   uses nothing of ours but the TLS provider.
 //!
 //! **Leaves**: [`functions`] (the function table), [`schedule`] (NCRONTAB), [`secret`]
 //! (`SecretString`), [`clock`] (injectable time), [`naming`] (Azure's naming rules), [`tls`] (the

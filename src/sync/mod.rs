@@ -128,6 +128,7 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
     let mut summary = SyncSummary { connection: connection.to_owned(), ..SyncSummary::default() };
     let before = parts.client.budget(connection).state(now).await.map(|s| s.calls_today).unwrap_or(0);
     let result = walk(parts, connection, now, &mut summary).await;
+    parts.client.release_slots().await;
     let budget = parts.client.budget(connection).state(now).await.ok();
     summary.api_calls = budget.as_ref().map_or(0, |b| b.calls_today.saturating_sub(before));
     summary.budget_left = budget.map_or(0, |b| b.budget_left);
@@ -234,7 +235,10 @@ async fn walk(
                 wanted.push(header.summary.identifier.as_str());
             }
         }
-        land_documents(parts, connection, walk.end, &wanted, summary).await?;
+        let landed = land_documents(parts, connection, walk.end, &wanted, summary).await;
+        // Other instances get a turn at TrueContext between pages.
+        parts.client.release_slots().await;
+        landed?;
         if let Some(progress) = parts.progress {
             progress(summary);
         }
@@ -290,9 +294,10 @@ enum Fetched {
     Gone,
 }
 
-/// Fetches and lands the page's wanted documents, as many at a time as the cluster-wide call
-/// cap allows (more would only wait for a slot). Every fetch runs to its end before the first
-/// failure is returned, so nothing is abandoned half-landed and the tally is exact.
+/// Fetches and lands the page's wanted documents, twice as many at a time as the call cap: the
+/// client lets only the cap's worth call TrueContext at once, and the others land what they
+/// fetched meanwhile, so no call slot waits on a store write. Every fetch runs to its end before
+/// the first failure is returned, so nothing is abandoned half-landed and the tally is exact.
 async fn land_documents(
     parts: &SyncParts<'_>,
     connection: &str,
@@ -305,7 +310,7 @@ async fn land_documents(
     // over borrowed ids trips rustc's higher-ranked `Send` inference (rust-lang/rust#102211).
     let fetches: Vec<_> = wanted.iter().map(|id| fetch_and_land(parts, connection, order, id)).collect();
     let results: Vec<Result<Fetched, SyncError>> =
-        futures::stream::iter(fetches).buffer_unordered(parts.client.concurrency()).collect().await;
+        futures::stream::iter(fetches).buffer_unordered(parts.client.concurrency() * 2).collect().await;
     let mut first_error = None;
     for result in results {
         match result {

@@ -118,6 +118,12 @@ pub struct TrueContextClient {
     stores: Stores,
     holder: String,
     clock: Arc<dyn Clock>,
+    /// This process's share of the call cap, taken before a cluster slot: local callers are
+    /// handed a freed call at once instead of polling the slot leases, and never hold more
+    /// leases than the cap.
+    local_slots: Arc<tokio::sync::Semaphore>,
+    /// Cluster slots kept between calls (see `slots`).
+    kept_slots: Arc<slots::Pool>,
 }
 
 impl TrueContextClient {
@@ -135,12 +141,21 @@ impl TrueContextClient {
             .build()
             .expect("a static client configuration builds");
         let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
-        Self { http, settings: Arc::new(settings.clone()), stores, holder, clock }
+        let local_slots = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1) as usize));
+        let kept_slots = Arc::default();
+        Self { http, settings: Arc::new(settings.clone()), stores, holder, clock, local_slots, kept_slots }
     }
 
     /// The cluster-wide cap on simultaneous calls (`TRUECONTEXT_CONCURRENCY`).
     pub fn concurrency(&self) -> usize {
         self.settings.concurrency.max(1) as usize
+    }
+
+    /// Gives the call slots this client kept back to the cluster, so other instances get their
+    /// turn (the sync does after every page; a slot not given back frees itself after twice
+    /// the call timeout).
+    pub async fn release_slots(&self) {
+        self.kept_slots.release_all(self.stores.tables.as_ref()).await;
     }
 
     /// The connection's budget, as status shows it.
@@ -316,7 +331,9 @@ impl TrueContextClient {
     ) -> Result<Sent, TrueContextError> {
         let timeout = self.settings.timeout;
         let tables = self.stores.tables.as_ref();
-        let slot = slots::acquire(tables, scope, self.settings.concurrency, &self.holder, timeout * 2).await?;
+        let _local = self.local_slots.acquire().await.expect("the semaphore is never closed");
+        let (cap, holder) = (self.settings.concurrency, &self.holder);
+        let slot = self.kept_slots.take(tables, scope, cap, holder, timeout * 2, timeout).await?;
         let request = self
             .http
             .get(url)
@@ -330,7 +347,7 @@ impl TrueContextClient {
             Err(e) if e.is_timeout() => Sent::Lost(format!("no answer within {}s", timeout.as_secs())),
             Err(e) => Sent::Lost(format!("the request failed: {}", e.without_url())),
         };
-        slots::release(tables, slot).await;
+        self.kept_slots.put_back(slot);
         Ok(sent)
     }
 
