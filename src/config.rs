@@ -457,6 +457,7 @@ impl Settings {
                 backfill: Duration::from_secs(86_400 * p.number("SYNC_BACKFILL_DAYS", 30u64, 1, 365)),
                 overlap: Duration::from_secs(p.number("SYNC_OVERLAP_SECONDS", 600, 0, 86_400)),
                 settle: Duration::from_secs(p.number("SYNC_SETTLE_SECONDS", 120, 0, 86_400)),
+                max_run: Duration::from_secs(p.number("SYNC_MAX_RUN_SECONDS", 480, 10, 86_400)),
                 form_ids: p.list("SYNC_FORM_IDS", &[',', ' ']),
                 formspace_ids: p.list("SYNC_FORMSPACE_IDS", &[',', ' ']),
             },
@@ -817,6 +818,9 @@ pub struct SyncSettings {
     pub overlap: Duration,
     /// `SYNC_SETTLE_SECONDS`: how far behind now a window ends (records become visible late).
     pub settle: Duration,
+    /// `SYNC_MAX_RUN_SECONDS`: a run stops cleanly (checkpointed) after this, well inside the
+    /// host's `functionTimeout` (10 minutes in host.json), and the next run resumes it.
+    pub max_run: Duration,
     /// `SYNC_FORM_IDS`, `SYNC_FORMSPACE_IDS`: what to sync (empty: everything).
     pub form_ids: Vec<String>,
     pub formspace_ids: Vec<String>,

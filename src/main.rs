@@ -301,7 +301,8 @@ async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, js
                 bar.tick();
             }
         };
-        let outcome = truecontext_bridge::handlers::pull(&app, &connection, Some(&show)).await;
+        let deadline = truecontext_bridge::handlers::run_deadline(&app);
+        let outcome = truecontext_bridge::handlers::pull(&app, &connection, Some(&show), deadline).await;
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
@@ -327,15 +328,16 @@ async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, js
 }
 
 /// `sync --once` exit codes (README): 0 completed, 3 a budget or TrueContext's call count is
-/// spent, 4 credentials refused or no token, 5 a transient failure (retry later), 6 another
-/// run holds the lease, 1 anything else (configuration, a malformed or refused request).
+/// spent, 4 credentials refused or no token, 5 a transient failure or the run's time limit (run
+/// again later), 6 another run holds the lease, 1 anything else (configuration, a malformed or
+/// refused request).
 const SYNC_EXIT_BUSY: u8 = 6;
 
 fn sync_exit_code(class: Option<&str>) -> u8 {
     match class {
         Some("budget" | "call_count_expended") => 3,
         Some("auth" | "token") => 4,
-        Some("transient" | "store" | "landing" | "unstable") => 5,
+        Some("transient" | "store" | "landing" | "unstable" | "deadline") => 5,
         _ => 1,
     }
 }

@@ -25,7 +25,7 @@ use crate::store::Stores;
 
 pub use process::ProcessMessage;
 pub use status::StatusReport;
-pub use sync::pull;
+pub use sync::{pull, run_deadline};
 
 /// How this process was started; reported by `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

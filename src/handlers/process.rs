@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{sync::pull, App, InvocationError, QueueInput};
+use super::sync::{pull, run_deadline};
+use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
 
 /// One message on the incoming queue (`INCOMING_QUEUE_NAME`), tagged by `kind`.
@@ -56,9 +57,10 @@ pub async fn run(app: &App, input: QueueInput) -> Result<(), InvocationError> {
 /// any other stop is final for this message (status and alerts say why, and the timer tries
 /// again on its schedule).
 async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
-    match pull(app, connection, None).await? {
+    match pull(app, connection, None, run_deadline(app)).await? {
         RunOutcome::Busy => Ok(()),
         RunOutcome::Ran(summary) => match summary.stopped_class.as_deref() {
+            // A deadline stop is not a failure: the timer resumes the window.
             Some("transient" | "store" | "landing" | "unstable") => Err(InvocationError::Unavailable(format!(
                 "the sync of {connection} stopped: {}",
                 summary.stopped_reason.unwrap_or_default()

@@ -89,14 +89,21 @@ async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
         TrueContextAuth::Basic => vec![app.settings.truecontext.connection.clone()],
         TrueContextAuth::Bearer => ready,
     };
+    // One limit for the whole run: the host's functionTimeout bounds the invocation.
+    let deadline = run_deadline(app);
     for id in &pulled {
-        match pull(app, id, None).await {
+        match pull(app, id, None, deadline).await {
             Ok(RunOutcome::Ran(summary)) => log_summary(&summary),
             Ok(RunOutcome::Busy) => {}
             Err(e) => tracing::warn!(connection = %id, error = %e, "the sync could not be recorded"),
         }
     }
     Ok(ids.len().max(pulled.len()) as u32)
+}
+
+/// When a run that starts now must stop starting pages (`SYNC_MAX_RUN_SECONDS`).
+pub fn run_deadline(app: &App) -> tokio::time::Instant {
+    tokio::time::Instant::now() + app.settings.sync.max_run
 }
 
 fn log_summary(summary: &SyncSummary) {
@@ -159,6 +166,7 @@ pub async fn pull(
     app: &App,
     connection: &str,
     progress: Option<&crate::sync::Progress<'_>>,
+    deadline: tokio::time::Instant,
 ) -> Result<RunOutcome, crate::store::StoreError> {
     let settings = &app.settings;
     let client = crate::truecontext::TrueContextClient::new(&settings.truecontext, app.stores.clone());
@@ -188,6 +196,7 @@ pub async fn pull(
         settings: &settings.sync,
         alert_webhook: settings.tokens.alert_webhook_url.as_ref(),
         progress,
+        deadline,
     };
     crate::sync::run_connection(&parts, connection, Utc::now()).await
 }

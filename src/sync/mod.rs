@@ -80,7 +80,7 @@ pub struct SyncSummary {
     /// Why it stopped, as `class: detail` (None when completed).
     pub stopped_reason: Option<String>,
     /// The stop's class alone: `budget`, `call_count_expended`, `auth`, `token`, `transient`,
-    /// `malformed`, `rejected`, `store`, `landing`, `unstable`, `configuration`.
+    /// `malformed`, `rejected`, `store`, `landing`, `unstable`, `deadline`, `configuration`.
     pub stopped_class: Option<String>,
 }
 
@@ -94,6 +94,10 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error("the window kept changing while it was listed ({0} restarts); the next run tries again")]
     Unstable(u32),
+    #[error(
+        "the run reached its time limit (SYNC_MAX_RUN_SECONDS) and stopped at a checkpoint; the next run resumes it"
+    )]
+    Deadline,
 }
 
 impl SyncError {
@@ -103,6 +107,7 @@ impl SyncError {
             SyncError::Landing(_) => "landing",
             SyncError::Store(_) => "store",
             SyncError::Unstable(_) => "unstable",
+            SyncError::Deadline => "deadline",
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct SyncParts<'a> {
     pub alert_webhook: Option<&'a url::Url>,
     /// Told the running totals after every page (the CLI's progress bar).
     pub progress: Option<&'a Progress<'a>>,
+    /// No page is started after this (the caller's run limit, from `SYNC_MAX_RUN_SECONDS`).
+    pub deadline: tokio::time::Instant,
 }
 
 /// A watcher of a run's totals as they grow.
@@ -210,6 +217,9 @@ async fn walk(
     };
     let mut overlap: Option<HashMap<String, Option<String>>> = None;
     loop {
+        if tokio::time::Instant::now() >= parts.deadline {
+            return Err(SyncError::Deadline);
+        }
         let page = parts.client.list(parts.credentials, connection, &query, walk.next_page).await?;
         summary.pages += 1;
         if walk.next_page > 0 && walk.total != Some(page.total_number_of_results) {

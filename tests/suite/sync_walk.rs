@@ -66,6 +66,14 @@ impl Bench {
         sync_connection(&self.parts(&landing, &credentials), CONNECTION, self.clock.utc()).await
     }
 
+    /// One plain walk that may start no page after `limit` from now.
+    async fn run_for(&self, limit: std::time::Duration) -> SyncSummary {
+        next_second().await;
+        let (landing, credentials) = (self.landing(), self.credentials());
+        let parts = SyncParts { deadline: tokio::time::Instant::now() + limit, ..self.parts(&landing, &credentials) };
+        sync_connection(&parts, CONNECTION, self.clock.utc()).await
+    }
+
     /// One recorded run under the connection's lease, as the timer makes it ([`run_connection`]).
     async fn run_recorded(&self) -> SyncSummary {
         next_second().await;
@@ -93,6 +101,7 @@ impl Bench {
             settings: &self.settings.sync,
             alert_webhook: None,
             progress: None,
+            deadline: tokio::time::Instant::now() + self.settings.sync.max_run,
         }
     }
 
@@ -243,6 +252,20 @@ async fn our_own_budget_stops_a_run_mid_walk_and_the_next_utc_day_resumes_it() {
     assert!(landed.iter().all(|l| l.row.version == 1), "nothing landed twice");
     assert_eq!(bench.calls("data/"), ids.len(), "no document fetched twice");
     assert_eq!(bench.calls("data.json"), 3, "page 0 again (the resumed page), then page 1");
+}
+
+#[tokio::test]
+async fn a_run_that_reaches_its_time_limit_stops_at_a_page_and_the_next_resumes_there() {
+    let bench = Bench::new();
+    bench.sim.latency(std::time::Duration::from_millis(30));
+    let ids = bench.sim.add_records(250, "form-1", Utc::now() - TimeDelta::hours(5));
+    let stopped = bench.run_for(std::time::Duration::from_millis(500)).await;
+    assert_eq!(stopped.stopped_class.as_deref(), Some("deadline"), "{stopped:?}");
+    assert_eq!((stopped.pages, stopped.documents_landed), (1, 100), "one page, then the limit: {stopped:?}");
+    let resumed = bench.run().await;
+    assert!(resumed.completed, "{resumed:?}");
+    assert_eq!(resumed.documents_landed, 150, "from the next page on");
+    assert_eq!(bench.calls("data/"), ids.len(), "no document fetched twice");
 }
 
 #[tokio::test]
