@@ -29,6 +29,8 @@ fn run(submissions: usize) -> Run {
     sim.add_spaced(submissions, "1001", Utc::now() - TimeDelta::hours(1), TimeDelta::seconds(10));
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
+    // Reaped by `wait_with_rusage` (wait4, for the child's own peak RSS), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_tcbridge"))
         .args(["sync", "--once", "--json"])
         .env_clear()
@@ -47,12 +49,39 @@ fn run(submissions: usize) -> Run {
         .spawn()
         .unwrap();
     let pid = child.id() as libc::pid_t;
+    let sampler = std::thread::spawn(move || sample_rss(pid));
     let (status, peak_rss_kib) = wait_with_rusage(pid);
     let wall = started.elapsed();
+    let (sampled_peak, at) = sampler.join().unwrap();
+    eprintln!(
+        "{submissions}: sampled RSS peaked at {:.1} MiB, {:.1} s into a {:.1} s run",
+        sampled_peak as f64 / 1024.0,
+        at.as_secs_f64(),
+        wall.as_secs_f64()
+    );
     assert!(status == 0, "the sync failed (wait status {status})");
     let calls = sim.calls().len();
     let minimum = submissions.div_ceil(100) + submissions;
     Run { submissions, calls, minimum, wall, bound: LATENCY * calls as u32 / 3, peak_rss_kib }
+}
+
+/// The largest VmRSS seen (KiB) every 20 ms while `pid` runs, and when.
+fn sample_rss(pid: libc::pid_t) -> (i64, Duration) {
+    let started = Instant::now();
+    let mut peak = (0, Duration::ZERO);
+    while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+        match rss {
+            Some(rss) if rss > peak.0 => peak = (rss, started.elapsed()),
+            Some(_) => {}
+            None => break, // a zombie has no VmRSS line
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    peak
 }
 
 /// Waits for `pid` and returns its wait status and peak resident set (KiB, as Linux reports).
