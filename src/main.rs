@@ -108,7 +108,12 @@ fn main() -> ExitCode {
     truecontext_bridge::tls::install_crypto_provider();
     let cli = Cli::parse();
     let raw = RawSettings::from_environment(cli.settings.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // Blocking threads serve the embedded store, whose one SQLite connection is behind a mutex:
+    // past a few, extra threads only queue on it, each with its stack (tokio's default of 512
+    // let a long sync grow to 40 threads).
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(8).enable_all().build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -3,8 +3,8 @@
 //! `data/{id}`, `data/{id}/document.json`, `formspaces` and their `forms`; Basic and Bearer
 //! authentication; TrueContext's 3-concurrent limit (429 past it) and a daily call count (402
 //! `CallCountExpended` past it), with the `X-ProntoForms-*` error headers; injected faults
-//! (status, `Retry-After`, latency, malformed JSON); unknown fields in every answer; a call log
-//! and the ground truth.
+//! (status, `Retry-After`, latency, a hang, malformed JSON); unknown fields in every answer; a
+//! call log (a request the client gave up on is logged with status 0) and the ground truth.
 //!
 //! Bearer tokens are accepted when registered ([`TrueContextSim::allow_bearer`]) or when an
 //! OpenID Connect userinfo endpoint accepts them ([`TrueContextSim::validate_bearer_at`]): the
@@ -51,6 +51,8 @@ pub enum Fault {
     Status { status: u16, code: &'static str, retry_after: Option<u64> },
     /// A 200 whose body is not JSON.
     Malformed,
+    /// No answer for this long (longer than the client's timeout: a hang), then the real one.
+    Delay(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,8 @@ struct World {
     /// After this many answered list calls, re-process (edit) this record: its processed date
     /// becomes now and its document changes.
     reprocess: Vec<(usize, String)>,
+    /// After this many answered list calls, this many new submissions of this form arrive.
+    arrivals: Vec<(usize, usize, String)>,
     list_calls: usize,
     /// Listed, but their documents answer 404 (retention expired between list and fetch).
     gone_documents: std::collections::HashSet<String>,
@@ -242,6 +246,11 @@ impl TrueContextSim {
         self.world().reprocess.push((after, id.to_owned()));
     }
 
+    /// `count` new submissions of `form` arrive right after the `after`-th list call is answered.
+    pub fn arrive_after_list_calls(&self, after: usize, count: usize, form: &str) {
+        self.world().arrivals.push((after, count, form.to_owned()));
+    }
+
     /// Edits `id` now: a new processed date and a changed answer.
     pub fn edit(&self, id: &str) {
         edit(&mut self.world(), id);
@@ -358,6 +367,7 @@ async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Duration, Respons
             Err(response)
         }
         Some(Fault::Malformed) => Err((StatusCode::OK, "{\"pageData\": [ {\"identifier\": ").into_response()),
+        Some(Fault::Delay(delay)) => Ok(world.latency + delay),
         None => Ok(world.latency),
     }
 }
@@ -388,6 +398,9 @@ async fn request(
 ) -> Response {
     let in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    // A client that gives up (its timeout) drops this future mid-way: the guard still counts
+    // the request out and logs it, with status 0.
+    let mut guard = InFlight { shared: shared.clone(), call: Some(Call { path, query, status: 0 }) };
     let response = if in_flight > 3 {
         error(429, "TooManyRequests", "more than 3 concurrent requests")
     } else {
@@ -399,19 +412,43 @@ async fn request(
             }
         }
     };
-    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    let status = response.status().as_u16();
-    let mut world = shared.world.lock().unwrap();
-    if path == "data.json" && status == 200 {
-        world.list_calls += 1;
-        let due: Vec<String> =
-            world.reprocess.iter().filter(|(after, _)| *after == world.list_calls).map(|(_, id)| id.clone()).collect();
-        for id in due {
-            edit(&mut world, &id);
-        }
+    if let Some(call) = guard.call.as_mut() {
+        call.status = response.status().as_u16();
     }
-    world.calls.push(Call { path, query, status });
+    drop(guard);
     response
+}
+
+struct InFlight {
+    shared: Arc<Shared>,
+    call: Option<Call>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let Some(call) = self.call.take() else { return };
+        let mut world = self.shared.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if call.path == "data.json" && call.status == 200 {
+            world.list_calls += 1;
+            let list_calls = world.list_calls;
+            let due: Vec<String> =
+                world.reprocess.iter().filter(|(after, _)| *after == list_calls).map(|(_, id)| id.clone()).collect();
+            for id in due {
+                edit(&mut world, &id);
+            }
+            let arriving: Vec<(usize, String)> = world
+                .arrivals
+                .iter()
+                .filter(|(after, ..)| *after == list_calls)
+                .map(|(_, count, form)| (*count, form.clone()))
+                .collect();
+            for (count, form) in arriving {
+                insert_records(&mut world, count, &form, Utc::now(), TimeDelta::milliseconds(1));
+            }
+        }
+        world.calls.push(call);
+    }
 }
 
 fn edit(world: &mut World, id: &str) {

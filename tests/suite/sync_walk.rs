@@ -195,6 +195,37 @@ async fn an_edit_after_a_run_and_a_new_submission_land_on_the_next_run() {
 
 /// `tcbridge sync --once --json` as an operator runs it, then `submissions list`.
 #[tokio::test]
+async fn submissions_arriving_while_a_window_is_listed_land_on_the_next_run() {
+    let bench = Bench::new();
+    bench.sim.add_records(250, "form-1", Utc::now() - TimeDelta::hours(2));
+    bench.sim.arrive_after_list_calls(1, 20, "form-2");
+    let first = bench.run().await;
+    assert!(first.completed, "{first:?}");
+    assert_eq!((first.documents_landed, first.restarts), (250, 0), "they arrived after the window's end: {first:?}");
+    let second = bench.run().await;
+    assert_eq!(second.documents_landed, 20, "{second:?}");
+    let landed = bench.landed().await;
+    assert_eq!(landed.len(), 270);
+    assert_eq!(
+        landed.iter().map(|l| l.id.clone()).collect::<std::collections::BTreeSet<_>>(),
+        bench.sim.ids().into_iter().collect()
+    );
+}
+
+#[tokio::test]
+async fn what_the_overlap_lists_again_is_not_fetched_again() {
+    let bench = Bench::new();
+    bench.sim.add_records(5, "form-1", Utc::now() - TimeDelta::minutes(2));
+    assert_eq!(bench.run().await.documents_landed, 5);
+    let before = bench.sim.calls().len();
+    let again = bench.run().await;
+    assert!(again.completed, "{again:?}");
+    let calls: Vec<String> = bench.sim.calls()[before..].iter().map(|c| c.path.clone()).collect();
+    assert_eq!(calls, ["data.json", "data.json"], "the window, then the overlap once; no document");
+    assert_eq!(bench.stores.queues.len(&bench.settings.landing.landed_queue).await.unwrap(), 5, "no second event");
+}
+
+#[tokio::test]
 async fn a_document_that_404s_is_counted_gone_and_the_walk_goes_on() {
     let bench = Bench::new();
     let ids = bench.sim.add_records(5, "form-1", Utc::now() - TimeDelta::hours(1));

@@ -220,3 +220,20 @@ async fn two_instances_never_have_more_than_three_calls_in_flight() {
     assert!(sim.calls().iter().all(|c| c.status == 200), "no 429: the cap held");
     assert_eq!(sim.calls().len(), 12);
 }
+
+#[tokio::test]
+async fn a_hanging_call_is_cut_off_at_the_timeout_and_retried() {
+    let sim = TrueContextSim::start();
+    let ids = sim.add_records(1, "form-1", Utc::now());
+    let dir = tempfile::tempdir().unwrap();
+    let client = TrueContextClient::new(&settings(&sim, &[("TRUECONTEXT_TIMEOUT_SECONDS", "1")]), store(&dir));
+    let key = secret();
+    sim.fault(Fault::Delay(Duration::from_secs(30)));
+    let started = std::time::Instant::now();
+    let document = client.document(&basic(&key), CONNECTION, &ids[0]).await.unwrap();
+    assert_eq!(document.value["identifier"], ids[0].as_str());
+    assert!(started.elapsed() < Duration::from_secs(10), "cut off at 1 s, not 30: {:?}", started.elapsed());
+    let statuses: Vec<u16> = sim.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [0, 200], "the abandoned call, then the retry");
+    assert_eq!(client.budget(CONNECTION).state(Utc::now()).await.unwrap().calls_today, 2, "both reached it");
+}
