@@ -19,7 +19,9 @@ pub enum ProcessMessage {
 
 impl ProcessMessage {
     fn parse(input: &QueueInput) -> Result<Self, InvocationError> {
-        let message: ProcessMessage = serde_json::from_str(&input.body).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_str(&input.body)
+            .map_err(|e| InvocationError::InvalidInput(format!("message {} is not JSON: {e}", input.id)))?;
+        let message: ProcessMessage = serde_json::from_value(value).map_err(|e| {
             InvocationError::InvalidInput(format!(
                 "message {} is not a process message ({{\"kind\": \"sync\", \"connection\": ID}}): {e}",
                 input.id

@@ -329,13 +329,13 @@ async fn queue_process_fails_with_a_json_500_in_both_encodings() {
     assert_eq!(double["Data"]["msg"], json!("\"{\\\"a\\\":1}\""));
     let reply = invoke(&server, "process", &double).await;
     assert_queue_failure("double-encoded message", &reply);
-    assert!(error_message(&reply).contains("not available"), "{}", reply.json);
+    assert!(error_message(&reply).contains("not a process message"), "{}", reply.json);
 
     // dataType binary: base64 of the bytes, one layer.
     let binary = queue_envelope(json!("eyJhIjoxfQ=="), &[("a", json!("1"))]);
     let reply = invoke(&server, "process", &binary).await;
     assert_queue_failure("binary message", &reply);
-    assert!(error_message(&reply).contains("not available"), "{}", reply.json);
+    assert!(error_message(&reply).contains("not a process message"), "{}", reply.json);
     assert_healthy(&server, "failed queue invocations").await;
 }
 

@@ -54,7 +54,11 @@ fn assert_clean(what: &str, text: &str) {
 
 #[tokio::test]
 async fn a_host_run_logs_and_answers_no_secret() {
-    let owned = settings();
+    // The sync reaches a TrueContext that refuses this API key (401): the key was sent, and
+    // must still appear nowhere.
+    let truecontext = crate::harness::truecontext::TrueContextSim::start();
+    let mut owned = settings();
+    owned.push(("TRUECONTEXT_BASE_URL", truecontext.base_url()));
     let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::host(&pairs);
     let mut replies = String::new();
