@@ -82,6 +82,9 @@ struct World {
     reprocess: Vec<(usize, String)>,
     /// After this many answered list calls, this many new submissions of this form arrive.
     arrivals: Vec<(usize, usize, String)>,
+    /// After this many answered list calls, every request answers this status (an outage).
+    outage_after: Option<(usize, u16)>,
+    outage: Option<u16>,
     list_calls: usize,
     /// Listed, but their documents answer 404 (retention expired between list and fetch).
     gone_documents: std::collections::HashSet<String>,
@@ -247,6 +250,12 @@ impl TrueContextSim {
     }
 
     /// `count` new submissions of `form` arrive right after the `after`-th list call is answered.
+    /// From right after the `after`-th list call on, every request answers `status` with
+    /// `Retry-After: 0` (TrueContext down, asking to be tried again at once).
+    pub fn outage_after_list_calls(&self, after: usize, status: u16) {
+        self.world().outage_after = Some((after, status));
+    }
+
     pub fn arrive_after_list_calls(&self, after: usize, count: usize, form: &str) {
         self.world().arrivals.push((after, count, form.to_owned()));
     }
@@ -355,6 +364,11 @@ async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Duration, Respons
     }
     let mut world = shared.world.lock().unwrap();
     world.calls_today += 1;
+    if let Some(status) = world.outage {
+        let mut response = error(status, "ServiceUnavailable", "an outage");
+        response.headers_mut().insert("retry-after", HeaderValue::from(0));
+        return Err(response);
+    }
     if world.daily_limit.is_some_and(|limit| world.calls_today > limit) {
         return Err(error(402, "CallCountExpended", "the daily call count is used up"));
     }
@@ -445,6 +459,9 @@ impl Drop for InFlight {
                 .collect();
             for (count, form) in arriving {
                 insert_records(&mut world, count, &form, Utc::now(), TimeDelta::milliseconds(1));
+            }
+            if let Some((_, status)) = world.outage_after.filter(|(after, _)| *after == list_calls) {
+                world.outage = Some(status);
             }
         }
         world.calls.push(call);

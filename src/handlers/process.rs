@@ -59,7 +59,13 @@ pub async fn run(app: &App, input: QueueInput) -> Result<(), InvocationError> {
 /// any other stop is final for this message (status and alerts say why, and the timer tries
 /// again on its schedule).
 async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
-    match pull(app, connection, None, run_deadline(app)).await? {
+    // Inside the message's visibility too (a minute at least), so it is not handed out again
+    // while it runs; a redelivery would find the lease held and end at once anyway.
+    let visibility = app.settings.queues.visibility_timeout;
+    let visible_again =
+        visibility.saturating_sub(std::time::Duration::from_secs(30)).max(std::time::Duration::from_secs(60));
+    let deadline = run_deadline(app).min(tokio::time::Instant::now() + visible_again);
+    match pull(app, connection, None, deadline).await? {
         RunOutcome::Busy => Ok(()),
         RunOutcome::Ran(summary) => match summary.stopped_class.as_deref() {
             // A deadline stop is not a failure: the timer resumes the window.

@@ -302,12 +302,16 @@ enum Fetched {
     Landed(Outcome),
     /// 404: retention expired, or a passthrough form.
     Gone,
+    /// Not tried: another fetch of the page had already failed.
+    Skipped,
 }
 
 /// Fetches and lands the page's wanted documents, twice as many at a time as the call cap: the
 /// client lets only the cap's worth call TrueContext at once, and the others land what they
 /// fetched meanwhile, so no call slot waits on a store write. Every fetch runs to its end before
-/// the first failure is returned, so nothing is abandoned half-landed and the tally is exact.
+/// the first failure is returned, so nothing is abandoned half-landed and the tally is exact;
+/// after a failure no new fetch starts (a TrueContext that is down, or a spent budget, would
+/// otherwise be tried once per remaining document).
 async fn land_documents(
     parts: &SyncParts<'_>,
     connection: &str,
@@ -318,7 +322,8 @@ async fn land_documents(
     use futures::StreamExt;
     // The futures are made before they become a stream: a stream that maps through a closure
     // over borrowed ids trips rustc's higher-ranked `Send` inference (rust-lang/rust#102211).
-    let fetches: Vec<_> = wanted.iter().map(|id| fetch_and_land(parts, connection, order, id)).collect();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let fetches: Vec<_> = wanted.iter().map(|id| fetch_and_land(parts, connection, order, id, &failed)).collect();
     let results: Vec<Result<Fetched, SyncError>> =
         futures::stream::iter(fetches).buffer_unordered(parts.client.concurrency() * 2).collect().await;
     let mut first_error = None;
@@ -328,6 +333,7 @@ async fn land_documents(
             Ok(Fetched::Landed(Outcome::Unchanged)) => summary.documents_unchanged += 1,
             Ok(Fetched::Landed(Outcome::Older)) => summary.documents_older += 1,
             Ok(Fetched::Gone) => summary.documents_gone += 1,
+            Ok(Fetched::Skipped) => {}
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -337,6 +343,24 @@ async fn land_documents(
 }
 
 async fn fetch_and_land(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    order: DateTime<Utc>,
+    id: &str,
+    failed: &std::sync::atomic::AtomicBool,
+) -> Result<Fetched, SyncError> {
+    use std::sync::atomic::Ordering;
+    if failed.load(Ordering::SeqCst) {
+        return Ok(Fetched::Skipped);
+    }
+    let landed = fetch_and_land_one(parts, connection, order, id).await;
+    if landed.is_err() {
+        failed.store(true, Ordering::SeqCst);
+    }
+    landed
+}
+
+async fn fetch_and_land_one(
     parts: &SyncParts<'_>,
     connection: &str,
     order: DateTime<Utc>,

@@ -229,6 +229,21 @@ async fn what_the_overlap_lists_again_is_not_fetched_again() {
 }
 
 #[tokio::test]
+async fn once_a_document_fetch_fails_no_new_fetch_of_the_page_starts() {
+    let bench = Bench::new();
+    bench.sim.add_records(100, "form-1", Utc::now() - TimeDelta::hours(1));
+    bench.sim.outage_after_list_calls(1, 503);
+    let stopped = bench.run().await;
+    assert_eq!(stopped.stopped_class.as_deref(), Some("transient"), "{stopped:?}");
+    // Each fetch in flight when the outage began tries 8 times; none starts after the first
+    // gives up. Without that rule, all 100 would try 8 times each.
+    let documents = bench.calls("data/");
+    assert!(documents <= 6 * 8 + 6, "{documents} document calls");
+    let cursor = truecontext_bridge::sync::cursor(&bench.stores, &bench.settings.sync, CONNECTION).await.unwrap();
+    assert!(cursor.unwrap().walk.is_some_and(|w| w.next_page == 0), "the page is done again next run");
+}
+
+#[tokio::test]
 async fn a_document_that_404s_is_counted_gone_and_the_walk_goes_on() {
     let bench = Bench::new();
     let ids = bench.sim.add_records(5, "form-1", Utc::now() - TimeDelta::hours(1));
