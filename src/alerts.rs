@@ -1,12 +1,18 @@
 //! Alerts: conditions an operator must act on (a connection needs re-consent, the app's own
-//! credentials were refused, a B2C re-consent deadline approaches).
+//! credentials were refused, a B2C re-consent deadline approaches, a sync stalls, a pushed
+//! submission could not be processed).
 //!
 //! Each alert is raised once per (connection, alert, error code) until cleared: the first instance to
-//! insert its row in the `alerts` table logs it and posts it; everyone else sees the row and
-//! stays quiet, so a dead connection gives one alert, not one per sync run. The log line is a
-//! structured event with stable fields (`alert`, `connection`, `class`, `error_code`, `reason`) that an
-//! Azure Monitor rule can match (`alert` is set on no other line); with `ALERT_WEBHOOK_URL` the
-//! same alert is POSTed as Teams/Slack-compatible JSON (`text` plus the fields).
+//! insert its row in the `alerts` table logs it; everyone else sees the row and stays quiet, so
+//! a dead connection gives one alert, not one per sync run. The log line is a structured event
+//! with stable fields (`alert`, `connection`, `class`, `error_code`, `reason`) that an Azure
+//! Monitor rule can match (`alert` is set on no other line).
+//!
+//! The table is also the outbox for `ALERT_WEBHOOK_URL`: a row is written as owed before any
+//! POST, the raiser tries once at once, and [`deliver_pending`] (every sync timer run) retries
+//! what is still owed with backoff, claiming each row under If-Match so two instances do not
+//! both post it. A crash between the POST and its note can post an alert twice, never zero
+//! times. Status lists what is still owed.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,10 +21,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{RowRange, StoreError, Stores, Table, TypedTable};
+use crate::config::{AlertFormat, AlertWebhook};
+use crate::store::{IfMatch, RowRange, StoreError, Stores, Table, TypedTable};
 
 /// The partition of app-level alerts (connection alerts use `c-<connection id>`).
 const APP_PARTITION: &str = "app";
+/// The first retry of a failed POST waits this long; each next one twice as long, up to an hour.
+const FIRST_RETRY: Duration = Duration::from_secs(30);
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// How long a claimed delivery is left to its claimer before another instance may try.
+const CLAIM: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -34,6 +46,19 @@ pub struct Alert {
     pub reason: String,
     #[serde(default = "Utc::now")]
     pub raised_at: DateTime<Utc>,
+    /// Still to be posted to the alert webhook.
+    #[serde(default)]
+    pub delivery_owed: bool,
+    #[serde(default)]
+    pub delivery_attempts: u32,
+    /// No delivery is tried before this (backoff, or another instance's claim).
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Why the last POST failed (a status or a connection error; never the URL's secret).
+    #[serde(default)]
+    pub last_delivery_error: Option<String>,
 }
 
 impl Alert {
@@ -45,6 +70,11 @@ impl Alert {
             error_code: error_code.to_owned(),
             reason: crate::telemetry::redact(reason).into_owned(),
             raised_at: Utc::now(),
+            delivery_owed: false,
+            delivery_attempts: 0,
+            next_attempt_at: None,
+            delivered_at: None,
+            last_delivery_error: None,
         }
     }
 
@@ -63,6 +93,44 @@ impl Alert {
             None => format!("truecontext-bridge: {}: {}", self.alert, self.reason),
         }
     }
+
+    /// The POST body in the webhook's format.
+    fn body(&self, format: AlertFormat) -> serde_json::Value {
+        use serde_json::json;
+        match format {
+            AlertFormat::Text => json!({
+                "text": self.text(),
+                "alert": self.alert,
+                "connection": self.connection,
+                "class": self.class,
+                "error_code": self.error_code,
+                "reason": self.reason,
+                "raised_at": self.raised_at,
+            }),
+            AlertFormat::AdaptiveCard => {
+                let fact = |title: &str, value: &str| json!({ "title": title, "value": value });
+                let card = json!({
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard",
+                    "version": "1.4",
+                    "body": [
+                        { "type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
+                          "text": format!("truecontext-bridge: {}", self.alert) },
+                        { "type": "TextBlock", "wrap": true, "text": self.reason },
+                        { "type": "FactSet", "facts": [
+                            fact("Connection", self.connection.as_deref().unwrap_or("(app)")),
+                            fact("Class", &self.class),
+                            fact("Code", &self.error_code),
+                            fact("Raised", &self.raised_at.to_rfc3339()),
+                        ] }
+                    ]
+                });
+                json!({ "type": "message", "attachments": [
+                    { "contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": null, "content": card }
+                ] })
+            }
+        }
+    }
 }
 
 fn partition(connection: Option<&str>) -> String {
@@ -72,17 +140,20 @@ fn partition(connection: Option<&str>) -> String {
     }
 }
 
-/// Raises `alert` unless it is already raised. `Ok(true)` when this call raised it.
-pub async fn raise(stores: &Stores, webhook: Option<&url::Url>, alert: Alert) -> Result<bool, StoreError> {
+/// Raises `alert` unless it is already raised. `Ok(true)` when this call raised it. With a
+/// webhook, the row is written as owed first, then one POST is tried at once; a failure is left
+/// to [`deliver_pending`].
+pub async fn raise(stores: &Stores, webhook: Option<&AlertWebhook>, mut alert: Alert) -> Result<bool, StoreError> {
+    alert.delivery_owed = webhook.is_some();
     let table = TypedTable::new(stores.tables.as_ref(), Table::Alerts);
-    match table.insert(&alert.partition(), &alert.row(), &alert).await {
-        Ok(_) => {}
+    let etag = match table.insert(&alert.partition(), &alert.row(), &alert).await {
+        Ok(etag) => etag,
         Err(StoreError::AlreadyExists { .. }) => {
             tracing::debug!(alert = %alert.alert, connection = ?alert.connection, "alert already raised");
             return Ok(false);
         }
         Err(e) => return Err(e),
-    }
+    };
     tracing::error!(
         alert = %alert.alert,
         connection = alert.connection.as_deref().unwrap_or("-"),
@@ -92,14 +163,80 @@ pub async fn raise(stores: &Stores, webhook: Option<&url::Url>, alert: Alert) ->
         "ALERT {}",
         alert.text()
     );
-    if let Some(url) = webhook {
-        post(url, &alert).await;
+    if let Some(webhook) = webhook {
+        deliver(stores, webhook, crate::store::Versioned { value: alert, etag }).await?;
     }
     Ok(true)
 }
 
-/// Best effort: the alert is already in the log and the table; a webhook that fails is logged.
-async fn post(url: &url::Url, alert: &Alert) {
+/// Posts every owed alert of the app and of `connections` whose retry time has come.
+/// Returns how many were delivered.
+pub async fn deliver_pending(
+    stores: &Stores,
+    webhook: &AlertWebhook,
+    connections: &[String],
+) -> Result<usize, StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Alerts);
+    let now = Utc::now();
+    let mut delivered = 0;
+    for alert in undelivered(stores, connections).await? {
+        if alert.next_attempt_at.is_some_and(|at| at > now) {
+            continue;
+        }
+        let Some(current) = table.get::<Alert>(&alert.partition(), &alert.row()).await? else { continue };
+        if !current.value.delivery_owed {
+            continue;
+        }
+        if deliver(stores, webhook, current).await? {
+            delivered += 1;
+        }
+    }
+    Ok(delivered)
+}
+
+/// Claims one owed alert (If-Match, so one instance posts it), posts it, and notes the result.
+async fn deliver(
+    stores: &Stores,
+    webhook: &AlertWebhook,
+    current: crate::store::Versioned<Alert>,
+) -> Result<bool, StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Alerts);
+    let (partition, row) = (current.value.partition(), current.value.row());
+    let mut alert = current.value;
+    alert.delivery_attempts += 1;
+    alert.next_attempt_at = Some(Utc::now() + crate::clock::delta(CLAIM));
+    let claimed = match table.update(&partition, &row, &alert, IfMatch::ETag(current.etag)).await {
+        Ok(etag) => etag,
+        // Cleared, or another instance claimed it first.
+        Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let result = post(&webhook.url, &alert.body(webhook.format)).await;
+    match &result {
+        Ok(()) => {
+            alert.delivery_owed = false;
+            alert.delivered_at = Some(Utc::now());
+            alert.next_attempt_at = None;
+            alert.last_delivery_error = None;
+        }
+        Err(reason) => {
+            let exponent = alert.delivery_attempts.saturating_sub(1).min(16);
+            let wait = FIRST_RETRY.saturating_mul(1 << exponent).min(MAX_RETRY);
+            tracing::warn!(alert = %alert.alert, attempts = alert.delivery_attempts, retry_in_s = wait.as_secs(), %reason,
+                "the alert webhook did not take the alert; it is retried");
+            alert.next_attempt_at = Some(Utc::now() + crate::clock::delta(wait));
+            alert.last_delivery_error = Some(reason.clone());
+        }
+    }
+    match table.update(&partition, &row, &alert, IfMatch::ETag(claimed)).await {
+        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(result.is_ok()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One POST; the error says what happened without the URL (a Teams or Slack webhook URL is a
+/// credential).
+async fn post(url: &url::Url, body: &serde_json::Value) -> Result<(), String> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     let client = CLIENT.get_or_init(|| {
         crate::tls::install_crypto_provider();
@@ -109,20 +246,20 @@ async fn post(url: &url::Url, alert: &Alert) {
             .build()
             .expect("a static client configuration builds")
     });
-    let body = serde_json::json!({
-        "text": alert.text(),
-        "alert": alert.alert,
-        "connection": alert.connection,
-        "class": alert.class,
-        "error_code": alert.error_code,
-        "reason": alert.reason,
-        "raised_at": alert.raised_at,
-    });
-    match client.post(url.clone()).json(&body).send().await {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => tracing::warn!(status = response.status().as_u16(), "the alert webhook refused the alert"),
-        Err(e) => tracing::warn!(error = %e.without_url(), "the alert webhook could not be reached"),
+    match client.post(url.clone()).json(body).send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(format!("the alert webhook answered {}", response.status().as_u16())),
+        Err(e) => Err(format!("the alert webhook could not be reached: {}", e.without_url())),
     }
+}
+
+/// Alerts of the app and of `connections` still owed to the alert webhook.
+pub async fn undelivered(stores: &Stores, connections: &[String]) -> Result<Vec<Alert>, StoreError> {
+    let mut out: Vec<Alert> = list(stores, None).await?.into_iter().filter(|a| a.delivery_owed).collect();
+    for connection in connections {
+        out.extend(list(stores, Some(connection)).await?.into_iter().filter(|a| a.delivery_owed));
+    }
+    Ok(out)
 }
 
 /// The alerts raised for a connection (`None`: app-level ones).
@@ -154,7 +291,7 @@ async fn clear(stores: &Stores, connection: Option<&str>, names: Option<&[&str]>
         if names.is_some_and(|names| !names.contains(&alert.alert.as_str())) {
             continue;
         }
-        match stores.tables.delete(Table::Alerts, &partition, &alert.row(), crate::store::IfMatch::Any).await {
+        match stores.tables.delete(Table::Alerts, &partition, &alert.row(), IfMatch::Any).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }

@@ -154,9 +154,27 @@ pub enum TrueContextAuth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookAuth {
-    Entra,
+    /// A bearer JWT from an OpenID Connect issuer (`jwt`, alias `entra`).
+    Jwt,
     Basic,
     Header,
+}
+
+/// Where alerts are posted, and in which form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertWebhook {
+    pub url: Url,
+    pub format: AlertFormat,
+}
+
+/// How alerts are posted to `ALERT_WEBHOOK_URL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertFormat {
+    /// `{"text": ...}`: Slack and classic Teams incoming webhooks.
+    Text,
+    /// A Teams Workflows message carrying an Adaptive Card.
+    AdaptiveCard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,11 +293,28 @@ pub struct StoreSettings {
 pub struct WebhookSettings {
     pub auth: Option<WebhookAuth>,
     pub basic_username: Option<String>,
-    pub basic_password: Option<SecretString>,
+    /// `WEBHOOK_BASIC_PASSWORD`: one value, or two (comma-separated) during a rotation.
+    pub basic_passwords: Vec<SecretString>,
     pub header_name: Option<String>,
-    pub header_value: Option<SecretString>,
-    /// For `WEBHOOK_AUTH=entra`: the audience the caller's token must carry.
+    /// `WEBHOOK_HEADER_VALUE`: one value, or two during a rotation.
+    pub header_values: Vec<SecretString>,
+    /// For `jwt`: the issuer whose tokens are accepted (`WEBHOOK_JWT_ISSUER`; by default the
+    /// Entra tenant's v2 issuer, or `OAUTH_AUTHORITY` for other providers).
+    pub jwt_issuer: Option<Url>,
+    /// For `jwt`: the audience the caller's token must carry (`WEBHOOK_AUDIENCE`).
     pub audience: Option<String>,
+    /// For `jwt`: a role the token's `roles` must hold (`WEBHOOK_REQUIRED_ROLE`).
+    pub required_role: Option<String>,
+    /// For `jwt`: the client ids (`azp` or `appid`) allowed to call (`WEBHOOK_ALLOWED_CLIENT_IDS`).
+    pub allowed_client_ids: Vec<String>,
+    /// `WEBHOOK_MAX_BODY_BYTES`: the largest push accepted (413 above).
+    pub max_body_bytes: usize,
+    /// `WEBHOOK_ID_FIELD`: where a custom template body carries the submission id (a dotted
+    /// path such as `submission.id`), besides `identifier` and `dataRecord.identifier`.
+    pub id_field: Option<String>,
+    /// `WEBHOOK_RECOVERY_SECONDS`: a stored push not yet queued after this long is queued by the
+    /// recovery pass (its request died between the two writes).
+    pub recovery_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -288,7 +323,8 @@ pub struct TokenSettings {
     /// Azure AD B2C's sliding refresh-token window and how early to warn before it closes.
     pub b2c_refresh_window: Duration,
     pub b2c_reauth_warning: Duration,
-    pub alert_webhook_url: Option<Url>,
+    /// `ALERT_WEBHOOK_URL` and `ALERT_WEBHOOK_FORMAT`: where alerts are posted.
+    pub alert_webhook: Option<AlertWebhook>,
     /// Each token-endpoint call is cut off after this long.
     pub endpoint_timeout: Duration,
     /// How long a refresh lease lasts; a crashed holder blocks others for at most this long.
@@ -446,7 +482,7 @@ impl Settings {
                 refresh_margin: Duration::from_secs(p.number("TOKEN_REFRESH_MARGIN_SECONDS", 600, 30, 86_400)),
                 b2c_refresh_window: Duration::from_secs(86_400 * p.number("B2C_REFRESH_WINDOW_DAYS", 90u64, 1, 365)),
                 b2c_reauth_warning: Duration::from_secs(86_400 * p.number("B2C_REAUTH_WARNING_DAYS", 14u64, 1, 90)),
-                alert_webhook_url: p.url("ALERT_WEBHOOK_URL", "https://example.webhook.office.com/webhookb2/..."),
+                alert_webhook: parse_alert_webhook(&mut p),
                 endpoint_timeout: Duration::from_secs(p.number("TOKEN_ENDPOINT_TIMEOUT_SECONDS", 30, 1, 120)),
                 refresh_lease: Duration::from_secs(p.number("TOKEN_REFRESH_LEASE_SECONDS", 90, 5, 900)),
                 keepalive: Duration::from_secs(3600 * p.number("TOKEN_KEEPALIVE_HOURS", 20u64, 1, 24)),
@@ -755,46 +791,99 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
         p.choice(
             "WEBHOOK_AUTH",
             WebhookAuth::Basic,
-            &[("basic", WebhookAuth::Basic), ("header", WebhookAuth::Header), ("entra", WebhookAuth::Entra)],
+            &[
+                ("jwt", WebhookAuth::Jwt),
+                ("entra", WebhookAuth::Jwt),
+                ("basic", WebhookAuth::Basic),
+                ("header", WebhookAuth::Header),
+            ],
         )
     });
     let settings = WebhookSettings {
         auth,
         basic_username: p.text("WEBHOOK_BASIC_USERNAME"),
-        basic_password: p.secret("WEBHOOK_BASIC_PASSWORD"),
+        basic_passwords: rotation_pair(p, "WEBHOOK_BASIC_PASSWORD"),
         header_name: p.text("WEBHOOK_HEADER_NAME"),
-        header_value: p.secret("WEBHOOK_HEADER_VALUE"),
+        header_values: rotation_pair(p, "WEBHOOK_HEADER_VALUE"),
+        jwt_issuer: p.url("WEBHOOK_JWT_ISSUER", "https://login.microsoftonline.com/<tenant-id>/v2.0"),
         audience: p.text("WEBHOOK_AUDIENCE"),
+        required_role: p.text("WEBHOOK_REQUIRED_ROLE"),
+        allowed_client_ids: p.list("WEBHOOK_ALLOWED_CLIENT_IDS", &[',', ' ']),
+        max_body_bytes: p.number("WEBHOOK_MAX_BODY_BYTES", 10 * 1024 * 1024, 1024, 100 * 1024 * 1024),
+        id_field: p.text("WEBHOOK_ID_FIELD"),
+        recovery_after: Duration::from_secs(p.number("WEBHOOK_RECOVERY_SECONDS", 60, 1, 86_400)),
     };
     match settings.auth {
-        Some(WebhookAuth::Basic) if settings.basic_username.is_none() || settings.basic_password.is_none() => p
+        Some(WebhookAuth::Basic) if settings.basic_username.is_none() || settings.basic_passwords.is_empty() => p
             .problem(
                 "WEBHOOK_BASIC_USERNAME",
                 "and WEBHOOK_BASIC_PASSWORD are required with WEBHOOK_AUTH=basic",
                 "truecontext",
             ),
-        Some(WebhookAuth::Header) if settings.header_name.is_none() || settings.header_value.is_none() => p.problem(
+        Some(WebhookAuth::Header) if settings.header_name.is_none() || settings.header_values.is_empty() => p.problem(
             "WEBHOOK_HEADER_NAME",
             "and WEBHOOK_HEADER_VALUE are required with WEBHOOK_AUTH=header",
             "x-api-key",
         ),
-        Some(WebhookAuth::Entra) if settings.audience.is_none() => {
-            p.problem("WEBHOOK_AUDIENCE", "is required with WEBHOOK_AUTH=entra", "api://<webhook-app-id>")
+        Some(WebhookAuth::Jwt) if settings.audience.is_none() => {
+            p.problem("WEBHOOK_AUDIENCE", "is required with WEBHOOK_AUTH=jwt", "api://<webhook-app-id>")
         }
         _ => {}
     }
-    for (name, secret) in
-        [("WEBHOOK_BASIC_PASSWORD", &settings.basic_password), ("WEBHOOK_HEADER_VALUE", &settings.header_value)]
-    {
-        if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+    if let Some(name) = &settings.header_name {
+        let forbidden = ["authorization", "content-type", "content-length", "host", "cookie"];
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || forbidden.contains(&name.to_ascii_lowercase().as_str())
+        {
+            let name = name.clone();
             p.problem(
-                name,
-                "is shorter than 16 characters; use a long random value (not shown)",
-                "the output of `openssl rand -base64 32`",
+                "WEBHOOK_HEADER_NAME",
+                format!("{name:?} is not a header name a caller can set for this"),
+                "x-api-key",
             );
         }
     }
+    if let Some(field) = &settings.id_field {
+        if field.is_empty() || field.split('.').any(str::is_empty) || field.len() > 200 {
+            let field = field.clone();
+            p.problem("WEBHOOK_ID_FIELD", format!("{field:?} is not a dotted field path"), "submission.identifier");
+        }
+    }
     settings
+}
+
+/// A secret that takes one value, or two separated by a comma while a rotation is under way
+/// (the old and the new both work until the caller has switched). Each must be long and random.
+fn rotation_pair(p: &mut Parser<'_>, name: &str) -> Vec<SecretString> {
+    let Some(whole) = p.secret(name) else { return Vec::new() };
+    let values: Vec<SecretString> =
+        whole.expose().split(',').map(str::trim).filter(|v| !v.is_empty()).map(SecretString::new).collect();
+    if values.len() > 2 {
+        p.problem(
+            name,
+            "takes one value, or two separated by a comma during a rotation (the values are not shown)",
+            "old,new",
+        );
+    }
+    if values.iter().any(|v| v.expose().len() < 16) {
+        p.problem(
+            name,
+            "is shorter than 16 characters; use a long random value (not shown)",
+            "the output of `openssl rand -base64 32`",
+        );
+    }
+    p.secrets.extend(values.iter().cloned());
+    values
+}
+
+fn parse_alert_webhook(p: &mut Parser<'_>) -> Option<AlertWebhook> {
+    let format = p.choice(
+        "ALERT_WEBHOOK_FORMAT",
+        AlertFormat::Text,
+        &[("text", AlertFormat::Text), ("adaptive-card", AlertFormat::AdaptiveCard)],
+    );
+    let url = p.url("ALERT_WEBHOOK_URL", "https://example.webhook.office.com/webhookb2/...")?;
+    Some(AlertWebhook { url, format })
 }
 
 fn parse_function_key(p: &mut Parser<'_>) -> Option<SecretString> {

@@ -44,7 +44,7 @@ pub const FUNCTIONS: &[Function] = &[
     Function {
         name: "webhook",
         binding: "req",
-        trigger: Trigger::Http { route: "webhook", methods: &["POST"], auth: AuthLevel::Anonymous },
+        trigger: Trigger::Http { route: "webhook", methods: &["POST", "PUT", "PATCH"], auth: AuthLevel::Anonymous },
     },
     Function {
         name: "status",

@@ -21,14 +21,16 @@
 //! - [`connections`]: consented connections, their records and their token sets.
 //! - [`oauth`]: the client side of OAuth 2.0 / OpenID Connect: provider discovery, the token
 //!   endpoint, JWKS and id_token validation, the sign-in flow's records.
-//! - [`alerts`]: alerts raised once and cleared when the cause is gone.
+//! - [`alerts`]: alerts raised once and cleared when the cause is gone; the table is the outbox
+//!   of the alert webhook.
 //! - [`truecontext`]: the only code that speaks TrueContext's HTTP: typed calls, the daily call
 //!   budget and the 402 stop, the cluster-wide call cap.
 //! - [`landing`]: the one path by which any submission becomes stored data (raw document,
 //!   normalised record, media, index row, landed event), idempotent and monotonic.
 //! - [`sync`]: the incremental, skip-proof walk of one connection's submissions, and its runs
-//!   (the connection's lease, the last-run record, the stall alert). Coming at the same level:
-//!   `webhook` (what a push does).
+//!   (the connection's lease, the last-run record, the stall alert).
+//! - [`webhook`]: what a push does: the caller verified, the body durable and queued before it
+//!   is acknowledged, processed into the landing, counted for status.
 //!
 //! **Storage, configuration and telemetry**:
 //! - [`store`]: the four storage traits with an embedded ([`store::local`]) and an Azure
@@ -63,3 +65,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod truecontext;
+pub mod webhook;

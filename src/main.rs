@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -463,7 +464,12 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     telemetry::init(settings.log_format, Output::Stdout);
     let app = open_app(settings, Mode::Functions)?;
     tracing::info!(port, store = app.stores.kind.name(), "custom handler listening on 127.0.0.1:{port}");
-    axum::serve(listener, host::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+    let stop = CancellationToken::new();
+    let upkeep = tokio::spawn(standalone::run_housekeeping(app.clone(), Duration::from_secs(60), stop.clone()));
+    let served = axum::serve(listener, host::router(app)).with_graceful_shutdown(shutdown_signal()).await;
+    stop.cancel();
+    let _ = upkeep.await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -514,6 +520,7 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
             Trigger::Http { .. } => {}
         }
     }
+    workers.push(tokio::spawn(standalone::run_housekeeping(app.clone(), Duration::from_secs(60), stop.clone())));
     let served = axum::serve(listener, standalone::router(app, key)).with_graceful_shutdown(shutdown_signal()).await;
     stop.cancel();
     for worker in workers {

@@ -151,6 +151,18 @@ pub async fn run_timer(app: App, function: &'static Function, schedule: Schedule
     }
 }
 
+/// Runs [`App::housekeeping`] every `every` until `stop` fires (the first time at once, so a
+/// restart queues what a crash left stranded).
+pub async fn run_housekeeping(app: App, every: Duration, stop: CancellationToken) {
+    loop {
+        app.housekeeping().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 type QueueHandler =
     Arc<dyn Fn(QueueInput) -> Pin<Box<dyn Future<Output = Result<(), InvocationError>> + Send>> + Send + Sync>;
 

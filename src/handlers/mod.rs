@@ -8,9 +8,11 @@
 mod authorize;
 mod callback;
 pub mod pages;
+pub mod poison;
 mod process;
 mod status;
 mod sync;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,7 +52,20 @@ pub struct App {
     oauth: Arc<std::sync::OnceLock<crate::oauth::OAuthRuntime>>,
     /// This process's token cache and single-flight locks.
     tokens: Arc<crate::tokens::TokenService>,
+    /// The one TrueContext client of the process (its local share of the call cap is shared).
+    truecontext: Arc<std::sync::OnceLock<crate::truecontext::TrueContextClient>>,
+    /// How the webhook verifies its callers (the JWT issuer's discovery is kept in it).
+    webhook: Arc<crate::webhook::auth::Verifier>,
+    webhook_counters: Arc<crate::webhook::counters::Counters>,
+    /// The connections that take pushes, read at most every few seconds.
+    push_connections: Arc<tokio::sync::Mutex<Option<CachedIds>>>,
 }
+
+/// Connection ids and when they were read.
+type CachedIds = (Instant, Vec<String>);
+
+/// How long the webhook trusts its list of connections that take pushes.
+const PUSH_CONNECTIONS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An HTTP request as both front doors can describe it.
 #[derive(Debug, Clone)]
@@ -142,7 +157,55 @@ impl App {
         mode: Mode,
         tokens: crate::tokens::TokenService,
     ) -> Self {
-        Self { settings, stores, mode, started: Instant::now(), oauth: Arc::default(), tokens: Arc::new(tokens) }
+        let webhook = Arc::new(crate::webhook::auth::Verifier::new(&settings.webhook, &settings.oauth));
+        Self {
+            settings,
+            stores,
+            mode,
+            started: Instant::now(),
+            oauth: Arc::default(),
+            tokens: Arc::new(tokens),
+            truecontext: Arc::default(),
+            webhook,
+            webhook_counters: Arc::default(),
+            push_connections: Arc::default(),
+        }
+    }
+
+    /// The TrueContext client, made on first use.
+    pub fn truecontext(&self) -> &crate::truecontext::TrueContextClient {
+        self.truecontext
+            .get_or_init(|| crate::truecontext::TrueContextClient::new(&self.settings.truecontext, self.stores.clone()))
+    }
+
+    pub fn webhook_verifier(&self) -> &crate::webhook::auth::Verifier {
+        &self.webhook
+    }
+
+    pub fn webhook_counters(&self) -> &Arc<crate::webhook::counters::Counters> {
+        &self.webhook_counters
+    }
+
+    /// The connections a push may belong to: every known one but those disabled.
+    pub async fn push_connections(&self) -> Result<Vec<String>, crate::store::StoreError> {
+        let mut cached = self.push_connections.lock().await;
+        if let Some((at, ids)) = cached.as_ref() {
+            if at.elapsed() < PUSH_CONNECTIONS_TTL {
+                return Ok(ids.clone());
+            }
+        }
+        let consented = crate::connections::list(&self.stores).await?;
+        let disabled: Vec<&str> = consented
+            .iter()
+            .filter(|c| c.state == crate::connections::ConnectionState::Disabled)
+            .map(|c| c.id.as_str())
+            .collect();
+        let ids: Vec<String> = crate::connections::known_ids_of(&consented, &self.settings)
+            .into_iter()
+            .filter(|id| !disabled.contains(&id.as_str()))
+            .collect();
+        *cached = Some((Instant::now(), ids.clone()));
+        Ok(ids)
     }
 
     /// Access tokens for connections: the one path everything that calls TrueContext uses.
@@ -154,6 +217,34 @@ impl App {
     /// The OAuth client side: HTTP client, provider metadata, JWKS.
     pub fn oauth(&self) -> &crate::oauth::OAuthRuntime {
         self.oauth.get_or_init(|| crate::oauth::OAuthRuntime::new(&self.settings.oauth, self.stores.identity.clone()))
+    }
+
+    /// Upkeep that must not wait for a request: stored pushes whose request died before they
+    /// were queued are queued, and alerts still owed to the alert webhook are posted. Run by
+    /// every sync timer run and, while a server runs, every minute.
+    pub async fn housekeeping(&self) {
+        let connections = match crate::connections::known_ids(&self.stores, &self.settings).await {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(error = %e, "housekeeping could not read the connections"),
+        };
+        let intake = crate::webhook::Intake {
+            stores: &self.stores,
+            container: &self.settings.landing.container,
+            queue: &self.settings.queues.incoming,
+            recovery_after: self.settings.webhook.recovery_after,
+        };
+        match crate::webhook::recover(&intake, &connections).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(queued = n, "stored pushes that were never queued are queued now"),
+            Err(e) => tracing::warn!(error = %e, "the recovery pass of stored pushes failed"),
+        }
+        if let Some(webhook) = &self.settings.tokens.alert_webhook {
+            match crate::alerts::deliver_pending(&self.stores, webhook, &connections).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(delivered = n, "owed alerts were posted"),
+                Err(e) => tracing::warn!(error = %e, "owed alerts could not be read"),
+            }
+        }
     }
 
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is
@@ -179,6 +270,7 @@ impl App {
             "status" => status::respond(self).await,
             "authorize" => authorize::respond(self, &request).await,
             "callback" => callback::respond(self, &request).await,
+            "webhook" => webhook::respond(self, &request).await,
             name => HttpResponse::error(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_available",

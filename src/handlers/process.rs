@@ -1,13 +1,15 @@
 //! `process`: the queue function. Its messages are work that must outlive the invocation that
 //! asked for it (under the Functions host, a task left running after an answer may be frozen or
-//! lost with the instance): today the first sync of a newly consented connection; the webhook's
-//! pushed submissions join them.
+//! lost with the instance): the first sync of a newly consented connection, and every push the
+//! webhook stored.
 
 use serde::{Deserialize, Serialize};
 
-use super::sync::{pull, run_deadline};
+use super::sync::{credentials, pull, run_deadline};
 use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
+use crate::webhook::counters::Counters;
+use crate::webhook::{Processed, PushRef};
 
 /// One message on the incoming queue (`INCOMING_QUEUE_NAME`), tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +17,8 @@ use crate::sync::RunOutcome;
 pub enum ProcessMessage {
     /// Sync this connection now (its first sync backfills `SYNC_BACKFILL_DAYS`).
     Sync { connection: String },
+    /// Land one stored push (`key` is `{submission id}.{sha256 of the body}`).
+    Push { connection: String, key: String },
 }
 
 impl ProcessMessage {
@@ -23,13 +27,26 @@ impl ProcessMessage {
             .map_err(|e| InvocationError::InvalidInput(format!("message {} is not JSON: {e}", input.id)))?;
         let message: ProcessMessage = serde_json::from_value(value).map_err(|e| {
             InvocationError::InvalidInput(format!(
-                "message {} is not a process message ({{\"kind\": \"sync\", \"connection\": ID}}): {e}",
+                "message {} is not a process message ({{\"kind\": \"sync\" or \"push\", \"connection\": ID, ...}}): {e}",
                 input.id
             ))
         })?;
-        let ProcessMessage::Sync { connection } = &message;
+        let (ProcessMessage::Sync { connection } | ProcessMessage::Push { connection, .. }) = &message;
         crate::connections::validate_id(connection)
             .map_err(|e| InvocationError::InvalidInput(format!("message {}: connection: {e}", input.id)))?;
+        if let ProcessMessage::Push { key, .. } = &message {
+            let valid = key.split_once('.').is_some_and(|(id, sha)| {
+                crate::webhook::payload::is_identifier(id)
+                    && sha.len() == 64
+                    && sha.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            if !valid {
+                return Err(InvocationError::InvalidInput(format!(
+                    "message {}: key is not {{id}}.{{sha256}}",
+                    input.id
+                )));
+            }
+        }
         Ok(message)
     }
 }
@@ -52,6 +69,77 @@ pub async fn queue_first_sync(app: &App, connection: &str) -> bool {
 pub async fn run(app: &App, input: QueueInput) -> Result<(), InvocationError> {
     match ProcessMessage::parse(&input)? {
         ProcessMessage::Sync { connection } => sync(app, &connection).await,
+        ProcessMessage::Push { connection, key } => push(app, &input, PushRef { connection, key }).await,
+    }
+}
+
+/// Lands one stored push. A failure is returned, so the queue delivers it again (with backoff);
+/// on its last allowed delivery it is recorded as poisoned and alerted once, and the front door
+/// (or the host) moves it to `<queue>-poison`, where `tcbridge poison replay` finds it.
+async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), InvocationError> {
+    let settings = &app.settings;
+    let counters = app.webhook_counters();
+    let landing =
+        crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+    let documents = Documents { app };
+    let result = crate::webhook::process(&app.stores, &settings.landing.container, &landing, &documents, &push).await;
+    let outcome = match result {
+        Ok(processed) => {
+            match &processed {
+                Processed::Landed(landed) => {
+                    Counters::bump(&counters.processed);
+                    tracing::info!(connection = %push.connection, identifier = %landed.id, outcome = ?landed.outcome, version = landed.version, "push processed");
+                }
+                Processed::AlreadyDone => {
+                    tracing::info!(connection = %push.connection, key = %push.key, "push already processed")
+                }
+                Processed::Unknown => {
+                    tracing::warn!(connection = %push.connection, key = %push.key, "no stored push for this message; nothing to do")
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    counters.flush_soon(&app.stores);
+    let Err(error) = outcome else { return Ok(()) };
+    let last = input.dequeue_count >= settings.queues.max_dequeue_count;
+    if let Err(e) = crate::webhook::record_failure(&app.stores, &push, &error, last).await {
+        tracing::warn!(error = %e, "the failure of a push could not be recorded");
+    }
+    if last {
+        Counters::bump(&counters.poisoned);
+        let reason = format!(
+            "a pushed submission could not be processed after {} deliveries and was moved to {}-poison: {error}; \
+             fix the cause, then `tcbridge poison replay --all`",
+            input.dequeue_count, settings.queues.incoming
+        );
+        let alert = crate::alerts::Alert::new("push_poisoned", Some(&push.connection), "poisoned", &push.key, &reason);
+        if let Err(e) = crate::alerts::raise(&app.stores, settings.tokens.alert_webhook.as_ref(), alert).await {
+            tracing::warn!(error = %e, "the poisoned-push alert could not be recorded");
+        }
+    } else {
+        Counters::bump(&counters.retried);
+    }
+    Err(InvocationError::Unavailable(format!("the push {} of {} failed: {error}", push.key, push.connection)))
+}
+
+/// Documents for pushes that did not carry them, through the one TrueContext client (its daily
+/// budget and 402 stop included).
+struct Documents<'a> {
+    app: &'a App,
+}
+
+#[async_trait::async_trait]
+impl crate::webhook::DocumentSource for Documents<'_> {
+    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, String> {
+        let tokens = self.app.tokens();
+        let credentials = credentials(&self.app.settings.truecontext, &tokens)
+            .ok_or_else(|| super::sync::MISSING_API_KEY.to_owned())?;
+        let client = self.app.truecontext();
+        let document = client.document(&credentials, connection, identifier).await.map_err(|e| e.to_string());
+        client.release_slots().await;
+        Ok(document?.bytes)
     }
 }
 

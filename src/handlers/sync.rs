@@ -40,6 +40,7 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     if info.is_past_due {
         tracing::warn!("sync is running late (past due)");
     }
+    app.housekeeping().await;
     let result = sync_connections(app).await;
     let outcome = match &result {
         Ok(0) => "no connections yet; nothing to sync".to_owned(),
@@ -127,7 +128,7 @@ async fn warn_before_reconsent_deadline(app: &App, connection: &crate::connectio
     );
     let code = format!("deadline-{}", deadline.timestamp());
     let alert = crate::alerts::Alert::new("reconsent_due", Some(&connection.id), "reconsent_due", &code, &reason);
-    if let Err(e) = crate::alerts::raise(&app.stores, settings.alert_webhook_url.as_ref(), alert).await {
+    if let Err(e) = crate::alerts::raise(&app.stores, settings.alert_webhook.as_ref(), alert).await {
         tracing::warn!(connection = %connection.id, error = %e, "the re-consent alert could not be recorded");
     }
 }
@@ -159,6 +160,20 @@ pub async fn last_run(app: &App) -> Result<Option<SyncRun>, crate::store::StoreE
     Ok(table.get::<SyncRun>(RUNS_PARTITION, LAST_RUN).await?.map(|v| v.value))
 }
 
+pub const MISSING_API_KEY: &str = "TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
+
+/// The credentials `TRUECONTEXT_AUTH` names; `None` when its API key is not configured.
+pub fn credentials<'a>(
+    tc: &'a crate::config::TrueContextSettings,
+    tokens: &'a crate::tokens::Tokens<'a>,
+) -> Option<Credentials<'a>> {
+    match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {
+        (TrueContextAuth::Bearer, _, _) => Some(Credentials::Bearer(tokens)),
+        (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Some(Credentials::Basic { key_id, secret }),
+        (TrueContextAuth::Basic, _, _) => None,
+    }
+}
+
 /// One sync run of `connection` with this app's parts (the TrueContext client, the credentials
 /// `TRUECONTEXT_AUTH` names, the landing), under the connection's sync lease and recorded for
 /// status. The timer, the first sync after consent and `tcbridge sync --once` all run it.
@@ -169,32 +184,25 @@ pub async fn pull(
     deadline: tokio::time::Instant,
 ) -> Result<RunOutcome, crate::store::StoreError> {
     let settings = &app.settings;
-    let client = crate::truecontext::TrueContextClient::new(&settings.truecontext, app.stores.clone());
+    let client = app.truecontext();
     let tokens = app.tokens();
-    let tc = &settings.truecontext;
-    let credentials = match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {
-        (TrueContextAuth::Bearer, _, _) => Credentials::Bearer(&tokens),
-        (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Credentials::Basic { key_id, secret },
-        (TrueContextAuth::Basic, _, _) => {
-            let reason =
-                "configuration: TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
-            return Ok(RunOutcome::Ran(SyncSummary {
-                connection: connection.to_owned(),
-                stopped_reason: Some(reason.into()),
-                stopped_class: Some("configuration".into()),
-                ..Default::default()
-            }));
-        }
+    let Some(credentials) = credentials(&settings.truecontext, &tokens) else {
+        return Ok(RunOutcome::Ran(SyncSummary {
+            connection: connection.to_owned(),
+            stopped_reason: Some(format!("configuration: {MISSING_API_KEY}")),
+            stopped_class: Some("configuration".into()),
+            ..Default::default()
+        }));
     };
     let landing =
         crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
     let parts = crate::sync::SyncParts {
-        client: &client,
+        client,
         credentials: &credentials,
         stores: &app.stores,
         landing: &landing,
         settings: &settings.sync,
-        alert_webhook: settings.tokens.alert_webhook_url.as_ref(),
+        alert_webhook: settings.tokens.alert_webhook.as_ref(),
         progress,
         deadline,
     };

@@ -61,7 +61,7 @@ pub struct Arrival<'a> {
 }
 
 /// What a landing did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// First seen: stored, event sent.

@@ -183,36 +183,8 @@ impl IdTokenValidator {
     /// allow-list (before any key is fetched), signature with the key named by `kid`, issuer,
     /// audience and `azp`, nonce, `exp`, `nbf`, `iat`.
     pub async fn validate(&self, token: &SecretString, expected: &Expectations) -> Result<IdTokenClaims, IdTokenError> {
-        let token = token.expose();
-        let header = read_header(token, &expected.algorithms)?;
-        let key = self.keys.key(header.kid.as_deref(), header.alg).await.map_err(|e| match e {
-            KeyError::Unavailable(reason) => IdTokenError::JwksUnavailable(reason),
-            KeyError::Unknown => IdTokenError::UnknownKey,
-            KeyError::WrongAlgorithm => IdTokenError::BadSignature,
-        })?;
-        let mut validation = Validation::new(header.alg);
-        // Times, audience and issuer are checked below, with our clock and our error names.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => {
-                    IdTokenError::BadSignature
-                }
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-                    IdTokenError::AlgorithmNotAllowed(format!("{:?}", header.alg))
-                }
-                ErrorKind::Base64(_) => IdTokenError::Malformed("a part is not base64url".into()),
-                ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                    IdTokenError::Malformed("the claims are not a JSON object".into())
-                }
-                _ => IdTokenError::BadSignature,
-            }
-        })?;
-        let claims = check_claims(data.claims, expected, self.keys.clock().unix_now())?;
+        let (claims, key) = verify_signature(&self.keys, token.expose(), &expected.algorithms).await?;
+        let claims = check_claims(claims, expected, self.keys.clock().unix_now())?;
         if let Some(bound) = &key.issuer {
             // Entra binds each key to an issuer (template); a key of one tenant cannot vouch for another.
             let bound = bound.replace(TENANT_PLACEHOLDER, claims.tid.as_deref().unwrap_or_default());
@@ -222,6 +194,46 @@ impl IdTokenValidator {
         }
         Ok(claims)
     }
+}
+
+/// The first half of any JWT check, shared with the webhook's bearer tokens: shape (three parts;
+/// JWE refused), the header's algorithm against `allowed` (before any key is fetched), and the
+/// signature with the published key named by `kid`. Returns the claims, unchecked, and the key
+/// (whose issuer binding the caller may check).
+pub async fn verify_signature(
+    keys: &JwksCache,
+    token: &str,
+    allowed: &[Algorithm],
+) -> Result<(Map<String, Value>, super::jwks::JwksKey), IdTokenError> {
+    let header = read_header(token, allowed)?;
+    let key = keys.key(header.kid.as_deref(), header.alg).await.map_err(|e| match e {
+        KeyError::Unavailable(reason) => IdTokenError::JwksUnavailable(reason),
+        KeyError::Unknown => IdTokenError::UnknownKey,
+        KeyError::WrongAlgorithm => IdTokenError::BadSignature,
+    })?;
+    let mut validation = Validation::new(header.alg);
+    // Times, audience and issuer are the caller's to check, with its clock and its error names.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => {
+                IdTokenError::BadSignature
+            }
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                IdTokenError::AlgorithmNotAllowed(format!("{:?}", header.alg))
+            }
+            ErrorKind::Base64(_) => IdTokenError::Malformed("a part is not base64url".into()),
+            ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                IdTokenError::Malformed("the claims are not a JSON object".into())
+            }
+            _ => IdTokenError::BadSignature,
+        }
+    })?;
+    Ok((data.claims, key))
 }
 
 struct Header {

@@ -44,10 +44,14 @@ pub enum Table {
     Alerts,
     /// Calls made to TrueContext per connection and UTC day, and the stop after a 402.
     Budgets,
+    /// Pushes stored and not yet processed.
+    Incoming,
+    /// Pushes processed: what makes a redelivery a duplicate.
+    Deliveries,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 10] = [
         Table::Connections,
         Table::PendingFlows,
         Table::Cursors,
@@ -56,6 +60,8 @@ impl Table {
         Table::Runs,
         Table::Alerts,
         Table::Budgets,
+        Table::Incoming,
+        Table::Deliveries,
     ];
 
     /// Azure table names are alphanumeric, 3-63 characters, starting with a letter.
@@ -69,6 +75,8 @@ impl Table {
             Table::Runs => "runs",
             Table::Alerts => "alerts",
             Table::Budgets => "budgets",
+            Table::Incoming => "incoming",
+            Table::Deliveries => "deliveries",
         }
     }
 }

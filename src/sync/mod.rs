@@ -120,7 +120,7 @@ pub struct SyncParts<'a> {
     pub landing: &'a Landing<'a>,
     pub settings: &'a SyncSettings,
     /// Where a stalled sync's alert is posted (`ALERT_WEBHOOK_URL`).
-    pub alert_webhook: Option<&'a url::Url>,
+    pub alert_webhook: Option<&'a crate::config::AlertWebhook>,
     /// Told the running totals after every page (the CLI's progress bar).
     pub progress: Option<&'a Progress<'a>>,
     /// No page is started after this (the caller's run limit, from `SYNC_MAX_RUN_SECONDS`).

@@ -163,7 +163,7 @@ impl Tokens<'_> {
                         "the new token set could not be stored; the refresh token it carries is lost");
                     let alert =
                         Alert::new("token_set_not_stored", Some(&subject.id), "store", "secret_write", &e.to_string());
-                    if let Err(e) = alerts::raise(self.stores, self.settings.alert_webhook_url.as_ref(), alert).await {
+                    if let Err(e) = alerts::raise(self.stores, self.settings.alert_webhook.as_ref(), alert).await {
                         tracing::error!(connection = %subject.id, error = %e, "an alert could not be recorded");
                     }
                     return Err(e.into());
@@ -265,7 +265,7 @@ impl Tokens<'_> {
             _ => None,
         };
         if let Some(alert) = alert {
-            if let Err(e) = alerts::raise(self.stores, self.settings.alert_webhook_url.as_ref(), alert).await {
+            if let Err(e) = alerts::raise(self.stores, self.settings.alert_webhook.as_ref(), alert).await {
                 tracing::error!(connection = %subject.id, error = %e, "an alert could not be recorded");
             }
         }

@@ -1,0 +1,362 @@
+//! The webhook: pushes from TrueContext's HTTP Data Destination, made durable before they are
+//! acknowledged, then processed from the incoming queue into the same landing as the sync.
+//!
+//! **Intake** ([`Intake::accept`]), in this order, each step idempotent:
+//! 1. a push already processed (`deliveries` row for connection, id and body hash) is a duplicate;
+//! 2. the body is stored exactly as received, `incoming/{connection}/{id}/{sha256}.json`, only if absent;
+//! 3. its pending row (`incoming` table) is inserted; an existing row means the same delivery is
+//!    already in hand: a duplicate (one whose request died before queueing is queued by it);
+//! 4. a `push` message goes on the incoming queue, and the row notes that it is queued;
+//! 5. only then is the push answered 202.
+//!
+//! A crash before 3 leaves an orphan blob at most (the sender retries: no 2xx was sent). A crash
+//! between 3 and 4 leaves a row not queued: a retry of the same delivery, or the recovery pass
+//! ([`recover`], every timer run and every minute in standalone mode), queues it once
+//! `WEBHOOK_RECOVERY_SECONDS` have passed. After 4, the queue holds it until it is processed.
+//!
+//! **Processing** ([`process`]) lands the stored body through [`crate::landing`] (a template
+//! body that lacks the document has it fetched first), records the delivery as processed, and
+//! deletes the pending row. A message for a delivery already processed does nothing, so a
+//! redelivered or replayed message cannot land twice.
+
+pub mod auth;
+pub mod counters;
+pub mod payload;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::landing::{Arrival, Landed, Landing, LandingError, Source};
+use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
+use payload::{Push, PushFormat};
+
+/// A push stored and waiting to be processed (`incoming` table: connection, `{id}.{sha256}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub identifier: String,
+    pub sha256: String,
+    pub blob: String,
+    pub format: PushFormat,
+    pub received_at: DateTime<Utc>,
+    /// Its message is on the queue (false only between the row and the enqueue, or after a crash there).
+    pub queued: bool,
+    /// When it was last queued (or claimed to be queued by the recovery pass).
+    pub queued_at: Option<DateTime<Utc>>,
+    /// Processing failed on its last allowed delivery: its message is in the poison queue.
+    #[serde(default)]
+    pub poisoned: bool,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// A push that was processed (`deliveries` table: connection, `{id}.{sha256}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub identifier: String,
+    pub sha256: String,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+    pub outcome: crate::landing::Outcome,
+    pub version: u64,
+}
+
+/// The queue message of one stored push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRef {
+    pub connection: String,
+    /// `{id}.{sha256}`: the row of the `incoming` and `deliveries` tables.
+    pub key: String,
+}
+
+/// What the intake did with a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored and queued: answered 202.
+    Accepted { key: String },
+    /// The same body was already stored or processed: answered 200, nothing new queued.
+    Duplicate { key: String },
+}
+
+/// Storage errors of the intake and processing, and what processing found wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Landing(#[from] LandingError),
+    #[error("the stored push {0} is gone (its blob was deleted)")]
+    BlobMissing(String),
+    #[error("the stored push is not a valid submission: {0}")]
+    Payload(#[from] payload::PayloadError),
+    #[error("the document could not be fetched: {0}")]
+    Fetch(String),
+}
+
+/// The intake with its parts.
+pub struct Intake<'a> {
+    pub stores: &'a Stores,
+    pub container: &'a str,
+    pub queue: &'a str,
+    pub recovery_after: Duration,
+}
+
+/// The key of a delivery: its submission and the hash of its body exactly as received.
+pub fn delivery_key(identifier: &str, sha256: &str) -> String {
+    format!("{identifier}.{sha256}")
+}
+
+pub fn blob_path(connection: &str, identifier: &str, sha256: &str) -> String {
+    format!("incoming/{connection}/{identifier}/{sha256}.json")
+}
+
+impl Intake<'_> {
+    /// Makes one push durable and queued (see the module documentation for the order).
+    pub async fn accept(&self, connection: &str, push: &Push, body: &[u8]) -> Result<Accepted, StoreError> {
+        let sha256 = hex::encode(Sha256::digest(body));
+        let key = delivery_key(&push.identifier, &sha256);
+        let done = TypedTable::new(self.stores.tables.as_ref(), Table::Deliveries);
+        if done.get::<Delivery>(connection, &key).await?.is_some() {
+            return Ok(Accepted::Duplicate { key });
+        }
+        let blob = blob_path(connection, &push.identifier, &sha256);
+        match self.stores.blobs.put(self.container, &blob, body, "application/json", true).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let now = Utc::now();
+        let pending = Pending {
+            identifier: push.identifier.clone(),
+            sha256,
+            blob,
+            format: push.format,
+            received_at: now,
+            queued: false,
+            queued_at: None,
+            poisoned: false,
+            attempts: 0,
+            last_error: None,
+        };
+        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
+        let etag = match table.insert(connection, &key, &pending).await {
+            Ok(etag) => etag,
+            Err(StoreError::AlreadyExists { .. }) => {
+                // The same delivery again. If its first request died before queueing, queue it now.
+                if let Some(current) = table.get::<Pending>(connection, &key).await? {
+                    self.queue_if_stranded(connection, &key, current).await?;
+                }
+                return Ok(Accepted::Duplicate { key });
+            }
+            Err(e) => return Err(e),
+        };
+        self.enqueue(connection, &key, Versioned { value: pending, etag }).await?;
+        Ok(Accepted::Accepted { key })
+    }
+
+    /// Queues a pending push whose request died between its row and its message, once it has
+    /// been stranded for `recovery_after`. The row is claimed under If-Match first, so of two
+    /// recoverers one queues it.
+    async fn queue_if_stranded(
+        &self,
+        connection: &str,
+        key: &str,
+        current: Versioned<Pending>,
+    ) -> Result<bool, StoreError> {
+        let row = &current.value;
+        let since = row.queued_at.unwrap_or(row.received_at);
+        if row.queued || Utc::now() - since < crate::clock::delta(self.recovery_after) {
+            return Ok(false);
+        }
+        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
+        let claim = Pending { queued_at: Some(Utc::now()), ..row.clone() };
+        let etag = match table.update(connection, key, &claim, IfMatch::ETag(current.etag)).await {
+            Ok(etag) => etag,
+            Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(connection, identifier = %row.identifier, "a stored push that was never queued is queued now");
+        self.enqueue(connection, key, Versioned { value: claim, etag }).await?;
+        Ok(true)
+    }
+
+    async fn enqueue(&self, connection: &str, key: &str, stored: Versioned<Pending>) -> Result<(), StoreError> {
+        let message = serde_json::json!({ "kind": "push", "connection": connection, "key": key });
+        self.stores.queues.enqueue(self.queue, &message.to_string(), Duration::ZERO).await?;
+        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
+        let queued = Pending { queued: true, queued_at: Some(Utc::now()), ..stored.value };
+        match table.update(connection, key, &queued, IfMatch::ETag(stored.etag)).await {
+            // Processed (and deleted) or claimed already: the message is on the queue either way.
+            Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The recovery pass: queues every push of `connections` stored but never queued. Returns how many.
+pub async fn recover(intake: &Intake<'_>, connections: &[String]) -> Result<usize, StoreError> {
+    let mut queued = 0;
+    for connection in connections {
+        for (key, row) in pending_of(intake.stores, connection).await? {
+            if !row.value.queued && intake.queue_if_stranded(connection, &key, row).await? {
+                queued += 1;
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// Every pending push of `connection`, with its key.
+pub async fn pending_of(stores: &Stores, connection: &str) -> Result<Vec<(String, Versioned<Pending>)>, StoreError> {
+    let mut out = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = stores
+            .tables
+            .query(Table::Incoming, connection, &crate::store::RowRange::all(), 1000, continuation.as_deref())
+            .await?;
+        for entity in page.entities {
+            let value: Pending = crate::store::from_properties(entity.properties)?;
+            out.push((entity.row_key, Versioned { value, etag: entity.etag }));
+        }
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// What processing one message did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Processed {
+    Landed(Landed),
+    /// The delivery was processed before (a redelivered or replayed message).
+    AlreadyDone,
+    /// No such pending push (deleted by hand, or the message was made up).
+    Unknown,
+}
+
+/// Fetches a submission's document for a push that did not carry it.
+#[async_trait::async_trait]
+pub trait DocumentSource: Send + Sync {
+    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, String>;
+}
+
+/// Processes one stored push: lands it (fetching the document when the push lacks it), records
+/// the delivery, removes the pending row.
+pub async fn process(
+    stores: &Stores,
+    container: &str,
+    landing: &Landing<'_>,
+    fetch: &dyn DocumentSource,
+    push: &PushRef,
+) -> Result<Processed, WebhookError> {
+    let done = TypedTable::new(stores.tables.as_ref(), Table::Deliveries);
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Incoming);
+    let Some(pending) = table.get::<Pending>(&push.connection, &push.key).await? else {
+        return Ok(if done.get::<Delivery>(&push.connection, &push.key).await?.is_some() {
+            Processed::AlreadyDone
+        } else {
+            Processed::Unknown
+        });
+    };
+    if done.get::<Delivery>(&push.connection, &push.key).await?.is_some() {
+        delete_pending(stores, &push.connection, &push.key).await?;
+        return Ok(Processed::AlreadyDone);
+    }
+    let row = &pending.value;
+    let Some(blob) = stores.blobs.get(container, &row.blob).await? else {
+        return Err(WebhookError::BlobMissing(row.blob.clone()));
+    };
+    let fetched;
+    let (raw, order) = if row.format.is_complete() {
+        (blob.content.as_slice(), row.received_at)
+    } else {
+        // The fetch is newer than the push: the document as TrueContext serves it now.
+        let at = Utc::now();
+        fetched = fetch.document(&push.connection, &row.identifier).await.map_err(WebhookError::Fetch)?;
+        (fetched.as_slice(), at)
+    };
+    let arrival = Arrival { connection: &push.connection, source: Source::Webhook, raw, order, processed_date: None };
+    let landed = landing.land(&arrival).await?;
+    let delivery = Delivery {
+        identifier: row.identifier.clone(),
+        sha256: row.sha256.clone(),
+        received_at: row.received_at,
+        processed_at: Utc::now(),
+        outcome: landed.outcome,
+        version: landed.version,
+    };
+    match done.insert(&push.connection, &push.key, &delivery).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    delete_pending(stores, &push.connection, &push.key).await?;
+    Ok(Processed::Landed(landed))
+}
+
+async fn delete_pending(stores: &Stores, connection: &str, key: &str) -> Result<(), StoreError> {
+    match stores.tables.delete(Table::Incoming, connection, key, IfMatch::Any).await {
+        Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Notes a failed processing on the pending row; `poisoned` when it was the last delivery.
+pub async fn record_failure(stores: &Stores, push: &PushRef, error: &str, poisoned: bool) -> Result<(), StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Incoming);
+    let Some(current) = table.get::<Pending>(&push.connection, &push.key).await? else { return Ok(()) };
+    let row = Pending {
+        attempts: current.value.attempts + 1,
+        last_error: Some(crate::telemetry::redact(error).into_owned()),
+        poisoned,
+        ..current.value
+    };
+    match table.update(&push.connection, &push.key, &row, IfMatch::ETag(current.etag)).await {
+        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Marks a poisoned push as queued again (`tcbridge poison replay`).
+pub async fn mark_replayed(stores: &Stores, push: &PushRef) -> Result<(), StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Incoming);
+    let Some(current) = table.get::<Pending>(&push.connection, &push.key).await? else { return Ok(()) };
+    let row = Pending { poisoned: false, queued: true, queued_at: Some(Utc::now()), ..current.value };
+    match table.update(&push.connection, &push.key, &row, IfMatch::ETag(current.etag)).await {
+        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What status shows of the pushes still in hand.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Backlog {
+    /// Stored and not yet processed (poisoned ones included).
+    pub unprocessed: usize,
+    pub poisoned: usize,
+    /// Stored but not queued (a request died between the two; the recovery pass queues them).
+    pub stranded: usize,
+    pub oldest_unprocessed_at: Option<DateTime<Utc>>,
+    pub oldest_unprocessed_age_seconds: Option<i64>,
+}
+
+pub async fn backlog(stores: &Stores, connections: &[String]) -> Result<Backlog, StoreError> {
+    let mut out = Backlog::default();
+    for connection in connections {
+        for (_, row) in pending_of(stores, connection).await? {
+            let row = row.value;
+            out.unprocessed += 1;
+            out.poisoned += usize::from(row.poisoned);
+            out.stranded += usize::from(!row.queued);
+            if out.oldest_unprocessed_at.is_none_or(|oldest| row.received_at < oldest) {
+                out.oldest_unprocessed_at = Some(row.received_at);
+            }
+        }
+    }
+    out.oldest_unprocessed_age_seconds = out.oldest_unprocessed_at.map(|at| (Utc::now() - at).num_seconds().max(0));
+    Ok(out)
+}
