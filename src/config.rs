@@ -496,6 +496,7 @@ impl Settings {
                 max_run: Duration::from_secs(p.number("SYNC_MAX_RUN_SECONDS", 480, 10, 86_400)),
                 form_ids: p.list("SYNC_FORM_IDS", &[',', ' ']),
                 formspace_ids: p.list("SYNC_FORMSPACE_IDS", &[',', ' ']),
+                trust_pushes: p.flag("SYNC_TRUST_PUSHES"),
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             log_format: p.choice(
@@ -913,6 +914,9 @@ pub struct SyncSettings {
     /// `SYNC_FORM_IDS`, `SYNC_FORMSPACE_IDS`: what to sync (empty: everything).
     pub form_ids: Vec<String>,
     pub formspace_ids: Vec<String>,
+    /// `SYNC_TRUST_PUSHES`: a submission whose current version was pushed, in the state the list
+    /// shows, is taken as current without a document call (see ARCHITECTURE.md, "Push and pull").
+    pub trust_pushes: bool,
 }
 
 /// Where landed data goes.

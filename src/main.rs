@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: SubmissionsCommand,
     },
+    /// Messages that failed on every allowed delivery (the incoming queue's poison queue).
+    Poison {
+        #[command(subcommand)]
+        command: PoisonCommand,
+    },
     /// Print the link an administrator opens to connect (or reconnect) a connection.
     ConsentUrl {
         /// The connection to connect.
@@ -105,6 +110,24 @@ enum SubmissionsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PoisonCommand {
+    /// List the poisoned messages with the error their push last recorded.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put poisoned messages back on the incoming queue: one (by message id or submission id)
+    /// or, with --all, every one.
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
 fn main() -> ExitCode {
     truecontext_bridge::tls::install_crypto_provider();
     let cli = Cli::parse();
@@ -127,6 +150,7 @@ fn main() -> ExitCode {
             Command::Status => status(&raw).await,
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
             Command::Submissions { command } => submissions(&raw, command).await,
+            Command::Poison { command } => poison(&raw, command).await,
             Command::Sync { once, connection, json } => sync_once(&raw, once, connection, json).await,
             Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
@@ -443,6 +467,55 @@ async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::
             stdout.write_all(&blob.content)?;
             if !raw {
                 writeln!(stdout)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn poison(raw: &RawSettings, command: PoisonCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use truecontext_bridge::handlers::poison;
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let app = open_app(settings, Mode::Cli)?;
+    let line = |p: &poison::Poisoned| {
+        format!(
+            "{}  {}  {}  {}  attempts {}  {}",
+            p.id,
+            p.kind,
+            p.connection.as_deref().unwrap_or("-"),
+            p.submission.as_deref().unwrap_or("-"),
+            p.attempts.map_or("-".to_owned(), |a| a.to_string()),
+            p.last_error.as_deref().unwrap_or("-"),
+        )
+    };
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        PoisonCommand::List { json } => {
+            let listed = poison::list(&app).await.context("cannot read the poison queue")?;
+            for item in &listed {
+                if json {
+                    writeln!(stdout, "{}", serde_json::to_string(item)?)?;
+                } else {
+                    writeln!(stdout, "{}", line(item))?;
+                }
+            }
+            if !json && listed.is_empty() {
+                writeln!(stdout, "the poison queue {} is empty", poison::poison_queue(&app))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PoisonCommand::Replay { id, all: _ } => {
+            let replayed = poison::replay(&app, id.as_deref()).await.context("cannot replay the poison queue")?;
+            for item in &replayed {
+                writeln!(stdout, "replayed {}", line(item))?;
+            }
+            if replayed.is_empty() {
+                match id {
+                    Some(id) => bail!("no poisoned message has the id or submission {id:?}"),
+                    None => writeln!(stdout, "the poison queue {} is empty", poison::poison_queue(&app))?,
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -30,8 +30,26 @@ pub struct StatusReport {
     pub app_alerts: Vec<Alert>,
     /// Per connection: TrueContext calls today and the budget, and the sync cursor.
     pub truecontext: Vec<TrueContextStatus>,
+    /// Pushes: what the webhook received and refused, what processing did, what is in hand.
+    pub webhook: WebhookStatus,
+    /// Alerts not yet delivered to `ALERT_WEBHOOK_URL` (retried with backoff).
+    pub alerts_undelivered: Vec<Alert>,
     /// Settings that a feature still needs (names only, never values).
     pub configuration_missing: Vec<String>,
+}
+
+/// The webhook and the processing of pushes, summed over every instance.
+#[derive(Debug, Serialize)]
+pub struct WebhookStatus {
+    /// `WEBHOOK_AUTH`, or `None` when unset (every push is refused).
+    pub auth: Option<crate::config::WebhookAuth>,
+    #[serde(flatten)]
+    pub counters: crate::webhook::counters::Figures,
+    #[serde(flatten)]
+    pub backlog: crate::webhook::Backlog,
+    /// Messages on the incoming queue (pushes and first syncs), visible or not.
+    pub queue_depth: usize,
+    pub poison_queue_depth: usize,
 }
 
 /// One connection's use of TrueContext.
@@ -163,6 +181,7 @@ impl StatusReport {
         known.extend(last_syncs.iter().map(|l| l.connection.clone()));
         known.sort();
         known.dedup();
+        let known_all = known.clone();
         for record in consented {
             let mut status = ConnectionStatus::from_record(record, "delegated", tokens, now);
             status.alerts = alert_names(app, &status.id).await?;
@@ -189,6 +208,22 @@ impl StatusReport {
             })
         }));
         attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
+        let webhook = webhook_status(app, &known_all).await?;
+        if webhook.poison_queue_depth > 0 {
+            attention.push(format!(
+                "{} message(s) in the poison queue: see `tcbridge poison list`, then `tcbridge poison replay`",
+                webhook.poison_queue_depth
+            ));
+        }
+        let alerts_undelivered = alerts::undelivered(&app.stores, &known_all).await?;
+        if let Some(oldest) = alerts_undelivered.iter().min_by_key(|a| a.raised_at) {
+            attention.push(format!(
+                "{} alert(s) not delivered to ALERT_WEBHOOK_URL since {}: {}",
+                alerts_undelivered.len(),
+                oldest.raised_at.format("%Y-%m-%d %H:%M UTC"),
+                oldest.last_delivery_error.as_deref().unwrap_or("not tried yet")
+            ));
+        }
         let healthy = attention.is_empty();
         Ok(StatusReport {
             service: "truecontext-bridge",
@@ -201,6 +236,8 @@ impl StatusReport {
             connections,
             app_alerts,
             truecontext,
+            webhook,
+            alerts_undelivered,
             sync: SyncStatus {
                 schedule: schedule.describe(),
                 next_run: schedule.next_after(Utc::now()),
@@ -240,6 +277,17 @@ async fn truecontext_status(
         });
     }
     Ok(out)
+}
+
+async fn webhook_status(app: &App, connections: &[String]) -> Result<WebhookStatus, StoreError> {
+    let queue = &app.settings.queues.incoming;
+    Ok(WebhookStatus {
+        auth: app.settings.webhook.auth,
+        counters: crate::webhook::counters::totals(&app.stores, app.webhook_counters()).await?,
+        backlog: crate::webhook::backlog(&app.stores, connections).await?,
+        queue_depth: app.stores.queues.len(queue).await?,
+        poison_queue_depth: app.stores.queues.len(&format!("{queue}-poison")).await?,
+    })
 }
 
 async fn alert_names(app: &App, connection: &str) -> Result<Vec<String>, StoreError> {

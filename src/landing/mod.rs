@@ -115,6 +115,9 @@ pub struct IndexRow {
     /// The landed event of `version` is still owed (a crash came between the row and the event).
     #[serde(default)]
     pub event_pending: bool,
+    /// Where the current version came from (rows landed before this field: unknown).
+    #[serde(default)]
+    pub landed_by: Option<Source>,
 }
 
 /// Landing with its parts: the stores, the container and the landed-events queue.
@@ -242,6 +245,7 @@ impl<'a> Landing<'a> {
             last_changed: now,
             sources,
             event_pending: true,
+            landed_by: Some(arrival.source),
         };
         // We hold the turn, so a conflict here means a lease outlived: the landing fails and is
         // retried rather than writing over what another lander recorded.

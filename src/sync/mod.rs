@@ -11,13 +11,19 @@
 //! page 0 (what was already landed is not fetched again, so a restart costs list pages only).
 //! The record that left is listed by the next run's window, which covers its new date.
 //!
-//! **Which headers are fetched.** A landed row remembers the end of the window it was landed
-//! from (its order). A header whose row was landed from a window ending at or after this one's
-//! end, in the same state, is skipped. One landed before this window started was processed
-//! since: fetched, its hash compared, landed if changed. One landed by the previous run (its
-//! order inside this window, the overlap) is ambiguous: either it is the overlap listing it
-//! again, or it was edited since. The overlap window `[start, cursor]` is listed once, only when
-//! such a header appears, to tell them apart: still there in the same state means unchanged.
+//! **Which headers are fetched.** A landed row remembers when its copy was taken (its order):
+//! the end of the window a pull landed it from, the time a push was received, or the time a
+//! push's document was fetched. A copy taken at or after this window's end is current for every
+//! record the window lists (each was processed by the end), so in the same state it is skipped.
+//! One taken before this window started was processed since: fetched, its hash compared, landed
+//! if changed. One taken inside this window (the previous run's pull, a push received since) is
+//! ambiguous: the record may have been processed again after the copy. The overlap window
+//! `[start, cursor]` is listed once, only when such a header appears: a record it still lists in
+//! the same state was processed by the cursor, so a copy taken at or after the cursor is
+//! current (and one taken earlier in the overlap was checked by the previous run, which listed
+//! every record processed by the cursor). Anything else costs one document call: neither the
+//! list nor a push tells the processed date. With `SYNC_TRUST_PUSHES` a pushed copy in the
+//! listed state is taken as current (TrueContext pushes each version it processes).
 //! So N new submissions cost ⌈N/100⌉ list pages and N documents.
 
 mod runs;
@@ -283,8 +289,17 @@ async fn needs_document(
         index.get::<IndexRow>(connection, &header.summary.identifier).await?.map(|r| r.value);
     Ok(match &landed {
         None => true,
+        // The copy was taken at or after this window's end: nothing in the window is newer.
         Some(row) if row.order >= walk.end && row.state == header.summary.state => false,
-        Some(row) if previous_end.is_some_and(|prev| row.order >= walk.start && row.order <= prev) => {
+        // Opt-in: TrueContext pushes every version it processes, so a pushed copy is current.
+        Some(row)
+            if parts.settings.trust_pushes
+                && row.landed_by == Some(Source::Webhook)
+                && row.state == header.summary.state =>
+        {
+            false
+        }
+        Some(row) if previous_end.is_some() && row.order >= walk.start => {
             // Listed again by the overlap, or edited since? The overlap listing tells.
             if overlap.is_none() {
                 *overlap =

@@ -30,3 +30,4 @@ mod sync_walk;
 mod token_lifecycle;
 mod token_processes;
 mod truecontext_client;
+mod webhook_auth;

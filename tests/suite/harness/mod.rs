@@ -6,7 +6,9 @@
 pub mod azurite;
 pub mod browser;
 pub mod connected;
+pub mod hook;
 pub mod host;
+pub mod issuer;
 pub mod keyvault;
 pub mod oidc;
 pub mod truecontext;
