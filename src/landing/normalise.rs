@@ -144,7 +144,20 @@ fn answers_of_pages(
     media_path: &dyn Fn(&str) -> String,
 ) -> Map<String, Value> {
     let mut out = Map::new();
+    if let Some(Value::Object(tree)) = pages {
+        // Labels as Node Names, pages keyed by label.
+        add_labelled(&mut out, tree, media, media_path);
+        return out;
+    }
     for page in pages.and_then(Value::as_array).into_iter().flatten() {
+        let standard =
+            page.get("answers").is_some_and(Value::is_array) || page.get("sections").is_some_and(Value::is_array);
+        if let (false, Some(tree)) = (standard, page.as_object()) {
+            // Labels as Node Names: questions are nodes named by their labels (the layout is
+            // not documented; docs/truecontext-api.md). Every leaf is an answer.
+            add_labelled(&mut out, tree, media, media_path);
+            continue;
+        }
         // Older documents have answers directly on the page.
         add_answers(&mut out, page.get("answers"), media, media_path);
         for section in page.get("sections").and_then(Value::as_array).into_iter().flatten() {
@@ -167,6 +180,33 @@ fn answers_of_pages(
         }
     }
     out
+}
+
+/// The answers of a Labels-as-Node-Names tree: a node whose value is not itself a group of
+/// nodes (a scalar, a list, a media item, a date-time) is a question named by its key; pages and
+/// sections are the groups around them. Later duplicates of a label win, as in the Standard form.
+fn add_labelled(
+    out: &mut Map<String, Value>,
+    tree: &Map<String, Value>,
+    media: &mut Vec<Media>,
+    media_path: &dyn Fn(&str) -> String,
+) {
+    for (label, node) in tree {
+        let is_value =
+            |o: &Map<String, Value>| ["bytes", "provided", "time", "identifier"].iter().any(|k| o.contains_key(*k));
+        match node {
+            Value::Object(group) if !is_value(group) => add_labelled(out, group, media, media_path),
+            Value::Array(values) => {
+                out.insert(label.clone(), typed("", values.clone(), media, media_path));
+            }
+            Value::Null => {
+                out.insert(label.clone(), Value::Array(Vec::new()));
+            }
+            single => {
+                out.insert(label.clone(), typed("", vec![single.clone()], media, media_path));
+            }
+        }
+    }
 }
 
 fn add_answers(

@@ -31,3 +31,4 @@ mod token_lifecycle;
 mod token_processes;
 mod truecontext_client;
 mod webhook_auth;
+mod webhook_intake;

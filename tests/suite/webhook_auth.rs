@@ -73,10 +73,20 @@ async fn header_mode_takes_its_header_and_its_values_only() {
     let key = HeaderName::from_static("x-tcbridge-key");
     refused(&hook, &[], "missing", None).await;
     refused(&hook, &[(key.clone(), HeaderValue::from_static(""))], "missing", None).await;
-    refused(&hook, &[(key.clone(), HeaderValue::from_static("header-secret-value-012345678"))], "wrong_credentials", None)
-        .await;
-    refused(&hook, &[(HeaderName::from_static("x-api-key"), HeaderValue::from_str(value).unwrap())], "missing", Some(value))
-        .await;
+    refused(
+        &hook,
+        &[(key.clone(), HeaderValue::from_static("header-secret-value-012345678"))],
+        "wrong_credentials",
+        None,
+    )
+    .await;
+    refused(
+        &hook,
+        &[(HeaderName::from_static("x-api-key"), HeaderValue::from_str(value).unwrap())],
+        "missing",
+        Some(value),
+    )
+    .await;
     refused(&hook, &[Hook::basic_auth(value)], "missing", Some(value)).await;
     let response = hook.send("", &[(key.clone(), HeaderValue::from_str(value).unwrap())], &body()).await;
     assert_eq!(response.status, StatusCode::ACCEPTED, "{}", response.body);
@@ -86,11 +96,8 @@ async fn header_mode_takes_its_header_and_its_values_only() {
 }
 
 async fn jwt_hook(issuer: &Issuer, extra: &[(&str, &str)]) -> Hook {
-    let mut settings = vec![
-        ("WEBHOOK_AUTH", "jwt"),
-        ("WEBHOOK_JWT_ISSUER", issuer.issuer.as_str()),
-        ("WEBHOOK_AUDIENCE", AUDIENCE),
-    ];
+    let mut settings =
+        vec![("WEBHOOK_AUTH", "jwt"), ("WEBHOOK_JWT_ISSUER", issuer.issuer.as_str()), ("WEBHOOK_AUDIENCE", AUDIENCE)];
     settings.extend_from_slice(extra);
     Hook::new(&settings)
 }
@@ -146,8 +153,11 @@ async fn jwt_accepts_a_genuine_token_and_refuses_every_forgery() {
 #[tokio::test]
 async fn jwt_role_and_client_allow_list() {
     let issuer = Issuer::start(&["test-key1"]).await;
-    let hook = jwt_hook(&issuer, &[("WEBHOOK_REQUIRED_ROLE", "Submissions.Push"), ("WEBHOOK_ALLOWED_CLIENT_IDS", "tc-client, other")])
-        .await;
+    let hook = jwt_hook(
+        &issuer,
+        &[("WEBHOOK_REQUIRED_ROLE", "Submissions.Push"), ("WEBHOOK_ALLOWED_CLIENT_IDS", "tc-client, other")],
+    )
+    .await;
     let mut no_role = issuer.claims(AUDIENCE);
     no_role["roles"] = json!(["Something.Else"]);
     refused(&hook, &[bearer(&sign("test-key1", "test-key1", &no_role))], "missing_role", None).await;
@@ -192,7 +202,15 @@ async fn an_unset_webhook_auth_refuses_every_push() {
         raw.set("TRUECONTEXT_API_KEY_SECRET", "s");
         let settings = truecontext_bridge::config::Settings::load(&raw).unwrap();
         assert!(settings.webhook.auth.is_none());
-        (truecontext_bridge::handlers::App::new(std::sync::Arc::new(settings), stores.clone(), truecontext_bridge::handlers::Mode::Standalone), stores, dir)
+        (
+            truecontext_bridge::handlers::App::new(
+                std::sync::Arc::new(settings),
+                stores.clone(),
+                truecontext_bridge::handlers::Mode::Standalone,
+            ),
+            stores,
+            dir,
+        )
     };
     let (app, stores, _dir) = unset;
     let request = truecontext_bridge::handlers::HttpRequest {

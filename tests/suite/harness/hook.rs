@@ -71,7 +71,8 @@ impl Hook {
         for (k, v) in headers {
             map.insert(k.clone(), v.clone());
         }
-        let query = url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let query =
+            url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let request = HttpRequest { method: Method::POST, query, headers: map, body: body.to_vec() };
         self.app.http(functions::by_name("webhook").unwrap(), request).await
     }

@@ -24,8 +24,13 @@ impl Issuer {
     /// Publishes the fixture keys named in `kids`.
     pub async fn start(kids: &[&str]) -> Issuer {
         let all: Value = serde_json::from_str(&fixture("test-jwks.json")).unwrap();
-        let chosen: Vec<Value> =
-            all["keys"].as_array().unwrap().iter().filter(|k| kids.contains(&k["kid"].as_str().unwrap())).cloned().collect();
+        let chosen: Vec<Value> = all["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+            .cloned()
+            .collect();
         let published = Arc::new(Mutex::new(json!({ "keys": chosen })));
         let fetches = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
