@@ -31,4 +31,5 @@ mod token_lifecycle;
 mod token_processes;
 mod truecontext_client;
 mod webhook_auth;
+mod webhook_azure;
 mod webhook_intake;

@@ -29,7 +29,11 @@ fn submission(hook: &Hook) -> (String, Vec<u8>) {
 
 #[tokio::test]
 async fn bad_bodies_are_refused_with_their_reason_and_store_nothing() {
-    let hook = Hook::new(&[("WEBHOOK_MAX_BODY_BYTES", "2048")]);
+    bad_bodies_are_refused_with_their_reason_and_store_nothing_on(&Hook::new(&[("WEBHOOK_MAX_BODY_BYTES", "2048")]))
+        .await;
+}
+
+pub async fn bad_bodies_are_refused_with_their_reason_and_store_nothing_on(hook: &Hook) {
     let auth = Hook::basic_auth(PASSWORD);
     let big = serde_json::to_vec(&json!({ "identifier": "1", "padding": "x".repeat(3000) })).unwrap();
     let (status, body) = status_of(&hook.send("", &[auth.clone()], &big).await);
@@ -63,7 +67,11 @@ async fn bad_bodies_are_refused_with_their_reason_and_store_nothing() {
 
 #[tokio::test]
 async fn each_format_lands_and_a_template_has_its_document_fetched() {
-    let hook = Hook::new(&[("WEBHOOK_ID_FIELD", "submission.id")]);
+    each_format_lands_and_a_template_has_its_document_fetched_on(&Hook::new(&[("WEBHOOK_ID_FIELD", "submission.id")]))
+        .await;
+}
+
+pub async fn each_format_lands_and_a_template_has_its_document_fetched_on(hook: &Hook) {
     let (standard_id, standard) = submission(&hook);
     let (wrapped_id, document) = submission(&hook);
     let wrapped =
@@ -114,7 +122,10 @@ async fn each_format_lands_and_a_template_has_its_document_fetched() {
 
 #[tokio::test]
 async fn duplicates_are_harmless_and_an_edit_is_processed_again() {
-    let hook = Hook::new(&[]);
+    duplicates_are_harmless_and_an_edit_is_processed_again_on(&Hook::new(&[])).await;
+}
+
+pub async fn duplicates_are_harmless_and_an_edit_is_processed_again_on(hook: &Hook) {
     let (id, document) = submission(&hook);
     assert_eq!(hook.push(&document).await.status, StatusCode::ACCEPTED);
     let (status, answer) = status_of(&hook.push(&document).await);
@@ -141,7 +152,10 @@ async fn duplicates_are_harmless_and_an_edit_is_processed_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_deliveries_identical_and_distinct() {
-    let hook = std::sync::Arc::new(Hook::new(&[]));
+    fifty_concurrent_deliveries_on(std::sync::Arc::new(Hook::new(&[]))).await;
+}
+
+pub async fn fifty_concurrent_deliveries_on(hook: std::sync::Arc<Hook>) {
     let (id, document) = submission(&hook);
     let identical: Vec<_> = (0..50)
         .map(|_| {
@@ -177,7 +191,14 @@ async fn fifty_concurrent_deliveries_identical_and_distinct() {
 
 #[tokio::test]
 async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_and_landed() {
-    let hook = Hook::new(&[("QUEUE_MAX_DEQUEUE_COUNT", "3")]);
+    failing_processing_is_retried_poisoned_alerted_once_then_replayed_and_landed_on(&Hook::new(&[(
+        "QUEUE_MAX_DEQUEUE_COUNT",
+        "3",
+    )]))
+    .await;
+}
+
+pub async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_and_landed_on(hook: &Hook) {
     let (id, _) = submission(&hook);
     let template = serde_json::to_vec(&json!({ "identifier": id, "note": "template without pages" })).unwrap();
     for _ in 0..3 {
@@ -217,7 +238,14 @@ async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_and_l
 
 #[tokio::test]
 async fn a_push_stranded_before_its_message_is_queued_by_the_recovery_pass() {
-    let hook = Hook::new(&[("WEBHOOK_RECOVERY_SECONDS", "1")]);
+    a_push_stranded_before_its_message_is_queued_by_the_recovery_pass_on(&Hook::new(&[(
+        "WEBHOOK_RECOVERY_SECONDS",
+        "1",
+    )]))
+    .await;
+}
+
+pub async fn a_push_stranded_before_its_message_is_queued_by_the_recovery_pass_on(hook: &Hook) {
     let (id, document) = submission(&hook);
     // As if the process died after the pending row and before the enqueue.
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&document));
@@ -254,7 +282,10 @@ async fn a_push_stranded_before_its_message_is_queued_by_the_recovery_pass() {
 /// the sync spends a document call only where it cannot tell the pushed copy is the listed one.
 #[tokio::test]
 async fn push_and_pull_meet_in_one_record() {
-    let hook = Hook::new(&[]);
+    push_and_pull_meet_in_one_record_on(&Hook::new(&[])).await;
+}
+
+pub async fn push_and_pull_meet_in_one_record_on(hook: &Hook) {
     let document_calls = |hook: &Hook| hook.sim.calls().iter().filter(|c| c.path.ends_with("document.json")).count();
 
     // Pull first, then the push of the same version: nothing new.

@@ -11,7 +11,7 @@
 //! went in. Nulls are not stored (Table storage has no null), and read back as absent.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core_legacy::error::Error as LegacyError;
@@ -32,7 +32,6 @@ pub struct AzureTables {
     service: TableServiceClient,
     account: String,
     prefix: String,
-    created: Mutex<HashSet<Table>>,
 }
 
 impl AzureTables {
@@ -69,26 +68,23 @@ impl AzureTables {
                     .max_total_elapsed(std::time::Duration::from_secs(30)),
             ))
             .build();
-        Ok(Self {
-            service,
-            account: account.name.clone(),
-            prefix: prefix.to_owned(),
-            created: Mutex::new(HashSet::new()),
-        })
+        Ok(Self { service, account: account.name.clone(), prefix: prefix.to_owned() })
     }
 
     fn client(&self, table: Table) -> TableClient {
         self.service.table_client(format!("{}{}", self.prefix, table.name()))
     }
 
-    /// Runs `op`; when the table does not exist yet, creates it and runs `op` once more.
+    /// Runs `op`; when the table does not exist yet, creates it and runs `op` once more. Every
+    /// caller that finds the table missing creates it (creating is idempotent): callers racing
+    /// on a new table's first writes must all wait for it, not only the first.
     async fn with_table<T, F, Fut>(&self, table: Table, what: impl Fn() -> String, op: F) -> StoreResult<T>
     where
         F: Fn(TableClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, LegacyError>>,
     {
         match op(self.client(table)).await {
-            Err(e) if error_code(&e).as_deref() == Some("TableNotFound") && self.mark_created(table) => {
+            Err(e) if error_code(&e).as_deref() == Some("TableNotFound") => {
                 self.create_table(table).await?;
                 op(self.client(table)).await.map_err(|e| self.map_error(e, &what()))
             }
@@ -112,12 +108,6 @@ impl AzureTables {
         check_entity(pk, rk, Some(props))?;
         let body = encode(pk, rk, props);
         self.with_table(table, || entity_name(table, pk, rk), |client| op(client, body.clone())).await
-    }
-
-    /// True the first time it is called for `table` (so a vanished table is recreated once per
-    /// process, not in a loop).
-    fn mark_created(&self, table: Table) -> bool {
-        self.created.lock().unwrap_or_else(|p| p.into_inner()).insert(table)
     }
 
     async fn create_table(&self, table: Table) -> StoreResult<()> {

@@ -35,7 +35,23 @@ impl Hook {
         hook
     }
 
+    /// On Azure Storage (Azurite), through the same settings an operator would give.
+    pub fn azurite(azurite: &super::azurite::Azurite, extra: &[(&str, &str)]) -> Hook {
+        let connection = azurite.connection_string();
+        let mut all = vec![
+            ("STORE", "azure"),
+            ("AzureWebJobsStorage", connection.as_str()),
+            ("KEYVAULT_URI", "https://unused.vault.localhost"),
+        ];
+        all.extend_from_slice(extra);
+        Self::build(&all, |settings| truecontext_bridge::store::open(&settings.store).unwrap())
+    }
+
     pub fn on(stores: Stores, extra: &[(&str, &str)]) -> Hook {
+        Self::build(extra, |_| stores)
+    }
+
+    fn build(extra: &[(&str, &str)], open: impl FnOnce(&Settings) -> Stores) -> Hook {
         let sim = TrueContextSim::start();
         let base = sim.base_url();
         let mut pairs = vec![
@@ -54,6 +70,7 @@ impl Hook {
             raw.set(k, v);
         }
         let settings = Settings::load(&raw).unwrap_or_else(|p| panic!("{p:?}"));
+        let stores = open(&settings);
         let app = App::new(Arc::new(settings), stores.clone(), Mode::Standalone);
         Hook { app, sim, stores, _dir: None }
     }
