@@ -33,3 +33,4 @@ mod truecontext_client;
 mod webhook_auth;
 mod webhook_azure;
 mod webhook_intake;
+mod webhook_processes;

@@ -139,6 +139,15 @@ impl Server {
         self.dir.path().join("store")
     }
 
+    /// `kill -9`: no clean-up of any kind. Returns the directory (store and log) for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let saved = self.dir.path().join(format!("server-{}.log", self.child.id()));
+        let _ = std::fs::copy(&self.log_path, saved);
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// True while the process is running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
