@@ -227,33 +227,39 @@ impl QueueWorker {
         }
     }
 
-    /// Takes one batch and handles it; returns how many messages it took.
+    /// Takes one batch and handles its messages concurrently, as the host's queue trigger does
+    /// (`batchSize`); returns how many messages it took.
     pub async fn poll_once(&self, queues: &dyn QueueStore) -> Result<usize, StoreError> {
         let batch = queues.dequeue(&self.queue, 16, self.visibility_timeout).await?;
         let taken = batch.len();
-        for message in batch {
-            let input =
-                QueueInput { id: message.id.clone(), dequeue_count: message.dequeue_count, body: message.body.clone() };
-            let span = tracing::info_span!("message", queue = %self.queue, id = %message.id, dequeue_count = message.dequeue_count);
-            let result = tracing::Instrument::instrument((self.handler)(input), span).await;
-            match result {
-                Ok(()) => queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?,
-                Err(e) if message.dequeue_count >= self.max_dequeue_count => {
-                    tracing::error!(queue = %self.queue, id = %message.id, error = %e,
-                        "message failed {} times; moving it to {}", message.dequeue_count, self.poison_queue());
-                    // Enqueue first: a crash in between leaves a duplicate, never a loss.
-                    queues.enqueue(&self.poison_queue(), &message.body, Duration::ZERO).await?;
-                    queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?;
-                }
-                Err(e) => {
-                    let delay = self.retry_delay_for(message.dequeue_count);
-                    tracing::warn!(queue = %self.queue, id = %message.id, error = %e,
-                        "message failed (delivery {}); retrying in {:?}", message.dequeue_count, delay);
-                    queues.set_visibility(&self.queue, &message.id, &message.pop_receipt, delay).await?;
-                }
+        let handled = futures::future::join_all(batch.into_iter().map(|message| self.handle(queues, message))).await;
+        handled.into_iter().collect::<Result<Vec<()>, StoreError>>()?;
+        Ok(taken)
+    }
+
+    /// Runs the handler on one message, then deletes it, retries it later, or poisons it.
+    async fn handle(&self, queues: &dyn QueueStore, message: crate::store::QueueMessage) -> Result<(), StoreError> {
+        let input =
+            QueueInput { id: message.id.clone(), dequeue_count: message.dequeue_count, body: message.body.clone() };
+        let span = tracing::info_span!("message", queue = %self.queue, id = %message.id, dequeue_count = message.dequeue_count);
+        let result = tracing::Instrument::instrument((self.handler)(input), span).await;
+        match result {
+            Ok(()) => queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?,
+            Err(e) if message.dequeue_count >= self.max_dequeue_count => {
+                tracing::error!(queue = %self.queue, id = %message.id, error = %e,
+                    "message failed {} times; moving it to {}", message.dequeue_count, self.poison_queue());
+                // Enqueue first: a crash in between leaves a duplicate, never a loss.
+                queues.enqueue(&self.poison_queue(), &message.body, Duration::ZERO).await?;
+                queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?;
+            }
+            Err(e) => {
+                let delay = self.retry_delay_for(message.dequeue_count);
+                tracing::warn!(queue = %self.queue, id = %message.id, error = %e,
+                    "message failed (delivery {}); retrying in {:?}", message.dequeue_count, delay);
+                queues.set_visibility(&self.queue, &message.id, &message.pop_receipt, delay).await?;
             }
         }
-        Ok(taken)
+        Ok(())
     }
 
     fn retry_delay_for(&self, dequeue_count: u32) -> Duration {

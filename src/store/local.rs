@@ -3,19 +3,27 @@
 //! Several processes may open the same directory at once (the CLI beside a running server,
 //! several instances on one machine): SQLite's file locks serialise writers, every
 //! read-modify-write runs in a `BEGIN IMMEDIATE` transaction, and the busy timeout turns
-//! contention into waiting rather than errors. Inside one process the connection sits behind
-//! a mutex and every call runs on tokio's blocking pool.
+//! contention into waiting rather than errors.
+//!
+//! Inside one process every call goes to one writer thread that owns the connection and commits
+//! in groups: it takes every call waiting, runs each in a savepoint of one `BEGIN IMMEDIATE`
+//! transaction, commits once, and only then answers each call. `synchronous = FULL` makes the
+//! commit durable (an answered write survives `kill -9` and power loss), and one fsync for a
+//! group instead of one per write is what lets the webhook acknowledge thousands of durable
+//! pushes a second. A call that fails rolls back its own savepoint only; a group whose commit
+//! fails answers every call in it with the error.
 //!
 //! Conditional writes follow Azure Tables exactly (see the `store` module docs), and the
 //! same key, property, name and size rules are enforced, so data valid here is valid there.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::crypto::SecretCipher;
@@ -28,7 +36,12 @@ pub fn open(dir: &Path, encryption_key: Option<&SecretString>) -> StoreResult<St
     create_private_dir(dir)?;
     let cipher = SecretCipher::load(dir, encryption_key)?;
     let conn = open_connection(&dir.join(DB_FILE))?;
-    let store = LocalStore(Arc::new(LocalDb { conn: Mutex::new(conn), cipher }));
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let writer = std::thread::Builder::new()
+        .name("tcbridge-store".into())
+        .spawn(move || write_groups(conn, cipher, queue))
+        .map_err(|e| StoreError::Backend(format!("could not start the store's writer thread: {e}")))?;
+    let store = LocalStore(Arc::new(LocalDb { jobs: Some(jobs), writer: Some(writer) }));
     Ok(Stores {
         kind: StoreKind::Local,
         tables: Arc::new(store.clone()),
@@ -45,8 +58,85 @@ pub fn open(dir: &Path, encryption_key: Option<&SecretString>) -> StoreResult<St
 struct LocalStore(Arc<LocalDb>);
 
 struct LocalDb {
-    conn: Mutex<Connection>,
-    cipher: SecretCipher,
+    /// To the writer thread; it stops when this is dropped.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LocalDb {
+    /// The last handle closes the database before it returns (WAL checkpointed, files settled),
+    /// as dropping a connection does.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Told, after the group's commit, whether it failed (and why); then answers its caller.
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+/// One call: runs against the connection inside its savepoint; says whether it succeeded.
+type Job = Box<dyn FnOnce(&mut Connection, &SecretCipher) -> (bool, Finish) + Send>;
+
+/// The most calls committed together (a bound on how long one group holds the write lock).
+const MAX_GROUP: usize = 256;
+
+/// The writer thread: group commits until every handle on the store is gone.
+fn write_groups(mut conn: Connection, cipher: SecretCipher, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut conn, &cipher, group);
+    }
+}
+
+fn run_group(conn: &mut Connection, cipher: &SecretCipher, group: Vec<Job>) {
+    let mut finished: Vec<Finish> = Vec::with_capacity(group.len());
+    let mut open = conn.execute_batch("BEGIN IMMEDIATE");
+    for job in group {
+        if open.is_err() {
+            // No group transaction (the write lock stayed busy past the timeout): the call runs
+            // on its own, in autocommit, and reports what it met.
+            let (_, finish) = job(conn, cipher);
+            finish(None);
+            continue;
+        }
+        let savepoint = conn.execute_batch("SAVEPOINT call");
+        let (ok, finish) = job(conn, cipher);
+        let _ = savepoint.and_then(|_| {
+            if ok {
+                conn.execute_batch("RELEASE call")
+            } else {
+                conn.execute_batch("ROLLBACK TO call; RELEASE call")
+            }
+        });
+        finished.push(finish);
+        if conn.is_autocommit() {
+            // SQLite ended the transaction itself (I/O error, disk full): what this group did is
+            // gone, so every call so far fails, and the rest start a new transaction.
+            let reason = "embedded store: the transaction was rolled back by SQLite".to_owned();
+            for finish in finished.drain(..) {
+                finish(Some(&reason));
+            }
+            open = conn.execute_batch("BEGIN IMMEDIATE");
+        }
+    }
+    if open.is_err() {
+        return;
+    }
+    let failure = conn.execute_batch("COMMIT").err().map(|e| db_error(e).to_string());
+    if failure.is_some() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finished {
+        finish(failure.as_deref());
+    }
 }
 
 fn create_private_dir(dir: &Path) -> StoreResult<()> {
@@ -101,26 +191,36 @@ fn db_error(e: rusqlite::Error) -> StoreError {
 }
 
 impl LocalStore {
-    /// Runs `work` on the blocking pool with the connection.
+    /// Runs `work` on the writer thread, in the next group; answers after its group committed.
     async fn run<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection, &SecretCipher) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut conn, &db.cipher)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job: Job = Box::new(move |conn, cipher| {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn, cipher)))
+                .unwrap_or_else(|_| Err(StoreError::Backend("a store call panicked".into())));
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |failed| {
+                let result = match failed {
+                    Some(reason) if result.is_ok() => Err(StoreError::Backend(reason.to_owned())),
+                    _ => result,
+                };
+                let _ = answer.send(result);
+            });
+            (ok, finish)
+        });
+        let jobs = self.0.jobs.as_ref().expect("the sender lives as long as the store");
+        jobs.send(job).map_err(|_| StoreError::Backend("the store's writer thread has stopped".into()))?;
+        answered.await.unwrap_or_else(|_| Err(StoreError::Backend("the store call was not answered".into())))
     }
 }
 
-/// A write transaction that takes SQLite's write lock up front, so two processes doing a
-/// read-modify-write never both read before either writes.
-fn write_tx(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_error)
+/// A read-modify-write: a savepoint inside the group's `BEGIN IMMEDIATE` transaction, which
+/// holds SQLite's write lock, so two processes never both read before either writes.
+fn write_tx(conn: &mut Connection) -> StoreResult<rusqlite::Savepoint<'_>> {
+    conn.savepoint().map_err(db_error)
 }
 
 fn new_etag() -> ETag {
@@ -148,7 +248,7 @@ fn entity_name(table: Table, pk: &str, rk: &str) -> String {
 }
 
 /// The current ETag of an entity, if it exists.
-fn current_etag(tx: &rusqlite::Transaction<'_>, table: Table, pk: &str, rk: &str) -> StoreResult<Option<String>> {
+fn current_etag(tx: &Connection, table: Table, pk: &str, rk: &str) -> StoreResult<Option<String>> {
     tx.query_row(
         "SELECT etag FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
         params![table.name(), pk, rk],
@@ -168,13 +268,7 @@ fn check_condition(current: Option<&str>, condition: &IfMatch, what: impl Fn() -
     }
 }
 
-fn write_entity(
-    tx: &rusqlite::Transaction<'_>,
-    table: Table,
-    pk: &str,
-    rk: &str,
-    props: &Map<String, Value>,
-) -> StoreResult<ETag> {
+fn write_entity(tx: &Connection, table: Table, pk: &str, rk: &str, props: &Map<String, Value>) -> StoreResult<ETag> {
     let etag = new_etag();
     tx.execute(
         "INSERT INTO entities (tbl, pk, rk, etag, ts, props) VALUES (?1, ?2, ?3, ?4, ?5, ?6)

@@ -337,7 +337,7 @@ pub async fn mark_replayed(stores: &Stores, push: &PushRef) -> Result<(), StoreE
 pub struct Backlog {
     /// Stored and not yet processed (poisoned ones included).
     pub unprocessed: usize,
-    pub poisoned: usize,
+    pub poisoned_pending: usize,
     /// Stored but not queued (a request died between the two; the recovery pass queues them).
     pub stranded: usize,
     pub oldest_unprocessed_at: Option<DateTime<Utc>>,
@@ -350,7 +350,7 @@ pub async fn backlog(stores: &Stores, connections: &[String]) -> Result<Backlog,
         for (_, row) in pending_of(stores, connection).await? {
             let row = row.value;
             out.unprocessed += 1;
-            out.poisoned += usize::from(row.poisoned);
+            out.poisoned_pending += usize::from(row.poisoned);
             out.stranded += usize::from(!row.queued);
             if out.oldest_unprocessed_at.is_none_or(|oldest| row.received_at < oldest) {
                 out.oldest_unprocessed_at = Some(row.received_at);

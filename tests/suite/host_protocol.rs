@@ -144,7 +144,7 @@ async fn function_name_is_matched_case_insensitively() {
 }
 
 #[tokio::test]
-async fn sign_in_pages_travel_inside_a_200_envelope_and_webhook_answers_501() {
+async fn sign_in_pages_travel_inside_a_200_envelope_and_an_unconfigured_webhook_refuses() {
     let server = Server::host(&[]);
     let json_body = r#"{"event":"ping"}"#;
     for (function, method, body, content_type, status) in [
@@ -154,7 +154,8 @@ async fn sign_in_pages_travel_inside_a_200_envelope_and_webhook_answers_501() {
         ("callback", "GET", None, None, 400),
         // An unknown state.
         ("callback", "POST", Some("code=abc&state=xyz"), Some("application/x-www-form-urlencoded"), 400),
-        ("webhook", "POST", Some(json_body), Some("application/json"), 501),
+        // WEBHOOK_AUTH unset: every push is refused.
+        ("webhook", "POST", Some(json_body), Some("application/json"), 401),
     ] {
         let what = format!("{method} {function}");
         let headers: Vec<(&str, &str)> = content_type.map(|ct| vec![("Content-Type", ct)]).unwrap_or_default();
@@ -162,7 +163,8 @@ async fn sign_in_pages_travel_inside_a_200_envelope_and_webhook_answers_501() {
         let res = http_res(&what, &invoke(&server, function, &envelope).await);
         assert_eq!(res["statusCode"], status, "{what}: {res}");
         if function == "webhook" {
-            assert_eq!(res_json_body(&what, &res)["error"]["code"], "not_available", "{what}");
+            assert_eq!(res_json_body(&what, &res)["error"]["code"], "not_configured", "{what}");
+            assert!(res["headers"]["Www-Authenticate"].is_string(), "{what}: {res}");
         } else {
             // Sign-in pages: HTML with the security headers, as single string values.
             assert!(res["headers"]["Content-Type"].as_str().unwrap().starts_with("text/html"), "{what}: {res}");
@@ -175,17 +177,51 @@ async fn sign_in_pages_travel_inside_a_200_envelope_and_webhook_answers_501() {
 
 #[tokio::test]
 async fn webhook_body_quirks_give_well_formed_replies() {
-    let server = Server::host(&[]);
-    // application/octet-stream: the host sends the body base64-encoded.
-    let octet =
-        http_envelope("webhook", "POST", &[], &[("Content-Type", "application/octet-stream")], Some("AAECA/7/"));
+    let password = "host-quirks-password-0123456789";
+    let server = Server::host(&[
+        ("WEBHOOK_AUTH", "basic"),
+        ("WEBHOOK_BASIC_USERNAME", "tc"),
+        ("WEBHOOK_BASIC_PASSWORD", password),
+        ("TRUECONTEXT_AUTH", "basic"),
+        ("TRUECONTEXT_API_KEY_ID", "k"),
+        ("TRUECONTEXT_API_KEY_SECRET", "s"),
+    ]);
+    use base64::Engine;
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("tc:{password}")));
+    // application/octet-stream: the host sends the body base64-encoded; it is not JSON.
+    let octet = http_envelope(
+        "webhook",
+        "POST",
+        &[],
+        &[("Content-Type", "application/octet-stream"), ("Authorization", &auth)],
+        Some("AAECA/7/"),
+    );
     let res = http_res("octet-stream body", &invoke(&server, "webhook", &octet).await);
-    assert_eq!(res["statusCode"], 501, "{res}");
+    assert_eq!(res["statusCode"], 415, "{res}");
 
     // A JSON body stays a string the handler has to parse; text/json as some senders label it.
-    let text = http_envelope("webhook", "POST", &[], &[("Content-Type", "text/json")], Some(r#"{"formId":"42"}"#));
+    let text = http_envelope(
+        "webhook",
+        "POST",
+        &[],
+        &[("Content-Type", "text/json"), ("Authorization", &auth)],
+        Some(r#"{"formId":"42"}"#),
+    );
     let res = http_res("text/json body", &invoke(&server, "webhook", &text).await);
-    assert_eq!(res["statusCode"], 501, "{res}");
+    assert_eq!(res["statusCode"], 400, "{res}");
+    assert!(res_json_body("text/json body", &res)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("names no submission"));
+    let named = http_envelope(
+        "webhook",
+        "POST",
+        &[],
+        &[("Content-Type", "text/json"), ("Authorization", &auth)],
+        Some(r#"{"identifier":"42","pages":[]}"#),
+    );
+    let res = http_res("text/json push", &invoke(&server, "webhook", &named).await);
+    assert_eq!(res["statusCode"], 202, "{res}");
 
     // Not base64 where the host would have sent base64: the envelope is unreadable.
     let broken =

@@ -82,6 +82,8 @@ async fn a_host_run_logs_and_answers_no_secret() {
             "https://app/api/webhook".into(),
             Some(json!({ "refresh_token": REFRESH_TOKEN }).to_string()),
         ),
+        basic_push(WEBHOOK_PASSWORD),
+        basic_push("a-wrong-password-guess-Gg31"),
         ("sync".into(), harness::host::timer_envelope(Value::Null, true)),
         (
             "process".into(),
@@ -101,8 +103,27 @@ async fn a_host_run_logs_and_answers_no_secret() {
 
     assert_clean("the replies", &replies);
     let log = server.log();
+    assert!(log.contains("push accepted") && log.contains("a push was refused"), "both pushes logged:\n{log}");
+    for credential in [WEBHOOK_PASSWORD, "a-wrong-password-guess-Gg31"] {
+        let encoded =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("truecontext:{credential}"));
+        assert!(!log.contains(&encoded) && !replies.contains(&encoded), "a Basic credential was logged");
+        assert!(!log.contains("Gg31"), "a refused password was logged");
+    }
     assert!(log.contains("sync finished"), "the run logged something to scan:\n{log}");
     assert_clean("the server log", &log);
+}
+
+/// A push with Basic credentials (the right password or a guess), as the host hands it over.
+fn basic_push(password: &str) -> (String, Value) {
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("truecontext:{password}"));
+    let req = json!({
+        "Url": "https://app/api/webhook", "Method": "POST", "Query": {},
+        "Headers": { "Authorization": [format!("Basic {encoded}")], "Content-Type": ["application/json"] },
+        "Params": {}, "Identities": [],
+        "Body": json!({ "identifier": "9001", "secretAnswer": REFRESH_TOKEN }).to_string()
+    });
+    ("webhook".to_owned(), harness::host::req_envelope("webhook", req))
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 mod common;
 mod harness;
 
+mod alerts_outbox;
 mod azure_blob_queue;
 mod azure_end_to_end;
 mod azure_keyvault;
