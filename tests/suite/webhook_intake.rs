@@ -36,7 +36,7 @@ async fn bad_bodies_are_refused_with_their_reason_and_store_nothing() {
 pub async fn bad_bodies_are_refused_with_their_reason_and_store_nothing_on(hook: &Hook) {
     let auth = Hook::basic_auth(PASSWORD);
     let big = serde_json::to_vec(&json!({ "identifier": "1", "padding": "x".repeat(3000) })).unwrap();
-    let (status, body) = status_of(&hook.send("", &[auth.clone()], &big).await);
+    let (status, body) = status_of(&hook.send("", std::slice::from_ref(&auth), &big).await);
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(body["error"]["message"].as_str().unwrap().contains("WEBHOOK_MAX_BODY_BYTES"), "{body}");
 
@@ -53,11 +53,12 @@ pub async fn bad_bodies_are_refused_with_their_reason_and_store_nothing_on(hook:
         (b"{\"identifier\": \"../../etc/passwd\"}", "not a TrueContext identifier"),
     ];
     for (bad, expected) in cases {
-        let (status, body) = status_of(&hook.send("", &[auth.clone()], bad).await);
+        let (status, body) = status_of(&hook.send("", std::slice::from_ref(&auth), bad).await);
         assert_eq!(status, StatusCode::BAD_REQUEST, "{expected}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(expected), "{expected}: {body}");
     }
-    let (status, body) = status_of(&hook.send("connection=other", &[auth.clone()], b"{\"identifier\": \"1\"}").await);
+    let (status, body) =
+        status_of(&hook.send("connection=other", std::slice::from_ref(&auth), b"{\"identifier\": \"1\"}").await);
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"]["message"].as_str().unwrap().contains("no active connection \"other\""), "{body}");
     let (status, _) = status_of(&hook.send("connection=..%2Fx", &[auth], b"{\"identifier\": \"1\"}").await);
@@ -72,8 +73,8 @@ async fn each_format_lands_and_a_template_has_its_document_fetched() {
 }
 
 pub async fn each_format_lands_and_a_template_has_its_document_fetched_on(hook: &Hook) {
-    let (standard_id, standard) = submission(&hook);
-    let (wrapped_id, document) = submission(&hook);
+    let (standard_id, standard) = submission(hook);
+    let (wrapped_id, document) = submission(hook);
     let wrapped =
         serde_json::to_vec(&json!({ "dataRecord": serde_json::from_slice::<Value>(&document).unwrap() })).unwrap();
     let labels = serde_json::to_vec(&json!({
@@ -82,7 +83,7 @@ pub async fn each_format_lands_and_a_template_has_its_document_fetched_on(hook: 
         "pages": [{ "Overview": { "Result": "Pass", "Units": 3, "Notes": ["a", "b"] } }]
     }))
     .unwrap();
-    let (template_id, _) = submission(&hook);
+    let (template_id, _) = submission(hook);
     let template = serde_json::to_vec(&json!({ "submission": { "id": template_id, "form": "Pump" } })).unwrap();
 
     for (body, id) in
@@ -126,7 +127,7 @@ async fn duplicates_are_harmless_and_an_edit_is_processed_again() {
 }
 
 pub async fn duplicates_are_harmless_and_an_edit_is_processed_again_on(hook: &Hook) {
-    let (id, document) = submission(&hook);
+    let (id, document) = submission(hook);
     assert_eq!(hook.push(&document).await.status, StatusCode::ACCEPTED);
     let (status, answer) = status_of(&hook.push(&document).await);
     assert_eq!(
@@ -199,7 +200,7 @@ async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_and_l
 }
 
 pub async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_and_landed_on(hook: &Hook) {
-    let (id, _) = submission(&hook);
+    let (id, _) = submission(hook);
     let template = serde_json::to_vec(&json!({ "identifier": id, "note": "template without pages" })).unwrap();
     for _ in 0..3 {
         hook.sim.fault(Fault::Status { status: 400, code: "InvalidRequestDataFormat", retry_after: None });
@@ -246,7 +247,7 @@ async fn a_push_stranded_before_its_message_is_queued_by_the_recovery_pass() {
 }
 
 pub async fn a_push_stranded_before_its_message_is_queued_by_the_recovery_pass_on(hook: &Hook) {
-    let (id, document) = submission(&hook);
+    let (id, document) = submission(hook);
     // As if the process died after the pending row and before the enqueue.
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&document));
     let key = truecontext_bridge::webhook::delivery_key(&id, &sha);
@@ -289,8 +290,8 @@ pub async fn push_and_pull_meet_in_one_record_on(hook: &Hook) {
     let document_calls = |hook: &Hook| hook.sim.calls().iter().filter(|c| c.path.ends_with("document.json")).count();
 
     // Pull first, then the push of the same version: nothing new.
-    let (pulled, _) = submission(&hook);
-    sync_once(&hook).await;
+    let (pulled, _) = submission(hook);
+    sync_once(hook).await;
     let pushed_late = hook.sim.record(&pulled).unwrap().document;
     assert_eq!(hook.push(&pushed_late).await.status, StatusCode::ACCEPTED);
     hook.drain().await;
@@ -300,19 +301,19 @@ pub async fn push_and_pull_meet_in_one_record_on(hook: &Hook) {
 
     // Push first (processed before the next window ends): the sync cannot tell whether the record
     // was processed again after the push, so it spends at most one document call on it.
-    let (pushed, document) = submission(&hook);
+    let (pushed, document) = submission(hook);
     assert_eq!(hook.push(&document).await.status, StatusCode::ACCEPTED);
     hook.drain().await;
-    let before = document_calls(&hook);
-    sync_once(&hook).await;
-    assert!(document_calls(&hook) - before <= 1, "at most one document call for the pushed submission");
+    let before = document_calls(hook);
+    sync_once(hook).await;
+    assert!(document_calls(hook) - before <= 1, "at most one document call for the pushed submission");
     let row = landing::find(&hook.stores, &["default".into()], &pushed).await.unwrap().unwrap().row;
     assert_eq!(row.version, 1, "one version");
     assert_eq!(landing::list(&hook.stores, "default").await.unwrap().len(), 2);
     assert_eq!(hook.landed_events().await.len(), 2, "one landed event per submission");
 
     // A push received after the window's end is provably current: no document call at all.
-    let (late, document) = submission(&hook);
+    let (late, document) = submission(hook);
     let window_end = Utc::now();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(hook.push(&document).await.status, StatusCode::ACCEPTED);
@@ -320,9 +321,9 @@ pub async fn push_and_pull_meet_in_one_record_on(hook: &Hook) {
     let index = TypedTable::new(hook.stores.tables.as_ref(), Table::Submissions);
     let row = index.get::<landing::IndexRow>("default", &late).await.unwrap().unwrap().value;
     assert!(row.order > window_end);
-    let before = document_calls(&hook);
-    sync_at(&hook, window_end).await;
-    assert_eq!(document_calls(&hook) - before, 0, "the pushed copy was taken after the window's end");
+    let before = document_calls(hook);
+    sync_at(hook, window_end).await;
+    assert_eq!(document_calls(hook) - before, 0, "the pushed copy was taken after the window's end");
 }
 
 async fn sync_once(hook: &Hook) {
