@@ -36,12 +36,15 @@ pub fn open(dir: &Path, encryption_key: Option<&SecretString>) -> StoreResult<St
     create_private_dir(dir)?;
     let cipher = SecretCipher::load(dir, encryption_key)?;
     let conn = open_connection(&dir.join(DB_FILE))?;
+    let reader = std::sync::Mutex::new(open_connection(&dir.join(DB_FILE))?);
+    let cipher = Arc::new(cipher);
     let (jobs, queue) = mpsc::channel::<Job>();
+    let writer_cipher = cipher.clone();
     let writer = std::thread::Builder::new()
         .name("tcbridge-store".into())
-        .spawn(move || write_groups(conn, cipher, queue))
+        .spawn(move || write_groups(conn, &writer_cipher, queue))
         .map_err(|e| StoreError::Backend(format!("could not start the store's writer thread: {e}")))?;
-    let store = LocalStore(Arc::new(LocalDb { jobs: Some(jobs), writer: Some(writer) }));
+    let store = LocalStore(Arc::new(LocalDb { jobs: Some(jobs), writer: Some(writer), reader, cipher }));
     Ok(Stores {
         kind: StoreKind::Local,
         tables: Arc::new(store.clone()),
@@ -61,6 +64,10 @@ struct LocalDb {
     /// To the writer thread; it stops when this is dropped.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Reads go here, beside the writer (WAL readers see every committed write, and a write is
+    /// answered only once committed, so a caller always reads what it wrote).
+    reader: std::sync::Mutex<Connection>,
+    cipher: Arc<SecretCipher>,
 }
 
 impl Drop for LocalDb {
@@ -83,7 +90,7 @@ type Job = Box<dyn FnOnce(&mut Connection, &SecretCipher) -> (bool, Finish) + Se
 const MAX_GROUP: usize = 256;
 
 /// The writer thread: group commits until every handle on the store is gone.
-fn write_groups(mut conn: Connection, cipher: SecretCipher, jobs: mpsc::Receiver<Job>) {
+fn write_groups(mut conn: Connection, cipher: &SecretCipher, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -92,7 +99,7 @@ fn write_groups(mut conn: Connection, cipher: SecretCipher, jobs: mpsc::Receiver
                 Err(_) => break,
             }
         }
-        run_group(&mut conn, &cipher, group);
+        run_group(&mut conn, cipher, group);
     }
 }
 
@@ -191,6 +198,21 @@ fn db_error(e: rusqlite::Error) -> StoreError {
 }
 
 impl LocalStore {
+    /// Runs a read on the blocking pool with the reader connection: no commit to wait for.
+    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &SecretCipher) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut conn, &db.cipher)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
     /// Runs `work` on the writer thread, in the next group; answers after its group committed.
     async fn run<T, F>(&self, work: F) -> StoreResult<T>
     where
@@ -296,7 +318,7 @@ impl TableStore for LocalStore {
     async fn get(&self, table: Table, pk: &str, rk: &str) -> StoreResult<Option<Entity>> {
         check_entity(pk, rk, None)?;
         let (pk, rk) = (pk.to_owned(), rk.to_owned());
-        self.run(move |conn, _| {
+        self.read(move |conn, _| {
             let row = conn
                 .query_row(
                     "SELECT pk, rk, etag, ts, props FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
@@ -384,7 +406,7 @@ impl TableStore for LocalStore {
         let limit = limit.clamp(1, MAX_PAGE_SIZE);
         let after = continuation.map(decode_continuation).transpose()?;
         let (pk, range) = (pk.to_owned(), range.clone());
-        self.run(move |conn, _| {
+        self.read(move |conn, _| {
             // Fetch one extra row to learn whether another page follows.
             let mut stmt = conn
                 .prepare_cached(
@@ -462,7 +484,7 @@ impl BlobStore for LocalStore {
         validate_container_name("container", container)?;
         validate_blob_name(name)?;
         let (container, name) = (container.to_owned(), name.to_owned());
-        self.run(move |conn, _| {
+        self.read(move |conn, _| {
             conn.query_row(
                 "SELECT content, content_type, etag FROM blobs WHERE container = ?1 AND name = ?2",
                 params![container, name],
@@ -493,7 +515,7 @@ impl BlobStore for LocalStore {
     async fn list(&self, container: &str, prefix: &str) -> StoreResult<Vec<String>> {
         validate_container_name("container", container)?;
         let (container, prefix) = (container.to_owned(), prefix.to_owned());
-        self.run(move |conn, _| {
+        self.read(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT name FROM blobs WHERE container = ?1 AND substr(name, 1, ?3) = ?2 ORDER BY name",
@@ -628,7 +650,7 @@ impl QueueStore for LocalStore {
     async fn len(&self, queue: &str) -> StoreResult<usize> {
         validate_container_name("queue name", queue)?;
         let queue = queue.to_owned();
-        self.run(move |conn, _| {
+        self.read(move |conn, _| {
             conn.query_row("SELECT COUNT(*) FROM messages WHERE queue = ?1", params![queue], |row| row.get::<_, i64>(0))
                 .map(|n| n as usize)
                 .map_err(db_error)
@@ -669,7 +691,7 @@ impl SecretStore for LocalStore {
     async fn get(&self, name: &str, version: Option<&str>) -> StoreResult<Option<SecretVersion>> {
         validate_secret_name(name)?;
         let (name, version) = (name.to_owned(), version.map(str::to_owned));
-        self.run(move |conn, cipher| {
+        self.read(move |conn, cipher| {
             let row: Option<(String, String, Vec<u8>)> = conn
                 .query_row(
                     "SELECT version, created, sealed FROM secrets
@@ -693,7 +715,7 @@ impl SecretStore for LocalStore {
     async fn versions(&self, name: &str) -> StoreResult<Vec<String>> {
         validate_secret_name(name)?;
         let name = name.to_owned();
-        self.run(move |conn, _| {
+        self.read(move |conn, _| {
             let mut stmt =
                 conn.prepare_cached("SELECT version FROM secrets WHERE name = ?1 ORDER BY seq").map_err(db_error)?;
             let rows = stmt.query_map(params![name], |row| row.get(0)).map_err(db_error)?;
