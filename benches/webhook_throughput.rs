@@ -132,7 +132,7 @@ fn run(store: &'static str, extra: &[(&str, String)], token: &str, issuer: &str)
 }
 
 fn reopen(store: &str, dir: &std::path::Path, extra: &[(&str, String)]) -> Stores {
-    if store == "local" {
+    if store.starts_with("local") {
         return truecontext_bridge::store::local::open(&dir.join("store"), None).unwrap();
     }
     let mut raw =
@@ -238,6 +238,8 @@ fn main() {
     claims["exp"] = serde_json::json!(chrono::Utc::now().timestamp() + 3600);
     let token = issuer::sign("test-key1", "test-key1", &claims);
     let mut results = vec![run("local", &[], &token, &issuer.issuer)];
+    let normal = [("LOCAL_STORE_SYNC", "normal".to_owned())];
+    results.push(run("local, LOCAL_STORE_SYNC=normal", &normal, &token, &issuer.issuer));
     let azurite = azurite::Azurite::start();
     let azure = vec![
         ("STORE", "azure".to_owned()),

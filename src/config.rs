@@ -262,6 +262,16 @@ impl AzureStorageSettings {
     }
 }
 
+/// How the embedded store makes a commit durable (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalSync {
+    /// fsync at every commit: survives power loss.
+    Full,
+    /// fsync at checkpoints: survives the process being killed, not power loss.
+    Normal,
+}
+
 /// Which storage backend: the embedded one, or Azure Storage with Key Vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -285,6 +295,9 @@ pub struct StoreSettings {
     pub kind: StoreKind,
     pub local_path: PathBuf,
     pub local_key: Option<SecretString>,
+    /// `LOCAL_STORE_SYNC`: `full` (default: a commit survives power loss) or `normal` (it
+    /// survives the process being killed, not the machine losing power; fewer fsyncs).
+    pub local_sync: LocalSync,
     pub azure: AzureStorageSettings,
     pub keyvault_uri: Option<Url>,
 }
@@ -764,6 +777,11 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_STORE_PATH)),
         local_key,
+        local_sync: p.choice(
+            "LOCAL_STORE_SYNC",
+            LocalSync::Full,
+            &[("full", LocalSync::Full), ("normal", LocalSync::Normal)],
+        ),
         azure,
         keyvault_uri,
     }

@@ -33,9 +33,21 @@ pub const DB_FILE: &str = "tcbridge.db";
 
 /// Opens (creating when needed) the store in `dir`.
 pub fn open(dir: &Path, encryption_key: Option<&SecretString>) -> StoreResult<Stores> {
+    open_with(dir, encryption_key, crate::config::LocalSync::Full)
+}
+
+/// [`open`] with the durability `LOCAL_STORE_SYNC` names.
+pub fn open_with(
+    dir: &Path,
+    encryption_key: Option<&SecretString>,
+    sync: crate::config::LocalSync,
+) -> StoreResult<Stores> {
     create_private_dir(dir)?;
     let cipher = SecretCipher::load(dir, encryption_key)?;
     let conn = open_connection(&dir.join(DB_FILE))?;
+    if sync == crate::config::LocalSync::Normal {
+        conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(db_error)?;
+    }
     let reader = std::sync::Mutex::new(open_connection(&dir.join(DB_FILE))?);
     let cipher = Arc::new(cipher);
     let (jobs, queue) = mpsc::channel::<Job>();

@@ -454,7 +454,10 @@ pub fn validate_secret_name(name: &str) -> StoreResult<()> {
 pub fn open(settings: &crate::config::StoreSettings) -> StoreResult<Stores> {
     let identity = azure::credential::SharedCredential::new(settings.azure.managed_identity_client_id.clone());
     match settings.kind {
-        StoreKind::Local => Ok(Stores { identity, ..local::open(&settings.local_path, settings.local_key.as_ref())? }),
+        StoreKind::Local => Ok(Stores {
+            identity,
+            ..local::open_with(&settings.local_path, settings.local_key.as_ref(), settings.local_sync)?
+        }),
         StoreKind::Azure => azure::open(settings, identity),
     }
 }
