@@ -180,11 +180,10 @@ pub async fn deliver_pending(
     let now = Utc::now();
     let mut delivered = 0;
     for alert in undelivered(stores, connections).await? {
-        if alert.next_attempt_at.is_some_and(|at| at > now) {
-            continue;
-        }
+        // Decided on a fresh read: another instance may have claimed it since the listing.
         let Some(current) = table.get::<Alert>(&alert.partition(), &alert.row()).await? else { continue };
-        if !current.value.delivery_owed {
+        let due = current.value.next_attempt_at.is_none_or(|at| at <= now);
+        if !current.value.delivery_owed || !due {
             continue;
         }
         if deliver(stores, webhook, current).await? {

@@ -162,6 +162,24 @@ impl<'a> Landing<'a> {
         result
     }
 
+    /// Sends the landed event a crash left owed on a submission that is not landed again (the
+    /// sync skips what it already has), under the submission's turn. `Ok(true)` when one was sent.
+    pub async fn send_owed_event(&self, connection: &str, id: &str) -> Result<bool, LandingError> {
+        let turn = self.take_turn(connection, id).await?;
+        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
+        let result = match table.get::<IndexRow>(connection, id).await {
+            Ok(Some(row)) if row.value.event_pending => {
+                self.send_event(connection, id, &row.value, row.etag).await.map(|_| true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = lease::release(self.stores.tables.as_ref(), turn).await {
+            tracing::warn!(connection, id, error = %e, "a landing lease could not be released");
+        }
+        result
+    }
+
     async fn take_turn(&self, connection: &str, id: &str) -> Result<lease::Lease, LandingError> {
         let name = format!("land:{connection}:{id}");
         let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));

@@ -287,7 +287,7 @@ async fn needs_document(
     let index = TypedTable::new(parts.stores.tables.as_ref(), Table::Submissions);
     let landed: Option<IndexRow> =
         index.get::<IndexRow>(connection, &header.summary.identifier).await?.map(|r| r.value);
-    Ok(match &landed {
+    let fetch = match &landed {
         None => true,
         // The copy was taken at or after this window's end: nothing in the window is newer.
         Some(row) if row.order >= walk.end && row.state == header.summary.state => false,
@@ -309,7 +309,12 @@ async fn needs_document(
             !matches!(in_overlap, Some(state) if *state == row.state && *state == header.summary.state)
         }
         Some(_) => true,
-    })
+    };
+    if !fetch && landed.is_some_and(|row| row.event_pending) {
+        // Not landed again, so its owed event (a crash came between row and event) is sent here.
+        parts.landing.send_owed_event(connection, &header.summary.identifier).await?;
+    }
+    Ok(fetch)
 }
 
 /// What became of one fetched document.

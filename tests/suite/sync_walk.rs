@@ -228,6 +228,31 @@ async fn what_the_overlap_lists_again_is_not_fetched_again() {
     assert_eq!(bench.stores.queues.len(&bench.settings.landing.landed_queue).await.unwrap(), 5, "no second event");
 }
 
+/// A crash between a landed row and its event leaves the event owed; the sync does not land that
+/// submission again (it has it), so it sends the owed event itself, once, without a document call.
+#[tokio::test]
+async fn an_event_a_crash_left_owed_is_sent_by_the_next_run_without_a_fetch() {
+    let bench = Bench::new();
+    let ids = bench.sim.add_records(3, "form-1", Utc::now() - TimeDelta::minutes(2));
+    assert_eq!(bench.run().await.documents_landed, 3);
+    let table = truecontext_bridge::store::TypedTable::new(
+        bench.stores.tables.as_ref(),
+        truecontext_bridge::store::Table::Submissions,
+    );
+    let current = table.get::<landing::IndexRow>(CONNECTION, &ids[1]).await.unwrap().unwrap();
+    let owed = landing::IndexRow { event_pending: true, ..current.value };
+    table.update(CONNECTION, &ids[1], &owed, truecontext_bridge::store::IfMatch::ETag(current.etag)).await.unwrap();
+    let queue = &bench.settings.landing.landed_queue;
+    let before = bench.calls("data/");
+    let again = bench.run().await;
+    assert!(again.completed, "{again:?}");
+    assert_eq!(bench.calls("data/") - before, 0, "no document call");
+    assert_eq!(bench.stores.queues.len(queue).await.unwrap(), 4, "the owed event, once");
+    assert!(!table.get::<landing::IndexRow>(CONNECTION, &ids[1]).await.unwrap().unwrap().value.event_pending);
+    bench.run().await;
+    assert_eq!(bench.stores.queues.len(queue).await.unwrap(), 4, "and never again");
+}
+
 #[tokio::test]
 async fn once_a_document_fetch_fails_no_new_fetch_of_the_page_starts() {
     let bench = Bench::new();
