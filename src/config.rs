@@ -991,6 +991,16 @@ fn cross_checks(p: &mut Parser<'_>, s: &Settings) {
             "90",
         );
     }
+    if s.webhook.max_body_bytes > s.max_request_body_bytes {
+        p.problem(
+            "WEBHOOK_MAX_BODY_BYTES",
+            format!(
+                "is larger than MAX_REQUEST_BODY_BYTES ({}), which refuses bigger requests before the webhook sees them",
+                s.max_request_body_bytes
+            ),
+            "10485760",
+        );
+    }
     if s.oauth.federated_credential && s.oauth.provider != OAuthProvider::Entra {
         p.problem("OAUTH_FEDERATED_CREDENTIAL", "works only with OAUTH_PROVIDER=entra", "false");
     }
@@ -1153,5 +1163,42 @@ mod tests {
         ])
         .unwrap();
         assert!(complete.missing().is_empty(), "{:?}", complete.missing());
+    }
+
+    #[test]
+    fn webhook_settings_take_a_rotation_pair_and_say_what_is_wrong() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(&RawSettings::from_pairs(pairs.iter().copied()));
+        let base = [("WEBHOOK_AUTH", "basic"), ("WEBHOOK_BASIC_USERNAME", "tc")];
+        let pair =
+            [base.as_slice(), &[("WEBHOOK_BASIC_PASSWORD", "old-0123456789abcdef, new-0123456789abcdef")]].concat();
+        assert_eq!(load(&pair).unwrap().webhook.basic_passwords.len(), 2);
+        let three = [
+            base.as_slice(),
+            &[("WEBHOOK_BASIC_PASSWORD", "a-0123456789abcdef,b-0123456789abcdef,c-0123456789abcdef")],
+        ]
+        .concat();
+        let problems = load(&three).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.setting == "WEBHOOK_BASIC_PASSWORD" && p.message.contains("two")),
+            "{problems:?}"
+        );
+        assert!(!format!("{problems:?}").contains("0123456789abcdef"), "no value shown");
+        let short = [base.as_slice(), &[("WEBHOOK_BASIC_PASSWORD", "long-enough-0123456789,short")]].concat();
+        assert!(load(&short).unwrap_err().iter().any(|p| p.message.contains("shorter than 16")));
+        let entra = load(&[("WEBHOOK_AUTH", "entra"), ("WEBHOOK_AUDIENCE", "api://hook")]).unwrap();
+        assert_eq!(entra.webhook.auth, Some(WebhookAuth::Jwt));
+        assert!(load(&[("WEBHOOK_AUTH", "jwt")]).unwrap_err().iter().any(|p| p.setting == "WEBHOOK_AUDIENCE"));
+        let limits = load(&[("WEBHOOK_MAX_BODY_BYTES", "2000000"), ("MAX_REQUEST_BODY_BYTES", "1000000")]).unwrap_err();
+        assert!(limits.iter().any(|p| p.setting == "WEBHOOK_MAX_BODY_BYTES"), "{limits:?}");
+        let header = load(&[
+            ("WEBHOOK_AUTH", "header"),
+            ("WEBHOOK_HEADER_NAME", "Authorization"),
+            ("WEBHOOK_HEADER_VALUE", "0123456789abcdef0123"),
+        ]);
+        assert!(header.unwrap_err().iter().any(|p| p.setting == "WEBHOOK_HEADER_NAME"));
+        let format =
+            load(&[("ALERT_WEBHOOK_URL", "https://hooks.example/x"), ("ALERT_WEBHOOK_FORMAT", "adaptive-card")])
+                .unwrap();
+        assert_eq!(format.tokens.alert_webhook.unwrap().format, AlertFormat::AdaptiveCard);
     }
 }
