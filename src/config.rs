@@ -519,7 +519,11 @@ impl Settings {
             ),
             secrets: Vec::new(),
         };
-        let settings = Settings { secrets: std::mem::take(&mut p.secrets), ..settings };
+        let mut settings = Settings { secrets: std::mem::take(&mut p.secrets), ..settings };
+        if raw.get("WEBHOOK_MAX_BODY_BYTES").is_none() {
+            // The default never exceeds what the front doors accept at all.
+            settings.webhook.max_body_bytes = settings.webhook.max_body_bytes.min(settings.max_request_body_bytes);
+        }
         cross_checks(&mut p, &settings);
         if p.problems.is_empty() {
             Ok(settings)
