@@ -483,6 +483,17 @@ fn is_loopback(url: &Url) -> bool {
 impl Settings {
     /// Parses every setting. On any invalid value, returns all the problems found.
     pub fn load(raw: &RawSettings) -> Result<Settings, Vec<Problem>> {
+        let (settings, problems) = Self::parse(raw);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Every setting, with the default in place of each invalid value, and the invalid values
+    /// (what `check` needs to also say what is missing while something is wrong).
+    pub fn parse(raw: &RawSettings) -> (Settings, Vec<Problem>) {
         let mut p = Parser { raw, problems: raw.source_problems.clone(), secrets: Vec::new() };
         let settings = Settings {
             oauth: parse_oauth(&mut p),
@@ -525,11 +536,7 @@ impl Settings {
             settings.webhook.max_body_bytes = settings.webhook.max_body_bytes.min(settings.max_request_body_bytes);
         }
         cross_checks(&mut p, &settings);
-        if p.problems.is_empty() {
-            Ok(settings)
-        } else {
-            Err(p.problems)
-        }
+        (settings, p.problems)
     }
 
     /// What the configured features still need. The server runs without these (status,

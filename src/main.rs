@@ -202,32 +202,41 @@ fn open_app(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<App> {
 
 async fn check(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     telemetry::init(truecontext_bridge::config::LogFormat::Text, Output::Stderr);
-    let (settings, mut problems) = match Settings::load(raw) {
-        Ok(settings) => (Some(settings), Vec::new()),
-        Err(problems) => (None, problems),
-    };
-    if let Some(settings) = &settings {
-        problems.extend(settings.missing());
+    // Wrong values stop the server from starting; missing ones only keep a feature from working.
+    // Both are reported, always: the missing ones are judged with defaults for the wrong ones.
+    let (settings, wrong) = Settings::parse(raw);
+    let mut missing = settings.missing();
+    if wrong.is_empty() {
         if let Err(e) = store::open(&settings.store) {
-            problems.push(truecontext_bridge::config::Problem {
+            missing.push(truecontext_bridge::config::Problem {
                 setting: "STORE".into(),
                 message: format!("the store cannot be opened: {e}"),
                 example: None,
             });
         }
     }
-    if problems.is_empty() {
-        let s = settings.as_ref().expect("no problems means settings loaded");
-        println!("configuration OK");
-        println!("  OAUTH_PROVIDER    {:?}", s.oauth.provider);
-        println!("  OAUTH_GRANT       {:?}", s.oauth.grant);
-        println!("  STORE             {}", s.store.kind.name());
-        println!("  SYNC_SCHEDULE     {}", s.sync_schedule.describe());
-        return Ok(ExitCode::SUCCESS);
+    if !wrong.is_empty() {
+        println!("{} wrong value(s) — the server refuses to start until they are fixed:", wrong.len());
+        for problem in &wrong {
+            println!("  - {}", telemetry::redact(&problem.to_string()));
+        }
     }
-    println!("the configuration has {} problem(s):", problems.len());
-    for problem in &problems {
-        println!("  - {}", telemetry::redact(&problem.to_string()));
+    if !missing.is_empty() {
+        println!(
+            "{} setting(s) missing — the server starts, but the feature named cannot work until they are set:",
+            missing.len()
+        );
+        for problem in &missing {
+            println!("  - {}", telemetry::redact(&problem.to_string()));
+        }
+    }
+    if wrong.is_empty() && missing.is_empty() {
+        println!("configuration OK");
+        println!("  OAUTH_PROVIDER    {:?}", settings.oauth.provider);
+        println!("  OAUTH_GRANT       {:?}", settings.oauth.grant);
+        println!("  STORE             {}", settings.store.kind.name());
+        println!("  SYNC_SCHEDULE     {}", settings.sync_schedule.describe());
+        return Ok(ExitCode::SUCCESS);
     }
     Ok(ExitCode::FAILURE)
 }

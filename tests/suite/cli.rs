@@ -56,8 +56,24 @@ fn check_reports_every_wrong_value_at_once_without_printing_secrets() {
     {
         assert!(text.contains(setting), "{setting} not reported:\n{text}");
     }
-    assert!(text.contains("6 problem(s)"), "{text}");
+    assert!(text.contains("6 wrong value(s)"), "{text}");
     assert!(!text.contains("must-not-print") && !text.contains("short\""), "{text}");
+}
+
+/// Wrong values (the server will not start) and missing settings (a feature will not work) are
+/// two groups, both always reported: a wrong value does not hide what is missing.
+#[test]
+fn check_reports_wrong_values_and_missing_settings_as_two_groups() {
+    let (output, text) = run(&["check"], &[("SYNC_SCHEDULE", "bogus"), ("FUNCTION_KEY", "short")]);
+    assert!(!output.status.success());
+    let (wrong, missing) = text.split_once("setting(s) missing").unwrap_or_else(|| panic!("no missing group:\n{text}"));
+    assert!(wrong.contains("2 wrong value(s)") && wrong.contains("refuses to start"), "{text}");
+    assert!(wrong.contains("SYNC_SCHEDULE") && wrong.contains("FUNCTION_KEY"), "{text}");
+    for setting in ["OAUTH_CLIENT_ID", "OAUTH_AUTHORITY", "WEBHOOK_AUTH"] {
+        assert!(missing.contains(setting), "{setting} missing is not reported beside the wrong values:\n{text}");
+        assert!(!wrong.contains(setting), "{setting} is not wrong, only missing:\n{text}");
+    }
+    assert!(!text.contains("short\""), "{text}");
 }
 
 #[test]
