@@ -126,7 +126,10 @@ async fn a_429_storm_met_by_two_processes_completes_with_at_most_three_calls_in_
     let sim = TrueContextSim::start();
     sim.latency(Duration::from_millis(20));
     sim.add_records(150, "form-1", Utc::now() - TimeDelta::hours(5));
-    for _ in 0..12 {
+    // Seven: one fewer than a call's tries, so the storm cannot exhaust one process's tries even
+    // when every 429 goes to the same one (with twelve, either process could meet eight in a row
+    // and rightly give up, which made this test fail at random).
+    for _ in 0..7 {
         sim.fault(Fault::Status { status: 429, code: "TooManyRequests", retry_after: Some(1) });
     }
     let dir = tempfile::tempdir().unwrap();
@@ -149,7 +152,7 @@ async fn a_429_storm_met_by_two_processes_completes_with_at_most_three_calls_in_
     }
     assert!(sim.max_in_flight() <= 3, "{} calls were in flight at once", sim.max_in_flight());
     let statuses = sim.statuses();
-    assert_eq!(statuses.get(&429), Some(&12), "only the injected 429s: {statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&7), "only the injected 429s: {statuses:?}");
     let stores = local::open(&dir.path().join("store"), None).unwrap();
     for connection in ["east", "west"] {
         assert_eq!(truecontext_bridge::landing::list(&stores, connection).await.unwrap().len(), 150);
