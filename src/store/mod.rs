@@ -342,6 +342,20 @@ impl<'a> TypedTable<'a> {
     }
 }
 
+/// Every entity of one partition, in row-key order, read a page at a time.
+pub async fn query_partition(tables: &dyn TableStore, table: Table, pk: &str) -> StoreResult<Vec<Entity>> {
+    let mut out = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = tables.query(table, pk, &RowRange::all(), MAX_PAGE_SIZE, continuation.as_deref()).await?;
+        out.extend(page.entities);
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
 pub fn to_properties<T: Serialize>(value: &T) -> StoreResult<Map<String, Value>> {
     match serde_json::to_value(value) {
         Ok(Value::Object(map)) => Ok(map),

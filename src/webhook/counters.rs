@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RowRange, StoreError, Stores, Table, TypedTable};
+use crate::store::{StoreError, Stores, Table, TypedTable};
 
 const PARTITION: &str = "webhook-counters";
 pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
@@ -149,20 +149,12 @@ impl Counters {
 /// Every process's figures added up (this process's as it counts now).
 pub async fn totals(stores: &Stores, this: &Counters) -> Result<Figures, StoreError> {
     let mut total = Figures::default();
-    let mut continuation = None;
-    loop {
-        let page = stores.tables.query(Table::Runs, PARTITION, &RowRange::all(), 1000, continuation.as_deref()).await?;
-        for entity in page.entities {
-            if entity.row_key == this.instance {
-                continue;
-            }
-            let figures: Figures = crate::store::from_properties(entity.properties)?;
-            total.add(&figures);
+    for entity in crate::store::query_partition(stores.tables.as_ref(), Table::Runs, PARTITION).await? {
+        if entity.row_key == this.instance {
+            continue;
         }
-        match page.continuation {
-            Some(next) => continuation = Some(next),
-            None => break,
-        }
+        let figures: Figures = crate::store::from_properties(entity.properties)?;
+        total.add(&figures);
     }
     total.add(&this.snapshot());
     Ok(total)

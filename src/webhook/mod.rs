@@ -211,22 +211,14 @@ pub async fn recover(intake: &Intake<'_>, connections: &[String]) -> Result<usiz
 
 /// Every pending push of `connection`, with its key.
 pub async fn pending_of(stores: &Stores, connection: &str) -> Result<Vec<(String, Versioned<Pending>)>, StoreError> {
-    let mut out = Vec::new();
-    let mut continuation = None;
-    loop {
-        let page = stores
-            .tables
-            .query(Table::Incoming, connection, &crate::store::RowRange::all(), 1000, continuation.as_deref())
-            .await?;
-        for entity in page.entities {
+    let entities = crate::store::query_partition(stores.tables.as_ref(), Table::Incoming, connection).await?;
+    entities
+        .into_iter()
+        .map(|entity| {
             let value: Pending = crate::store::from_properties(entity.properties)?;
-            out.push((entity.row_key, Versioned { value, etag: entity.etag }));
-        }
-        match page.continuation {
-            Some(next) => continuation = Some(next),
-            None => return Ok(out),
-        }
-    }
+            Ok((entity.row_key, Versioned { value, etag: entity.etag }))
+        })
+        .collect()
 }
 
 /// What processing one message did.
