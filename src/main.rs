@@ -82,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: PoisonCommand,
     },
+    /// The consented connections: list them, turn one off or on, or delete one with its tokens.
+    Connection {
+        #[command(subcommand)]
+        command: ConnectionCommand,
+    },
     /// Print the link an administrator opens to connect (or reconnect) a connection.
     ConsentUrl {
         /// The connection to connect.
@@ -108,6 +113,23 @@ enum SubmissionsCommand {
         #[arg(long)]
         raw: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConnectionCommand {
+    /// One line per consented connection (state, account, tenant, last refresh, reason).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop syncing, refreshing and taking pushes for a connection; status says it is disabled.
+    Disable { id: String },
+    /// Turn a disabled connection back on.
+    Enable { id: String },
+    /// Delete a connection: its token set (every version, from the secret store), its record and
+    /// its alerts. Landed submissions and the sync cursor stay.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +173,7 @@ fn main() -> ExitCode {
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
             Command::Submissions { command } => submissions(&raw, command).await,
             Command::Poison { command } => poison(&raw, command).await,
+            Command::Connection { command } => connection(&raw, command).await,
             Command::Sync { once, connection, json } => sync_once(&raw, once, connection, json).await,
             Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
@@ -479,6 +502,88 @@ async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn connection(raw: &RawSettings, command: ConnectionCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use truecontext_bridge::connections::{self, ConnectionState};
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let app = open_app(settings, Mode::Cli)?;
+    let tokens = app.tokens();
+    let mut stdout = std::io::stdout().lock();
+    let failed = |e: truecontext_bridge::tokens::TokenError| {
+        let message = telemetry::redact(&e.to_string()).into_owned();
+        eprintln!("error: {}: {message}", e.class());
+        Ok(ExitCode::from(token_exit_code(e.class())))
+    };
+    match command {
+        ConnectionCommand::List { json } => {
+            let listed = connections::list(&app.stores).await.context("cannot read the connections")?;
+            for c in &listed {
+                if json {
+                    let line = serde_json::json!({
+                        "id": c.id, "state": c.state, "reason": c.reason, "account": c.display_account(),
+                        "tenant": c.tenant, "provider": c.provider, "scopes": c.scopes,
+                        "consented_at": c.consented_at, "last_refresh_success": c.last_refresh_success,
+                        "last_refresh_failure": c.last_refresh_failure, "consecutive_failures": c.consecutive_failures,
+                    });
+                    writeln!(stdout, "{line}")?;
+                } else {
+                    let state = serde_json::to_value(c.state)?;
+                    let refreshed = c.last_refresh_success.map_or("never".to_owned(), |t| t.to_rfc3339());
+                    writeln!(
+                        stdout,
+                        "{}  {}  {}  tenant {}  refreshed {refreshed}  {}",
+                        c.id,
+                        state.as_str().unwrap_or_default(),
+                        c.display_account(),
+                        c.tenant.as_deref().unwrap_or("-"),
+                        c.reason.as_deref().unwrap_or(""),
+                    )?;
+                }
+            }
+            if !json && listed.is_empty() {
+                writeln!(stdout, "no consented connection yet (tcbridge consent-url prints the link)")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConnectionCommand::Disable { id } => match tokens.set_enabled(&id, false).await {
+            Ok(ConnectionState::Disabled) => {
+                writeln!(stdout, "connection {id} was already disabled")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(_) => {
+                writeln!(stdout, "connection {id} disabled: no sync, no token refresh, no pushes accepted for it")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => failed(e),
+        },
+        ConnectionCommand::Enable { id } => match tokens.set_enabled(&id, true).await {
+            Ok(ConnectionState::Disabled) => {
+                writeln!(stdout, "connection {id} enabled: the next sync run includes it")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(_) => {
+                writeln!(stdout, "connection {id} was not disabled")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => failed(e),
+        },
+        ConnectionCommand::Delete { id } => match tokens.delete(&id).await {
+            Ok(deleted) => {
+                let secret = if deleted.secret_existed { "deleted" } else { "was already gone" };
+                writeln!(
+                    stdout,
+                    "connection {id} ({}) deleted; its token set {} {secret}. Landed submissions and the sync cursor \
+                     stay; consent again (tcbridge consent-url --connection {id}) to reconnect.",
+                    deleted.account, deleted.secret
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => failed(e),
+        },
     }
 }
 

@@ -11,6 +11,7 @@ pub mod pages;
 pub mod poison;
 mod process;
 mod status;
+mod status_page;
 mod sync;
 mod webhook;
 
@@ -267,7 +268,7 @@ impl App {
             .with_header(axum::http::header::ALLOW, allow);
         }
         match function.name {
-            "status" => status::respond(self).await,
+            "status" => status::respond(self, &request).await,
             "authorize" => authorize::respond(self, &request).await,
             "callback" => callback::respond(self, &request).await,
             "webhook" => webhook::respond(self, &request).await,

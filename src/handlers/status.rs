@@ -313,8 +313,11 @@ async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<Con
     Ok(Some(status))
 }
 
-pub async fn respond(app: &App) -> HttpResponse {
+/// The report as JSON, or as a page for a browser (`Accept: text/html`); the same data and
+/// status code either way.
+pub async fn respond(app: &App, request: &super::HttpRequest) -> HttpResponse {
     match StatusReport::gather(app).await {
+        Ok(report) if super::pages::accepts_html(&request.headers) => super::status_page::render(&report),
         Ok(report) => {
             let status = StatusCode::from_u16(report.summary.status).unwrap_or(StatusCode::OK);
             HttpResponse::json(status, &report)

@@ -25,6 +25,7 @@
 //! lease-guarded refresh), `persist.rs` (recording a refresh's success or failure), [`classify`]
 //! (what a failure means). The token sets themselves are [`crate::connections::TokenSet`]s.
 
+mod admin;
 mod cache;
 pub mod classify;
 mod persist;
@@ -39,6 +40,7 @@ use crate::connections::{self, Connection, ConnectionState, TokenSet, APP_ONLY_C
 use crate::oauth::OAuthRuntime;
 use crate::secret::SecretString;
 use crate::store::{StoreError, Stores, Table, TypedTable, Versioned};
+pub use admin::Deleted;
 pub use cache::TokenService;
 use classify::{Failure, FailureClass};
 
@@ -82,7 +84,7 @@ pub enum TokenError {
     InvalidConnection(String),
     #[error("connection {connection:?} needs an administrator to consent again: {reason}")]
     NeedsReauth { connection: String, reason: String },
-    #[error("connection {0:?} is disabled")]
+    #[error("connection {0:?} is disabled by an operator; `tcbridge connection enable {0}` turns it back on")]
     Disabled(String),
     #[error(
         "the authorization server refused the app's own credentials ({reason}); check OAUTH_CLIENT_SECRET, the certificate or the federated credential"

@@ -174,7 +174,7 @@ impl Tokens<'_> {
 
     /// Applies `change` to the record under If-Match, re-reading and re-applying when another
     /// writer got there first. `change` returns false to leave the record as it is.
-    async fn update_record(
+    pub(super) async fn update_record(
         &self,
         subject: &Subject,
         mut record: Versioned<Connection>,
@@ -219,7 +219,10 @@ impl Tokens<'_> {
                 c.last_error_class = Some(failure.class.name().to_owned());
                 c.last_error = Some(failure.reason.clone());
                 if failure.class == FailureClass::Reauth {
-                    c.state = ConnectionState::NeedsReauth;
+                    // An operator's `disable` stands: the connection stays disabled.
+                    if c.state != ConnectionState::Disabled {
+                        c.state = ConnectionState::NeedsReauth;
+                    }
                     c.reason = Some(failure.reason.clone());
                     c.retry_not_before = None;
                 } else {
