@@ -48,8 +48,13 @@ enum Command {
     },
     /// Print the status report as JSON; exit 1 when something needs attention.
     Status,
-    /// Validate the configuration and say in plain words what is missing or wrong.
-    Check,
+    /// Validate the configuration and say in plain words what is missing or wrong; name each
+    /// dependency with its endpoint and the kind of credential it will use.
+    Check {
+        /// Also reach each dependency once and say whether it answers and takes the credential.
+        #[arg(long)]
+        online: bool,
+    },
     /// Obtain a fresh access token through the same path as the sync (cache, lease, refresh) and
     /// print its expiry and scopes, never the token. Exits non-zero with the failure class.
     Token {
@@ -168,7 +173,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Check => check(&raw).await,
+            Command::Check { online } => check(&raw, online).await,
             Command::Status => status(&raw).await,
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
             Command::Submissions { command } => submissions(&raw, command).await,
@@ -223,7 +228,7 @@ fn open_app(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<App> {
     Ok(App::new(settings, stores, mode))
 }
 
-async fn check(raw: &RawSettings) -> anyhow::Result<ExitCode> {
+async fn check(raw: &RawSettings, online: bool) -> anyhow::Result<ExitCode> {
     telemetry::init(truecontext_bridge::config::LogFormat::Text, Output::Stderr);
     // Wrong values stop the server from starting; missing ones only keep a feature from working.
     // Both are reported, always: the missing ones are judged with defaults for the wrong ones.
@@ -253,15 +258,61 @@ async fn check(raw: &RawSettings) -> anyhow::Result<ExitCode> {
             println!("  - {}", telemetry::redact(&problem.to_string()));
         }
     }
-    if wrong.is_empty() && missing.is_empty() {
+    let configured = wrong.is_empty() && missing.is_empty();
+    if configured {
         println!("configuration OK");
         println!("  OAUTH_PROVIDER    {:?}", settings.oauth.provider);
         println!("  OAUTH_GRANT       {:?}", settings.oauth.grant);
         println!("  STORE             {}", settings.store.kind.name());
         println!("  SYNC_SCHEDULE     {}", settings.sync_schedule.describe());
-        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::FAILURE)
+    let probed_ok = if online && wrong.is_empty() {
+        check_online(settings).await?
+    } else {
+        print_dependencies(&settings);
+        if online {
+            println!("not reaching the dependencies (--online) until the wrong values are fixed");
+        }
+        !online
+    };
+    Ok(if configured && probed_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_dependencies(settings: &Settings) {
+    println!("dependencies:");
+    for d in truecontext_bridge::handlers::dependencies::describe(settings) {
+        println!("  - {}: {}", d.name, telemetry::redact(&d.endpoint));
+        println!("      credential: {}", telemetry::redact(&d.credential));
+    }
+}
+
+/// Reaches each dependency once; true when none failed.
+async fn check_online(settings: Settings) -> anyhow::Result<bool> {
+    for secret in settings.secret_values() {
+        telemetry::register_secret(secret);
+    }
+    let settings = Arc::new(settings);
+    let app = match open_app(settings.clone(), Mode::Cli) {
+        Ok(app) => app,
+        Err(e) => {
+            print_dependencies(&settings);
+            println!("FAILED: {}", telemetry::redact(&format!("{e:#}")));
+            return Ok(false);
+        }
+    };
+    println!("dependencies (reached once each):");
+    let mut failures = 0;
+    for (d, verdict) in truecontext_bridge::handlers::dependencies::probe(&app).await {
+        failures += usize::from(verdict.is_failure());
+        println!("  - {}: {}", d.name, telemetry::redact(&d.endpoint));
+        println!("      credential: {}", telemetry::redact(&d.credential));
+        println!("      {}: {}", verdict.label(), telemetry::redact(verdict.detail()));
+    }
+    match failures {
+        0 => println!("every dependency answered"),
+        n => println!("{n} dependenc{} failed", if n == 1 { "y" } else { "ies" }),
+    }
+    Ok(failures == 0)
 }
 
 fn consent_url(raw: &RawSettings, connection: &str) -> anyhow::Result<ExitCode> {

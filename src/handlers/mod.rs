@@ -7,6 +7,7 @@
 
 mod authorize;
 mod callback;
+pub mod dependencies;
 pub mod pages;
 pub mod poison;
 mod process;

@@ -274,6 +274,36 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// Where the `jwt` issuer's discovery document is read (`tcbridge check` names it).
+    pub fn issuer_discovery(&self) -> Option<&Url> {
+        self.issuer.as_ref().map(|i| &i.discovery)
+    }
+
+    /// Reads the issuer's discovery document and key set afresh (`tcbridge check --online`):
+    /// what it found, or what is wrong.
+    pub async fn probe(&self, http: &reqwest::Client) -> Result<String, String> {
+        let issuer = self.issuer.as_ref().ok_or("no issuer is configured: set WEBHOOK_JWT_ISSUER (or OAUTH_AUTHORITY)")?;
+        let (found, jwks_uri) = discover(http, issuer).await?;
+        let response = http
+            .get(jwks_uri.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("the key set {jwks_uri} cannot be read: {}", e.without_url()))?;
+        if !response.status().is_success() {
+            return Err(format!("the key set {jwks_uri} answered HTTP {}", response.status().as_u16()));
+        }
+        let keys: serde_json::Value =
+            response.json().await.map_err(|e| format!("the key set {jwks_uri} is not JSON: {e}"))?;
+        let count = keys.get("keys").and_then(serde_json::Value::as_array).map_or(0, Vec::len);
+        if count == 0 {
+            return Err(format!("the key set {jwks_uri} holds no key"));
+        }
+        Ok(format!("issuer {found}: {count} signing key(s)"))
+    }
+}
+
 /// The issuer `jwt` trusts: `WEBHOOK_JWT_ISSUER`, else the sign-in's authority (for Entra, the
 /// tenant's v2 issuer as its metadata names it; a multi-tenant authority names no one issuer).
 fn jwt_issuer(settings: &WebhookSettings, oauth: &OAuthSettings) -> Option<Issuer> {

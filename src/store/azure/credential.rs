@@ -38,12 +38,29 @@ impl SharedCredential {
     }
 }
 
+/// Whether the process runs in Azure (App Service / Functions give a managed identity).
+fn in_azure() -> bool {
+    ["IDENTITY_ENDPOINT", "MSI_ENDPOINT", "WEBSITE_INSTANCE_ID"].iter().any(|v| std::env::var_os(v).is_some())
+}
+
+/// The credential [`SharedCredential::get`] will make here, in plain words (`tcbridge check`).
+pub fn describe(user_assigned_client_id: Option<&str>) -> String {
+    if in_azure() {
+        match user_assigned_client_id {
+            Some(id) => format!("the user-assigned managed identity {id} (AZURE_CLIENT_ID)"),
+            None => "the system-assigned managed identity".to_owned(),
+        }
+    } else if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        "workload identity (AZURE_FEDERATED_TOKEN_FILE)".to_owned()
+    } else {
+        "the developer's Azure login (az or azd; outside Azure, no managed identity here)".to_owned()
+    }
+}
+
 /// The credential for where the process runs (see the module documentation).
 fn default_credential(user_assigned_client_id: Option<&str>) -> Result<Arc<dyn TokenCredential>, String> {
     crate::tls::install_crypto_provider();
-    let in_azure =
-        ["IDENTITY_ENDPOINT", "MSI_ENDPOINT", "WEBSITE_INSTANCE_ID"].iter().any(|v| std::env::var_os(v).is_some());
-    let credential: azure_core::Result<Arc<dyn TokenCredential>> = if in_azure {
+    let credential: azure_core::Result<Arc<dyn TokenCredential>> = if in_azure() {
         let options = ManagedIdentityCredentialOptions {
             user_assigned_id: user_assigned_client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
             ..Default::default()
