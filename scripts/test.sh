@@ -12,4 +12,6 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
+# The deploy package the package tests open and start (a release build for musl).
+bash scripts/package.sh
 cargo test --locked --no-fail-fast "$@"
