@@ -94,13 +94,25 @@ pub fn describe(settings: &Settings) -> Vec<Dependency> {
                 (discovery.to_string(), "the token_endpoint its discovery document names".to_owned())
             }
             _ => {
-                let token = oauth.token_endpoint.as_ref().map_or("OAUTH_TOKEN_ENDPOINT (not set)".into(), Url::to_string);
-                (oauth.authorize_endpoint.as_ref().map_or("OAUTH_AUTHORIZE_ENDPOINT (not set)".into(), Url::to_string), token)
+                let token =
+                    oauth.token_endpoint.as_ref().map_or("OAUTH_TOKEN_ENDPOINT (not set)".into(), Url::to_string);
+                (
+                    oauth
+                        .authorize_endpoint
+                        .as_ref()
+                        .map_or("OAUTH_AUTHORIZE_ENDPOINT (not set)".into(), Url::to_string),
+                    token,
+                )
             }
         };
         let client = oauth.client_id.as_deref().unwrap_or("(OAUTH_CLIENT_ID not set)");
         out.push(dependency(Kind::Authority, "authorization server", endpoint, "none (public metadata)".into()));
-        out.push(dependency(Kind::TokenEndpoint, "token endpoint", token, format!("{} for client {client}", client_credential(settings))));
+        out.push(dependency(
+            Kind::TokenEndpoint,
+            "token endpoint",
+            token,
+            format!("{} for client {client}", client_credential(settings)),
+        ));
     }
     let tc = &settings.truecontext;
     let tc_credential = match tc.auth {
@@ -130,13 +142,19 @@ pub fn describe(settings: &Settings) -> Vec<Dependency> {
     }
     if let Some(webhook) = &settings.tokens.alert_webhook {
         let origin = webhook.url.origin().ascii_serialization();
-        out.push(dependency(Kind::AlertWebhook, "alert webhook", format!("{origin}/…"), "the URL itself (kept secret)".into()));
+        out.push(dependency(
+            Kind::AlertWebhook,
+            "alert webhook",
+            format!("{origin}/…"),
+            "the URL itself (kept secret)".into(),
+        ));
     }
     out
 }
 
 fn azure_dependencies(settings: &Settings) -> Vec<Dependency> {
-    let identity = crate::store::azure::credential::describe(settings.store.azure.managed_identity_client_id.as_deref());
+    let identity =
+        crate::store::azure::credential::describe(settings.store.azure.managed_identity_client_id.as_deref());
     let (credential, endpoints) = match StorageAccount::from_settings(&settings.store.azure) {
         Ok(account) => {
             let credential = match account.auth {
@@ -249,7 +267,13 @@ async fn token_endpoint(app: &App) -> Verdict {
         (OAuthGrant::ClientCredentials, _) => settings.scopes.join(" "),
         // Any app may ask Entra for an app-only Microsoft Graph token; it carries no permission.
         (_, OAuthProvider::Entra) => "https://graph.microsoft.com/.default".to_owned(),
-        _ => settings.scopes.iter().filter(|s| *s != "openid" && *s != "offline_access").cloned().collect::<Vec<_>>().join(" "),
+        _ => settings
+            .scopes
+            .iter()
+            .filter(|s| *s != "openid" && *s != "offline_access")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let mut params = vec![("grant_type", SecretString::new("client_credentials"))];
     if !scope.is_empty() {

@@ -254,11 +254,23 @@ impl Page {
         let w = &report.webhook;
         self.element("h2", None, "Pushes");
         let auth = match w.auth {
-            Some(auth) => format!("webhook verified by {}", serde_json::to_value(auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            Some(auth) => format!(
+                "webhook verified by {}",
+                serde_json::to_value(auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            ),
             None => "WEBHOOK_AUTH is not set: every push is refused".to_owned(),
         };
         self.element("p", Some("muted"), &auth);
-        self.table_head(&["Received", "Accepted", "Duplicates", "Processed", "Retried", "Poisoned", "Waiting", "Poison queue"]);
+        self.table_head(&[
+            "Received",
+            "Accepted",
+            "Duplicates",
+            "Processed",
+            "Retried",
+            "Poisoned",
+            "Waiting",
+            "Poison queue",
+        ]);
         self.push("<tr id=\"pushes\">");
         let figures = [
             w.counters.received,

@@ -113,7 +113,8 @@ fn log_summary(summary: &SyncSummary) {
     match &summary.stopped_reason {
         None => tracing::info!(connection, landed, calls, budget_left = left, "submissions synced"),
         Some(reason) => {
-            tracing::warn!(connection, landed, calls, budget_left = left, reason = %reason, "the sync stopped")
+            let class = summary.stopped_class.as_deref().unwrap_or("unknown");
+            tracing::warn!(connection, class, landed, calls, budget_left = left, reason = %reason, "the sync stopped")
         }
     }
 }

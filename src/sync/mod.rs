@@ -148,8 +148,9 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
     match result {
         Ok(()) => summary.completed = true,
         Err(e) => {
-            tracing::warn!(connection, error = %e, "the sync stopped");
             let class = e.class();
+            // `class` is what an Azure Monitor rule matches (`budget`, `call_count_expended`).
+            tracing::warn!(connection, class, error = %e, "the sync stopped");
             summary.stopped_reason = Some(format!("{class}: {e}"));
             summary.stopped_class = Some(class.to_owned());
         }

@@ -86,7 +86,12 @@ impl Tokens<'_> {
             tracing::warn!(connection = %subject.id, error = %e, "the deleted connection's alerts could not be cleared");
         }
         tracing::info!(connection = %subject.id, "connection deleted with its token set");
-        Ok(Deleted { connection: subject.id.clone(), account: record.display_account().to_owned(), secret, secret_existed })
+        Ok(Deleted {
+            connection: subject.id.clone(),
+            account: record.display_account().to_owned(),
+            secret,
+            secret_existed,
+        })
     }
 
     /// The verbs act on consented connections only: the app-only one exists from configuration.

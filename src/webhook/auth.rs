@@ -283,7 +283,8 @@ impl Verifier {
     /// Reads the issuer's discovery document and key set afresh (`tcbridge check --online`):
     /// what it found, or what is wrong.
     pub async fn probe(&self, http: &reqwest::Client) -> Result<String, String> {
-        let issuer = self.issuer.as_ref().ok_or("no issuer is configured: set WEBHOOK_JWT_ISSUER (or OAUTH_AUTHORITY)")?;
+        let issuer =
+            self.issuer.as_ref().ok_or("no issuer is configured: set WEBHOOK_JWT_ISSUER (or OAUTH_AUTHORITY)")?;
         let (found, jwks_uri) = discover(http, issuer).await?;
         let response = http
             .get(jwks_uri.clone())

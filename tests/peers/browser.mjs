@@ -5,7 +5,8 @@
 //
 // JSON keys: start_url, final_url_pattern (a JavaScript regular expression matched against the page
 // URL), host_resolver_rules (e.g. "MAP *.localhost 127.0.0.1"), timeout_ms (30000), click_selector
-// ("[data-peer-continue]": the button on the test provider's login and consent pages).
+// ("[data-peer-continue]": the button on the test provider's login and consent pages), screenshot
+// (a PNG path: the final page, whole), headers (extra request headers, e.g. a function key).
 //
 // Opens start_url in a fresh profile, clicks the click_selector button whenever a page shows one, and
 // once the URL matches final_url_pattern and the page has loaded prints one JSON line:
@@ -44,6 +45,9 @@ let code = 0;
 try {
   const page = context.pages()[0] ?? await context.newPage();
   const navigations = [];
+  const consoleMessages = [];
+  page.on('console', (message) => consoleMessages.push(`${message.type()}: ${message.text()}`));
+  if (input.headers) await page.setExtraHTTPHeaders(input.headers);
   let last = null;
   page.on('response', (response) => {
     const request = response.request();
@@ -71,7 +75,11 @@ try {
     await page.waitForTimeout(50);
   }
   if (done) {
+    if (input.screenshot) await page.screenshot({ path: input.screenshot, fullPage: true });
     console.log(JSON.stringify({
+      console: consoleMessages,
+      stylesheets: await page.evaluate(() => document.styleSheets.length),
+      meters: await page.evaluate(() => [...document.querySelectorAll('meter')].map((m) => ({ value: m.value, max: m.max }))),
       url: page.url(),
       status: last?.status ?? null,
       text: await text(),

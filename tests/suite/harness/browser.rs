@@ -26,6 +26,21 @@ pub struct BrowserResult {
     /// Main-frame navigations in order (redirects included).
     pub navigations: Vec<Navigation>,
     pub elapsed_ms: u64,
+    /// What the page logged (CSP violations show here).
+    #[serde(default)]
+    pub console: Vec<String>,
+    /// Style sheets the page applied (a blocked one does not count).
+    #[serde(default)]
+    pub stylesheets: u32,
+    /// Every `<meter>` as rendered: value and max.
+    #[serde(default)]
+    pub meters: Vec<Meter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Meter {
+    pub value: f64,
+    pub max: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +69,10 @@ pub struct BrowserRun {
     pub final_url_pattern: String,
     pub host_resolver_rules: Option<String>,
     pub timeout: Duration,
+    /// Where to save a PNG of the final page.
+    pub screenshot: Option<std::path::PathBuf>,
+    /// Extra request headers for every request.
+    pub headers: Vec<(String, String)>,
 }
 
 impl BrowserRun {
@@ -63,6 +82,8 @@ impl BrowserRun {
             final_url_pattern: final_url_pattern.to_string(),
             host_resolver_rules: Some(LOCALHOST_RULES.to_string()),
             timeout: Duration::from_secs(60),
+            screenshot: None,
+            headers: Vec::new(),
         }
     }
 
@@ -82,6 +103,8 @@ impl BrowserRun {
             "final_url_pattern": self.final_url_pattern,
             "host_resolver_rules": self.host_resolver_rules,
             "timeout_ms": self.timeout.as_millis() as u64,
+            "screenshot": self.screenshot,
+            "headers": self.headers.iter().cloned().collect::<std::collections::BTreeMap<String, String>>(),
         });
         let output = Command::new("node")
             .arg(root.join("tests/peers/browser.mjs"))

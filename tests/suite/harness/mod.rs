@@ -40,7 +40,12 @@ pub fn binary() -> &'static str {
 pub const UNREACHABLE_TRUECONTEXT: &str = "http://127.0.0.1:9/api/1.1";
 
 pub fn command(dir: &Path, settings: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(binary());
+    command_for(Path::new(binary()), dir, settings)
+}
+
+/// [`command`] for another build of the binary (the packaged one).
+pub fn command_for(program: &Path, dir: &Path, settings: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
@@ -78,9 +83,20 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, args: &[&str], port: u16, settings: &[(&str, &str)]) -> Server {
+        Self::start_program(Path::new(binary()), dir, args, port, settings)
+    }
+
+    /// `program` (a build of tcbridge) started in `dir`, as [`Server::start_in`] does.
+    pub fn start_program(
+        program: &Path,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        port: u16,
+        settings: &[(&str, &str)],
+    ) -> Server {
         let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = command(dir.path(), settings)
+        let child = command_for(program, dir.path(), settings)
             .args(args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
