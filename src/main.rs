@@ -558,17 +558,12 @@ async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::
 
 async fn connection(raw: &RawSettings, command: ConnectionCommand) -> anyhow::Result<ExitCode> {
     use std::io::Write;
-    use truecontext_bridge::connections::{self, ConnectionState};
+    use truecontext_bridge::connections;
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stderr);
     let app = open_app(settings, Mode::Cli)?;
     let tokens = app.tokens();
     let mut stdout = std::io::stdout().lock();
-    let failed = |e: truecontext_bridge::tokens::TokenError| {
-        let message = telemetry::redact(&e.to_string()).into_owned();
-        eprintln!("error: {}: {message}", e.class());
-        Ok(ExitCode::from(token_exit_code(e.class())))
-    };
     match command {
         ConnectionCommand::List { json } => {
             let listed = connections::list(&app.stores).await.context("cannot read the connections")?;
@@ -600,28 +595,8 @@ async fn connection(raw: &RawSettings, command: ConnectionCommand) -> anyhow::Re
             }
             Ok(ExitCode::SUCCESS)
         }
-        ConnectionCommand::Disable { id } => match tokens.set_enabled(&id, false).await {
-            Ok(ConnectionState::Disabled) => {
-                writeln!(stdout, "connection {id} was already disabled")?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Ok(_) => {
-                writeln!(stdout, "connection {id} disabled: no sync, no token refresh, no pushes accepted for it")?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => failed(e),
-        },
-        ConnectionCommand::Enable { id } => match tokens.set_enabled(&id, true).await {
-            Ok(ConnectionState::Disabled) => {
-                writeln!(stdout, "connection {id} enabled: the next sync run includes it")?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Ok(_) => {
-                writeln!(stdout, "connection {id} was not disabled")?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => failed(e),
-        },
+        ConnectionCommand::Disable { id } => switch_connection(&tokens, &id, false).await,
+        ConnectionCommand::Enable { id } => switch_connection(&tokens, &id, true).await,
         ConnectionCommand::Delete { id } => match tokens.delete(&id).await {
             Ok(deleted) => {
                 let secret = if deleted.secret_existed { "deleted" } else { "was already gone" };
@@ -633,9 +608,38 @@ async fn connection(raw: &RawSettings, command: ConnectionCommand) -> anyhow::Re
                 )?;
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => failed(e),
+            Err(e) => Ok(token_failure(&e)),
         },
     }
+}
+
+/// `connection disable` / `enable`: says what changed (or that nothing had to).
+async fn switch_connection(
+    tokens: &truecontext_bridge::tokens::Tokens<'_>,
+    id: &str,
+    enable: bool,
+) -> anyhow::Result<ExitCode> {
+    use truecontext_bridge::connections::ConnectionState;
+    match tokens.set_enabled(id, enable).await {
+        Ok(before) => {
+            let said = match (enable, before == ConnectionState::Disabled) {
+                (false, true) => "was already disabled",
+                (false, false) => "disabled: no sync, no token refresh, no pushes accepted for it",
+                (true, true) => "enabled: the next sync run includes it",
+                (true, false) => "was not disabled",
+            };
+            println!("connection {id} {said}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(token_failure(&e)),
+    }
+}
+
+/// Prints a token-lifecycle error as the CLI does everywhere, and its exit code.
+fn token_failure(e: &truecontext_bridge::tokens::TokenError) -> ExitCode {
+    let message = telemetry::redact(&e.to_string()).into_owned();
+    eprintln!("error: {}: {message}", e.class());
+    ExitCode::from(token_exit_code(e.class()))
 }
 
 async fn poison(raw: &RawSettings, command: PoisonCommand) -> anyhow::Result<ExitCode> {

@@ -219,7 +219,12 @@ async fn probe_one(app: &App, kind: Kind) -> Verdict {
         Kind::TokenEndpoint => token_endpoint(app).await,
         Kind::TrueContext => truecontext(app).await,
         Kind::EmbeddedStore | Kind::Tables => {
-            match app.stores.tables.query(Table::Connections, "connection", &RowRange::all(), 1, None).await {
+            match app
+                .stores
+                .tables
+                .query(Table::Connections, crate::connections::PARTITION, &RowRange::all(), 1, None)
+                .await
+            {
                 Ok(_) if kind == Kind::Tables => Verdict::Ok("the connections table was read".into()),
                 Ok(_) => match app.stores.secrets.get(PROBE_SECRET, None).await {
                     Ok(_) => Verdict::Ok("tables and secrets were read".into()),

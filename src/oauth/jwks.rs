@@ -245,6 +245,12 @@ impl JwksCache {
         state.answer(kid, alg, now)
     }
 
+    /// Reads the key set once, bypassing the cache (`tcbridge check --online`): how many usable
+    /// signing keys it holds, or what is wrong with it.
+    pub async fn probe(&self) -> Result<usize, String> {
+        self.fetch().await.map(|keys| keys.len())
+    }
+
     async fn fetch(&self) -> Result<Vec<JwksKey>, String> {
         let mut response = self
             .http

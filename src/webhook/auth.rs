@@ -240,6 +240,24 @@ impl Verifier {
         Ok(Caller(format!("client {}", printable(client))))
     }
 
+    /// Where the `jwt` issuer's discovery document is read (`tcbridge check` names it).
+    pub fn issuer_discovery(&self) -> Option<&Url> {
+        self.issuer.as_ref().map(|i| &i.discovery)
+    }
+
+    /// Reads the issuer's discovery document and key set afresh (`tcbridge check --online`):
+    /// what it found, or what is wrong.
+    pub async fn probe(&self, http: &reqwest::Client) -> Result<String, String> {
+        let issuer =
+            self.issuer.as_ref().ok_or("no issuer is configured: set WEBHOOK_JWT_ISSUER (or OAUTH_AUTHORITY)")?;
+        let (found, jwks_uri) = discover(http, issuer).await?;
+        let keys = crate::oauth::jwks::JwksCache::new(jwks_uri.clone(), http.clone())
+            .probe()
+            .await
+            .map_err(|reason| format!("the key set {jwks_uri}: {reason}"))?;
+        Ok(format!("issuer {found}: {keys} usable signing key(s)"))
+    }
+
     /// The issuer and its JWKS URL, from its discovery document, read once (a failure is
     /// retried after a pause, so a down issuer costs one fetch per pause, not one per push).
     async fn resolve(&self, http: &reqwest::Client) -> Result<(String, Url), Refusal> {
@@ -271,37 +289,6 @@ impl Verifier {
                 Err(Refusal::KeysUnavailable(reason))
             }
         }
-    }
-}
-
-impl Verifier {
-    /// Where the `jwt` issuer's discovery document is read (`tcbridge check` names it).
-    pub fn issuer_discovery(&self) -> Option<&Url> {
-        self.issuer.as_ref().map(|i| &i.discovery)
-    }
-
-    /// Reads the issuer's discovery document and key set afresh (`tcbridge check --online`):
-    /// what it found, or what is wrong.
-    pub async fn probe(&self, http: &reqwest::Client) -> Result<String, String> {
-        let issuer =
-            self.issuer.as_ref().ok_or("no issuer is configured: set WEBHOOK_JWT_ISSUER (or OAUTH_AUTHORITY)")?;
-        let (found, jwks_uri) = discover(http, issuer).await?;
-        let response = http
-            .get(jwks_uri.clone())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| format!("the key set {jwks_uri} cannot be read: {}", e.without_url()))?;
-        if !response.status().is_success() {
-            return Err(format!("the key set {jwks_uri} answered HTTP {}", response.status().as_u16()));
-        }
-        let keys: serde_json::Value =
-            response.json().await.map_err(|e| format!("the key set {jwks_uri} is not JSON: {e}"))?;
-        let count = keys.get("keys").and_then(serde_json::Value::as_array).map_or(0, Vec::len);
-        if count == 0 {
-            return Err(format!("the key set {jwks_uri} holds no key"));
-        }
-        Ok(format!("issuer {found}: {count} signing key(s)"))
     }
 }
 
