@@ -36,11 +36,23 @@ async fn sync_runs(app: &App, connection: &str) -> u64 {
         .map_or(0, |l| l.runs)
 }
 
+async fn wait_for_first_sync(bridge: &Connected, app: &App, connections: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for connection in connections {
+        while sync_runs(app, connection).await == 0 {
+            assert!(std::time::Instant::now() < deadline, "no first sync of {connection}:\n{}", bridge.server.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn disable_enable_and_delete_a_consented_connection() {
     let bridge = Connected::start(Options::default()).await;
     bridge.consent("second").await;
     let app = bridge.instance();
+    // Each consent queued a first sync; wait for both, so none lands in the counts below.
+    wait_for_first_sync(&bridge, &app, &["default", "second"]).await;
 
     let (code, listed) = run(&bridge, &["connection", "list", "--json"]);
     assert_eq!(code, 0, "{listed}");
@@ -140,7 +152,10 @@ fn assert_only_failed(what: &str, found: &[(dependencies::Dependency, Verdict)],
 #[tokio::test]
 async fn check_online_names_each_dependency_that_is_down() {
     let bridge = Connected::start(Options::default()).await;
-    let all_up = dependencies::probe(&bridge.instance()).await;
+    // The consent queued a first sync; wait for it, or it may take the faults injected below.
+    let app = bridge.instance();
+    wait_for_first_sync(&bridge, &app, &["default"]).await;
+    let all_up = dependencies::probe(&app).await;
     assert_only_failed("all up", &all_up, &[]);
     assert!(matches!(verdict(&all_up, Kind::TokenEndpoint), Verdict::Ok(_)), "{all_up:#?}");
     assert!(matches!(verdict(&all_up, Kind::TrueContext), Verdict::Ok(_)), "{all_up:#?}");
