@@ -91,25 +91,31 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
     let Some(function) = functions::by_name(&name) else {
         // Read the envelope anyway: replying before the body is consumed makes hyper close the
         // connection, and the host's next invocation on it would fail.
-        let _ = axum::body::to_bytes(body, state.envelope_limit).await;
+        let _ = read_envelope(body, state.envelope_limit).await;
         tracing::warn!(function = %name, "invocation for an unknown function");
         return reply(
             StatusCode::NOT_FOUND,
             error_body("unknown_function", format!("no function named {name:?}; this app has {}", functions::names())),
         );
     };
-    let body = match axum::body::to_bytes(body, state.envelope_limit).await {
+    let body = match read_envelope(body, state.envelope_limit).await {
         Ok(body) => body,
-        Err(_) => {
+        Err(Unread::Broken) => {
+            tracing::warn!(function = function.name, "the connection failed before the envelope was read");
+            return bad_envelope(function, "the envelope could not be read to its end".into());
+        }
+        Err(Unread::TooLarge { drained }) => {
             let message = format!(
                 "the invocation envelope is over {} bytes (the limit follows MAX_REQUEST_BODY_BYTES)",
                 state.envelope_limit
             );
             tracing::warn!(function = function.name, "{message}");
-            // The rest of the body is not read, so this connection cannot carry another
-            // request; say so, so the host opens a new one instead of failing on this one.
             let mut response = reply(StatusCode::PAYLOAD_TOO_LARGE, error_body("envelope_too_large", message));
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if !drained {
+                // The rest of the body is not read, so this connection cannot carry another
+                // request; say so, so the host opens a new one instead of failing on this one.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return response;
         }
     };
@@ -139,6 +145,42 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
         }
     }
 }
+
+/// Why an envelope was not read whole.
+enum Unread {
+    /// Over the limit; `drained` when the rest of it was read and thrown away.
+    TooLarge { drained: bool },
+    /// The connection failed mid-body; nobody is left to answer.
+    Broken,
+}
+
+/// Reads the envelope up to `limit` bytes. Past the limit it keeps reading, without keeping,
+/// up to [`DRAIN_FACTOR`] times the limit: a client still writing its body when the reply
+/// comes and the socket closes gets a broken pipe instead of our 413, so the host would
+/// log a transport failure rather than the reason. Beyond that the connection is given up.
+async fn read_envelope(body: Body, limit: usize) -> Result<axum::body::Bytes, Unread> {
+    use futures::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let data = chunk.map_err(|_| Unread::Broken)?;
+        seen = seen.saturating_add(data.len());
+        if seen > limit.saturating_mul(DRAIN_FACTOR) {
+            return Err(Unread::TooLarge { drained: false });
+        }
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(Unread::TooLarge { drained: true });
+    }
+    Ok(kept.into())
+}
+
+/// How far past the envelope limit a refused body is still read (see [`read_envelope`]).
+const DRAIN_FACTOR: usize = 4;
 
 fn bad_envelope(function: &Function, message: String) -> Response {
     tracing::warn!(function = function.name, error = %message, "unreadable invocation envelope");
