@@ -40,6 +40,9 @@ DELIBERATELY_NOT_SET = {
     "LOCAL_STORE_SYNC": "embedded store (STORE=local) only",
     "FUNCTION_KEY": "standalone mode's key; under the Functions host the host owns the function keys",
     "AzureWebJobsStorage": "an account-key connection string; replaced by the identity-based AzureWebJobsStorage__* settings (shared keys are off)",
+    "TLS_EXTRA_CA_FILE": "trusts a local simulator's test CA; refused next to any cloud endpoint",
+    "IDENTITY_ENDPOINT": "set by the platform for the managed identity, never by the app",
+    "MSI_ENDPOINT": "set by the platform (the older name of IDENTITY_ENDPOINT), never by the app",
     "OAUTH_CLIENT_CERTIFICATE_PATH": "needs a PEM file on the instance's disk, which Flex does not offer; the federated credential replaces it",
 }
 

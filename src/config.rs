@@ -300,6 +300,10 @@ pub struct StoreSettings {
     pub local_sync: LocalSync,
     pub azure: AzureStorageSettings,
     pub keyvault_uri: Option<Url>,
+    /// `TLS_EXTRA_CA_FILE`: a PEM bundle the Azure clients (Key Vault, Blob, Queue, the
+    /// managed-identity endpoint) trust besides the system roots. Only for local stand-ins
+    /// (a simulator's test CA): refused unless every Azure endpoint is on this machine.
+    pub tls_extra_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -793,9 +797,83 @@ fn parse_store(p: &mut Parser<'_>) -> StoreSettings {
             LocalSync::Full,
             &[("full", LocalSync::Full), ("normal", LocalSync::Normal)],
         ),
+        tls_extra_ca_file: parse_extra_ca(p, &azure, keyvault_uri.as_ref()),
         azure,
         keyvault_uri,
     }
+}
+
+/// `TLS_EXTRA_CA_FILE`: read now so a wrong file is a start-up problem, and refused unless
+/// every Azure endpoint is a loopback one: trusting an extra CA for a real vault or account
+/// would let whoever holds that CA's key read the refresh tokens.
+fn parse_extra_ca(p: &mut Parser<'_>, azure: &AzureStorageSettings, vault: Option<&Url>) -> Option<PathBuf> {
+    const NAME: &str = "TLS_EXTRA_CA_FILE";
+    const EXAMPLE: &str = "/path/to/test-ca.pem (local simulators only)";
+    let path = PathBuf::from(p.raw.get(NAME)?);
+    match std::fs::read(&path) {
+        Err(e) => p.problem(NAME, format!("cannot read {}: {e}", path.display()), EXAMPLE),
+        Ok(pem) if crate::tls::pem_certificates(&pem).map_or(true, |certs| certs.is_empty()) => {
+            p.problem(NAME, format!("{} holds no PEM certificate", path.display()), EXAMPLE)
+        }
+        Ok(_) => {}
+    }
+    let remote = remote_azure_endpoints(p.raw, azure, vault);
+    if !remote.is_empty() {
+        p.problem(
+            NAME,
+            format!(
+                "an extra CA is trusted only when every Azure endpoint is on this machine; not local: {}",
+                remote.join(", ")
+            ),
+            EXAMPLE,
+        );
+    }
+    Some(path)
+}
+
+/// The Azure endpoints an extra CA would apply to that are not loopback, by setting name.
+fn remote_azure_endpoints(raw: &RawSettings, azure: &AzureStorageSettings, vault: Option<&Url>) -> Vec<String> {
+    let mut remote = Vec::new();
+    let mut check = |name: &str, url: Option<&Url>| {
+        if url.is_some_and(|u| !is_loopback(u)) {
+            remote.push(name.to_owned());
+        }
+    };
+    check("KEYVAULT_URI", vault);
+    check("AzureWebJobsStorage__tableServiceUri", azure.table_service_uri.as_ref());
+    check("AzureWebJobsStorage__blobServiceUri", azure.blob_service_uri.as_ref());
+    check("AzureWebJobsStorage__queueServiceUri", azure.queue_service_uri.as_ref());
+    for name in ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"] {
+        let url = raw.get(name).map(|text| Url::parse(text).ok());
+        if url.as_ref().is_some_and(|u| u.as_ref().is_none_or(|u| !is_loopback(u))) {
+            remote.push(name.to_owned());
+        }
+    }
+    if azure.account_name.is_some() && azure.blob_service_uri.is_none() {
+        remote.push("AzureWebJobsStorage__accountName (the cloud endpoints)".to_owned());
+    }
+    if let Some(conn) = &azure.connection_string {
+        if !connection_string_is_local(conn.expose()) {
+            remote.push("AzureWebJobsStorage".to_owned());
+        }
+    }
+    remote
+}
+
+/// Whether a storage connection string names only loopback endpoints (Azurite's shortcut, or
+/// explicit `…Endpoint=` values); an account name with no endpoints means the cloud.
+fn connection_string_is_local(text: &str) -> bool {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("UseDevelopmentStorage=true") {
+        return true;
+    }
+    let endpoints: Vec<&str> = text
+        .split(';')
+        .filter_map(|part| part.split_once('='))
+        .filter(|(key, _)| key.trim().ends_with("Endpoint"))
+        .map(|(_, value)| value.trim())
+        .collect();
+    !endpoints.is_empty() && endpoints.iter().all(|e| Url::parse(e).is_ok_and(|u| is_loopback(&u)))
 }
 
 fn looks_like_connection_string(text: &str) -> bool {
@@ -1058,6 +1136,44 @@ mod tests {
         assert_eq!(s.store.kind, StoreKind::Local);
         assert_eq!(s.tokens.refresh_margin, Duration::from_secs(600));
         assert_eq!(s.queues.max_dequeue_count, 5);
+    }
+
+    #[test]
+    fn connection_strings_are_local_only_when_every_endpoint_is_loopback() {
+        assert!(connection_string_is_local("UseDevelopmentStorage=true"));
+        assert!(connection_string_is_local(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;\
+             BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;\
+             TableEndpoint=http://localhost:10002/devstoreaccount1;"
+        ));
+        assert!(!connection_string_is_local("AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net"));
+        assert!(!connection_string_is_local(
+            "AccountName=a;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/a;QueueEndpoint=https://a.queue.core.windows.net"
+        ));
+        assert!(!connection_string_is_local("BlobEndpoint=not a url"));
+    }
+
+    #[test]
+    fn an_extra_ca_is_refused_next_to_a_cloud_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let pem = rcgen::generate_simple_self_signed(vec!["v.vault.localhost".into()]).unwrap().cert.pem();
+        std::fs::write(&ca, pem).unwrap();
+        let ca = ca.display().to_string();
+        let local = [
+            ("STORE", "azure"),
+            ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+            ("KEYVAULT_URI", "https://v.vault.localhost:8443"),
+            ("TLS_EXTRA_CA_FILE", ca.as_str()),
+        ];
+        assert_eq!(load(&local).unwrap().store.tls_extra_ca_file.unwrap().display().to_string(), ca);
+        let mut cloud = local;
+        cloud[2] = ("KEYVAULT_URI", "https://v.vault.azure.net");
+        let problems = load(&cloud).unwrap_err();
+        assert!(problems.iter().any(|p| p.setting == "TLS_EXTRA_CA_FILE" && p.message.contains("KEYVAULT_URI")));
+        let identity = load(&[("AzureWebJobsStorage__accountName", "acct"), ("TLS_EXTRA_CA_FILE", ca.as_str())]);
+        assert!(identity.unwrap_err().iter().any(|p| p.message.contains("AzureWebJobsStorage__accountName")));
+        assert!(load(&[("TLS_EXTRA_CA_FILE", "/nonexistent.pem")]).is_err());
     }
 
     #[test]

@@ -120,22 +120,17 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
         }
     };
     let invocation_id = headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let envelope: Envelope = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => match Envelope::from_json(map) {
-            Ok(envelope) => envelope,
-            Err(e) => return bad_envelope(function, e),
-        },
-        Ok(_) => return bad_envelope(function, "the envelope must be a JSON object with Data and Metadata".into()),
-        Err(e) => return bad_envelope(function, format!("the envelope is not valid JSON: {e}")),
+    let invocation = match decode_invocation(function, &body, app.settings.max_request_body_bytes) {
+        Ok(invocation) => invocation,
+        Err(message) => return bad_envelope(function, message),
     };
     let logs = InvocationLogs::default();
     let span = tracing::info_span!("invocation", function = function.name, invocation_id = %invocation_id);
-    let outcome = logs.capture(tracing::Instrument::instrument(dispatch(&app, function, envelope), span)).await;
+    let outcome = logs.capture(tracing::Instrument::instrument(dispatch(&app, function, invocation), span)).await;
     let lines = logs.take();
     match outcome {
         Ok(outputs) => reply(StatusCode::OK, json!({ "Outputs": outputs, "Logs": lines, "ReturnValue": null })),
-        Err(Failure::BadEnvelope(message)) => bad_envelope(function, message),
-        Err(Failure::Handler(e)) => {
+        Err(e) => {
             tracing::error!(function = function.name, error = %e, "invocation failed");
             let mut body = error_body("invocation_failed", e.to_string());
             let mut lines = lines;
@@ -187,30 +182,46 @@ fn bad_envelope(function: &Function, message: String) -> Response {
     reply(StatusCode::BAD_REQUEST, error_body("invalid_envelope", format!("{}: {message}", function.name)))
 }
 
-enum Failure {
-    BadEnvelope(String),
-    Handler(InvocationError),
+/// What an invocation envelope asks of its function, read and checked before anything runs.
+#[derive(Debug)]
+pub enum Invocation {
+    /// `Data.req`; `Err` carries the answer for a request refused as it stands (too large).
+    Http(Result<HttpRequest, HttpResponse>),
+    Timer(TimerInfo),
+    Queue(QueueInput),
 }
 
-async fn dispatch(app: &App, function: &'static Function, envelope: Envelope) -> Result<Value, Failure> {
+/// Reads the envelope the host posted to `function` (public for the fuzz targets, which feed
+/// it any bytes). `Err` names what is malformed; nothing has run.
+pub fn decode_invocation(function: &Function, body: &[u8], max_body: usize) -> Result<Invocation, String> {
+    let envelope = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Envelope::from_json(map)?,
+        Ok(_) => return Err("the envelope must be a JSON object with Data and Metadata".into()),
+        Err(e) => return Err(format!("the envelope is not valid JSON: {e}")),
+    };
     let data = envelope.data.get(function.binding);
-    match function.trigger {
-        Trigger::Http { .. } => {
-            let request = decode_http(data, app.settings.max_request_body_bytes).map_err(Failure::BadEnvelope)?;
+    Ok(match function.trigger {
+        Trigger::Http { .. } => Invocation::Http(decode_http(data, max_body)?),
+        Trigger::Timer => Invocation::Timer(decode_timer(data)?),
+        Trigger::Queue => Invocation::Queue(decode_queue(data, &envelope.metadata)?),
+    })
+}
+
+async fn dispatch(app: &App, function: &'static Function, invocation: Invocation) -> Result<Value, InvocationError> {
+    match invocation {
+        Invocation::Http(request) => {
             let response = match request {
                 Ok(request) => app.http(function, request).await,
                 Err(too_large) => too_large,
             };
             Ok(json!({ HTTP_OUTPUT: encode_http(&response) }))
         }
-        Trigger::Timer => {
-            let info = decode_timer(data).map_err(Failure::BadEnvelope)?;
-            app.timer(function, info).await.map_err(Failure::Handler)?;
+        Invocation::Timer(info) => {
+            app.timer(function, info).await?;
             Ok(json!({}))
         }
-        Trigger::Queue => {
-            let input = decode_queue(data, &envelope.metadata).map_err(Failure::BadEnvelope)?;
-            app.queue(function, input).await.map_err(Failure::Handler)?;
+        Invocation::Queue(input) => {
+            app.queue(function, input).await?;
             Ok(json!({}))
         }
     }
@@ -274,11 +285,9 @@ fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
-type HttpDecode = Result<HttpRequest, HttpResponse>;
-
 /// Reads `Data.req`. `Ok(Err(response))` when the request itself is unacceptable (too large)
 /// and the caller should get that response; `Err` when the envelope is malformed.
-fn decode_http(data: Option<&Value>, max_body: usize) -> Result<HttpDecode, String> {
+fn decode_http(data: Option<&Value>, max_body: usize) -> Result<Result<HttpRequest, HttpResponse>, String> {
     let Some(Value::Object(req)) = data else {
         return Err("Data.req is missing or not an object".into());
     };

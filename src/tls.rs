@@ -17,6 +17,14 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The certificates of a PEM bundle (`TLS_EXTRA_CA_FILE`); other PEM sections are skipped.
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM bundle: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -22,11 +22,11 @@ use crate::oauth::token::{request_tokens, EndpointError, TokenRequest, TokenResp
 use crate::secret::SecretString;
 
 /// Largest value accepted per parameter; authorization codes are long on Entra (~1-2 KB).
-const LIMITS: &[(&str, usize)] =
+pub const LIMITS: &[(&str, usize)] =
     &[("state", 256), ("code", 8192), ("error", 128), ("error_description", 2048), ("iss", 512), ("result", 128)];
 
 pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
-    let params = match read_params(app, request) {
+    let params = match read_params(request, &app.settings.oauth.code_param) {
         Ok(params) => params,
         Err(message) => {
             return error_page(StatusCode::BAD_REQUEST, &message, "Start again from the authorize link.", &[])
@@ -76,8 +76,10 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
     }
 }
 
-/// The parameters of a GET (query) or a form_post (body). Each at most once and bounded.
-fn read_params(app: &App, request: &HttpRequest) -> Result<HashMap<String, String>, String> {
+/// The parameters of a GET (query) or a form_post (body) that the callback knows, each at most
+/// once and within its length limit; `code_param` is the server's name for `code`. Public for
+/// the fuzz targets.
+pub fn read_params(request: &HttpRequest, code_param: &str) -> Result<HashMap<String, String>, String> {
     let pairs: Vec<(String, String)> = if request.method == Method::POST {
         let content_type = request.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
@@ -87,7 +89,6 @@ fn read_params(app: &App, request: &HttpRequest) -> Result<HashMap<String, Strin
     } else {
         request.query.clone()
     };
-    let code_param = app.settings.oauth.code_param.as_str();
     let mut params = HashMap::new();
     for (name, value) in pairs {
         // Some OAuth 2.0 servers name it otherwise (`OAUTH_CODE_PARAM`; see

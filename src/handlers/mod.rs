@@ -6,7 +6,7 @@
 //! envelopes or sockets.
 
 mod authorize;
-mod callback;
+pub mod callback;
 pub mod dependencies;
 pub mod pages;
 pub mod poison;

@@ -9,6 +9,7 @@ mod common;
 mod harness;
 
 mod alerts_outbox;
+mod azure_binary;
 mod azure_blob_queue;
 mod azure_end_to_end;
 mod azure_keyvault;
@@ -17,6 +18,7 @@ mod cas_processes;
 mod cli;
 mod connect_flow;
 mod function_json;
+mod fuzz_corpus;
 mod host_protocol;
 mod id_token;
 mod id_token_attacks;

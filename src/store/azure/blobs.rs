@@ -34,7 +34,16 @@ impl AzureBlobs {
     /// `credential` is used (and required) when the account is reached with a managed identity
     /// ([`StorageAuth::Identity`](super::connection::StorageAuth::Identity)); keyed and SAS accounts ignore it.
     pub fn new(account: &StorageAccount, credential: Option<Arc<dyn TokenCredential>>) -> StoreResult<Self> {
-        let (credential, client_options) = client_setup(account, credential, Service::Blob)?;
+        Self::with_transport(account, credential, None)
+    }
+
+    /// As [`Self::new`], over `transport` instead of the SDK's own HTTP client.
+    pub fn with_transport(
+        account: &StorageAccount,
+        credential: Option<Arc<dyn TokenCredential>>,
+        transport: Option<azure_core::http::Transport>,
+    ) -> StoreResult<Self> {
+        let (credential, client_options) = client_setup(account, credential, Service::Blob, transport)?;
         let options = BlobServiceClientOptions { client_options, ..Default::default() };
         let service = BlobServiceClient::new(service_root(&account.blob), credential, Some(options))
             .map_err(|e| setup_error(Service::Blob, &e))?;

@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use azure_core::credentials::TokenCredential;
+use azure_core::http::Transport;
 use azure_identity::{
     DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
 };
@@ -17,13 +18,22 @@ use crate::store::{StoreError, StoreResult};
 #[derive(Clone)]
 pub struct SharedCredential {
     user_assigned_client_id: Option<String>,
+    /// The HTTP transport for the identity endpoint (see [`super::transport`]); the SDK's own
+    /// when `None`.
+    transport: Option<Transport>,
     cell: Arc<OnceLock<Result<Arc<dyn TokenCredential>, String>>>,
 }
 
 impl SharedCredential {
     /// `user_assigned_client_id` is `AZURE_CLIENT_ID`, when a user-assigned identity is meant.
     pub fn new(user_assigned_client_id: Option<String>) -> Self {
-        Self { user_assigned_client_id, cell: Arc::default() }
+        Self { user_assigned_client_id, transport: None, cell: Arc::default() }
+    }
+
+    /// The same identity, reached over `transport`. Called before first use (by the store
+    /// that owns the settings), so the one credential is made with it.
+    pub fn with_transport(self, transport: Option<Transport>) -> Self {
+        Self { transport, ..self }
     }
 
     pub fn user_assigned_client_id(&self) -> Option<&str> {
@@ -32,7 +42,7 @@ impl SharedCredential {
 
     pub fn get(&self) -> StoreResult<Arc<dyn TokenCredential>> {
         self.cell
-            .get_or_init(|| default_credential(self.user_assigned_client_id.as_deref()))
+            .get_or_init(|| default_credential(self.user_assigned_client_id.as_deref(), self.transport.as_ref()))
             .clone()
             .map_err(StoreError::Backend)
     }
@@ -58,12 +68,15 @@ pub fn describe(user_assigned_client_id: Option<&str>) -> String {
 }
 
 /// The credential for where the process runs (see the module documentation).
-fn default_credential(user_assigned_client_id: Option<&str>) -> Result<Arc<dyn TokenCredential>, String> {
+fn default_credential(
+    user_assigned_client_id: Option<&str>,
+    transport: Option<&Transport>,
+) -> Result<Arc<dyn TokenCredential>, String> {
     crate::tls::install_crypto_provider();
     let credential: azure_core::Result<Arc<dyn TokenCredential>> = if in_azure() {
         let options = ManagedIdentityCredentialOptions {
             user_assigned_id: user_assigned_client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
-            ..Default::default()
+            client_options: super::transport::client_options(transport),
         };
         ManagedIdentityCredential::new(Some(options)).map(|c| c as Arc<dyn TokenCredential>)
     } else if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {

@@ -8,6 +8,7 @@ pub mod keyvault;
 pub mod queues;
 mod service;
 pub mod tables;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -24,18 +25,21 @@ pub fn open(settings: &StoreSettings, identity: credential::SharedCredential) ->
     let vault = settings.keyvault_uri.as_ref().ok_or_else(|| {
         StoreError::invalid("KEYVAULT_URI", "STORE=azure keeps secrets in Key Vault; set KEYVAULT_URI")
     })?;
+    let transport = transport::from_settings(settings)?;
+    let identity = identity.with_transport(transport.clone());
     let client_id = identity.user_assigned_client_id().map(str::to_owned);
     let credential = identity.get()?;
     let storage_credential = matches!(account.auth, connection::StorageAuth::Identity).then(|| credential.clone());
-    let mut secrets = keyvault::KeyVaultSecrets::new(vault.as_str(), credential, None)?;
+    let options = transport::client_options(transport.as_ref());
+    let mut secrets = keyvault::KeyVaultSecrets::new(vault.as_str(), credential, Some(options))?;
     if let Some(id) = &client_id {
         secrets = secrets.with_identity_hint(format!("the managed identity with client id {id}"));
     }
     Ok(Stores {
         kind: StoreKind::Azure,
         tables: Arc::new(tables::AzureTables::new(&account, storage_credential.clone(), TABLE_PREFIX)?),
-        blobs: Arc::new(blobs::AzureBlobs::new(&account, storage_credential.clone())?),
-        queues: Arc::new(queues::AzureQueues::new(&account, storage_credential)?),
+        blobs: Arc::new(blobs::AzureBlobs::with_transport(&account, storage_credential.clone(), transport.clone())?),
+        queues: Arc::new(queues::AzureQueues::with_transport(&account, storage_credential, transport)?),
         secrets: Arc::new(secrets),
         identity,
     })

@@ -40,7 +40,16 @@ impl AzureQueues {
     /// `credential` is used (and required) when the account is reached with a managed identity;
     /// keyed and SAS accounts ignore it.
     pub fn new(account: &StorageAccount, credential: Option<Arc<dyn TokenCredential>>) -> StoreResult<Self> {
-        let (credential, client_options) = client_setup(account, credential, Service::Queue)?;
+        Self::with_transport(account, credential, None)
+    }
+
+    /// As [`Self::new`], over `transport` instead of the SDK's own HTTP client.
+    pub fn with_transport(
+        account: &StorageAccount,
+        credential: Option<Arc<dyn TokenCredential>>,
+        transport: Option<azure_core::http::Transport>,
+    ) -> StoreResult<Self> {
+        let (credential, client_options) = client_setup(account, credential, Service::Queue, transport)?;
         let options = QueueServiceClientOptions { client_options, ..Default::default() };
         let service =
             QueueServiceClient::new(service_root(&account.queue), credential, Some(options)).map_err(|e| {

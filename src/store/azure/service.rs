@@ -55,9 +55,10 @@ pub(super) fn client_setup(
     account: &StorageAccount,
     credential: Option<Arc<dyn TokenCredential>>,
     service: Service,
+    transport: Option<azure_core::http::Transport>,
 ) -> StoreResult<(Option<Arc<dyn TokenCredential>>, ClientOptions)> {
     crate::tls::install_crypto_provider();
-    let mut options = ClientOptions { retry: retry_options(), ..Default::default() };
+    let mut options = ClientOptions { retry: retry_options(), transport, ..Default::default() };
     match &account.auth {
         StorageAuth::Identity => {
             let credential = credential.ok_or_else(|| {

@@ -14,6 +14,9 @@ use truecontext_bridge::handlers::{App, Mode};
 use truecontext_bridge::store::{self, Stores};
 use truecontext_bridge::tokens::{AccessToken, TokenError, TokenService};
 
+use super::azurite::Azurite;
+use super::identity::IdentityEndpoint;
+use super::keyvault::{self, KeyVaultSim};
 use super::oidc::{HttpAgent, OidcProvider};
 use super::truecontext::TrueContextSim;
 use super::{free_port, Server, TEST_FUNCTION_KEY};
@@ -47,6 +50,41 @@ pub struct Connected {
     clock: Arc<OffsetClock>,
     /// TrueContext, taking this provider's access tokens.
     pub truecontext: TrueContextSim,
+    /// With `Options::azure`: what the binary runs on instead of the embedded store.
+    pub azure: Option<AzureBackend>,
+}
+
+/// `STORE=azure` for the binary, all on loopback: Azurite (Tables, Blobs, Queues, by account
+/// key), the Key Vault simulator (TLS with a per-run test CA, trusted through
+/// `TLS_EXTRA_CA_FILE`), reached with a managed identity from the identity endpoint stand-in.
+pub struct AzureBackend {
+    pub azurite: Azurite,
+    pub vault: KeyVaultSim,
+    pub identity: IdentityEndpoint,
+    ca_dir: tempfile::TempDir,
+}
+
+impl AzureBackend {
+    pub async fn start() -> AzureBackend {
+        let azurite = Azurite::start();
+        let vault = KeyVaultSim::start().await;
+        let identity = IdentityEndpoint::start(keyvault::RESOURCE, vault.token(), None).await;
+        let ca_dir = tempfile::tempdir().unwrap();
+        std::fs::write(ca_dir.path().join("test-ca.pem"), &vault.ca_pem).unwrap();
+        AzureBackend { azurite, vault, identity, ca_dir }
+    }
+
+    /// The settings a function app on these would have.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut settings = vec![
+            ("STORE".to_owned(), "azure".to_owned()),
+            ("AzureWebJobsStorage".to_owned(), self.azurite.connection_string()),
+            ("KEYVAULT_URI".to_owned(), self.vault.vault_url.clone()),
+            ("TLS_EXTRA_CA_FILE".to_owned(), self.ca_dir.path().join("test-ca.pem").display().to_string()),
+        ];
+        settings.extend(self.identity.settings().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        settings
+    }
 }
 
 pub struct Options {
@@ -56,11 +94,13 @@ pub struct Options {
     pub settings: Vec<(&'static str, String)>,
     /// Consent `default` at start.
     pub consent: bool,
+    /// Run the binary on `STORE=azure` (see [`AzureBackend`]) instead of the embedded store.
+    pub azure: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { access_token_ttl: 3600, settings: Vec::new(), consent: true }
+        Options { access_token_ttl: 3600, settings: Vec::new(), consent: true, azure: false }
     }
 }
 
@@ -92,6 +132,8 @@ impl Connected {
             ("SYNC_SCHEDULE".into(), NEVER.into()),
             ("TRUECONTEXT_BASE_URL".into(), truecontext.base_url()),
         ];
+        let azure = if options.azure { Some(AzureBackend::start().await) } else { None };
+        settings.extend(azure.iter().flat_map(AzureBackend::settings));
         for (name, value) in options.settings {
             settings.retain(|(n, _)| n != name);
             settings.push((name.into(), value));
@@ -99,7 +141,7 @@ impl Connected {
         let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let server = Server::start(&["serve", "--standalone", "--port", &app_port.to_string()], app_port, &pairs);
         settings.push(("LOCAL_STORE_PATH".into(), server.store_dir().display().to_string()));
-        let connected = Connected { provider, server, settings, clock: Arc::default(), truecontext };
+        let connected = Connected { provider, server, settings, clock: Arc::default(), truecontext, azure };
         if options.consent {
             connected.consent("default").await;
         }
@@ -123,10 +165,14 @@ impl Connected {
         Arc::new(Settings::load(&raw).unwrap_or_else(|p| panic!("settings: {p:?}")))
     }
 
-    /// A new instance on the embedded store the server uses.
+    /// A new instance on the store the server uses. On the Azure backend this process has no
+    /// identity endpoint, so it reaches the vault with the simulator's own test credential.
     pub fn instance(&self) -> App {
         let settings = self.settings();
-        let stores = store::open(&settings.store).unwrap();
+        let mut stores = store::open(&settings.store).unwrap();
+        if let Some(azure) = &self.azure {
+            stores.secrets = Arc::new(azure.vault.store(KeyVaultSim::fast_tuning()));
+        }
         self.instance_on(stores)
     }
 

@@ -166,6 +166,11 @@ impl KeyVaultSim {
         }
     }
 
+    /// The bearer token the simulator accepts (what an identity endpoint hands out for it).
+    pub fn token(&self) -> &str {
+        &self.credential.token
+    }
+
     /// The credential whose token the simulator accepts.
     pub fn credential(&self) -> Arc<TestCredential> {
         self.credential.clone()

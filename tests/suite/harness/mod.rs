@@ -8,6 +8,7 @@ pub mod browser;
 pub mod connected;
 pub mod hook;
 pub mod host;
+pub mod identity;
 pub mod issuer;
 pub mod keyvault;
 pub mod oidc;

@@ -1,0 +1,310 @@
+//! The properties the fuzz targets check, one function per target, each taking any bytes.
+//!
+//! Shared by the libFuzzer targets (`fuzz/fuzz_targets/*.rs`, nightly, `bash scripts/fuzz.sh`)
+//! and by the stable test suite (`tests/suite/fuzz_corpus.rs`), which replays every file of
+//! `fuzz/corpus/<target>/` through the same function, so a crash once found stays fixed.
+//! "No panic" is the least each checks; each also checks what the parser promises.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+use truecontext_bridge::config::{RawSettings, Settings};
+use truecontext_bridge::functions;
+use truecontext_bridge::handlers::HttpRequest;
+use truecontext_bridge::host::{decode_invocation, Invocation};
+use truecontext_bridge::landing::normalise;
+use truecontext_bridge::schedule::Schedule;
+use truecontext_bridge::truecontext::model::{Page, RecordHeader};
+use truecontext_bridge::webhook::payload;
+
+/// A target's property: panics when `data` breaks it.
+pub type Property = fn(&[u8]);
+
+/// Every target by name, as the corpus folders are named.
+pub const TARGETS: &[(&str, Property)] = &[
+    ("envelope", envelope),
+    ("callback_params", callback_params),
+    ("token_response", token_response),
+    ("jwt", jwt),
+    ("webhook_body", webhook_body),
+    ("list_page", list_page),
+    ("document", document),
+    ("schedule", schedule),
+    ("settings", settings),
+];
+
+/// Longest error text any parser may give back: errors name what is wrong, they do not echo
+/// whole inputs (which may carry secrets) into logs and replies.
+const MAX_ERROR_CHARS: usize = 600;
+
+fn assert_bounded(what: &str, message: &str) {
+    assert!(message.chars().count() <= MAX_ERROR_CHARS, "{what}: an error of {} chars", message.chars().count());
+}
+
+/// The invocation envelope, for each kind of trigger (the first byte picks the function).
+/// An accepted HTTP request is within the body limit; a refused one is a 413 or a bounded message.
+pub fn envelope(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else { return };
+    let function = &functions::FUNCTIONS[usize::from(pick) % functions::FUNCTIONS.len()];
+    const MAX_BODY: usize = 4096;
+    match decode_invocation(function, body, MAX_BODY) {
+        Ok(Invocation::Http(Ok(request))) => assert!(request.body.len() <= MAX_BODY, "a body over the limit"),
+        Ok(Invocation::Http(Err(refused))) => assert_eq!(refused.status.as_u16(), 413),
+        Ok(Invocation::Timer(_) | Invocation::Queue(_)) => {}
+        Err(message) => {
+            assert!(!message.is_empty());
+            assert_bounded("envelope", &message);
+        }
+    }
+}
+
+/// The callback's parameters: whatever arrives, what is kept is a known name within its limit,
+/// and a query and the same pairs posted as a form read alike.
+pub fn callback_params(data: &[u8]) {
+    use truecontext_bridge::handlers::callback::{read_params, LIMITS};
+    let text = String::from_utf8_lossy(data);
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(text.as_bytes()).into_owned().collect();
+    let get = HttpRequest {
+        method: axum::http::Method::GET,
+        query: pairs.clone(),
+        headers: Default::default(),
+        body: vec![],
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+    let post = HttpRequest { method: axum::http::Method::POST, query: vec![], headers, body: form.into_bytes() };
+    let from_get = read_params(&get, "code");
+    let from_post = read_params(&post, "code");
+    assert_eq!(from_get, from_post, "a query and a form of the same pairs read alike");
+    match from_get {
+        Ok(params) => {
+            for (name, value) in &params {
+                let limit = LIMITS.iter().find(|(n, _)| n == name).map(|(_, l)| *l);
+                assert!(limit.is_some_and(|l| value.len() <= l), "{name} kept beyond its limit");
+            }
+        }
+        Err(message) => assert_bounded("callback", &message),
+    }
+}
+
+/// A 2xx token response: a usable one has an access token; neither the value's `Debug` nor the
+/// error's text shows a token the body carried.
+pub fn token_response(data: &[u8]) {
+    use truecontext_bridge::oauth::token::parse_token_response;
+    let secrets: Vec<String> = serde_json::from_slice::<Value>(data)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|o| {
+            ["access_token", "refresh_token", "id_token"]
+                .iter()
+                .filter_map(|k| o.get(*k)?.as_str().map(str::to_owned))
+                .filter(|s| s.len() >= 8)
+                .collect()
+        })
+        .unwrap_or_default();
+    let shown = match parse_token_response(data) {
+        Ok(response) => {
+            assert!(!response.access_token.expose().is_empty(), "accepted without an access token");
+            format!("{response:?}")
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert_bounded("token response", &text);
+            format!("{text} {e:?}")
+        }
+    };
+    for secret in secrets {
+        assert!(!shown.contains(&secret), "a token reached Debug or an error");
+    }
+}
+
+/// A JWT (id_token or webhook bearer) against a fixed key set: accepted only when it carries
+/// exactly claims we signed, whatever was changed around them.
+pub fn jwt(data: &[u8]) {
+    let token = String::from_utf8_lossy(data);
+    let jwks = jwks();
+    let result = runtime().block_on(truecontext_bridge::oauth::id_token::verify_signature(
+        &jwks.cache,
+        &token,
+        &[jsonwebtoken::Algorithm::RS256],
+    ));
+    match result {
+        Ok((claims, _key)) => {
+            assert!(jwks.signed_claims.contains(&Value::Object(claims)), "a token we did not sign was accepted")
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert_bounded("jwt", &text);
+            if token.len() >= 16 {
+                assert!(!text.contains(token.as_ref()), "the token reached the error");
+            }
+        }
+    }
+}
+
+/// A webhook body: an accepted push names a valid identifier, the one the document carries
+/// where it has one.
+pub fn webhook_body(data: &[u8]) {
+    for id_field in [None, Some("submission.id")] {
+        match payload::read(data, id_field) {
+            Ok((push, value)) => {
+                assert!(payload::is_identifier(&push.identifier), "{:?} accepted", push.identifier);
+                if id_field.is_none() {
+                    if let Ok(id) = normalise::identifier(&value) {
+                        if push.format.is_complete() {
+                            assert_eq!(push.identifier, id, "the push names another submission than its document");
+                        }
+                    }
+                }
+            }
+            Err(e) => assert_bounded("webhook body", &e.to_string()),
+        }
+    }
+}
+
+/// A `data.json` list page: every listed record's identifier is a valid one, and the page
+/// reads the same after a round trip through its own JSON.
+pub fn list_page(data: &[u8]) {
+    let Ok(page) = serde_json::from_slice::<Page<RecordHeader>>(data) else { return };
+    for record in &page.page_data {
+        assert!(payload::is_identifier(&record.summary.identifier), "{:?} listed", record.summary.identifier);
+    }
+    let value: Value = serde_json::from_slice(data).unwrap();
+    let again: Page<RecordHeader> = serde_json::from_value(value).expect("a page that parsed parses as a Value too");
+    assert_eq!(again.page_data, page.page_data);
+}
+
+/// A submission document: one that normalises gives a record whose identifier is the
+/// document's, and a content hash that does not depend on how the JSON was laid out.
+pub fn document(data: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<Value>(data) else { return };
+    let media_path = |name: &str| format!("media/{name}");
+    match normalise::normalise(&value, &media_path) {
+        Ok(normalised) => {
+            assert_eq!(Ok(normalised.identifier.clone()), normalise::identifier(&value));
+            assert_eq!(normalised.record.get("identifier"), Some(&json!(normalised.identifier)));
+            let pretty = serde_json::to_vec_pretty(&value).unwrap();
+            let relaid: Value = serde_json::from_slice(&pretty).unwrap();
+            let again = normalise::normalise(&relaid, &media_path).expect("the same document normalises again");
+            assert_eq!(normalise::content_hash(&again.record), normalise::content_hash(&normalised.record));
+        }
+        Err(e) => assert_bounded("document", &e.to_string()),
+    }
+}
+
+/// An NCRONTAB schedule: one that parses has occurrences that move strictly forward.
+pub fn schedule(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match text.parse::<Schedule>() {
+        Ok(schedule) => {
+            let start = chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+            let mut at = start;
+            for _ in 0..3 {
+                match schedule.next_after(at) {
+                    Some(next) => {
+                        assert!(next > at, "{text:?}: {next} is not after {at}");
+                        at = next;
+                    }
+                    None => break,
+                }
+            }
+            assert!(!schedule.describe().is_empty());
+        }
+        Err(e) => assert_bounded("schedule", &e.to_string()),
+    }
+}
+
+/// Settings as `NAME=value` lines: every problem names a setting, and no problem shows the
+/// value of a secret setting.
+pub fn settings(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let pairs: Vec<(String, String)> =
+        text.lines().filter_map(|line| line.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    let raw = RawSettings::from_pairs(pairs.clone());
+    let secrets: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, v)| Settings::SECRET_SETTINGS.contains(&k.as_str()) && v.trim().len() >= 6)
+        .map(|(_, v)| v.trim())
+        .collect();
+    if let Err(problems) = Settings::load(&raw) {
+        assert!(!problems.is_empty());
+        for problem in &problems {
+            assert!(!problem.setting.is_empty(), "a problem that names no setting");
+            let shown = problem.to_string();
+            for secret in &secrets {
+                assert!(!shown.contains(secret), "{}: a secret value reached a problem", problem.setting);
+            }
+        }
+    }
+}
+
+/// A current-thread runtime for the async parsers.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
+}
+
+struct Jwks {
+    cache: truecontext_bridge::oauth::jwks::JwksCache,
+    signed_claims: Vec<Value>,
+}
+
+/// A key set served once from loopback (the fixture's test keys), and the claims of the
+/// tokens the seeds carry, signed with its private key.
+fn jwks() -> &'static Jwks {
+    static JWKS: OnceLock<Jwks> = OnceLock::new();
+    JWKS.get_or_init(|| {
+        truecontext_bridge::tls::install_crypto_provider();
+        let body = std::fs::read_to_string(fixtures().join("test-jwks.json")).expect("tests/fixtures/test-jwks.json");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}/keys", listener.local_addr().unwrap());
+        std::thread::spawn(move || serve_forever(listener, body));
+        let http = truecontext_bridge::oauth::token::http_client();
+        let cache = truecontext_bridge::oauth::jwks::JwksCache::new(uri.parse().unwrap(), http);
+        Jwks { cache, signed_claims: seed_claims() }
+    })
+}
+
+/// The claims of the genuine tokens in the seeds (see [`seed_jwt`]).
+fn seed_claims() -> Vec<Value> {
+    vec![
+        json!({ "iss": "https://issuer.example/", "aud": "bridge", "sub": "admin", "nonce": "n-0", "exp": 4_000_000_000u64 }),
+        json!({ "iss": "https://issuer.example/", "aud": "api://bridge", "roles": ["Submissions.Push"], "exp": 4_000_000_000u64 }),
+    ]
+}
+
+/// A genuine token for seed `i`, signed with the fixture's key `test-key1` (the seeds).
+pub fn seed_jwt(i: usize) -> String {
+    let pem = std::fs::read(fixtures().join("test-key1.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key1".into());
+    jsonwebtoken::encode(&header, &seed_claims()[i], &key).unwrap()
+}
+
+/// `tests/fixtures`, from the fuzz crate (`fuzz/`) or from the repository root (the suite).
+fn fixtures() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    [here.join("tests/fixtures"), here.join("../tests/fixtures")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("tests/fixtures")
+}
+
+/// Answers every request with the key set, one request per connection.
+fn serve_forever(listener: std::net::TcpListener, body: String) {
+    use std::io::{Read, Write};
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut buffer = [0u8; 4096];
+        let _ = stream.read(&mut buffer);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes());
+    }
+}
