@@ -24,7 +24,7 @@ fi
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 tools="$PWD/target/cargo-fuzz"
 if [ ! -x "$tools/bin/cargo-fuzz" ]; then
-  cargo install cargo-fuzz --version 0.13.1 --locked --root "$tools"
+  cargo install cargo-fuzz --version 0.13.2 --locked --root "$tools"
 fi
 export PATH="$tools/bin:$PATH"
 

@@ -216,6 +216,11 @@ impl TrueContextSim {
         self.world().faults.push_back(fault);
     }
 
+    /// Drops the faults not used up.
+    pub fn clear_faults(&self) {
+        self.world().faults.clear();
+    }
+
     pub fn allow_bearer(&self, token: &str) {
         self.world().bearer_tokens.push(token.to_owned());
     }
@@ -249,13 +254,13 @@ impl TrueContextSim {
         self.world().reprocess.push((after, id.to_owned()));
     }
 
-    /// `count` new submissions of `form` arrive right after the `after`-th list call is answered.
     /// From right after the `after`-th list call on, every request answers `status` with
     /// `Retry-After: 0` (TrueContext down, asking to be tried again at once).
     pub fn outage_after_list_calls(&self, after: usize, status: u16) {
         self.world().outage_after = Some((after, status));
     }
 
+    /// `count` new submissions of `form` arrive right after the `after`-th list call is answered.
     pub fn arrive_after_list_calls(&self, after: usize, count: usize, form: &str) {
         self.world().arrivals.push((after, count, form.to_owned()));
     }

@@ -162,6 +162,21 @@ impl<'a> Landing<'a> {
         result
     }
 
+    /// Whether `raw` would replace a landed version of its submission with other content. A
+    /// document that cannot be read says `false`: landing it gives the error.
+    pub async fn would_change(&self, connection: &str, raw: &[u8]) -> Result<bool, LandingError> {
+        let Ok(document) = serde_json::from_slice::<Value>(raw) else { return Ok(false) };
+        let Some(id) = normalise::identifier(&document).ok().and_then(|id| sanitized_id(&id).ok()) else {
+            return Ok(false);
+        };
+        let Ok(normalised) = normalise(&document, &|media| Self::media_path(connection, &id, media)) else {
+            return Ok(false);
+        };
+        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
+        let landed = table.get::<IndexRow>(connection, &id).await?;
+        Ok(landed.is_some_and(|row| row.value.sha256 != content_hash(&normalised.record)))
+    }
+
     /// Sends the landed event a crash left owed on a submission that is not landed again (the
     /// sync skips what it already has), under the submission's turn. `Ok(true)` when one was sent.
     pub async fn send_owed_event(&self, connection: &str, id: &str) -> Result<bool, LandingError> {

@@ -15,7 +15,9 @@
 //! `WEBHOOK_RECOVERY_SECONDS` have passed. After 4, the queue holds it until it is processed.
 //!
 //! **Processing** ([`process`]) lands the stored body through [`crate::landing`] (a template
-//! body that lacks the document has it fetched first), records the delivery as processed, and
+//! body that lacks the document has it fetched first, and so has a body that would replace a
+//! landed version with other content: it may be a retried delivery older than what landed),
+//! records the delivery as processed, and
 //! deletes the pending row. A message for a delivery already processed does nothing, so a
 //! redelivered or replayed message cannot land twice.
 
@@ -264,10 +266,15 @@ pub async fn process(
         return Err(WebhookError::BlobMissing(row.blob.clone()));
     };
     let fetched;
-    let (raw, order) = if row.format.is_complete() {
+    let (raw, order) = if row.format.is_complete() && !landing.would_change(&push.connection, &blob.content).await? {
         (blob.content.as_slice(), row.received_at)
     } else {
-        // The fetch is newer than the push: the document as TrueContext serves it now.
+        // A push without its document, or one that would replace a landed version. TrueContext
+        // retries a failed delivery for hours and re-executes one on request, so a push can
+        // arrive after a newer version landed, and it does not say when its version was
+        // processed: land the version TrueContext serves now instead (one call, and only when
+        // the content changed; a first push or a duplicate costs none). The fetch is newer
+        // than the push.
         let at = Utc::now();
         fetched = fetch.document(&push.connection, &row.identifier).await.map_err(WebhookError::Fetch)?;
         (fetched.as_slice(), at)

@@ -420,3 +420,74 @@ fn the_binary_syncs_once_and_says_why_it_stopped() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(status["truecontext"][0]["budget_stopped_until"].is_string(), "{status}");
 }
+
+mod walk_props {
+    //! Any interleaving of edits and arrivals with the list calls of a walk loses nothing: once
+    //! the runs are quiet, every submission the simulator holds has landed once, with its latest
+    //! content, and no version was landed for a change that did not happen.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A change made right after the `after`-th list call: an edit of record `index`, or
+    /// `count` new arrivals.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Edit { after: usize, index: usize },
+        Arrive { after: usize, count: usize },
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (1usize..8, 0usize..400).prop_map(|(after, index)| Change::Edit { after, index }),
+            (1usize..8, 1usize..15).prop_map(|(after, count)| Change::Arrive { after, count }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 10, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_interleaving_of_edits_during_a_walk_loses_nothing(
+            records in 1usize..260,
+            changes in prop::collection::vec(change(), 0..6),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let bench = Bench::new();
+                let ids = bench.sim.add_records(records, "form-1", Utc::now() - TimeDelta::hours(2));
+                let mut edits = std::collections::BTreeMap::<String, u64>::new();
+                for change in &changes {
+                    match change {
+                        Change::Edit { after, index } => {
+                            let id = &ids[index % ids.len()];
+                            bench.sim.reprocess_after_list_calls(*after, id);
+                            *edits.entry(id.clone()).or_default() += 1;
+                        }
+                        Change::Arrive { after, count } => bench.sim.arrive_after_list_calls(*after, *count, "form-2"),
+                    }
+                }
+                // Until every change has had its list call (the latest comes after the 7th) and
+                // a completed run then lands nothing.
+                for _ in 0..12 {
+                    let summary = bench.run().await;
+                    prop_assert!(summary.completed, "{:?}", summary);
+                    if summary.documents_landed == 0 && bench.calls("data.json") >= 8 {
+                        break;
+                    }
+                }
+                let landed = bench.landed().await;
+                let truth = bench.sim.ids();
+                prop_assert_eq!(landed.len(), truth.len(), "every submission once");
+                for listed in &landed {
+                    prop_assert!(truth.contains(&listed.id));
+                    let raw = bench.stores.blobs.get(&bench.settings.landing.container, &format!("raw/default/{}.json", listed.id)).await;
+                    prop_assert_eq!(raw.unwrap().unwrap().content, bench.sim.record(&listed.id).unwrap().document, "the latest content of {}", &listed.id);
+                    let most = 1 + edits.get(&listed.id).copied().unwrap_or(0);
+                    prop_assert!(listed.row.version <= most, "{}: version {} for {} real changes", &listed.id, listed.row.version, most);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -149,6 +149,26 @@ pub async fn duplicates_are_harmless_and_an_edit_is_processed_again_on(hook: &Ho
     let row = landing::find(&hook.stores, &["default".into()], &id).await.unwrap().unwrap().row;
     assert_eq!(row.version, 2);
     assert_eq!(hook.landed_events().await.len(), 2, "one event per real change");
+    let fetches = |hook: &Hook| hook.sim.calls().iter().filter(|c| c.path.ends_with("/document.json")).count();
+    assert_eq!(fetches(hook), 1, "the edit would replace a landed version: the current one was fetched");
+
+    // Another submission: its first version's deliveries failed (we were down), it was edited,
+    // the edit was delivered; then TrueContext's retry of the first version gets through. It is
+    // a new delivery, but the landed version stays the newest.
+    let (other, first_version) = submission(hook);
+    hook.sim.edit(&other);
+    let second_version = hook.sim.record(&other).unwrap().document;
+    assert_eq!(hook.push(&second_version).await.status, StatusCode::ACCEPTED);
+    hook.drain().await;
+    assert_eq!(fetches(hook), 1, "a first push costs no call");
+    assert_eq!(hook.push(&first_version).await.status, StatusCode::ACCEPTED, "the late retry");
+    hook.drain().await;
+    let row = landing::find(&hook.stores, &["default".into()], &other).await.unwrap().unwrap().row;
+    assert_eq!(row.version, 1, "the late retry did not replace the edit");
+    let raw = hook.stores.blobs.get(&hook.app.settings.landing.container, &format!("raw/default/{other}.json")).await;
+    assert_eq!(raw.unwrap().unwrap().content, second_version, "the latest content stays");
+    assert_eq!(fetches(hook), 2, "one call to learn which version is current");
+    assert_eq!(hook.landed_events().await.len(), 1, "one event: the second version's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

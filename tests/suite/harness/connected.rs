@@ -58,7 +58,8 @@ pub struct Connected {
 /// key), the Key Vault simulator (TLS with a per-run test CA, trusted through
 /// `TLS_EXTRA_CA_FILE`), reached with a managed identity from the identity endpoint stand-in.
 pub struct AzureBackend {
-    pub azurite: Azurite,
+    /// On disk: a chaos test stops and restarts it.
+    pub azurite: std::sync::Mutex<Azurite>,
     pub vault: KeyVaultSim,
     pub identity: IdentityEndpoint,
     ca_dir: tempfile::TempDir,
@@ -66,19 +67,19 @@ pub struct AzureBackend {
 
 impl AzureBackend {
     pub async fn start() -> AzureBackend {
-        let azurite = Azurite::start();
+        let azurite = Azurite::start_on_disk();
         let vault = KeyVaultSim::start().await;
         let identity = IdentityEndpoint::start(keyvault::RESOURCE, vault.token(), None).await;
         let ca_dir = tempfile::tempdir().unwrap();
         std::fs::write(ca_dir.path().join("test-ca.pem"), &vault.ca_pem).unwrap();
-        AzureBackend { azurite, vault, identity, ca_dir }
+        AzureBackend { azurite: std::sync::Mutex::new(azurite), vault, identity, ca_dir }
     }
 
     /// The settings a function app on these would have.
     pub fn settings(&self) -> Vec<(String, String)> {
         let mut settings = vec![
             ("STORE".to_owned(), "azure".to_owned()),
-            ("AzureWebJobsStorage".to_owned(), self.azurite.connection_string()),
+            ("AzureWebJobsStorage".to_owned(), self.azurite.lock().unwrap().connection_string()),
             ("KEYVAULT_URI".to_owned(), self.vault.vault_url.clone()),
             ("TLS_EXTRA_CA_FILE".to_owned(), self.ca_dir.path().join("test-ca.pem").display().to_string()),
         ];

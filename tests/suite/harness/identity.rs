@@ -83,6 +83,11 @@ impl IdentityEndpoint {
         self.shared.faults.lock().unwrap().extend(std::iter::repeat_n(status, times));
     }
 
+    /// Drops the faults not used up.
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().unwrap().clear();
+    }
+
     /// Tokens handed out.
     pub fn served(&self) -> usize {
         self.shared.served.load(Ordering::SeqCst)

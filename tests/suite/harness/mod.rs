@@ -165,6 +165,46 @@ impl Server {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// `kill -9`, then the same program started again in the same directory (store, log) on
+    /// the same port, as a platform restarts a crashed instance.
+    pub fn kill_and_restart(&mut self, args: &[&str], settings: &[(&str, &str)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let saved = self.dir.path().join(format!("server-{}.log", self.child.id()));
+        let _ = std::fs::copy(&self.log_path, saved);
+        let log = std::fs::File::create(&self.log_path).unwrap();
+        let mut last = String::new();
+        for _ in 0..40 {
+            match command(self.dir.path(), settings)
+                .args(args)
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log.try_clone().unwrap()))
+                .spawn()
+            {
+                Ok(child) => {
+                    self.child = child;
+                    self.wait_ready(args.contains(&"--standalone"));
+                    return;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tcbridge did not restart: {last}");
+    }
+
+    /// Every log this directory holds: the running process's and each killed one's.
+    pub fn all_logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("server") && name.ends_with(".log") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+
     /// True while the process is running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
