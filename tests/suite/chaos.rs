@@ -1,4 +1,5 @@
-//! Chaos, end to end: three `tcbridge serve --standalone` processes on `STORE=azure` (Azurite
+//! Chaos, end to end: three `tcbridge` processes on `STORE=azure`, two `serve --standalone` and
+//! one `serve` behind a stand-in for the Functions host (Azurite
 //! on disk, the Key Vault simulator through the identity endpoint stand-in), one connection
 //! consented for real at node-oidc-provider (rotating refresh tokens, the grant revoked when a
 //! used one comes back; access tokens live 4 s), the TrueContext simulator as the ground
@@ -31,7 +32,7 @@ use crate::harness::connected::{AzureBackend, Connected, Options, CLIENT_SECRET}
 use crate::harness::keyvault::Fault as VaultFault;
 use crate::harness::oidc::OidcProvider;
 use crate::harness::truecontext::{Fault as TcFault, TrueContextSim};
-use crate::harness::{client, free_port, Server};
+use crate::harness::{client, free_port, host, Server};
 
 const PUSH_PASSWORD: &str = "chaos-push-password-0123456789";
 const BUDGET: u64 = 50_000;
@@ -54,6 +55,8 @@ struct Figures {
     submissions_created: usize,
     edits: usize,
     deliveries: usize,
+    deliveries_through_host: usize,
+    host_messages_processed: usize,
     deliveries_acknowledged: usize,
     deliveries_refused: usize,
     deliveries_failed_in_transit: usize,
@@ -112,9 +115,14 @@ fn settings() -> Vec<(&'static str, String)> {
 
 struct Fleet {
     /// Instances 1 and 2; instance 0 is the one `Connected` started (and consented through).
+    /// Instance 2 is `tcbridge serve` behind the host stand-in ([`host_stand_in`]).
     extra: Vec<Server>,
     args: Vec<Vec<String>>,
+    settings: Vec<Vec<(String, String)>>,
 }
+
+/// The instance behind the host stand-in.
+const HOST: usize = 2;
 
 impl Fleet {
     fn url(&self, bridge: &Connected, i: usize) -> String {
@@ -135,15 +143,23 @@ async fn run(seed: u64, scale: &Scale) {
     let mut bridge =
         Connected::start(Options { access_token_ttl: 4, azure: true, consent: true, settings: settings() }).await;
     let owned = bridge.settings.clone();
-    let mut fleet = Fleet { extra: Vec::new(), args: vec![standalone_args(bridge.server.port)] };
-    for _ in 0..2 {
+    let mut fleet =
+        Fleet { extra: Vec::new(), args: vec![standalone_args(bridge.server.port)], settings: vec![owned.clone()] };
+    for i in 1..3 {
         let port = free_port();
-        let args = standalone_args(port);
+        let (args, mut instance) =
+            if i == HOST { (vec!["serve".to_owned()], owned.clone()) } else { (standalone_args(port), owned.clone()) };
+        if i == HOST {
+            instance.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
+        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        fleet.extra.push(Server::start(&argv, port, &pairs(&owned)));
+        fleet.extra.push(Server::start(&argv, port, &pairs(&instance)));
         fleet.args.push(args);
+        fleet.settings.push(instance);
     }
     let urls: Vec<String> = (0..3).map(|i| fleet.url(&bridge, i)).collect();
+    // The host stand-in reads the incoming queue as the Functions host's queue trigger does.
+    let host_app = bridge.instance();
 
     // Two actors at once: the driver (deliveries, changes in TrueContext, faults) on the
     // runtime, and the monkey (kill -9 and restart, Azurite stopped and started) on a thread of
@@ -155,9 +171,9 @@ async fn run(seed: u64, scale: &Scale) {
         std::thread::scope(|scope| {
             let server0 = &mut bridge.server;
             let extra = &mut fleet.extra;
-            let args = &fleet.args;
+            let (args, instance_settings) = (&fleet.args, &fleet.settings);
             let azure = bridge.azure.as_ref().unwrap();
-            let (done, kills, restarts, owned) = (&done, &kills, &restarts, &owned);
+            let (done, kills, restarts) = (&done, &kills, &restarts);
             scope.spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed ^ 0x6d6f_6e6b_6579);
                 let mut servers: Vec<&mut Server> = std::iter::once(server0).chain(extra.iter_mut()).collect();
@@ -172,13 +188,24 @@ async fn run(seed: u64, scale: &Scale) {
                     } else {
                         let victim = rng.gen_range(0..servers.len());
                         let argv: Vec<&str> = args[victim].iter().map(String::as_str).collect();
-                        servers[victim].kill_and_restart(&argv, &pairs(owned));
+                        servers[victim].kill_and_restart(&argv, &pairs(&instance_settings[victim]));
                         kills.fetch_add(1, Ordering::SeqCst);
                     }
                 }
             });
             let driver = drive(seed, scale, &bridge.truecontext, &bridge.provider, azure, &urls, kills);
-            let outcome = tokio::runtime::Handle::current().block_on(driver);
+            let stand_in = host_stand_in(&host_app, &urls[HOST], done);
+            let outcome = tokio::runtime::Handle::current().block_on(async {
+                let (outcome, processed) = tokio::join!(
+                    async {
+                        let outcome = driver.await;
+                        done.store(true, Ordering::SeqCst);
+                        outcome
+                    },
+                    stand_in
+                );
+                Driven { figures: Figures { host_messages_processed: processed, ..outcome.figures }, ..outcome }
+            });
             done.store(true, Ordering::SeqCst);
             outcome
         })
@@ -208,6 +235,69 @@ async fn run(seed: u64, scale: &Scale) {
     assert_eq!(figures.duplicates_landed, 0, "{figures:#?}");
     assert_eq!(figures.stale_content, 0, "{figures:#?}");
     assert_eq!(figures.refresh_tokens_burnt, 0, "{figures:#?}");
+}
+
+/// Posts an envelope to the host-mode instance; its reply, or `Err` when it did not answer
+/// (killed) or answered with an error.
+async fn invoke_host(http: &reqwest::Client, base: &str, function: &str, envelope: &Value) -> Result<Value, ()> {
+    let response = http
+        .post(format!("{base}/{function}"))
+        .header("content-type", "application/json")
+        .header("x-azure-functions-invocationid", host::guid())
+        .timeout(Duration::from_secs(60))
+        .body(envelope.to_string())
+        .send()
+        .await
+        .map_err(|_| ())?;
+    if !response.status().is_success() {
+        return Err(());
+    }
+    response.json::<Value>().await.map_err(|_| ())
+}
+
+/// What the Functions host does for the host-mode instance, as its triggers would: the timer
+/// every 15 s, and the queue trigger on the incoming queue (a message is deleted once `process`
+/// answers 200, comes back after its visibility timeout otherwise, and goes to the poison queue
+/// after `QUEUE_MAX_DEQUEUE_COUNT` deliveries). It competes for messages with the standalone
+/// instances' own workers, as instances do.
+async fn host_stand_in(app: &truecontext_bridge::handlers::App, base: &str, done: &AtomicBool) -> usize {
+    let http = client();
+    let incoming = app.settings.queues.incoming.clone();
+    let poison = format!("{incoming}-poison");
+    let max = app.settings.queues.max_dequeue_count;
+    let mut next_timer = Instant::now();
+    let mut processed = 0;
+    while !done.load(Ordering::SeqCst) {
+        if Instant::now() >= next_timer {
+            let _ = invoke_host(&http, base, "sync", &host::timer_envelope(json!({}), false)).await;
+            next_timer = Instant::now() + Duration::from_secs(15);
+        }
+        let Ok(messages) = app.stores.queues.dequeue(&incoming, 4, Duration::from_secs(15)).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if messages.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for message in messages {
+            if message.dequeue_count > max {
+                if app.stores.queues.enqueue(&poison, &message.body, Duration::ZERO).await.is_ok() {
+                    let _ = app.stores.queues.delete_message(&incoming, &message.id, &message.pop_receipt).await;
+                }
+                continue;
+            }
+            let metadata = [
+                ("DequeueCount", json!(message.dequeue_count.to_string())),
+                ("Id", json!(format!("\"{}\"", message.id))),
+            ];
+            let envelope = host::queue_envelope(json!(message.body), &metadata);
+            if invoke_host(&http, base, "process", &envelope).await.is_ok() {
+                processed += 1;
+                let _ = app.stores.queues.delete_message(&incoming, &message.id, &message.pop_receipt).await;
+            }
+        }
+    }
+    processed
 }
 
 fn standalone_args(port: u16) -> Vec<String> {
@@ -279,15 +369,30 @@ async fn drive(
             None => current.clone(),
         };
         figures.deliveries += 1;
-        let response = http
-            .post(format!("{}/api/webhook", urls[rng.gen_range(0..urls.len())]))
-            .header("authorization", &basic)
-            .header("content-type", "application/json")
-            .timeout(Duration::from_secs(30))
-            .body(body.clone())
-            .send()
-            .await;
-        match response.map(|r| r.status().as_u16()) {
+        let target = rng.gen_range(0..urls.len());
+        if target == HOST {
+            figures.deliveries_through_host += 1;
+        }
+        let status = if target == HOST {
+            // Through the host: the delivery becomes an HTTP envelope, the answer its `res`.
+            let text = String::from_utf8(body.clone()).unwrap();
+            let headers = [("Authorization", basic.as_str()), ("Content-Type", "application/json")];
+            let envelope = host::http_envelope("webhook", "POST", &[], &headers, Some(&text));
+            invoke_host(&http, &urls[target], "webhook", &envelope)
+                .await
+                .and_then(|reply| reply["Outputs"]["res"]["statusCode"].as_u64().map(|s| s as u16).ok_or(()))
+        } else {
+            http.post(format!("{}/api/webhook", urls[target]))
+                .header("authorization", &basic)
+                .header("content-type", "application/json")
+                .timeout(Duration::from_secs(30))
+                .body(body.clone())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|_| ())
+        };
+        match status {
             Ok(status) if (200..300).contains(&status) => {
                 figures.deliveries_acknowledged += 1;
                 if body == current {
