@@ -95,7 +95,10 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
         tracing::warn!(function = %name, "invocation for an unknown function");
         return reply(
             StatusCode::NOT_FOUND,
-            error_body("unknown_function", format!("no function named {name:?}; this app has {}", functions::names())),
+            error_body(
+                "unknown_function",
+                format!("no function named {:?}; this app has {}", shown(&name), functions::names()),
+            ),
         );
     };
     let body = match read_envelope(body, state.envelope_limit).await {
@@ -247,11 +250,16 @@ impl Envelope {
             match value {
                 Value::Object(inner) => *slot = inner,
                 Value::Null => {}
-                other => return Err(format!("{key} must be an object, not {}", kind(&other))),
+                other => return Err(format!("{} must be an object, not {}", shown(&key), kind(&other))),
             }
         }
         Ok(envelope)
     }
+}
+
+/// An outside name or value as an error shows it: never the whole of a long one.
+fn shown(text: &str) -> String {
+    crate::telemetry::printable(text, 64)
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -294,7 +302,7 @@ fn decode_http(data: Option<&Value>, max_body: usize) -> Result<Result<HttpReque
     let method_text =
         field(req, "Method").and_then(Value::as_str).ok_or("Data.req.Method is missing or not a string")?;
     let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("Data.req.Method {method_text:?} is not an HTTP method"))?;
+        .map_err(|_| format!("Data.req.Method {:?} is not an HTTP method", shown(method_text)))?;
     let headers = decode_headers(field(req, "Headers"))?;
     let query = decode_query(field(req, "Url"), field(req, "Query"))?;
     let body = match field(req, "Body") {
@@ -330,15 +338,22 @@ fn decode_headers(value: Option<&Value>) -> Result<HeaderMap, String> {
     };
     for (name, values) in map {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            return Err(format!("Data.req.Headers has an invalid header name {name:?}"));
+            return Err(format!("Data.req.Headers has an invalid header name {:?}", shown(name)));
         };
         let values: Vec<&str> = match values {
             Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
             Value::String(s) => vec![s.as_str()],
-            other => return Err(format!("Data.req.Headers.{name} must be an array of strings, not {}", kind(other))),
+            other => {
+                return Err(format!(
+                    "Data.req.Headers.{} must be an array of strings, not {}",
+                    shown(name.as_str()),
+                    kind(other)
+                ))
+            }
         };
         for v in values {
-            let v = HeaderValue::from_str(v).map_err(|_| format!("Data.req.Headers.{name} has an invalid value"))?;
+            let v = HeaderValue::from_str(v)
+                .map_err(|_| format!("Data.req.Headers.{} has an invalid value", shown(name.as_str())))?;
             headers.append(name.clone(), v);
         }
     }

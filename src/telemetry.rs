@@ -203,6 +203,16 @@ impl Visit for LineVisitor {
     }
 }
 
+/// Outside input fit for an error message: control characters dropped, at most `max_chars`
+/// kept (then `…`), so an error names what was wrong without echoing a whole input.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max_chars).collect();
+    if text.chars().count() > max_chars {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

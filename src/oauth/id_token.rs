@@ -284,11 +284,7 @@ fn read_header(token: &str, allowed: &[Algorithm]) -> Result<Header, IdTokenErro
 
 /// A claim value fit for an error page: printable, and not too long.
 fn printable(text: &str) -> String {
-    let mut out: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if text.chars().count() > 200 {
-        out.push('…');
-    }
-    out
+    crate::telemetry::printable(text, 200)
 }
 
 fn text(claims: &Map<String, Value>, name: &str) -> Option<String> {

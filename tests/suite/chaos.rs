@@ -512,7 +512,14 @@ async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App) {
         } else {
             quiet_since = None;
         }
-        assert!(Instant::now() < deadline, "the queues did not drain: {waiting} waiting, {poisoned} poisoned");
+        if Instant::now() >= deadline {
+            let listed =
+                tokio::task::block_in_place(|| bridge.command(&["poison", "list", "--json"], &[]).output().unwrap());
+            panic!(
+                "the queues did not drain: {waiting} waiting, {poisoned} poisoned:\n{}",
+                String::from_utf8_lossy(&listed.stdout)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -67,8 +67,20 @@ impl Azurite {
         Ok(())
     }
 
-    /// Kills Azurite (every storage call fails until [`Azurite::restart`]).
+    /// Stops Azurite as a service outage (every storage call fails until [`Azurite::restart`]).
+    /// SIGTERM, so it saves its data first: Azure Storage never loses an acknowledged write,
+    /// and Azurite killed outright loses its last few seconds (its database is saved every few
+    /// seconds), which would test Azurite rather than us.
     pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
