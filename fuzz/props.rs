@@ -177,8 +177,9 @@ pub fn list_page(data: &[u8]) {
     for record in &page.page_data {
         assert!(payload::is_identifier(&record.summary.identifier), "{:?} listed", record.summary.identifier);
     }
-    let value: Value = serde_json::from_slice(data).unwrap();
-    let again: Page<RecordHeader> = serde_json::from_value(value).expect("a page that parsed parses as a Value too");
+    // A field the page ignores may hold what a `Value` refuses (a lone surrogate escape).
+    let Ok(value) = serde_json::from_slice::<Value>(data) else { return };
+    let again: Page<RecordHeader> = serde_json::from_value(value).expect("a page that parsed parses from its Value");
     assert_eq!(again.page_data, page.page_data);
 }
 

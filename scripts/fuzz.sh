@@ -4,7 +4,8 @@
 # Installs what it needs: the nightly toolchain (rustup) and cargo-fuzz (crates.io, into
 # target/cargo-fuzz). New inputs the fuzzer keeps go to fuzz/corpus/<target>/; a crash stops
 # the run with its input in fuzz/artifacts/<target>/ (copy it into the corpus: the stable suite
-# then replays it for good). A line per target goes to target/fuzz-report.tsv.
+# then replays it for good). After each run the corpus is minimised (`cargo fuzz cmin`), keeping
+# the seed-* and regression-* files by name. A line per target goes to target/fuzz-report.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,13 @@ for target in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
+  if [ $rc -eq 0 ]; then
+    keep=$(mktemp -d)
+    cp "fuzz/corpus/$target"/seed-* "fuzz/corpus/$target"/regression-* "$keep"/ 2>/dev/null || true
+    cargo +nightly fuzz cmin --fuzz-dir fuzz "$target" "fuzz/corpus/$target" >"target/fuzz-cmin-$target.log" 2>&1 || rc=$?
+    cp "$keep"/* "fuzz/corpus/$target"/ 2>/dev/null || true
+    rm -rf "$keep"
+  fi
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   files=$(find "fuzz/corpus/$target" -type f | wc -l)
   result=$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")

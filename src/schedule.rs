@@ -34,6 +34,13 @@ impl FromStr for Schedule {
                 "expected six fields (second minute hour day month day-of-week) or hh:mm:ss, found {fields} field(s)"
             )));
         }
+        // croner takes a list with an empty item (`,` or `1,,2`) as a field that matches
+        // nothing, and then searches for an occurrence without end (found by the `schedule`
+        // fuzz target): refuse it here, naming the field.
+        const NAMES: [&str; 6] = ["second", "minute", "hour", "day", "month", "day-of-week"];
+        if let Some((i, _)) = text.split_whitespace().enumerate().find(|(_, f)| f.split(',').any(str::is_empty)) {
+            return Err(ScheduleError(format!("the {} field has an empty list item", NAMES[i])));
+        }
         let cron = Cron::new(text)
             .with_seconds_required()
             .with_dom_and_dow()
@@ -105,6 +112,15 @@ mod tests {
         // a 1st that falls on a Sunday (2027-08-01), not the next 1st or the next Sunday.
         let s: Schedule = "0 0 0 1 * 0".parse().unwrap();
         assert_eq!(s.next_after(at(0, 0, 0)), Some(Utc.with_ymd_and_hms(2027, 8, 1, 0, 0, 0).unwrap()));
+    }
+
+    #[test]
+    fn an_empty_list_item_is_refused_not_searched_forever() {
+        for text in [",  52 9 * *  4", "0 1,,2 * * * *", "0 0 0 * * 1,"] {
+            let err = text.parse::<Schedule>().unwrap_err();
+            assert!(err.to_string().contains("empty list item"), "{text:?}: {err}");
+        }
+        assert!("0 1,2 * * * *".parse::<Schedule>().is_ok());
     }
 
     #[test]

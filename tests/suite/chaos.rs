@@ -513,11 +513,17 @@ async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App) {
             quiet_since = None;
         }
         if Instant::now() >= deadline {
-            let listed =
-                tokio::task::block_in_place(|| bridge.command(&["poison", "list", "--json"], &[]).output().unwrap());
+            let run = |args: &[&str]| {
+                let output = tokio::task::block_in_place(|| bridge.command(args, &[]).output().unwrap());
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            };
+            let log = bridge.server.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
             panic!(
-                "the queues did not drain: {waiting} waiting, {poisoned} poisoned:\n{}",
-                String::from_utf8_lossy(&listed.stdout)
+                "the queues did not drain: {waiting} waiting, {poisoned} poisoned\npoison: {}\nstatus: {}\ninstance 0, last lines (newest first):\n{}",
+                run(&["poison", "list", "--json"]),
+                run(&["status"]),
+                tail.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
