@@ -230,18 +230,34 @@ pub fn settings(data: &[u8]) {
     let pairs: Vec<(String, String)> =
         text.lines().filter_map(|line| line.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     let raw = RawSettings::from_pairs(pairs.clone());
+    let is_secret = |k: &str| Settings::SECRET_SETTINGS.contains(&k);
+    // A secret value that is also part of a plain setting's value may be shown with that one.
+    let plain: Vec<&str> = pairs.iter().filter(|(k, _)| !is_secret(k)).map(|(_, v)| v.as_str()).collect();
     let secrets: Vec<&str> = pairs
         .iter()
-        .filter(|(k, v)| Settings::SECRET_SETTINGS.contains(&k.as_str()) && v.trim().len() >= 6)
+        .filter(|(k, v)| is_secret(k) && v.trim().len() >= 6)
         .map(|(_, v)| v.trim())
+        .filter(|secret| !plain.iter().any(|v| v.contains(secret)))
         .collect();
+    // What the problems say with every secret value replaced: a secret that shows there too is
+    // part of the messages' own words (a setting's name, an example), not a leak.
+    let masked: Vec<(String, String)> =
+        pairs.iter().map(|(k, v)| (k.clone(), if is_secret(k) { "#".repeat(v.len()) } else { v.clone() })).collect();
+    let vocabulary = match Settings::load(&RawSettings::from_pairs(masked)) {
+        Err(problems) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"),
+        Ok(_) => String::new(),
+    };
     if let Err(problems) = Settings::load(&raw) {
         assert!(!problems.is_empty());
         for problem in &problems {
             assert!(!problem.setting.is_empty(), "a problem that names no setting");
             let shown = problem.to_string();
             for secret in &secrets {
-                assert!(!shown.contains(secret), "{}: a secret value reached a problem", problem.setting);
+                assert!(
+                    !shown.contains(secret) || vocabulary.contains(secret),
+                    "{}: a secret value reached a problem",
+                    problem.setting
+                );
             }
         }
     }

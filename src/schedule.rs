@@ -41,6 +41,18 @@ impl FromStr for Schedule {
         if let Some((i, _)) = text.split_whitespace().enumerate().find(|(_, f)| f.split(',').any(str::is_empty)) {
             return Err(ScheduleError(format!("the {} field has an empty list item", NAMES[i])));
         }
+        // croner also reads Quartz's `#`, `L`, `W` and `?`, which NCRONTAB (and so the host)
+        // does not have, and searches without end for an impossible one (`0 2 * 9 * 1#5`, the
+        // fifth Monday that is a 9th; found by the fuzz target): only NCRONTAB's forms pass.
+        for (i, field) in text.split_whitespace().enumerate() {
+            if let Some(atom) = field.split([',', '-', '/']).find(|atom| !is_ncrontab_atom(atom)) {
+                return Err(ScheduleError(format!(
+                    "the {} field has {:?}, which NCRONTAB does not read (numbers, *, ranges, steps, lists and names only)",
+                    NAMES[i],
+                    crate::telemetry::printable(atom, 16)
+                )));
+            }
+        }
         let cron = Cron::new(text)
             .with_seconds_required()
             .with_dom_and_dow()
@@ -48,6 +60,17 @@ impl FromStr for Schedule {
             .map_err(|e| ScheduleError(format!("not a valid NCRONTAB expression: {e}")))?;
         Ok(Schedule::Cron { expression: text.to_owned(), cron: Box::new(cron) })
     }
+}
+
+/// One value of a field as NCRONTAB reads it: `*`, a number, or a month or day name.
+fn is_ncrontab_atom(atom: &str) -> bool {
+    const NAMES: [&str; 19] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec", "sun", "mon", "tue", "wed",
+        "thu", "fri", "sat",
+    ];
+    atom == "*"
+        || (!atom.is_empty() && atom.len() <= 4 && atom.bytes().all(|b| b.is_ascii_digit()))
+        || NAMES.contains(&atom.to_ascii_lowercase().as_str())
 }
 
 /// `hh:mm:ss` (or `d.hh:mm:ss`), the TimeSpan form of a timer schedule.
@@ -121,6 +144,19 @@ mod tests {
             assert!(err.to_string().contains("empty list item"), "{text:?}: {err}");
         }
         assert!("0 1,2 * * * *".parse::<Schedule>().is_ok());
+    }
+
+    #[test]
+    fn quartz_forms_are_refused_and_names_steps_and_ranges_pass() {
+        for text in ["0 2 * 9 * 1#5", "0 0 0 L * *", "0 0 0 15W * *", "0 0 0 ? * MON"] {
+            let err = text.parse::<Schedule>().unwrap_err();
+            assert!(err.to_string().contains("NCRONTAB does not read"), "{text:?}: {err}");
+        }
+        for text in ["0 */5 * * * *", "0 0 9-17 * * MON-FRI", "0 0 0 1 jan,Jul *", "5-30/5 * * * * *"] {
+            assert!(text.parse::<Schedule>().is_ok(), "{text:?}");
+        }
+        let feb_31: Schedule = "0 0 0 31 2 *".parse().unwrap();
+        assert_eq!(feb_31.next_after(Utc::now()), None, "an impossible date has no occurrence");
     }
 
     #[test]

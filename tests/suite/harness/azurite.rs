@@ -72,6 +72,9 @@ impl Azurite {
     /// and Azurite killed outright loses its last few seconds (its database is saved every few
     /// seconds), which would test Azurite rather than us.
     pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
