@@ -102,6 +102,8 @@ pub fn token_response(data: &[u8]) {
                 .iter()
                 .filter_map(|k| o.get(*k)?.as_str().map(str::to_owned))
                 .filter(|s| s.len() >= 8)
+                // A value the body also carries elsewhere (in `scope`, say) may be shown there.
+                .filter(|s| String::from_utf8_lossy(data).matches(s.as_str()).count() == 1)
                 .collect()
         })
         .unwrap_or_default();
