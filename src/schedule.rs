@@ -49,7 +49,7 @@ impl FromStr for Schedule {
                 return Err(ScheduleError(format!(
                     "the {} field has {:?}, which NCRONTAB does not read (numbers, *, ranges, steps, lists and names only)",
                     NAMES[i],
-                    crate::telemetry::printable(atom, 16)
+                    atom.chars().take(16).collect::<String>()
                 )));
             }
         }
