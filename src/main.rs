@@ -457,13 +457,17 @@ fn sync_exit_code(class: Option<&str>) -> u8 {
 
 fn summary_line(summary: &SyncSummary) -> String {
     format!(
-        "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} gone, {} API call(s), {} left today, cursor {}{}",
+        "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} gone, {}{} API call(s), {} left today, cursor {}{}",
         summary.connection,
         summary.windows,
         summary.pages,
         summary.documents_landed,
         summary.documents_unchanged,
         summary.documents_gone,
+        match summary.records_refused {
+            0 => String::new(),
+            refused => format!("{refused} refused (not a TrueContext identifier), "),
+        },
         summary.api_calls,
         summary.budget_left,
         summary.cursor.map_or_else(|| "none".to_owned(), |c| c.to_rfc3339()),

@@ -19,6 +19,13 @@ pub fn is_connection_id(id: &str) -> bool {
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// TrueContext submission ids (digits in practice): 1-64 letters, digits, `-` or `_`. They go
+/// into API paths, blob paths and table keys, so nothing that could split or escape one of
+/// those (`/`, `\\`, `#`, `?`, `%`, a dot segment, a control character) is ever let through.
+pub fn is_record_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
 /// What a bad connection id is told.
 pub const CONNECTION_ID_RULE: &str = "1-64 letters, digits, '-', '_' or '.', starting with a letter or digit";
 

@@ -199,6 +199,12 @@ impl TrueContextSim {
         insert_records(&mut self.world(), count, form, last, spacing)
     }
 
+    /// One submission with exactly this identifier, processed at `processed`: lets a test list
+    /// an id TrueContext should never send (`12/34`, `..`, 65 digits).
+    pub fn add_with_id(&self, id: &str, form: &str, processed: DateTime<Utc>) {
+        self.world().records.insert(id.to_owned(), new_record(id, form, processed));
+    }
+
     pub fn record(&self, id: &str) -> Option<SimRecord> {
         self.world().records.get(id).cloned()
     }
@@ -291,15 +297,7 @@ fn insert_records(world: &mut World, count: usize, form: &str, last: DateTime<Ut
         .map(|i| {
             let id = format!("{}", 3_000_000_000u64 + first + i as u64);
             let processed = last - spacing * (count - 1 - i) as i32;
-            let record = SimRecord {
-                id: id.clone(),
-                form_id: form.to_owned(),
-                formspace_id: "fs-1".into(),
-                processed,
-                state: "Complete".into(),
-                document: document(&id, form, processed).into_bytes(),
-            };
-            world.records.insert(id.clone(), record);
+            world.records.insert(id.clone(), new_record(&id, form, processed));
             id
         })
         .collect()
@@ -317,6 +315,17 @@ impl Drop for TrueContextSim {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+fn new_record(id: &str, form: &str, processed: DateTime<Utc>) -> SimRecord {
+    SimRecord {
+        id: id.to_owned(),
+        form_id: form.to_owned(),
+        formspace_id: "fs-1".into(),
+        processed,
+        state: "Complete".into(),
+        document: document(id, form, processed).into_bytes(),
     }
 }
 

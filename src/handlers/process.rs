@@ -36,9 +36,7 @@ impl ProcessMessage {
             .map_err(|e| InvocationError::InvalidInput(format!("message {}: connection: {e}", input.id)))?;
         if let ProcessMessage::Push { key, .. } = &message {
             let valid = key.split_once('.').is_some_and(|(id, sha)| {
-                crate::webhook::payload::is_identifier(id)
-                    && sha.len() == 64
-                    && sha.bytes().all(|b| b.is_ascii_hexdigit())
+                crate::naming::is_record_id(id) && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())
             });
             if !valid {
                 return Err(InvocationError::InvalidInput(format!(

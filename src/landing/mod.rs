@@ -219,7 +219,15 @@ impl<'a> Landing<'a> {
     ) -> Result<Landed, LandingError> {
         let connection = arrival.connection;
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
-        let existing = table.get::<IndexRow>(connection, id).await?;
+        let mut existing = table.get::<IndexRow>(connection, id).await?;
+        if let Some(current) = existing.as_mut().filter(|c| c.value.event_pending) {
+            // A crash came between this row and its event. The event is owed before anything
+            // else happens to the submission: a newer version landed now would take the row's
+            // place and its event would never be sent (found by the chaos run), and an older
+            // or unchanged arrival would leave it owed until the next change.
+            current.etag = self.send_event(connection, id, &current.value, current.etag.clone()).await?;
+            current.value.event_pending = false;
+        }
         if let Some(current) = &existing {
             let row = &current.value;
             if row.sha256 == sha256 {
@@ -293,7 +301,7 @@ impl<'a> Landing<'a> {
     }
 
     /// The same content again: nothing is rewritten; a new source or a newly known processed
-    /// date is noted on the index, and an event a crash left owed is sent.
+    /// date is noted on the index.
     async fn unchanged(
         &self,
         arrival: &Arrival<'_>,
@@ -302,7 +310,6 @@ impl<'a> Landing<'a> {
     ) -> Result<Landed, LandingError> {
         let connection = arrival.connection;
         let mut row = current.value.clone();
-        let mut etag = current.etag.clone();
         let new_source = !row.sources.contains(&arrival.source);
         let newly_processed = arrival.processed_date.is_some() && row.processed_date.is_none();
         if new_source || newly_processed {
@@ -311,22 +318,19 @@ impl<'a> Landing<'a> {
             }
             row.processed_date = row.processed_date.or(arrival.processed_date);
             let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
-            etag = table.update(connection, id, &row, IfMatch::ETag(etag)).await?;
-        }
-        if row.event_pending {
-            self.send_event(connection, id, &row, etag).await?;
+            table.update(connection, id, &row, IfMatch::ETag(current.etag)).await?;
         }
         Ok(Landed { id: id.to_owned(), outcome: Outcome::Unchanged, version: row.version, sha256: row.sha256 })
     }
 
-    /// The landed event, then the row's note that it was sent.
+    /// The landed event, then the row's note that it was sent; the row's new ETag.
     async fn send_event(
         &self,
         connection: &str,
         id: &str,
         row: &IndexRow,
         etag: crate::store::ETag,
-    ) -> Result<(), LandingError> {
+    ) -> Result<crate::store::ETag, LandingError> {
         let event = json!({
             "connection": connection, "id": id, "reference_number": row.reference_number,
             "form_id": row.form_id, "state": row.state, "version": row.version, "sha256": row.sha256,
@@ -335,8 +339,7 @@ impl<'a> Landing<'a> {
         self.stores.queues.enqueue(self.landed_queue, &event.to_string(), Duration::ZERO).await?;
         let sent = IndexRow { event_pending: false, ..row.clone() };
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
-        table.update(connection, id, &sent, IfMatch::ETag(etag)).await?;
-        Ok(())
+        Ok(table.update(connection, id, &sent, IfMatch::ETag(etag)).await?)
     }
 }
 
@@ -382,8 +385,7 @@ pub async fn find(stores: &Stores, connections: &[String], id: &str) -> Result<O
 
 /// A submission id as it goes into blob paths and table keys.
 fn sanitized_id(id: &str) -> Result<String, LandingError> {
-    let ok = (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-    if ok {
+    if crate::naming::is_record_id(id) {
         Ok(id.to_owned())
     } else {
         Err(LandingError::Document(DocumentError::BadIdentifier(id.chars().take(80).collect())))
@@ -489,6 +491,34 @@ mod tests {
         let sent = events(&stores).await;
         assert_eq!(sent.len(), 1, "the owed event, once");
         assert!(!table.get::<IndexRow>("c1", "7").await.unwrap().unwrap().value.event_pending);
+    }
+
+    /// Found by the chaos run: an edit landing on a row whose event was owed sent only its own.
+    #[tokio::test]
+    async fn an_owed_event_is_sent_before_a_newer_or_an_older_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = local::open(dir.path(), None).unwrap();
+        let landing = Landing::new(&stores, CONTAINER, QUEUE);
+        let table = TypedTable::new(stores.tables.as_ref(), Table::Submissions);
+        let owe = || async {
+            let current = table.get::<IndexRow>("c1", "8").await.unwrap().unwrap();
+            let owed = IndexRow { event_pending: true, ..current.value };
+            table.update("c1", "8", &owed, IfMatch::ETag(current.etag)).await.unwrap();
+        };
+        land(&landing, &document("8", "Pass"), at(5), Source::Sync).await;
+        events(&stores).await;
+        owe().await;
+        let changed = land(&landing, &document("8", "Fail"), at(6), Source::Webhook).await;
+        assert_eq!((changed.outcome, changed.version), (Outcome::Changed, 2));
+        let versions: Vec<Value> = events(&stores).await.iter().map(|e| e["version"].clone()).collect();
+        assert_eq!(versions, [json!(1), json!(2)], "the owed event first, then the new one");
+
+        owe().await;
+        let late = land(&landing, &document("8", "Pass"), at(0), Source::Webhook).await;
+        assert_eq!(late.outcome, Outcome::Older);
+        let versions: Vec<Value> = events(&stores).await.iter().map(|e| e["version"].clone()).collect();
+        assert_eq!(versions, [json!(2)], "an older arrival still sends what is owed");
+        assert!(!table.get::<IndexRow>("c1", "8").await.unwrap().unwrap().value.event_pending);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -79,6 +79,8 @@ pub struct SyncSummary {
     pub documents_unchanged: u32,
     pub documents_older: u32,
     pub documents_gone: u32,
+    /// Listed records left out because their identifier is not one (see [`usable`]).
+    pub records_refused: u32,
     pub api_calls: u64,
     pub budget_left: u64,
     pub cursor: Option<DateTime<Utc>>,
@@ -247,7 +249,7 @@ async fn walk(
         }
         walk.total = Some(page.total_number_of_results);
         let mut wanted = Vec::new();
-        for header in &page.page_data {
+        for header in usable(connection, &page.page_data, summary) {
             if needs_document(parts, connection, &walk, previous_end, header, &mut overlap, summary).await? {
                 wanted.push(header.summary.identifier.as_str());
             }
@@ -276,6 +278,25 @@ async fn walk(
 }
 
 /// Decides whether one listed header needs its document fetched.
+/// The listed records whose identifier can go into an API path, a blob path and a table key.
+/// Any other is left out with a warning and counted, not treated as a failure: TrueContext's
+/// ids are digits, and a run that stopped on one odd record would stop on it at every run and
+/// hold the whole connection at that window for ever.
+fn usable<'p>(
+    connection: &str,
+    listed: &'p [RecordHeader],
+    summary: &mut SyncSummary,
+) -> impl Iterator<Item = &'p RecordHeader> {
+    let (good, refused): (Vec<_>, Vec<_>) =
+        listed.iter().partition(|h| crate::naming::is_record_id(&h.summary.identifier));
+    for header in refused {
+        summary.records_refused += 1;
+        let id = crate::telemetry::printable(&header.summary.identifier, 64);
+        tracing::warn!(connection, id, "a listed submission's identifier is not a TrueContext identifier; skipped");
+    }
+    good.into_iter()
+}
+
 async fn needs_document(
     parts: &SyncParts<'_>,
     connection: &str,

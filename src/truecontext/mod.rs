@@ -401,8 +401,7 @@ fn parse<T: serde::de::DeserializeOwned>(call: &str, body: &[u8]) -> Result<T, T
 
 /// Ids go into paths: TrueContext's are digits; anything else is refused before a call.
 fn path_id(id: &str) -> Result<&str, TrueContextError> {
-    let ok = (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
+    if crate::naming::is_record_id(id) {
         Ok(id)
     } else {
         Err(TrueContextError::Rejected {

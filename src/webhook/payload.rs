@@ -65,7 +65,7 @@ pub fn read(body: &[u8], id_field: Option<&str>) -> Result<(Push, Value), Payloa
         let also = id_field.map(|f| format!(" or {f:?} (WEBHOOK_ID_FIELD)")).unwrap_or_default();
         return Err(PayloadError::NoIdentifier(also));
     };
-    if !is_identifier(&identifier) {
+    if !crate::naming::is_record_id(&identifier) {
         return Err(PayloadError::BadIdentifier(identifier.chars().take(80).collect()));
     }
     let format = match record.get("pages") {
@@ -94,11 +94,6 @@ fn text(value: &Value) -> Option<String> {
         Value::Number(n) if n.is_u64() => Some(n.to_string()),
         _ => None,
     }
-}
-
-/// The same rule the landing applies to ids that go into blob paths and table keys.
-pub fn is_identifier(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
 #[cfg(test)]

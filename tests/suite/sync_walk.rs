@@ -282,6 +282,29 @@ async fn a_document_that_404s_is_counted_gone_and_the_walk_goes_on() {
 }
 
 #[tokio::test]
+async fn a_listed_identifier_that_is_not_one_is_skipped_with_a_warning_and_the_walk_goes_on() {
+    let bench = Bench::new();
+    let processed = Utc::now() - TimeDelta::hours(1);
+    let ids = bench.sim.add_records(3, "form-1", processed);
+    // Found by fuzzing the list page: these parse, and each would have stopped every run at
+    // this window (a `/` splits a table key and a path) before the fix.
+    let odd = ["12/4567890", "..", "3000000000?x=1", &"9".repeat(65)];
+    for id in odd {
+        bench.sim.add_with_id(id, "form-1", processed);
+    }
+    let summary = bench.run().await;
+    assert!(summary.completed, "{summary:?}");
+    assert_eq!((summary.documents_landed, summary.records_refused), (3, 4), "{summary:?}");
+    let landed: Vec<String> = bench.landed().await.into_iter().map(|l| l.id).collect();
+    assert_eq!(landed.len(), 3, "{landed:?}");
+    assert!(ids.iter().all(|id| landed.contains(id)), "{landed:?}");
+    assert_eq!(bench.calls("data/"), 3, "no document call for an odd id");
+    // The next run starts after this window: it is not held there.
+    let cursor = truecontext_bridge::sync::cursor(&bench.stores, &bench.settings.sync, CONNECTION).await.unwrap();
+    assert!(cursor.is_some_and(|c| c.walk.is_none() && c.processed_until.is_some()), "the window is closed");
+}
+
+#[tokio::test]
 async fn malformed_json_stops_the_run_naming_the_call_and_leaves_the_cursor() {
     let bench = Bench::new();
     bench.sim.add_records(50, "form-1", Utc::now() - TimeDelta::hours(2));
