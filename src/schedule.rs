@@ -58,6 +58,13 @@ impl FromStr for Schedule {
             .with_dom_and_dow()
             .parse()
             .map_err(|e| ScheduleError(format!("not a valid NCRONTAB expression: {e}")))?;
+        // `0 0 0 30 2 *` parses and never occurs: the timer would never fire and say nothing.
+        // The fields have no year, so one that occurs at all occurs within a 400-year cycle of
+        // any date; croner searches up to its year limit and answers that there is none.
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        if cron.find_next_occurrence(&epoch, false).is_err() {
+            return Err(ScheduleError("the schedule never occurs: no date has that day, month and day-of-week".into()));
+        }
         Ok(Schedule::Cron { expression: text.to_owned(), cron: Box::new(cron) })
     }
 }
@@ -155,8 +162,17 @@ mod tests {
         for text in ["0 */5 * * * *", "0 0 9-17 * * MON-FRI", "0 0 0 1 jan,Jul *", "5-30/5 * * * * *"] {
             assert!(text.parse::<Schedule>().is_ok(), "{text:?}");
         }
-        let feb_31: Schedule = "0 0 0 31 2 *".parse().unwrap();
-        assert_eq!(feb_31.next_after(Utc::now()), None, "an impossible date has no occurrence");
+    }
+
+    #[test]
+    fn a_schedule_that_never_occurs_is_refused_and_a_rare_one_passes() {
+        for text in ["0 0 0 31 2 *", "0 0 0 30 2 *", "0 0 0 31 4,6 *"] {
+            let err = text.parse::<Schedule>().unwrap_err();
+            assert!(err.to_string().contains("never occurs"), "{text:?}: {err}");
+        }
+        // 29 February that is a Monday: every 28 years or so.
+        let rare: Schedule = "0 0 0 29 2 1".parse().unwrap();
+        assert_eq!(rare.next_after(at(0, 0, 0)), Some(Utc.with_ymd_and_hms(2044, 2, 29, 0, 0, 0).unwrap()));
     }
 
     #[test]
