@@ -277,7 +277,6 @@ async fn walk(
     }
 }
 
-/// Decides whether one listed header needs its document fetched.
 /// The listed records whose identifier can go into an API path, a blob path and a table key.
 /// Any other is left out with a warning and counted, not treated as a failure: TrueContext's
 /// ids are digits, and a run that stopped on one odd record would stop on it at every run and
@@ -297,6 +296,7 @@ fn usable<'p>(
     good.into_iter()
 }
 
+/// Decides whether one listed header needs its document fetched.
 async fn needs_document(
     parts: &SyncParts<'_>,
     connection: &str,

@@ -167,13 +167,16 @@ async fn run(seed: u64, scale: &Scale) {
     let done = AtomicBool::new(false);
     let kills = AtomicUsize::new(0);
     let restarts = AtomicUsize::new(0);
+    // When each kill and outage began (Unix ms), to set beside the token endpoint's log when a
+    // grant is lost.
+    let incidents = std::sync::Mutex::new(Vec::<(i64, String)>::new());
     let driven = tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
             let server0 = &mut bridge.server;
             let extra = &mut fleet.extra;
             let (args, instance_settings) = (&fleet.args, &fleet.settings);
             let azure = bridge.azure.as_ref().unwrap();
-            let (done, kills, restarts) = (&done, &kills, &restarts);
+            let (done, kills, restarts, incidents) = (&done, &kills, &restarts, &incidents);
             scope.spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed ^ 0x6d6f_6e6b_6579);
                 let mut servers: Vec<&mut Server> = std::iter::once(server0).chain(extra.iter_mut()).collect();
@@ -181,6 +184,7 @@ async fn run(seed: u64, scale: &Scale) {
                     std::thread::sleep(Duration::from_millis(rng.gen_range(scale.pause_ms.clone())));
                     if rng.gen_bool(0.04) && restarts.load(Ordering::SeqCst) < 12 {
                         let mut azurite = azure.azurite.lock().unwrap();
+                        incidents.lock().unwrap().push((Utc::now().timestamp_millis(), "azurite stopped".into()));
                         azurite.stop();
                         std::thread::sleep(Duration::from_millis(rng.gen_range(300..2500)));
                         azurite.restart();
@@ -188,6 +192,10 @@ async fn run(seed: u64, scale: &Scale) {
                     } else {
                         let victim = rng.gen_range(0..servers.len());
                         let argv: Vec<&str> = args[victim].iter().map(String::as_str).collect();
+                        incidents
+                            .lock()
+                            .unwrap()
+                            .push((Utc::now().timestamp_millis(), format!("kill -9 of instance {victim}")));
                         servers[victim].kill_and_restart(&argv, &pairs(&instance_settings[victim]));
                         kills.fetch_add(1, Ordering::SeqCst);
                     }
@@ -222,9 +230,10 @@ async fn run(seed: u64, scale: &Scale) {
     let sim = &bridge.truecontext;
     clear_faults(&bridge.provider, bridge.azure.as_ref().unwrap(), sim).await;
     let app = bridge.instance();
-    settle(&bridge, &app).await;
+    let incidents = incidents.into_inner().unwrap();
+    settle(&bridge, &app, &incidents).await;
     final_sync(&bridge).await;
-    settle(&bridge, &app).await;
+    settle(&bridge, &app, &incidents).await;
 
     figures.seconds = started.elapsed().as_secs();
     // Access tokens live 4 s: how many lifetimes the run spanned.
@@ -234,7 +243,37 @@ async fn run(seed: u64, scale: &Scale) {
     assert_eq!(figures.losses, 0, "{figures:#?}");
     assert_eq!(figures.duplicates_landed, 0, "{figures:#?}");
     assert_eq!(figures.stale_content, 0, "{figures:#?}");
-    assert_eq!(figures.refresh_tokens_burnt, 0, "{figures:#?}");
+    assert_eq!(figures.refresh_tokens_burnt, 0, "{figures:#?}\n{}", grant_story(&bridge.provider, &incidents).await);
+}
+
+/// What led up to the first refresh the provider refused with `invalid_grant` (a refresh token
+/// presented again): every refresh-token request of the 30 s before it, beside the kills and
+/// outages of that time. Refresh tokens appear as the provider logs them (sha256 prefixes).
+async fn grant_story(provider: &OidcProvider, incidents: &[(i64, String)]) -> String {
+    let log = provider.token_request_log().await;
+    let refreshes: Vec<&Value> = log.iter().filter(|c| c["grant_type"] == "refresh_token").collect();
+    let Some(refused) = refreshes.iter().find(|c| c["error"] == "invalid_grant" && c["fault"].is_null()) else {
+        return "the provider refused no refresh with invalid_grant".into();
+    };
+    let until = refused["at"].as_i64().unwrap_or(0);
+    let from = until - 30_000;
+    let mut lines: Vec<(i64, String)> = refreshes
+        .iter()
+        .filter_map(|c| {
+            let at = c["at"].as_i64()?;
+            (from..=until).contains(&at).then(|| {
+                let said = format!(
+                    "refresh presented {} issued {} status {} fault {} error {}",
+                    c["presented_refresh_token"], c["issued_refresh_token"], c["status"], c["fault"], c["error"]
+                );
+                (at, said)
+            })
+        })
+        .collect();
+    lines.extend(incidents.iter().filter(|(at, _)| (from..=until).contains(at)).cloned());
+    lines.sort();
+    let story: Vec<String> = lines.iter().map(|(at, said)| format!("{:>6} ms  {said}", at - until)).collect();
+    format!("before the first invalid_grant:\n{}", story.join("\n"))
 }
 
 /// Posts an envelope to the host-mode instance; its reply, or `Err` when it did not answer
@@ -491,7 +530,7 @@ async fn final_sync(bridge: &Connected) {
 
 /// Waits until the incoming queue is empty and stays so for a few seconds; poisoned messages
 /// are replayed (a fault may have failed one on every allowed delivery).
-async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App) {
+async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App, incidents: &[(i64, String)]) {
     let incoming = app.settings.queues.incoming.clone();
     let poison = format!("{incoming}-poison");
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -520,9 +559,10 @@ async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App) {
             let log = bridge.server.log();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
             panic!(
-                "the queues did not drain: {waiting} waiting, {poisoned} poisoned\npoison: {}\nstatus: {}\ninstance 0, last lines (newest first):\n{}",
+                "the queues did not drain: {waiting} waiting, {poisoned} poisoned\npoison: {}\nstatus: {}\n{}\ninstance 0, last lines (newest first):\n{}",
                 run(&["poison", "list", "--json"]),
                 run(&["status"]),
+                grant_story(&bridge.provider, incidents).await,
                 tail.join("\n")
             );
         }
