@@ -231,9 +231,9 @@ async fn run(seed: u64, scale: &Scale) {
     clear_faults(&bridge.provider, bridge.azure.as_ref().unwrap(), sim).await;
     let app = bridge.instance();
     let incidents = incidents.into_inner().unwrap();
-    settle(&bridge, &app, &incidents).await;
+    settle(&bridge, &fleet, &app, &incidents).await;
     final_sync(&bridge).await;
-    settle(&bridge, &app, &incidents).await;
+    settle(&bridge, &fleet, &app, &incidents).await;
 
     figures.seconds = started.elapsed().as_secs();
     // Access tokens live 4 s: how many lifetimes the run spanned.
@@ -244,6 +244,23 @@ async fn run(seed: u64, scale: &Scale) {
     assert_eq!(figures.duplicates_landed, 0, "{figures:#?}");
     assert_eq!(figures.stale_content, 0, "{figures:#?}");
     assert_eq!(figures.refresh_tokens_burnt, 0, "{figures:#?}\n{}", grant_story(&bridge.provider, &incidents).await);
+}
+
+/// Every instance's logs (all of its lives), the token endpoint's log and the kills and outages,
+/// into `target/chaos-evidence/`: the run's temporary directories go when the test ends.
+async fn keep_evidence(bridge: &Connected, fleet: &Fleet, incidents: &[(i64, String)]) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-evidence");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let servers = std::iter::once(&bridge.server).chain(fleet.extra.iter());
+    for (i, server) in servers.enumerate() {
+        std::fs::write(dir.join(format!("instance-{i}.log")), server.all_logs()).unwrap();
+    }
+    let requests = serde_json::to_string_pretty(&bridge.provider.token_request_log().await).unwrap();
+    std::fs::write(dir.join("token-requests.json"), requests).unwrap();
+    let incidents: Vec<String> = incidents.iter().map(|(at, what)| format!("{at} {what}")).collect();
+    std::fs::write(dir.join("incidents.txt"), incidents.join("\n")).unwrap();
+    format!("evidence kept in {}", dir.display())
 }
 
 /// What led up to the first refresh the provider refused with `invalid_grant` (a refresh token
@@ -530,7 +547,12 @@ async fn final_sync(bridge: &Connected) {
 
 /// Waits until the incoming queue is empty and stays so for a few seconds; poisoned messages
 /// are replayed (a fault may have failed one on every allowed delivery).
-async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App, incidents: &[(i64, String)]) {
+async fn settle(
+    bridge: &Connected,
+    fleet: &Fleet,
+    app: &truecontext_bridge::handlers::App,
+    incidents: &[(i64, String)],
+) {
     let incoming = app.settings.queues.incoming.clone();
     let poison = format!("{incoming}-poison");
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -558,8 +580,9 @@ async fn settle(bridge: &Connected, app: &truecontext_bridge::handlers::App, inc
             };
             let log = bridge.server.log();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let kept = keep_evidence(bridge, fleet, incidents).await;
             panic!(
-                "the queues did not drain: {waiting} waiting, {poisoned} poisoned\npoison: {}\nstatus: {}\n{}\ninstance 0, last lines (newest first):\n{}",
+                "the queues did not drain: {waiting} waiting, {poisoned} poisoned\npoison: {}\nstatus: {}\n{}\n{kept}\ninstance 0, last lines (newest first):\n{}",
                 run(&["poison", "list", "--json"]),
                 run(&["status"]),
                 grant_story(&bridge.provider, incidents).await,
