@@ -16,8 +16,11 @@ use crate::truecontext::Credentials;
 const RUNS_PARTITION: &str = "sync";
 const LAST_RUN: &str = "last";
 const LEASE_NAME: &str = "sync";
-/// Longer than any run should take; a crashed run's lease frees itself after this.
-const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+/// Kept alive while the run works ([`lease::Keeper`]), so a crashed run's lease frees itself
+/// after this. It was once a flat 15 minutes "longer than any run": a `kill -9` then stopped
+/// every instance's timer for 15 minutes, and with it every keep-alive refresh (found by the
+/// chaos run).
+const LEASE_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SyncRun {
@@ -37,19 +40,24 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
         tracing::info!("sync skipped: another instance is running it");
         return Ok(());
     };
+    let keeper = lease::Keeper::keep(app.stores.tables.clone(), held, LEASE_TTL);
     if info.is_past_due {
         tracing::warn!("sync is running late (past due)");
     }
     app.housekeeping().await;
     let result = sync_connections(app).await;
     let outcome = match &result {
-        Ok(0) => "no connections yet; nothing to sync".to_owned(),
-        Ok(n) => format!("{n} connection(s) checked"),
+        Ok((0, 0)) => "no connections yet; nothing to sync".to_owned(),
+        Ok((0, inactive)) => format!("no active connection ({inactive} need an administrator); nothing to sync"),
+        Ok((n, _)) => format!("{n} connection(s) checked"),
         Err(e) => format!("failed: {e}"),
     };
     tracing::info!(outcome = %outcome, "sync finished");
-    let record = record_run(app, started_at, info.is_past_due, *result.as_ref().unwrap_or(&0), outcome).await;
-    lease::release(app.stores.tables.as_ref(), held).await?;
+    let checked = result.as_ref().map_or(0, |(checked, _)| *checked);
+    let record = record_run(app, started_at, info.is_past_due, checked, outcome).await;
+    if let Some(held) = keeper.finish().await {
+        lease::release(app.stores.tables.as_ref(), held).await?;
+    }
     record?;
     result.map(|_| ())
 }
@@ -58,13 +66,16 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
 /// at least every `TOKEN_KEEPALIVE_HOURS` even when idle), warns ahead of B2C re-consent
 /// deadlines, then pulls each connection's new and changed submissions. Connections that need
 /// re-consent are skipped without a call; one connection's failure never stops the others.
-async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
+/// Answers how many connections were checked and how many were skipped as not active.
+async fn sync_connections(app: &App) -> Result<(u32, u32), InvocationError> {
     let mut ids: Vec<String> = Vec::new();
+    let mut inactive = 0;
     if app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
         ids.push(crate::connections::APP_ONLY_CONNECTION.to_owned());
     } else {
         for connection in crate::connections::list(&app.stores).await? {
             if connection.state != crate::connections::ConnectionState::Active {
+                inactive += 1;
                 continue;
             }
             warn_before_reconsent_deadline(app, &connection).await;
@@ -99,7 +110,7 @@ async fn sync_connections(app: &App) -> Result<u32, InvocationError> {
             Err(e) => tracing::warn!(connection = %id, error = %e, "the sync could not be recorded"),
         }
     }
-    Ok(ids.len().max(pulled.len()) as u32)
+    Ok((ids.len().max(pulled.len()) as u32, inactive))
 }
 
 /// When a run that starts now must stop starting pages (`SYNC_MAX_RUN_SECONDS`).
