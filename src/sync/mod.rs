@@ -79,7 +79,7 @@ pub struct SyncSummary {
     pub documents_unchanged: u32,
     pub documents_older: u32,
     pub documents_gone: u32,
-    /// Listed records left out because their identifier is not one (see [`usable`]).
+    /// Listed records left out because their identifier is not one (`naming::is_record_id`).
     pub records_refused: u32,
     pub api_calls: u64,
     pub budget_left: u64,
