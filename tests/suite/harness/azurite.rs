@@ -138,12 +138,9 @@ fn spawn(dir: &std::path::Path, [blob_port, queue_port, table_port]: [u16; 3], o
         .expect("start azurite")
 }
 
-/// Three different free loopback ports (held together while probed, so never the same twice).
+/// Three different free loopback ports ([`super::free_port`] never gives one twice).
 fn distinct_free_ports() -> [u16; 3] {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let port = |i: usize| listeners[i].local_addr().unwrap().port();
-    [port(0), port(1), port(2)]
+    [super::free_port(), super::free_port(), super::free_port()]
 }
 
 impl Drop for Azurite {

@@ -28,8 +28,24 @@ pub struct Server {
     pub log_path: PathBuf,
 }
 
+/// A loopback port for a server the test starts. Not `bind(0)`: that draws from the kernel's
+/// ephemeral range (32768–60999 here), where a parallel test's outgoing connection can take the
+/// port before the server binds it (CI saw "Address already in use"). These come from below
+/// that range, each handed out once per test process (from a start drawn from the pid, so two
+/// suites at once rarely meet), and are probed before they are given.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % COUNT));
+    for _ in 0..COUNT {
+        let port = (FIRST + next.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT);
 }
 
 pub fn binary() -> &'static str {
