@@ -290,7 +290,36 @@ async fn grant_story(provider: &OidcProvider, incidents: &[(i64, String)]) -> St
     lines.extend(incidents.iter().filter(|(at, _)| (from..=until).contains(at)).cloned());
     lines.sort();
     let story: Vec<String> = lines.iter().map(|(at, said)| format!("{:>6} ms  {said}", at - until)).collect();
-    format!("before the first invalid_grant:\n{}", story.join("\n"))
+    let rotation = rotation_story(&refreshes, refused, incidents);
+    format!("before the first invalid_grant:\n{}\n{rotation}", story.join("\n"))
+}
+
+/// Where the refused refresh token was spent: the earlier request that presented it and was
+/// answered 200, whether what that answer issued was ever presented, and the kills and outages
+/// of the 10 s after it. A kill there, before the new token set reached the secret store, loses
+/// the grant against a server that revokes it on reuse: no client can keep a token it was
+/// killed before writing down.
+fn rotation_story(refreshes: &[&Value], refused: &Value, incidents: &[(i64, String)]) -> String {
+    let presented = &refused["presented_refresh_token"];
+    let Some(spent) = refreshes.iter().find(|c| &c["presented_refresh_token"] == presented && c["ok"] == true) else {
+        return format!("{presented} was never answered 200 before: it was not spent by a rotation we saw");
+    };
+    let at = spent["at"].as_i64().unwrap_or(0);
+    let issued = &spent["issued_refresh_token"];
+    let used_later = refreshes.iter().any(|c| &c["presented_refresh_token"] == issued);
+    let after: Vec<String> = incidents
+        .iter()
+        .filter(|(when, _)| (at..=at + 10_000).contains(when))
+        .map(|(when, what)| format!("  +{} ms  {what}", when - at))
+        .collect();
+    format!(
+        "{presented} was spent by a refresh that arrived {} ms before the refused one (fault {}), \
+         answered 200 issuing {issued}, which was {}presented afterwards; in the 10 s after it:\n{}",
+        refused["at"].as_i64().unwrap_or(0) - at,
+        spent["fault"],
+        if used_later { "" } else { "never " },
+        if after.is_empty() { "  nothing".to_string() } else { after.join("\n") }
+    )
 }
 
 /// Posts an envelope to the host-mode instance; its reply, or `Err` when it did not answer

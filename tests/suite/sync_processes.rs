@@ -2,7 +2,8 @@
 //! truth: `kill -9` of `sync --once` mid-run and a rerun (every submission landed once, one
 //! landed event each, at most a page's worth of repeated calls); a 429 storm met by two
 //! processes syncing two connections with one API key (both complete, never more than 3 calls
-//! in flight at TrueContext); `serve --standalone --demo` landing submissions within a minute.
+//! in flight at TrueContext); a timer run killed mid-run whose sync lease frees itself; `serve
+//! --standalone --demo` landing submissions within a minute.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -157,6 +158,80 @@ async fn a_429_storm_met_by_two_processes_completes_with_at_most_three_calls_in_
     for connection in ["east", "west"] {
         assert_eq!(truecontext_bridge::landing::list(&stores, connection).await.unwrap().len(), 150);
     }
+}
+
+/// A timer run killed with `kill -9` mid-run leaves the cluster-wide sync lease held, but only
+/// until it lapses (30 s after its last renewal): the restarted instance's timer is refused for
+/// a few ticks, then runs and finishes the window. With the flat 15-minute lease this replaced,
+/// every timer in the cluster (and every keep-alive refresh they make) stood still for 15
+/// minutes after one crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_run_killed_mid_run_frees_the_sync_lease_within_its_ttl() {
+    let sim = TrueContextSim::start();
+    sim.latency(Duration::from_millis(20));
+    let ids = sim.add_records(600, "form-1", Utc::now() - TimeDelta::hours(10));
+    let mut settings = basic_settings(&sim);
+    settings.push(("SYNC_SCHEDULE", "*/5 * * * * *".into()));
+    settings.push(("FUNCTION_KEY", harness::TEST_FUNCTION_KEY.into()));
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let port = harness::free_port().to_string();
+    let args = ["serve", "--standalone", "--port", port.as_str()];
+    let mut server = Server::start(&args, port.parse().unwrap(), &pairs);
+
+    let documents = |sim: &TrueContextSim| sim.calls().iter().filter(|c| c.path.starts_with("data/")).count();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while documents(&sim) < 100 {
+        assert!(server.alive() && Instant::now() < deadline, "the timer's run never got going:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(documents(&sim) < ids.len(), "the run finished before it could be killed");
+    server.kill_and_restart(&args, &pairs);
+    let restarted = Instant::now();
+    let restarted_at = Utc::now();
+
+    // Done when a run that started after the restart has completed and every submission is on
+    // record. (The status's `landed_total` adds up what recorded runs landed: the killed run's
+    // landings are on record but in no run's count.)
+    let stores = local::open(&server.store_dir(), None).unwrap();
+    let on_record = || async { truecontext_bridge::landing::list(&stores, "default").await.unwrap().len() };
+    let status = || async {
+        harness::client()
+            .get(server.url("/api/status"))
+            .header("x-functions-key", harness::TEST_FUNCTION_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let report = status().await;
+        let run = &report["sync"]["last_run"];
+        let started = run["started_at"].as_str().and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok());
+        let completed = report["truecontext"][0]["last_sync"]["completed"] == true;
+        if started.is_some_and(|t| t > restarted_at) && completed && on_record().await == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no timer run finished the window after the restart ({} on record): {report:#}\n{}",
+            on_record().await,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("the sync lease of a killed run freed itself; the timer ran again after {:?}", restarted.elapsed());
+    assert!(
+        server.log().contains("sync skipped: another instance is running it"),
+        "the killed run's lease was still held after the restart:\n{}",
+        server.log()
+    );
+
+    let landed = truecontext_bridge::landing::list(&stores, "default").await.unwrap();
+    assert_eq!(landed.len(), ids.len(), "no gap");
+    assert!(landed.iter().all(|l| l.row.version == 1), "nothing landed twice");
 }
 
 #[tokio::test]
