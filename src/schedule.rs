@@ -80,6 +80,9 @@ fn is_ncrontab_atom(atom: &str) -> bool {
         || NAMES.contains(&atom.to_ascii_lowercase().as_str())
 }
 
+/// `TimeSpan.MaxValue.Days` in .NET.
+const TIMESPAN_MAX_DAYS: u64 = 10_675_199;
+
 /// `hh:mm:ss` (or `d.hh:mm:ss`), the TimeSpan form of a timer schedule.
 fn parse_interval(text: &str) -> Option<Result<Schedule, ScheduleError>> {
     if !text.contains(':') || text.contains(' ') {
@@ -94,6 +97,13 @@ fn parse_interval(text: &str) -> Option<Result<Schedule, ScheduleError>> {
     if h > 23 || m > 59 || s > 59 {
         return Some(Err(ScheduleError(format!("{text:?} is not a valid hh:mm:ss interval"))));
     }
+    // The host reads this form as a .NET TimeSpan, whose days stop at 10,675,199; a larger
+    // count also overflowed our seconds (found by the `schedule` fuzz target).
+    if days > TIMESPAN_MAX_DAYS {
+        return Some(Err(ScheduleError(format!(
+            "{days} days is more than a timer interval can hold ({TIMESPAN_MAX_DAYS})"
+        ))));
+    }
     let secs = days * 86_400 + h * 3600 + m * 60 + s;
     if secs == 0 {
         return Some(Err(ScheduleError("an interval of zero would run continuously".into())));
@@ -106,7 +116,7 @@ impl Schedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Cron { cron, .. } => cron.find_next_occurrence(&after, false).ok(),
-            Schedule::Interval(every) => Some(after + chrono::TimeDelta::from_std(*every).ok()?),
+            Schedule::Interval(every) => after.checked_add_signed(chrono::TimeDelta::from_std(*every).ok()?),
         }
     }
 
@@ -181,6 +191,11 @@ mod tests {
         assert_eq!(s.next_after(at(10, 0, 0)), Some(at(10, 5, 0)));
         assert!("00:00:00".parse::<Schedule>().is_err());
         assert!("25:00:00".parse::<Schedule>().is_err());
+        let week: Schedule = "7.00:00:00".parse().unwrap();
+        assert_eq!(week.next_after(at(10, 0, 0)), Some(at(10, 0, 0) + chrono::TimeDelta::days(7)));
+        // More days than a TimeSpan holds: refused, not an overflow.
+        let err = "1066666666666666.6:0:0".parse::<Schedule>().unwrap_err();
+        assert!(err.0.contains("days"), "{err}");
     }
 
     #[test]

@@ -73,6 +73,14 @@
 //                                             expires_in from the success response, or make it a string
 //                                       Keys combine (delay_ms with any other; omit_* together).
 //   DELETE /__test/token-faults         empty the fault queue (answers {cleared: n})
+//   POST /__test/reuse-grace            {seconds}: a refresh token presented again within this many
+//                                       seconds of the refresh that rotated it stands for the token
+//                                       that refresh issued (if that one is still unused), as Okta's
+//                                       "grace period for token rotation" and Ory Hydra's
+//                                       refresh_token_rotation grace period do; after it, or when
+//                                       the successor was used too, reuse revokes the grant as
+//                                       before. 0 (the default) is strict. Such requests are logged
+//                                       with reused_within_grace: true. Answers {seconds}.
 //   POST /__test/revoke-grants          revoke every grant the provider has issued tokens for so far
 //                                       (grant, refresh tokens, access tokens, codes), so the next
 //                                       refresh gets a genuine invalid_grant. Answers {revoked: n}, n
@@ -125,6 +133,9 @@ const signingKeys = [];
 const tokenRequests = [];
 const authorizationRequests = [];
 const tokenFaults = [];
+// Refresh tokens spent by a rotation: raw presented token -> {at (ms answered), issued (raw)}.
+const rotations = new Map();
+let reuseGraceMs = 0;
 // Grant ids seen in successful token responses, for /__test/revoke-grants.
 const knownGrants = new Set();
 // Per token request: {record, fault}, shared by the route wrapper, the koa middleware and
@@ -305,7 +316,11 @@ async function tokenEndpoint(req, res) {
     error: null,
     presented_refresh_token: hash16(form.refresh_token),
     issued_refresh_token: null,
+    reused_within_grace: false,
   };
+  const presentedRaw = form.refresh_token;
+  // The token the provider is given (the successor, within a grace period).
+  let forwardedRaw = presentedRaw;
   tokenRequests.push(record);
 
   // Fill in the record from what is actually sent, before it is sent.
@@ -327,6 +342,9 @@ async function tokenEndpoint(req, res) {
     if (body && typeof body === 'object') {
       record.error = typeof body.error === 'string' ? body.error : null;
       record.issued_refresh_token = hash16(body.refresh_token);
+      if (record.ok && forwardedRaw && body.refresh_token && record.grant_type === 'refresh_token') {
+        rotations.set(forwardedRaw, { at: Date.now(), issued: body.refresh_token });
+      }
     }
     return end(chunk, ...rest);
   };
@@ -362,8 +380,16 @@ async function tokenEndpoint(req, res) {
     }
   }
   tokenState.set(req, { record, fault });
+  let forwarded = text;
+  const spent = record.grant_type === 'refresh_token' && presentedRaw ? rotations.get(presentedRaw) : undefined;
+  if (spent && reuseGraceMs > 0 && Date.now() - spent.at <= reuseGraceMs && !rotations.has(spent.issued)) {
+    // Within the grace period: the spent token stands for its (unused) successor.
+    record.reused_within_grace = true;
+    forwardedRaw = spent.issued;
+    forwarded = new URLSearchParams({ ...form, refresh_token: spent.issued }).toString();
+  }
   // Already read: the provider falls back to req.body (a string it parses as a form).
-  req.body = text || {};
+  req.body = forwarded || {};
   return handler(req, res);
 }
 
@@ -456,6 +482,11 @@ async function admin(req, res, path) {
   if (req.method === 'DELETE' && path === '/__test/token-faults') {
     const cleared = tokenFaults.splice(0).length;
     return json(res, 200, { cleared });
+  }
+  if (req.method === 'POST' && path === '/__test/reuse-grace') {
+    const body = JSON.parse((await readBody(req)) || '{}');
+    reuseGraceMs = Math.max(0, Number(body.seconds ?? 0)) * 1000;
+    return json(res, 200, { seconds: reuseGraceMs / 1000 });
   }
   if (req.method === 'POST' && path === '/__test/revoke-grants') {
     let revoked = 0;

@@ -484,6 +484,38 @@ async fn omit_refresh_token_keeps_the_presented_one_valid_and_expires_in_can_be_
 }
 
 #[tokio::test]
+async fn a_reuse_grace_period_lets_a_just_rotated_token_stand_for_its_unused_successor_once() {
+    let (op, metadata, first) = signed_in().await;
+    op.reuse_grace(60).await;
+    let (status, rotated) = refresh(&metadata, &first).await;
+    assert_eq!(status, 200, "{rotated}");
+    let lost = rotated["refresh_token"].as_str().unwrap().to_owned();
+    // The client never stored `lost` (killed before its write) and presents `first` again.
+    let (status, again) = refresh(&metadata, &first).await;
+    assert_eq!(status, 200, "within the grace: {again}");
+    let kept = again["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(kept, lost);
+    let (status, onward) = refresh(&metadata, &kept).await;
+    assert_eq!(status, 200, "the chain goes on from the token given within the grace: {onward}");
+    // Its successor is spent now: a third presentation is reuse, and revokes the grant.
+    let (status, reuse) = refresh(&metadata, &first).await;
+    assert_eq!((status, reuse["error"].as_str()), (400, Some("invalid_grant")), "{reuse}");
+    let newest = onward["refresh_token"].as_str().unwrap();
+    let (status, revoked) = refresh(&metadata, newest).await;
+    assert_eq!((status, revoked["error"].as_str()), (400, Some("invalid_grant")), "{revoked}");
+    let log = op.token_request_log().await;
+    let graced: Vec<bool> = log.iter().map(|c| c["reused_within_grace"] == true).collect();
+    assert_eq!(graced, [false, false, true, false, false, false], "{log:?}");
+
+    // Strict again (0): the first reuse revokes.
+    let (op, metadata, first) = signed_in().await;
+    op.reuse_grace(0).await;
+    assert_eq!(refresh(&metadata, &first).await.0, 200);
+    let (status, reuse) = refresh(&metadata, &first).await;
+    assert_eq!((status, reuse["error"].as_str()), (400, Some("invalid_grant")), "{reuse}");
+}
+
+#[tokio::test]
 async fn revoke_grants_makes_the_next_refresh_a_genuine_invalid_grant() {
     let (op, metadata, refresh_token) = signed_in().await;
     let (status, refreshed) = refresh(&metadata, &refresh_token).await;
