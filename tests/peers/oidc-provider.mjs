@@ -75,9 +75,9 @@
 //   DELETE /__test/token-faults         empty the fault queue (answers {cleared: n})
 //   POST /__test/reuse-grace            {seconds}: a refresh token presented again within this many
 //                                       seconds of the refresh that rotated it stands for the token
-//                                       that refresh issued (if that one is still unused), as Okta's
-//                                       "grace period for token rotation" and Ory Hydra's
-//                                       refresh_token_rotation grace period do; after it, or when
+//                                       that refresh issued (if that one is still unused), as Amazon
+//                                       Cognito's RetryGracePeriodSeconds (0-60 s) and the
+//                                       grace periods of Ory Hydra and Curity do; after it, or when
 //                                       the successor was used too, reuse revokes the grant as
 //                                       before. 0 (the default) is strict. Such requests are logged
 //                                       with reused_within_grace: true. Answers {seconds}.

@@ -153,7 +153,7 @@ async fn run(seed: u64, scale: &Scale) {
     let mut bridge =
         Connected::start(Options { access_token_ttl: 4, azure: true, consent: true, settings: settings() }).await;
     // Rotation with reuse revocation, and a 60 s grace period for the token just rotated (as
-    // Okta and Ory Hydra offer; Entra does not revoke on reuse at all). Without one, a kill
+    // Amazon Cognito, Ory Hydra and Curity offer; Entra does not revoke on reuse at all). Without one, a kill
     // between the provider's rotation and the new set's write loses the grant whatever the
     // client does: seeds 11 and 44 did that (docs/RELIABILITY.md).
     bridge.provider.reuse_grace(REUSE_GRACE_SECONDS).await;
