@@ -3,8 +3,7 @@
 //! on disk, the Key Vault simulator through the identity endpoint stand-in), one connection
 //! consented for real at node-oidc-provider (rotating refresh tokens, the grant revoked when a
 //! used one comes back after a 60 s grace period; access tokens live 4 s), the TrueContext
-//! simulator as the ground
-//! truth. A seeded driver mixes webhook deliveries (duplicates, stale versions, edits), new and
+//! simulator as the ground truth. A seeded driver mixes webhook deliveries (duplicates, stale versions, edits), new and
 //! re-processed submissions, the instances' own timer syncs, and faults: 429 / 503 / hangs /
 //! malformed bodies from TrueContext, 503s and hangs from the token endpoint, throttling, 503s
 //! and slowness from Key Vault, 500s from the identity endpoint, Azurite stopped and
@@ -153,9 +152,9 @@ async fn run(seed: u64, scale: &Scale) {
     let mut bridge =
         Connected::start(Options { access_token_ttl: 4, azure: true, consent: true, settings: settings() }).await;
     // Rotation with reuse revocation, and a 60 s grace period for the token just rotated (as
-    // Amazon Cognito, Ory Hydra and Curity offer; Entra does not revoke on reuse at all). Without one, a kill
-    // between the provider's rotation and the new set's write loses the grant whatever the
-    // client does: seeds 11 and 44 did that (docs/RELIABILITY.md).
+    // Amazon Cognito, Ory Hydra and Curity offer; Entra does not revoke on reuse at all).
+    // Without one, a kill between the provider's rotation and the new set's write loses the
+    // grant whatever the client does: seeds 11 and 44 did that (docs/RELIABILITY.md).
     bridge.provider.reuse_grace(REUSE_GRACE_SECONDS).await;
     let owned = bridge.settings.clone();
     let mut fleet =

@@ -148,14 +148,14 @@ impl OidcProvider {
         self.admin(reqwest::Method::DELETE, "/__test/token-faults", None).await;
     }
 
-    /// Revokes every grant issued so far (its refresh and access tokens too), so the next refresh
-    /// gets the provider's own `invalid_grant`; returns how many grants still existed.
     /// Sets the reuse grace period (`POST /__test/reuse-grace`; 0, the default, is strict).
     pub async fn reuse_grace(&self, seconds: u64) {
         let reply = self.admin(reqwest::Method::POST, "/__test/reuse-grace", Some(json!({ "seconds": seconds }))).await;
         assert_eq!(reply["seconds"].as_u64(), Some(seconds), "{reply}");
     }
 
+    /// Revokes every grant issued so far (its refresh and access tokens too), so the next refresh
+    /// gets the provider's own `invalid_grant`; returns how many grants still existed.
     pub async fn revoke_grants(&self) -> u64 {
         let reply = self.admin(reqwest::Method::POST, "/__test/revoke-grants", None).await;
         reply["revoked"].as_u64().unwrap()
