@@ -38,6 +38,12 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
     let Some(held) = lease::acquire(app.stores.tables.as_ref(), LEASE_NAME, &holder, LEASE_TTL).await? else {
         tracing::info!("sync skipped: another instance is running it");
+        // The running one can be busy for minutes (a long walk, an outage's retries) while no
+        // token is asked for. A refresh a crash interrupted is accepted again only within the
+        // server's reuse grace (Cognito: at most 60 s), so every tick checks the tokens; one
+        // connection's refresh lease keeps that to one call cluster-wide.
+        let (ids, _) = active_connections(app).await?;
+        keep_alive(app, &ids).await;
         return Ok(());
     };
     let keeper = lease::Keeper::keep(app.stores.tables.clone(), held, LEASE_TTL);
@@ -68,33 +74,8 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
 /// re-consent are skipped without a call; one connection's failure never stops the others.
 /// Answers how many connections were checked and how many were skipped as not active.
 async fn sync_connections(app: &App) -> Result<(u32, u32), InvocationError> {
-    let mut ids: Vec<String> = Vec::new();
-    let mut inactive = 0;
-    if app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
-        ids.push(crate::connections::APP_ONLY_CONNECTION.to_owned());
-    } else {
-        for connection in crate::connections::list(&app.stores).await? {
-            if connection.state != crate::connections::ConnectionState::Active {
-                inactive += 1;
-                continue;
-            }
-            warn_before_reconsent_deadline(app, &connection).await;
-            ids.push(connection.id);
-        }
-    }
-    let mut ready = Vec::new();
-    for id in &ids {
-        match app.tokens().keep_alive(id).await {
-            Ok(token) => {
-                tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
-                ready.push(id.clone());
-            }
-            Err(e) => tracing::warn!(connection = %id, class = e.class(), error = %e, "no access token this run"),
-        }
-    }
-    if ready.len() < ids.len() {
-        tracing::warn!(ready = ready.len(), total = ids.len(), "some connections have no access token this run");
-    }
+    let (ids, inactive) = active_connections(app).await?;
+    let ready = keep_alive(app, &ids).await;
     // With an API key, the configured connection is the one TrueContext is read as; with
     // bearer tokens, every connection whose token is ready.
     let pulled = match app.settings.truecontext.auth {
@@ -111,6 +92,44 @@ async fn sync_connections(app: &App) -> Result<(u32, u32), InvocationError> {
         }
     }
     Ok((ids.len().max(pulled.len()) as u32, inactive))
+}
+
+/// The connections to keep alive and sync (the app itself under client credentials), each
+/// warned about when its B2C window is about to close, and how many were not active.
+async fn active_connections(app: &App) -> Result<(Vec<String>, u32), InvocationError> {
+    if app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
+        return Ok((vec![crate::connections::APP_ONLY_CONNECTION.to_owned()], 0));
+    }
+    let mut ids = Vec::new();
+    let mut inactive = 0;
+    for connection in crate::connections::list(&app.stores).await? {
+        if connection.state != crate::connections::ConnectionState::Active {
+            inactive += 1;
+            continue;
+        }
+        warn_before_reconsent_deadline(app, &connection).await;
+        ids.push(connection.id);
+    }
+    Ok((ids, inactive))
+}
+
+/// Makes sure each connection has a usable access token (the keep-alive rule); answers those
+/// that have one.
+async fn keep_alive(app: &App, ids: &[String]) -> Vec<String> {
+    let mut ready = Vec::new();
+    for id in ids {
+        match app.tokens().keep_alive(id).await {
+            Ok(token) => {
+                tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
+                ready.push(id.clone());
+            }
+            Err(e) => tracing::warn!(connection = %id, class = e.class(), error = %e, "no access token this run"),
+        }
+    }
+    if ready.len() < ids.len() {
+        tracing::warn!(ready = ready.len(), total = ids.len(), "some connections have no access token this run");
+    }
+    ready
 }
 
 /// When a run that starts now must stop starting pages (`SYNC_MAX_RUN_SECONDS`).

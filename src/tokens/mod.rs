@@ -96,6 +96,10 @@ pub enum TokenError {
     Rejected { connection: String, reason: String, retry_not_before: DateTime<Utc> },
     #[error("another instance is refreshing connection {0:?} and did not finish in time")]
     Busy(String),
+    #[error(
+        "connection {connection:?} was not refreshed: what it reads first (the connection, its refresh token, the sign-in settings, the app's credential) took over {seconds} s (TOKEN_REFRESH_LEASE_SECONDS); nothing was sent, the refresh lease was given back, and the next attempt starts afresh"
+    )]
+    Stalled { connection: String, seconds: u64 },
     #[error("the sign-in is not configured: {0}")]
     Configuration(String),
     #[error(transparent)]
@@ -114,6 +118,7 @@ impl TokenError {
             TokenError::Unavailable { .. } => "transient",
             TokenError::Rejected { .. } => "rejected",
             TokenError::Busy(_) => "busy",
+            TokenError::Stalled { .. } => "transient",
             TokenError::Configuration(_) => "configuration",
             TokenError::Store(_) => "store",
         }

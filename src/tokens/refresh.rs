@@ -10,7 +10,7 @@ use crate::connections::{Connection, TokenSet};
 use crate::oauth::provider::Provider;
 use crate::oauth::token::{request_tokens, ClientAuth, EndpointError, TokenRequest, TokenResponse};
 use crate::secret::SecretString;
-use crate::store::lease;
+use crate::store::{lease, Versioned};
 
 /// Inside one call, a transient failure is retried only when the wait is at most this.
 const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(5);
@@ -20,6 +20,19 @@ const MAX_ATTEMPTS: u32 = 3;
 enum Leased {
     Lease(lease::Lease),
     Token(AccessToken),
+}
+
+enum Prepared {
+    /// The lease's previous holder obtained what we want meanwhile.
+    Token(AccessToken),
+    Refresh(Box<Ready>),
+}
+
+/// What a refresh request is made from, read under the lease.
+struct Ready {
+    record: Versioned<Connection>,
+    current: TokenSet,
+    provider: std::sync::Arc<Provider>,
 }
 
 impl Tokens<'_> {
@@ -81,22 +94,31 @@ impl Tokens<'_> {
         want: Want,
         keeper: &lease::Keeper,
     ) -> Result<AccessToken, TokenError> {
-        // Everything is read again under the lease: the refresh token read before it may
-        // already have been used by the instance that held the lease before us.
-        let record = self.load(subject).await?;
-        usable(&record.value)?;
-        if let Some(token) = self.shared(subject, &record.value, want).await? {
-            return Ok(token);
-        }
-        self.not_blocked(&record.value)?;
-        let current = match self.current_set(subject, &record.value).await? {
-            Ok(token_set) => token_set,
-            Err(missing) => return Err(self.record_failure(subject, record, missing).await),
+        // Until the request goes out nothing is spent, so a holder that is slow here gives the
+        // lease back after one lease length: no longer than a crashed holder costs the others.
+        // Kept alive instead, a holder stuck in store or Key Vault retries during an outage
+        // kept every other instance from refreshing for minutes (chaos seed 77), long enough
+        // for a provider's reuse grace to run out.
+        let budget = self.settings.refresh_lease;
+        let send_by = tokio::time::Instant::now() + budget;
+        let stalled = || TokenError::Stalled { connection: subject.id.clone(), seconds: budget.as_secs() };
+        let (record, current, provider) = match tokio::time::timeout_at(send_by, self.prepare(subject, want)).await {
+            Err(_) => return Err(stalled()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Prepared::Token(token))) => return Ok(token),
+            Ok(Ok(Prepared::Refresh(ready))) => (ready.record, ready.current, ready.provider),
         };
-        let provider = self.oauth.provider.get().await.map_err(|e| TokenError::Configuration(e.to_string()))?;
         let mut attempt = 0;
         loop {
-            let auth = match self.oauth.client_auth(&provider).await {
+            let auth = self.oauth.client_auth(&provider);
+            // Only the first credential is made before anything was sent; later ones follow a
+            // request the holder must see through.
+            let auth = if attempt == 0 {
+                tokio::time::timeout_at(send_by, auth).await.map_err(|_| stalled())?
+            } else {
+                auth.await
+            };
+            let auth = match auth {
                 Ok(auth) => auth,
                 Err(reason) => {
                     return Err(self.record_failure(subject, record, self.client_auth_failure(&reason)).await)
@@ -128,6 +150,23 @@ impl Tokens<'_> {
                 _ => return Err(self.record_failure(subject, record, failure).await),
             }
         }
+    }
+
+    /// Everything a refresh reads before its request, read again under the lease: the refresh
+    /// token read before it may already have been used by the lease's previous holder.
+    async fn prepare(&self, subject: &Subject, want: Want) -> Result<Prepared, TokenError> {
+        let record = self.load(subject).await?;
+        usable(&record.value)?;
+        if let Some(token) = self.shared(subject, &record.value, want).await? {
+            return Ok(Prepared::Token(token));
+        }
+        self.not_blocked(&record.value)?;
+        let current = match self.current_set(subject, &record.value).await? {
+            Ok(token_set) => token_set,
+            Err(missing) => return Err(self.record_failure(subject, record, missing).await),
+        };
+        let provider = self.oauth.provider.get().await.map_err(|e| TokenError::Configuration(e.to_string()))?;
+        Ok(Prepared::Refresh(Box::new(Ready { record, current, provider })))
     }
 
     /// The client's own credential could not be made: a managed identity that did not answer is

@@ -386,6 +386,30 @@ async fn idle_connections_are_refreshed_by_the_keep_alive() {
     assert_eq!(bridge.refresh_calls().await, 1);
 }
 
+/// A timer tick that finds the sync running elsewhere still keeps the tokens alive: the run
+/// may be busy for minutes, and a refresh a crash interrupted is accepted again only within
+/// the server's reuse grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_finds_the_sync_running_elsewhere_still_keeps_the_tokens_alive() {
+    let bridge = Connected::start(Options::default()).await;
+    let app = bridge.instance();
+    let ttl = Duration::from_secs(60);
+    let tables = app.stores.tables.as_ref();
+    let running = truecontext_bridge::store::lease::acquire(tables, "sync", "the running instance", ttl)
+        .await
+        .unwrap()
+        .expect("the sync lease is free");
+    bridge.advance(PAST_REFRESH);
+    let sync = truecontext_bridge::functions::by_name("sync").unwrap();
+    app.timer(sync, TimerInfo::default()).await.unwrap();
+    assert_eq!(bridge.refresh_calls().await, 1, "the due token was refreshed by the skipped tick");
+    let last_run = TypedTable::new(tables, Table::Runs).get::<Value>("sync", "last").await.unwrap();
+    assert!(last_run.is_none(), "the skipped tick is not recorded as a run: {last_run:?}");
+    app.timer(sync, TimerInfo::default()).await.unwrap();
+    assert_eq!(bridge.refresh_calls().await, 1, "a fresh token is not refreshed again");
+    truecontext_bridge::store::lease::release(tables, running).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b2c_connections_warn_ahead_of_the_sliding_window() {
     let sink = AlertSink::start().await;

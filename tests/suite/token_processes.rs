@@ -276,3 +276,53 @@ async fn three_instances_on_azurite_and_key_vault_make_one_call_per_expiry() {
     let record = connections::get(&instances[0].stores, "default").await.unwrap().unwrap().value;
     assert_eq!(vault.live_versions(&record.token_set_secret), 51);
 }
+
+/// A refresher that is slow before it sends (here: a Key Vault read that takes 20 s) gives the
+/// refresh lease back after one lease length, so another instance refreshes meanwhile. Kept
+/// alive instead, such a holder stopped every refresh for minutes in chaos seed 77, past the
+/// provider's reuse grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresher_stuck_before_it_sends_gives_the_lease_back_after_one_lease_length() {
+    let vault = KeyVaultSim::start().await;
+    let bridge = Connected::start(Options {
+        settings: vec![("TOKEN_ENDPOINT_TIMEOUT_SECONDS", "1".into()), ("TOKEN_REFRESH_LEASE_SECONDS", "6".into())],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut stores = local::open(dir.path(), None).unwrap();
+    // One try may take as long as the stall below, so the SDK neither cuts nor retries it.
+    let patient = truecontext_bridge::store::azure::keyvault::KeyVaultTuning {
+        try_timeout: Duration::from_secs(40),
+        ..KeyVaultSim::fast_tuning()
+    };
+    stores.secrets = Arc::new(vault.store(patient));
+    copy_connection(&bridge, &stores).await;
+    let (stuck, other) = (bridge.instance_on(stores.clone()), bridge.instance_on(stores.clone()));
+    bridge.advance(3100);
+
+    // The stuck instance's first read of the refresh token hangs for 20 s.
+    vault.inject(harness::keyvault::Fault::Delay(Duration::from_secs(20)), 1);
+    let stuck_call = tokio::spawn(async move { stuck.tokens().access_token("default").await.map(|t| t.source) });
+    let stuck_holds_the_lease = async {
+        let leases = TypedTable::new(stores.tables.as_ref(), Table::Leases);
+        let name = format!("token:{}:default", connections::PARTITION);
+        while leases.get::<Value>("lease", &name).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    stuck_holds_the_lease.await;
+
+    let token = other.tokens().access_token("default").await.expect("the other instance refreshes meanwhile");
+    assert_eq!(token.source, TokenSource::TokenEndpoint);
+    match stuck_call.await.unwrap() {
+        Err(e @ truecontext_bridge::tokens::TokenError::Stalled { .. }) => {
+            assert_eq!(e.class(), "transient");
+            assert!(e.to_string().contains("nothing was sent"), "{e}");
+        }
+        other => panic!("the stuck refresher should have given up before sending, got {other:?}"),
+    }
+    let calls = bridge.calls("refresh_token").await;
+    assert_eq!(calls.len(), 1, "one refresh, by the other instance: {calls:#?}");
+    assert_eq!(calls[0]["ok"], true);
+}
