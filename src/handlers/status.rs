@@ -67,7 +67,8 @@ pub struct TrueContextStatus {
     pub walk_in_progress: bool,
     /// The last run: when, whether it completed, why it stopped, what it landed.
     pub last_sync: Option<crate::sync::LastSync>,
-    /// Documents landed (new or changed) by every run so far.
+    /// Documents landed (new or changed) by the sync runs recorded so far: a run killed before
+    /// it was recorded is not counted (what it landed is), and pushes are not counted here.
     pub landed_total: u64,
 }
 

@@ -37,7 +37,8 @@ pub struct LastSync {
     pub cursor: Option<DateTime<Utc>>,
     /// Runs in a row that did not move the cursor.
     pub runs_without_progress: u32,
-    /// Documents landed (new or changed) by every run so far.
+    /// Documents landed (new or changed) by the sync runs recorded so far: a run killed before
+    /// it was recorded is not counted (what it landed is), and pushes are not counted here.
     pub landed_total: u64,
     pub runs: u64,
 }
