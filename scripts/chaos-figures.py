@@ -25,6 +25,12 @@ ROWS = [
     ("duplicates sent", lambda f: f["duplicates_sent"]),
     ("stale versions sent", lambda f: f["stale_versions_sent"]),
     ("faults injected", lambda f: ", ".join(f"{k} {v}" for k, v in sorted(f["faults"].items()))),
+    (
+        "faults left unused (draws skipped, one pending)",
+        lambda f: f"{f['faults_left_unused']} ({f['faults_not_injected_one_pending']})"
+        if "faults_left_unused" in f
+        else "not counted",
+    ),
     ("kills", lambda f: f["kills"]),
     ("Azurite outages", lambda f: f["azurite_restarts"]),
     ("verified", lambda f: f["submissions_verified"]),

@@ -222,9 +222,14 @@ impl TrueContextSim {
         self.world().faults.push_back(fault);
     }
 
-    /// Drops the faults not used up.
-    pub fn clear_faults(&self) {
-        self.world().faults.clear();
+    /// How many injected faults no call has taken yet.
+    pub fn pending_faults(&self) -> usize {
+        self.world().faults.len()
+    }
+
+    /// Drops the faults not used up; answers how many there were.
+    pub fn clear_faults(&self) -> usize {
+        self.world().faults.drain(..).count()
     }
 
     pub fn allow_bearer(&self, token: &str) {

@@ -72,6 +72,7 @@
 //                                         {omit_expires_in: true}, {expires_in_as_string: true}  strip
 //                                             expires_in from the success response, or make it a string
 //                                       Keys combine (delay_ms with any other; omit_* together).
+//   GET  /__test/token-faults           how many faults are queued and not yet used (answers {queued})
 //   DELETE /__test/token-faults         empty the fault queue (answers {cleared: n})
 //   POST /__test/reuse-grace            {seconds}: a refresh token presented again within this many
 //                                       seconds of the refresh that rotated it stands for the token
@@ -477,6 +478,9 @@ async function admin(req, res, path) {
       return json(res, 400, { error: 'faults are JSON objects' });
     }
     tokenFaults.push(...faults);
+    return json(res, 200, { queued: tokenFaults.length });
+  }
+  if (req.method === 'GET' && path === '/__test/token-faults') {
     return json(res, 200, { queued: tokenFaults.length });
   }
   if (req.method === 'DELETE' && path === '/__test/token-faults') {

@@ -63,6 +63,10 @@ struct Figures {
     duplicates_sent: usize,
     stale_versions_sent: usize,
     faults: BTreeMap<String, usize>,
+    /// Draws skipped because that dependency still had a fault queued (see `inject_fault`).
+    faults_not_injected_one_pending: usize,
+    /// Injected faults no request had taken when the run went quiet.
+    faults_left_unused: usize,
     kills: usize,
     azurite_restarts: usize,
     submissions_verified: usize,
@@ -242,7 +246,7 @@ async fn run(seed: u64, scale: &Scale) {
 
     // Quiet: no more faults; let the instances drain what they accepted and sync what is left.
     let sim = &bridge.truecontext;
-    clear_faults(&bridge.provider, bridge.azure.as_ref().unwrap(), sim).await;
+    figures.faults_left_unused = clear_faults(&bridge.provider, bridge.azure.as_ref().unwrap(), sim).await;
     let app = bridge.instance();
     let incidents = incidents.into_inner().unwrap();
     settle(&bridge, &fleet, &app, &incidents).await;
@@ -252,6 +256,8 @@ async fn run(seed: u64, scale: &Scale) {
     figures.seconds = started.elapsed().as_secs();
     // Access tokens live 4 s: how many lifetimes the run spanned.
     figures.access_token_expiries = figures.seconds / 4;
+    // Kept before verifying, whose checks panic: a failed run keeps what led to it too.
+    println!("{}", keep_evidence(&bridge, &fleet, &incidents).await);
     verify(&mut figures, &bridge, &fleet, &app, sim, &acknowledged).await;
     println!("chaos figures: {}", serde_json::to_string(&figures).unwrap());
     assert_eq!(figures.losses, 0, "{figures:#?}");
@@ -260,8 +266,9 @@ async fn run(seed: u64, scale: &Scale) {
     assert_eq!(figures.refresh_tokens_burnt, 0, "{figures:#?}\n{}", grant_story(&bridge.provider, &incidents).await);
 }
 
-/// Every instance's logs (all of its lives), the token endpoint's log and the kills and outages,
-/// into `target/chaos-evidence/`: the run's temporary directories go when the test ends.
+/// Every instance's logs (all of its lives), the token endpoint's and the vault's request logs and
+/// the kills and outages into `target/chaos-evidence/`: the run's temporary directories go when
+/// the test ends.
 async fn keep_evidence(bridge: &Connected, fleet: &Fleet, incidents: &[(i64, String)]) -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-evidence");
     let _ = std::fs::remove_dir_all(&dir);
@@ -272,6 +279,23 @@ async fn keep_evidence(bridge: &Connected, fleet: &Fleet, incidents: &[(i64, Str
     }
     let requests = serde_json::to_string_pretty(&bridge.provider.token_request_log().await).unwrap();
     std::fs::write(dir.join("token-requests.json"), requests).unwrap();
+    if let Some(azure) = &bridge.azure {
+        let vault: Vec<String> = azure
+            .vault
+            .requests()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    r.at_ms,
+                    r.method,
+                    r.path,
+                    r.fault.as_ref().map(|f| format!("{f:?}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("vault-requests.txt"), vault.join("\n")).unwrap();
+    }
     let incidents: Vec<String> = incidents.iter().map(|(at, what)| format!("{at} {what}")).collect();
     std::fs::write(dir.join("incidents.txt"), incidents.join("\n")).unwrap();
     format!("evidence kept in {}", dir.display())
@@ -506,6 +530,11 @@ async fn drive(
     Driven { figures, acknowledged }
 }
 
+/// Injects one fault into a dependency drawn at random, unless that dependency still has one
+/// queued: each fault is used up by one request, and some dependencies see few requests (the
+/// token endpoint about one per access-token lifetime, the identity endpoint once a day), so
+/// queueing a fault every few steps regardless would build a backlog that faults every request
+/// they get, SDK retries included: an outage, not the intermittent faults this run is about.
 async fn inject_fault(
     provider: &OidcProvider,
     azure: &AzureBackend,
@@ -513,7 +542,18 @@ async fn inject_fault(
     rng: &mut StdRng,
     figures: &mut Figures,
 ) {
-    let kind = match rng.gen_range(0..10) {
+    let draw = rng.gen_range(0..10);
+    let pending = match draw {
+        0..=3 => sim.pending_faults() as u64,
+        4 | 5 => provider.pending_token_faults().await,
+        6..=8 => azure.vault.pending_faults() as u64,
+        _ => azure.identity.pending_faults() as u64,
+    };
+    if pending > 0 {
+        figures.faults_not_injected_one_pending += 1;
+        return;
+    }
+    let kind = match draw {
         0 => {
             sim.fault(TcFault::Status { status: 429, code: "TooManyRequests", retry_after: Some(0) });
             "truecontext 429"
@@ -558,11 +598,12 @@ async fn inject_fault(
     *figures.faults.entry(kind.into()).or_default() += 1;
 }
 
-async fn clear_faults(provider: &OidcProvider, azure: &AzureBackend, sim: &TrueContextSim) {
-    sim.clear_faults();
-    provider.clear_token_faults().await;
-    azure.vault.clear_faults();
-    azure.identity.clear_faults();
+/// Drops the faults no request took; answers how many there were.
+async fn clear_faults(provider: &OidcProvider, azure: &AzureBackend, sim: &TrueContextSim) -> usize {
+    sim.clear_faults()
+        + provider.clear_token_faults().await as usize
+        + azure.vault.clear_faults()
+        + azure.identity.clear_faults()
 }
 
 /// Syncs until a completed run lands nothing. A run that resumes a window a killed run left

@@ -83,9 +83,14 @@ impl IdentityEndpoint {
         self.shared.faults.lock().unwrap().extend(std::iter::repeat_n(status, times));
     }
 
-    /// Drops the faults not used up.
-    pub fn clear_faults(&self) {
-        self.shared.faults.lock().unwrap().clear();
+    /// How many injected faults no request has taken yet.
+    pub fn pending_faults(&self) -> usize {
+        self.shared.faults.lock().unwrap().len()
+    }
+
+    /// Drops the faults not used up; answers how many there were.
+    pub fn clear_faults(&self) -> usize {
+        self.shared.faults.lock().unwrap().drain(..).count()
     }
 
     /// Tokens handed out.

@@ -109,11 +109,14 @@ pub enum Fault {
     Delay(Duration),
 }
 
-/// A request the simulator received with a valid token: method and path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request the simulator received with a valid token: when (Unix ms, on arrival), method,
+/// path and the injected fault it got, if any.
+#[derive(Debug, Clone)]
 pub struct Logged {
+    pub at_ms: i64,
     pub method: String,
     pub path: String,
+    pub fault: Option<Fault>,
 }
 
 pub struct KeyVaultSim {
@@ -225,9 +228,14 @@ impl KeyVaultSim {
         faults.extend(std::iter::repeat_n(fault, times));
     }
 
-    /// Drops faults not used up.
-    pub fn clear_faults(&self) {
-        self.shared.faults.lock().unwrap().clear();
+    /// How many injected faults no request has taken yet.
+    pub fn pending_faults(&self) -> usize {
+        self.shared.faults.lock().unwrap().len()
+    }
+
+    /// Drops faults not used up; answers how many there were.
+    pub fn clear_faults(&self) -> usize {
+        self.shared.faults.lock().unwrap().drain(..).count()
     }
 
     /// Every authenticated request so far, in order.
@@ -507,10 +515,16 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Answer {
         }
         Some(_) => {}
     }
-    shared.log.lock().unwrap().push(Logged { method: method.to_string(), path: path.clone() });
+    let fault = shared.faults.lock().unwrap().pop_front();
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    shared.log.lock().unwrap().push(Logged {
+        at_ms,
+        method: method.to_string(),
+        path: path.clone(),
+        fault: fault.clone(),
+    });
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
 
-    let fault = shared.faults.lock().unwrap().pop_front();
     match fault {
         Some(Fault::Throttle { retry_after_secs }) => {
             let mut answer = error(

@@ -143,9 +143,16 @@ impl OidcProvider {
         self.admin(reqwest::Method::POST, "/__test/token-faults", Some(Value::Array(faults))).await;
     }
 
-    /// Empties the token-fault queue.
-    pub async fn clear_token_faults(&self) {
-        self.admin(reqwest::Method::DELETE, "/__test/token-faults", None).await;
+    /// How many queued token faults no request has taken yet.
+    pub async fn pending_token_faults(&self) -> u64 {
+        let reply = self.admin(reqwest::Method::GET, "/__test/token-faults", None).await;
+        reply["queued"].as_u64().unwrap_or_else(|| panic!("{reply}"))
+    }
+
+    /// Empties the token-fault queue; answers how many faults were left unused.
+    pub async fn clear_token_faults(&self) -> u64 {
+        let reply = self.admin(reqwest::Method::DELETE, "/__test/token-faults", None).await;
+        reply["cleared"].as_u64().unwrap_or_else(|| panic!("{reply}"))
     }
 
     /// Sets the reuse grace period (`POST /__test/reuse-grace`; 0, the default, is strict).
