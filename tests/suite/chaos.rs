@@ -532,9 +532,10 @@ async fn drive(
 
 /// Injects one fault into a dependency drawn at random, unless that dependency still has one
 /// queued: each fault is used up by one request, and some dependencies see few requests (the
-/// token endpoint about one per access-token lifetime, the identity endpoint once a day), so
-/// queueing a fault every few steps regardless would build a backlog that faults every request
-/// they get, SDK retries included: an outage, not the intermittent faults this run is about.
+/// token endpoint about one per access-token lifetime, the identity endpoint one per instance
+/// start), so queueing a fault every few steps regardless would build a backlog that faults
+/// every request they get, SDK retries included: an outage, not the intermittent faults this
+/// run is about.
 async fn inject_fault(
     provider: &OidcProvider,
     azure: &AzureBackend,
