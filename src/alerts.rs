@@ -84,7 +84,7 @@ impl Alert {
 
     fn row(&self) -> String {
         let digest = Sha256::digest(format!("{}\n{}", self.alert, self.error_code).as_bytes());
-        format!("{}-{}", self.alert, &hex::encode(digest)[..16])
+        format!("{}-{}", self.alert, crate::naming::hex_prefix(&digest, 16))
     }
 
     fn text(&self) -> String {

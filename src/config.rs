@@ -443,7 +443,11 @@ impl<'a> Parser<'a> {
             return *value;
         }
         let names: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
-        self.problem(name, format!("{text:?} is not one of {}", names.join(", ")), names[0]);
+        self.problem(
+            name,
+            format!("{text:?} is not one of {}", names.join(", ")),
+            names.first().copied().unwrap_or(""),
+        );
         default
     }
 

@@ -136,9 +136,11 @@ async fn invoke(State(state): State<HostState>, Path(name): Path<String>, header
         Err(e) => {
             tracing::error!(function = function.name, error = %e, "invocation failed");
             let mut body = error_body("invocation_failed", e.to_string());
-            let mut lines = lines;
-            lines.push(body["Logs"][0].as_str().unwrap_or_default().to_owned());
-            body["Logs"] = Value::from(lines);
+            if let Some(Value::Array(said)) = body.get_mut("Logs") {
+                let mut all: Vec<Value> = lines.into_iter().map(Value::from).collect();
+                all.append(said);
+                *said = all;
+            }
             reply(StatusCode::INTERNAL_SERVER_ERROR, body)
         }
     }

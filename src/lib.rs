@@ -44,6 +44,10 @@
 //! (`SecretString`), [`clock`] (injectable time), [`naming`] (Azure's naming rules), [`tls`] (the
 //! one TLS crypto provider).
 
+// Outside text is never cut or indexed by position: a byte index inside a character panics,
+// and an index past the end does too (issue 20: a French date once stopped processing).
+#![cfg_attr(not(test), deny(clippy::string_slice, clippy::indexing_slicing))]
+
 pub mod alerts;
 pub mod clock;
 pub mod config;

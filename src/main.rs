@@ -1,6 +1,8 @@
 //! `tcbridge`: the one binary. `serve` behind the Functions host, `serve --standalone` on its
 //! own, and the operator commands. Errors surface here as `anyhow` with plain-words context.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;

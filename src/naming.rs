@@ -26,6 +26,12 @@ pub fn is_record_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
+/// The first `chars` hex digits of `bytes` (a digest, say): a prefix taken by characters, so
+/// no byte index is ever cut.
+pub fn hex_prefix(bytes: &[u8], chars: usize) -> String {
+    hex::encode(bytes).chars().take(chars).collect()
+}
+
 /// What a bad connection id is told.
 pub const CONNECTION_ID_RULE: &str = "1-64 letters, digits, '-', '_' or '.', starting with a letter or digit";
 
@@ -48,7 +54,7 @@ pub fn connection_secret_name(kind: &str, connection_id: &str) -> String {
     } else {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(connection_id.as_bytes());
-        format!("{kind}-h-{}", &hex::encode(digest)[..40])
+        format!("{kind}-h-{}", hex_prefix(&digest, 40))
     }
 }
 

@@ -39,7 +39,7 @@ impl FromStr for Schedule {
         // fuzz target): refuse it here, naming the field.
         const NAMES: [&str; 6] = ["second", "minute", "hour", "day", "month", "day-of-week"];
         if let Some((i, _)) = text.split_whitespace().enumerate().find(|(_, f)| f.split(',').any(str::is_empty)) {
-            return Err(ScheduleError(format!("the {} field has an empty list item", NAMES[i])));
+            return Err(ScheduleError(format!("the {} field has an empty list item", NAMES.get(i).unwrap_or(&"?"))));
         }
         // croner also reads Quartz's `#`, `L`, `W` and `?`, which NCRONTAB (and so the host)
         // does not have, and searches without end for an impossible one (`0 2 * 9 * 1#5`, the
@@ -48,7 +48,7 @@ impl FromStr for Schedule {
             if let Some(atom) = field.split([',', '-', '/']).find(|atom| !is_ncrontab_atom(atom)) {
                 return Err(ScheduleError(format!(
                     "the {} field has {:?}, which NCRONTAB does not read (numbers, *, ranges, steps, lists and names only)",
-                    NAMES[i],
+                    NAMES.get(i).unwrap_or(&"?"),
                     atom.chars().take(16).collect::<String>()
                 )));
             }

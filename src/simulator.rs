@@ -171,8 +171,9 @@ impl TrueContextSim {
                         edit(&mut world, id);
                     }
                 } else {
-                    let form = DEMO_FORMS[arrivals % DEMO_FORMS.len()];
-                    insert_records(&mut world, 1, form, Utc::now(), TimeDelta::minutes(1));
+                    if let Some(form) = DEMO_FORMS.get(arrivals % DEMO_FORMS.len()) {
+                        insert_records(&mut world, 1, form, Utc::now(), TimeDelta::minutes(1));
+                    }
                 }
             }
         });
@@ -490,9 +491,11 @@ impl Drop for InFlight {
 fn edit(world: &mut World, id: &str) {
     if let Some(record) = world.records.get_mut(id) {
         record.processed = Utc::now();
-        let mut doc: Value = serde_json::from_slice(&record.document).unwrap();
-        doc["pages"][0]["sections"][0]["answers"][0]["values"] = json!([format!("Edited at {}", record.processed)]);
-        record.document = serde_json::to_vec_pretty(&doc).unwrap();
+        let Ok(mut doc) = serde_json::from_slice::<Value>(&record.document) else { return };
+        if let Some(values) = doc.pointer_mut("/pages/0/sections/0/answers/0/values") {
+            *values = json!([format!("Edited at {}", record.processed)]);
+        }
+        record.document = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     }
 }
 

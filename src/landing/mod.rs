@@ -27,6 +27,8 @@ use normalise::{content_hash, normalise, DocumentError};
 
 /// How long one landing may hold a submission; a crashed lander's turn ends after this.
 const LAND_LEASE: Duration = Duration::from_secs(60);
+/// The longest text an index row keeps of a document's field (reference, form, state).
+const INDEX_TEXT_CHARS: usize = 1024;
 /// How long a lander waits for its turn.
 const MAX_TURN_WAIT: Duration = Duration::from_secs(90);
 
@@ -270,11 +272,13 @@ impl<'a> Landing<'a> {
             sources.push(arrival.source);
         }
         let field = |name: &str| normalised.record.get(name).cloned().unwrap_or(Value::Null);
-        let text = |v: Value| v.as_str().map(str::to_owned);
+        // The index is for listing; the record keeps the whole text. Capped by characters, so
+        // a hostile form name cannot make the row larger than a table entity may be.
+        let text = |v: Value| v.as_str().map(|s| s.chars().take(INDEX_TEXT_CHARS).collect::<String>());
         let row = IndexRow {
             reference_number: text(field("reference_number")),
-            form_id: text(field("form")["id"].clone()),
-            form_name: text(field("form")["name"].clone()),
+            form_id: text(field("form").get("id").cloned().unwrap_or_default()),
+            form_name: text(field("form").get("name").cloned().unwrap_or_default()),
             state: text(field("state")),
             processed_date: processed,
             order: arrival.order,

@@ -233,13 +233,13 @@ fn typed(kind: &str, values: Vec<Value>, media: &mut Vec<Media>, media_path: &dy
     let first = values.first().cloned().unwrap_or(Value::Null);
     match kind {
         "number" | "integer" | "decimal" | "numeric" | "calculation" => match &first {
-            Value::String(s) => s.trim().parse::<f64>().ok().map_or(first.clone(), |n| json!(n)),
+            // "inf", "NaN" and "1e999" parse, but JSON has no such number: kept as sent.
+            Value::String(s) => {
+                s.trim().parse::<f64>().ok().filter(|n| n.is_finite()).map_or(first.clone(), |n| json!(n))
+            }
             _ => first,
         },
-        "date" => match &first {
-            Value::String(s) if s.len() >= 10 => json!(&s[..10]),
-            other => instant(Some(other)).get("utc").and_then(Value::as_str).map_or(Value::Null, |t| json!(&t[..10])),
-        },
+        "date" => date(&first),
         "datetime" | "date_time" | "time" => instant(Some(&first)),
         "select" | "multiselect" | "multi_select" | "singleselect" | "dropdown" | "radio" | "checkbox" => {
             Value::Array(values)
@@ -253,25 +253,81 @@ fn typed(kind: &str, values: Vec<Value>, media: &mut Vec<Media>, media_path: &dy
     }
 }
 
+/// A Date answer as `YYYY-MM-DD`: the calendar date it starts with (the date as the user
+/// entered it, whatever zone follows), else the UTC date of a date-time in any form
+/// [`instant`] reads, else the value as sent (a date written in words, say), so nothing the
+/// user entered is lost. Outside text is never cut by byte index: a date-like prefix is taken
+/// with `str::get`, which refuses a cut inside a character (a French or Japanese date once
+/// panicked here).
+fn date(value: &Value) -> Value {
+    let calendar = |text: &str| {
+        let day = text.get(..10)?;
+        chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").ok().map(|d| d.format("%Y-%m-%d").to_string())
+    };
+    if let Some(day) = value.as_str().and_then(|s| calendar(s.trim_start())) {
+        return json!(day);
+    }
+    if let Some(day) = instant(Some(value)).get("utc").and_then(Value::as_str).and_then(calendar) {
+        return json!(day);
+    }
+    match value {
+        Value::String(s) if !s.trim().is_empty() => value.clone(),
+        _ => Value::Null,
+    }
+}
+
 /// Takes an inline media value (base64 `bytes`) out of the record: its bytes go to `media`,
 /// the record keeps where they are.
 fn media_reference(value: &Value, media: &mut Vec<Media>, media_path: &dyn Fn(&str) -> String) -> Option<Value> {
     let bytes = value.get("bytes").and_then(Value::as_str)?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(bytes.trim()).ok()?;
-    let id = text(value.get("identifier")).unwrap_or_else(|| hex::encode(&Sha256::digest(&decoded)[..8]));
-    let safe_id: String =
-        id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(64).collect();
+    let mut id = media_id(text(value.get("identifier")).as_deref(), &decoded);
+    if media.iter().any(|m| m.id == id && m.bytes != decoded) {
+        // The same identifier with other bytes (a hostile or broken document): both are kept.
+        id = format!("{id}-{}", short_hash(&decoded));
+    }
     let item = Media {
-        id: safe_id.clone(),
+        id: id.clone(),
         filename: text(value.get("filename")),
         content_type: text(value.get("contentType")),
         bytes: decoded,
     };
-    let reference = json!({ "media_id": safe_id, "filename": item.filename, "content_type": item.content_type, "path": media_path(&safe_id) });
+    let reference = json!({ "media_id": id, "filename": item.filename, "content_type": item.content_type, "path": media_path(&id) });
     if !media.iter().any(|m| m.id == item.id) {
         media.push(item);
     }
     Some(reference)
+}
+
+/// The name a media item is stored under, the last segment of a blob path: its identifier when
+/// that is already safe (letters, digits, `-`, `_`, `.`; at most 64; not empty, `.` or `..`),
+/// otherwise what is safe of it followed by a hash of the whole identifier, so two identifiers
+/// that sanitise alike (`a/b`, `ab?`) never share a blob; without an identifier, a hash of the
+/// bytes.
+pub fn media_id(identifier: Option<&str>, bytes: &[u8]) -> String {
+    let allowed = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    match identifier {
+        None => short_hash(bytes),
+        Some(id) => {
+            let safe: String = id.chars().filter(allowed).take(64).collect();
+            if safe == id && !safe.is_empty() && safe != "." && safe != ".." {
+                safe
+            } else {
+                let kept: String = safe.trim_matches('.').chars().take(40).collect();
+                let hash = short_hash(id.as_bytes());
+                if kept.is_empty() {
+                    hash
+                } else {
+                    format!("{kept}-{hash}")
+                }
+            }
+        }
+    }
+}
+
+/// 16 hex digits of the SHA-256 of `bytes`.
+fn short_hash(bytes: &[u8]) -> String {
+    crate::naming::hex_prefix(&Sha256::digest(bytes), 16)
 }
 
 /// The time a record's order is judged by when nothing better is known.
@@ -354,6 +410,61 @@ mod tests {
         let mut edited = document();
         edited["pages"][0]["sections"][0]["answers"][0]["values"] = json!(["Fail"]);
         assert_ne!(content_hash(&normalise(&edited, &path).unwrap().record), content_hash(&a.record));
+    }
+
+    fn answer(kind: &str, values: Value) -> Value {
+        let document =
+            json!({"identifier": "1", "pages": [{"answers": [{"label": "A", "type": kind, "values": values}]}]});
+        normalise(&document, &path).unwrap().record["answers"]["A"].clone()
+    }
+
+    /// Issue 20: a multi-byte character across the tenth byte of a Date answer panicked.
+    #[test]
+    fn dates_in_any_text_are_read_or_kept_as_sent() {
+        assert_eq!(answer("Date", json!(["2025-03-10"])), "2025-03-10");
+        assert_eq!(answer("Date", json!(["2025-03-10T23:30:00-05:00"])), "2025-03-10", "the date as entered");
+        assert_eq!(answer("Date", json!([{"provided": {"time": "2025-03-10T23:30:00-05:00"}}])), "2025-03-11");
+        for text in ["7 décembre 2026", "2026年12月7日です", "202😀-12-07", "12/07/2026 é", "é".repeat(20).as_str()]
+        {
+            assert_eq!(answer("Date", json!([text])), text, "{text:?} kept as sent");
+        }
+        assert_eq!(answer("Date", json!(["2025-13-45"])), "2025-13-45", "not a calendar date: kept");
+        assert_eq!(answer("Date", json!([" "])), Value::Null);
+        assert_eq!(answer("Date", json!([17])), Value::Null);
+        assert_eq!(answer("Date", json!([])), Value::Null);
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_are_kept_as_sent() {
+        assert_eq!(answer("Number", json!(["1e999"])), "1e999");
+        assert_eq!(answer("Number", json!(["NaN"])), "NaN");
+        assert_eq!(answer("Number", json!([" 2.5 "])), 2.5);
+    }
+
+    /// Media names are blob path segments: never empty or a dot segment, and two identifiers
+    /// never share one.
+    #[test]
+    fn media_are_stored_under_collision_free_names() {
+        let item = |id: Value, bytes: &str| json!({"identifier": id, "bytes": bytes});
+        let document = json!({"identifier": "1", "pages": [{"answers": [{"label": "P", "type": "Image", "values": [
+            item(json!(""), "YQ=="), item(json!("."), "Yg=="), item(json!(".."), "Yw=="),
+            item(json!("a/b"), "ZA=="), item(json!("ab"), "ZQ=="), item(json!("ab?"), "Zg=="),
+            item(json!("x"), "Zw=="), item(json!("x"), "aA=="), item(json!("x"), "Zw=="),
+            item(json!("é".repeat(80)), "aQ=="),
+        ]}]}]});
+        let n = normalise(&document, &path).unwrap();
+        let ids: Vec<&str> = n.media.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids.len(), 9, "one item per distinct content: {ids:?}");
+        let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        for id in &ids {
+            assert!(!id.is_empty() && *id != "." && *id != "..", "{ids:?}");
+            assert!(id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{id}");
+        }
+        assert!(ids.contains(&"ab") && ids.contains(&"x"), "safe identifiers keep their names: {ids:?}");
+        let references = n.record["answers"]["P"].as_array().unwrap();
+        assert_eq!(references.len(), 10);
+        assert_eq!(references[6]["media_id"], references[8]["media_id"], "the same item twice is one");
     }
 
     #[test]

@@ -52,8 +52,8 @@ impl ClientCertificate {
 }
 
 fn certificate_der(pem: &str) -> Option<Vec<u8>> {
-    let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
-    let end = start + pem[start..].find("-----END CERTIFICATE-----")?;
-    let body: String = pem[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let (_, after_begin) = pem.split_once("-----BEGIN CERTIFICATE-----")?;
+    let (inside, _) = after_begin.split_once("-----END CERTIFICATE-----")?;
+    let body: String = inside.chars().filter(|c| !c.is_whitespace()).collect();
     base64::engine::general_purpose::STANDARD.decode(body).ok()
 }

@@ -86,7 +86,7 @@ pub fn hash_hex(value: &str) -> String {
 
 /// The cookie name for the flow whose `state` hashes to `state_hash`.
 pub fn cookie_name(state_hash: &str) -> String {
-    format!("{COOKIE_PREFIX}{}", &state_hash[..16])
+    format!("{COOKIE_PREFIX}{}", state_hash.chars().take(16).collect::<String>())
 }
 
 /// Creates and stores a pending flow.

@@ -251,11 +251,14 @@ fn read_header(token: &str, allowed: &[Algorithm]) -> Result<Header, IdTokenErro
     if parts.len() == 5 {
         return Err(IdTokenError::Encrypted);
     }
-    if parts.len() != 3 || parts[..2].iter().any(|p| p.is_empty()) {
+    let [encoded_header, payload, _] = parts.as_slice() else {
+        return Err(IdTokenError::Malformed("it is not three base64url parts separated by dots".into()));
+    };
+    if encoded_header.is_empty() || payload.is_empty() {
         return Err(IdTokenError::Malformed("it is not three base64url parts separated by dots".into()));
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(parts[0])
+        .decode(encoded_header)
         .map_err(|_| IdTokenError::Malformed("the header is not base64url".into()))?;
     let header: Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|_| IdTokenError::Malformed("the header is not a JSON object".into()))?;

@@ -349,11 +349,11 @@ fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
 }
 
 fn significant_bits(big_endian: &[u8]) -> usize {
-    let trimmed: &[u8] = match big_endian.iter().position(|&b| b != 0) {
-        Some(first) => &big_endian[first..],
-        None => return 0,
-    };
-    trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
+    let mut significant = big_endian.iter().skip_while(|&&b| b == 0);
+    match significant.next() {
+        Some(first) => (significant.count() + 1) * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
 }
 
 #[cfg(test)]

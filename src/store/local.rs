@@ -672,9 +672,9 @@ impl QueueStore for LocalStore {
 }
 
 fn uuid_like() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let hex = hex::encode(rand::random::<[u8; 16]>());
+    let mut chars = hex.chars();
+    [8, 4, 4, 4, 12].map(|n| chars.by_ref().take(n).collect::<String>()).join("-")
 }
 
 fn secret_aad(name: &str, version: &str) -> Vec<u8> {

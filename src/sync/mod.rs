@@ -174,7 +174,7 @@ fn cursor_row(settings: &SyncSettings) -> String {
     filter.push('|');
     filter.push_str(&settings.formspace_ids.join(","));
     use sha2::Digest;
-    format!("processed-{}", &hex::encode(sha2::Sha256::digest(filter.as_bytes()))[..16])
+    format!("processed-{}", crate::naming::hex_prefix(&sha2::Sha256::digest(filter.as_bytes()), 16))
 }
 
 async fn walk(

@@ -97,7 +97,7 @@ fn slot_scope(credentials: &Credentials<'_>, connection: &str) -> String {
     match credentials {
         Credentials::Basic { key_id, .. } => {
             use sha2::Digest;
-            format!("key-{}", &hex::encode(sha2::Sha256::digest(key_id.as_bytes()))[..16])
+            format!("key-{}", crate::naming::hex_prefix(&sha2::Sha256::digest(key_id.as_bytes()), 16))
         }
         Credentials::Bearer(_) => format!("connection-{connection}"),
     }

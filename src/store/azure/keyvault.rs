@@ -714,6 +714,9 @@ struct TryTimeout(Duration);
 
 #[async_trait]
 impl Policy for TryTimeout {
+    // azure_core's pipeline always ends with its transport policy, so a policy's `next` is
+    // never empty (our own pipeline, not outside input).
+    #[allow(clippy::indexing_slicing)]
     async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
         let exchange = async {
             let response = next[0].send(ctx, request, &next[1..]).await?;
