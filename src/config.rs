@@ -332,6 +332,9 @@ pub struct WebhookSettings {
     /// `WEBHOOK_RECOVERY_SECONDS`: a stored push not yet queued after this long is queued by the
     /// recovery pass (its request died between the two writes).
     pub recovery_after: Duration,
+    /// `WEBHOOK_MAX_BACKLOG_SECONDS`: status needs attention when a push has waited longer than
+    /// this to be processed (processing stopped, or keeps failing).
+    pub max_backlog_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -924,6 +927,7 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
         max_body_bytes: p.number("WEBHOOK_MAX_BODY_BYTES", 10 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         id_field: p.text("WEBHOOK_ID_FIELD"),
         recovery_after: Duration::from_secs(p.number("WEBHOOK_RECOVERY_SECONDS", 60, 1, 86_400)),
+        max_backlog_age: Duration::from_secs(p.number("WEBHOOK_MAX_BACKLOG_SECONDS", 900, 10, 7 * 86_400)),
     };
     match settings.auth {
         Some(WebhookAuth::Basic) if settings.basic_username.is_none() || settings.basic_passwords.is_empty() => p

@@ -86,7 +86,20 @@ fn error_body(code: &str, message: String) -> Value {
             "error": { "code": code, "message": message } })
 }
 
+/// One invocation, isolated: a panic on its way is a failed invocation (500, so the host
+/// retries a queue message and poisons it in the end), never a dropped connection.
 async fn invoke(State(state): State<HostState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let function = shown(&name);
+    match crate::telemetry::isolate(invoke_unguarded(state, name, headers, body)).await {
+        Ok(response) => response,
+        Err(panicked) => {
+            tracing::error!(function = %function, error = %panicked, "an invocation failed on an internal error");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, error_body("invocation_failed", panicked.to_string()))
+        }
+    }
+}
+
+async fn invoke_unguarded(state: HostState, name: String, headers: HeaderMap, body: Body) -> Response {
     let app = state.app;
     let Some(function) = functions::by_name(&name) else {
         // Read the envelope anyway: replying before the body is consumed makes hyper close the

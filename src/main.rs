@@ -89,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         command: PoisonCommand,
     },
+    /// Submissions that could not be landed (refused for good, kept as received with the reason).
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// The consented connections: list them, turn one off or on, or delete one with its tokens.
     Connection {
         #[command(subcommand)]
@@ -140,6 +145,25 @@ enum ConnectionCommand {
 }
 
 #[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List the quarantined submissions with the reason each could not be landed.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Land quarantined submissions again from their kept bytes (after a fix): one (by
+    /// submission id or `{id}.{sha256}` key) or, with --all, every one. Those that land leave
+    /// the quarantine; the others stay with the new reason.
+    Retry {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PoisonCommand {
     /// List the poisoned messages with the error their push last recorded.
     List {
@@ -180,6 +204,7 @@ fn main() -> ExitCode {
             Command::ConsentUrl { connection } => consent_url(&raw, &connection),
             Command::Submissions { command } => submissions(&raw, command).await,
             Command::Poison { command } => poison(&raw, command).await,
+            Command::Quarantine { command } => quarantine(&raw, command).await,
             Command::Connection { command } => connection(&raw, command).await,
             Command::Sync { once, connection, json } => sync_once(&raw, once, connection, json).await,
             Command::Token { connection, force } => token(&raw, connection, force).await,
@@ -496,23 +521,15 @@ async fn submissions(raw: &RawSettings, command: SubmissionsCommand) -> anyhow::
     use std::io::Write;
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stderr);
-    let app = open_app(settings.clone(), Mode::Cli)?;
-    let (stores, settings) = (&app.stores, &settings);
+    let app = open_app(settings, Mode::Cli)?;
+    let app_ref = &app;
     let connections = |only: Option<String>| async move {
         match only {
             Some(id) => {
                 truecontext_bridge::connections::validate_id(&id).map_err(|e| anyhow::anyhow!("--connection: {e}"))?;
                 Ok(vec![id])
             }
-            None => {
-                // Every connection that has data: the known ones, and any that synced under
-                // another configuration (the demo's, say).
-                let mut ids = truecontext_bridge::connections::known_ids(stores, settings).await?;
-                ids.extend(truecontext_bridge::sync::last_syncs(stores).await?.into_iter().map(|l| l.connection));
-                ids.sort();
-                ids.dedup();
-                Ok::<_, anyhow::Error>(ids)
-            }
+            None => data_connections(app_ref).await,
         }
     };
     match command {
@@ -697,6 +714,84 @@ async fn poison(raw: &RawSettings, command: PoisonCommand) -> anyhow::Result<Exi
     }
 }
 
+async fn quarantine(raw: &RawSettings, command: QuarantineCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use truecontext_bridge::landing::quarantine::{self, Retried};
+    let settings = load_settings(raw)?;
+    telemetry::init(settings.log_format, Output::Stderr);
+    let app = open_app(settings.clone(), Mode::Cli)?;
+    let connections = data_connections(&app).await.context("cannot list the connections")?;
+    let entries = quarantine::list(&app.stores, &connections).await.context("cannot read the quarantine")?;
+    let line = |e: &quarantine::Entry| {
+        format!(
+            "{}  {}  {}  {}  retries {}  {}",
+            e.connection,
+            e.row.identifier,
+            e.row.source.name(),
+            e.row.quarantined_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            e.row.retries,
+            e.row.reason
+        )
+    };
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        QuarantineCommand::List { json } => {
+            for entry in &entries {
+                if json {
+                    writeln!(stdout, "{}", serde_json::to_string(entry)?)?;
+                } else {
+                    writeln!(stdout, "{}", line(entry))?;
+                }
+            }
+            if !json && entries.is_empty() {
+                writeln!(stdout, "nothing is quarantined")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QuarantineCommand::Retry { id, all: _ } => {
+            let chosen: Vec<quarantine::Entry> = match &id {
+                Some(id) => entries.into_iter().filter(|e| &e.key == id || &e.row.identifier == id).collect(),
+                None => entries,
+            };
+            if chosen.is_empty() {
+                match id {
+                    Some(id) => bail!("no quarantined submission has the id or key {id:?}"),
+                    None => writeln!(stdout, "nothing is quarantined")?,
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let settings = &app.settings;
+            let landing = landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+            let retried = quarantine::retry(&landing, &chosen).await.context("the retry stopped on a store error")?;
+            let mut refused = 0;
+            for (entry, result) in &retried {
+                match result {
+                    Retried::Landed { landed } => writeln!(
+                        stdout,
+                        "landed {} {} (v{}, {:?})",
+                        entry.connection, entry.row.identifier, landed.version, landed.outcome
+                    )?,
+                    Retried::Refused { reason } => {
+                        refused += 1;
+                        writeln!(stdout, "still refused {} {}: {reason}", entry.connection, entry.row.identifier)?
+                    }
+                }
+            }
+            Ok(if refused == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Every connection that may have data: the known ones, and any that synced under another
+/// configuration (the demo's, say).
+async fn data_connections(app: &App) -> anyhow::Result<Vec<String>> {
+    let mut ids = truecontext_bridge::connections::known_ids(&app.stores, &app.settings).await?;
+    ids.extend(truecontext_bridge::sync::last_syncs(&app.stores).await?.into_iter().map(|l| l.connection));
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     let port = raw
         .get("FUNCTIONS_CUSTOMHANDLER_PORT")
@@ -713,10 +808,15 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     let app = open_app(settings, Mode::Functions)?;
     tracing::info!(port, store = app.stores.kind.name(), "custom handler listening on 127.0.0.1:{port}");
     let stop = CancellationToken::new();
-    let upkeep = tokio::spawn(standalone::run_housekeeping(app.clone(), Duration::from_secs(60), stop.clone()));
+    let workers = [
+        supervised(&app, "housekeeping", &stop, |app, stop| standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)),
+        supervised(&app, "counters", &stop, standalone::run_counters),
+    ];
     let served = axum::serve(listener, host::router(app)).with_graceful_shutdown(shutdown_signal()).await;
     stop.cancel();
-    let _ = upkeep.await;
+    for worker in workers {
+        let _ = worker.await;
+    }
     served?;
     Ok(ExitCode::SUCCESS)
 }
@@ -755,20 +855,23 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
     let mut workers = Vec::new();
     for function in functions::FUNCTIONS {
         match function.trigger {
-            Trigger::Timer => workers.push(tokio::spawn(standalone::run_timer(
-                app.clone(),
-                function,
-                settings.sync_schedule.clone(),
-                stop.clone(),
-            ))),
-            Trigger::Queue => {
-                let worker = standalone::QueueWorker::for_function(app.clone(), function);
-                workers.push(tokio::spawn(worker.run(app.stores.queues.clone(), stop.clone())));
+            Trigger::Timer => {
+                let schedule = settings.sync_schedule.clone();
+                workers.push(supervised(&app, "timer", &stop, move |app, stop| {
+                    standalone::run_timer(app, function, schedule.clone(), stop)
+                }));
             }
+            Trigger::Queue => workers.push(supervised(&app, "queue worker", &stop, move |app, stop| {
+                let worker = standalone::QueueWorker::for_function(app.clone(), function);
+                worker.run(app.stores.queues.clone(), stop)
+            })),
             Trigger::Http { .. } => {}
         }
     }
-    workers.push(tokio::spawn(standalone::run_housekeeping(app.clone(), Duration::from_secs(60), stop.clone())));
+    workers.push(supervised(&app, "housekeeping", &stop, |app, stop| {
+        standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)
+    }));
+    workers.push(supervised(&app, "counters", &stop, standalone::run_counters));
     let served = axum::serve(listener, standalone::router(app, key)).with_graceful_shutdown(shutdown_signal()).await;
     stop.cancel();
     for worker in workers {
@@ -811,6 +914,24 @@ async fn serve_demo(mut raw: RawSettings, port: Option<u16>, address: Option<IpA
 #[cfg(not(feature = "demo"))]
 async fn serve_demo(_: RawSettings, _: Option<u16>, _: Option<IpAddr>) -> anyhow::Result<ExitCode> {
     bail!("this build has no demo: it was built without the `demo` feature (the deploy package leaves it out)")
+}
+
+/// How often a running server of either mode runs its housekeeping.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// Spawns one of a server's long-lived tasks under [`standalone::supervise`].
+fn supervised<Fut>(
+    app: &App,
+    task: &'static str,
+    stop: &CancellationToken,
+    start: impl Fn(App, CancellationToken) -> Fut + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (app, stop) = (app.clone(), stop.clone());
+    let starter = (app.clone(), stop.clone());
+    tokio::spawn(standalone::supervise(app, task, stop, move || start(starter.0.clone(), starter.1.clone())))
 }
 
 async fn shutdown_signal() {

@@ -61,7 +61,23 @@ pub async fn function_key(
     Ok((winner, true))
 }
 
+/// Every request, isolated: a panic anywhere on its way answers it 500 and affects nothing else
+/// (the handlers isolate their own work too; this covers the front door's part).
 async fn handle(State(state): State<Standalone>, request: Request) -> Response {
+    match crate::telemetry::isolate(route(state, request)).await {
+        Ok(response) => response,
+        Err(panicked) => {
+            tracing::error!(error = %panicked, "a request failed on an internal error");
+            to_axum(HttpResponse::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request failed on an internal error; it was logged",
+            ))
+        }
+    }
+}
+
+async fn route(state: Standalone, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let route = path.strip_prefix("/api/").or_else(|| path.strip_prefix("/API/")).map(|r| r.trim_end_matches('/'));
     let Some(function) = route.and_then(functions::by_route) else {
@@ -163,6 +179,66 @@ pub async fn run_housekeeping(app: App, every: Duration, stop: CancellationToken
     }
 }
 
+/// Writes this process's counters whenever one changed, every [`FLUSH_EVERY`], so what happened
+/// since the last request (a restart, say) reaches status.
+///
+/// [`FLUSH_EVERY`]: crate::webhook::counters::FLUSH_EVERY
+pub async fn run_counters(app: App, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::webhook::counters::FLUSH_EVERY) => {}
+        }
+        if let Err(e) = app.webhook_counters().flush_if_changed(&app.stores).await {
+            tracing::debug!(error = %e, "the counters could not be written");
+        }
+    }
+}
+
+/// The first wait before a stopped task is started again; doubled per restart up to
+/// [`MAX_RESTART_WAIT`], and back to this after a task ran [`STEADY_RUN`] without stopping.
+const FIRST_RESTART_WAIT: Duration = Duration::from_secs(1);
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(60);
+const STEADY_RUN: Duration = Duration::from_secs(300);
+
+/// Keeps one long-lived task of a server (the timer, the queue worker, housekeeping, the
+/// counters) running until `stop` fires: one that ends or panics before then is logged,
+/// counted (status shows restarts) and started again after a growing wait. Before, a panic in
+/// the queue worker ended it for good while everything else, status included, looked fine.
+pub async fn supervise<F, Fut>(app: App, task: &'static str, stop: CancellationToken, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut wait = FIRST_RESTART_WAIT;
+    loop {
+        let started = std::time::Instant::now();
+        let ended = tokio::spawn(start()).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        let reason = match ended {
+            Ok(()) => "it ended".to_owned(),
+            Err(e) if e.is_panic() => crate::telemetry::Panicked::from_payload(e.into_panic().as_ref()).to_string(),
+            Err(_) => "it was cancelled".to_owned(),
+        };
+        if started.elapsed() >= STEADY_RUN {
+            wait = FIRST_RESTART_WAIT;
+        }
+        tracing::error!(task, reason = %reason, wait_ms = wait.as_millis() as u64, "a supervised task stopped; it is started again");
+        let counters = app.webhook_counters();
+        counters.restarted(task, &reason);
+        if let Err(e) = counters.flush(&app.stores).await {
+            tracing::warn!(error = %e, "the restart could not be recorded for status");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(MAX_RESTART_WAIT);
+    }
+}
+
 type QueueHandler =
     Arc<dyn Fn(QueueInput) -> Pin<Box<dyn Future<Output = Result<(), InvocationError>> + Send>> + Send + Sync>;
 
@@ -242,7 +318,10 @@ impl QueueWorker {
         let input =
             QueueInput { id: message.id.clone(), dequeue_count: message.dequeue_count, body: message.body.clone() };
         let span = tracing::info_span!("message", queue = %self.queue, id = %message.id, dequeue_count = message.dequeue_count);
-        let result = tracing::Instrument::instrument((self.handler)(input), span).await;
+        // The handler isolates its own work; this also covers a handler that does not, so one
+        // message's panic can never end the worker.
+        let handled = crate::telemetry::isolate(tracing::Instrument::instrument((self.handler)(input), span)).await;
+        let result = handled.unwrap_or_else(|panicked| Err(panicked.into()));
         match result {
             Ok(()) => queues.delete_message(&self.queue, &message.id, &message.pop_receipt).await?,
             Err(e) if message.dequeue_count >= self.max_dequeue_count => {

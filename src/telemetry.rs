@@ -121,6 +121,7 @@ pub fn under_functions_host() -> bool {
 /// Servers log to stdout (the host records it as Information; stderr would be Error); the
 /// CLI logs to stderr so its stdout stays clean for output.
 pub fn init(format: LogFormat, output: Output) {
+    install_panic_hook();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
@@ -201,6 +202,57 @@ impl Visit for LineVisitor {
             let _ = write!(self.0, " {}={value:?}", field.name());
         }
     }
+}
+
+/// A unit of work (a request, a queue message, one connection's sync run, one landing) that
+/// panicked, with the panic's message (scrubbed, at most 300 characters). The unit fails
+/// alone: its caller turns this into that unit's failure (a 500, a redelivery, a recorded
+/// stop, a quarantined document) and carries on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an internal error stopped it (a bug, logged): {0}")]
+pub struct Panicked(pub String);
+
+impl Panicked {
+    /// From what `catch_unwind` or a panicked task's `JoinError::into_panic` hands back.
+    pub fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+        Panicked(panic_text(payload))
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    printable(&redact(text), 300)
+}
+
+/// Runs one unit of work so that a panic inside it becomes its own `Err`, never a stopped
+/// worker or a dropped connection. Shared state stays usable: our locks recover from poisoning
+/// (`unwrap_or_else(into_inner)`) and tokio's do not poison.
+pub async fn isolate<F: std::future::Future>(unit: F) -> Result<F::Output, Panicked> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(unit).catch_unwind().await.map_err(|payload| Panicked::from_payload(payload.as_ref()))
+}
+
+/// [`isolate`] for synchronous work (parsing, normalising).
+pub fn isolate_sync<T>(unit: impl FnOnce() -> T) -> Result<T, Panicked> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(unit)).map_err(|payload| Panicked::from_payload(payload.as_ref()))
+}
+
+/// Replaces the default panic message (raw text on stderr, past the scrubber) with one log
+/// event through the scrubbed outputs: where, and what, never a backtrace of values.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map_or_else(|| "unknown".to_owned(), |l| format!("{}:{}", l.file(), l.line()));
+        let message = panic_text(info.payload());
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(location = %location, panic = %message, "a unit of work panicked; it fails alone");
+        } else {
+            eprintln!("error: internal error at {location}: {message}");
+        }
+    }));
 }
 
 /// Outside input fit for an error message: control characters dropped, at most `max_chars`

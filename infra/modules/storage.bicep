@@ -60,6 +60,7 @@ var tableNames = [
   'tcbridgebudgets'
   'tcbridgeincoming'
   'tcbridgedeliveries'
+  'tcbridgequarantine'
 ]
 
 var queueNames = [

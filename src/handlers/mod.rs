@@ -145,6 +145,9 @@ pub enum InvocationError {
     Unavailable(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The invocation panicked: it fails alone (retried, then poisoned, by the front door).
+    #[error(transparent)]
+    Internal(#[from] crate::telemetry::Panicked),
 }
 
 impl App {
@@ -250,8 +253,23 @@ impl App {
     }
 
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is
-    /// the front door's job (the host does it in Azure); everything else happens here.
+    /// the front door's job (the host does it in Azure); everything else happens here. A panic
+    /// answers this request 500 (logged, scrubbed, its message never sent) and nothing else.
     pub async fn http(&self, function: &Function, request: HttpRequest) -> HttpResponse {
+        match crate::telemetry::isolate(self.http_unguarded(function, request)).await {
+            Ok(response) => response,
+            Err(panicked) => {
+                tracing::error!(function = function.name, error = %panicked, "a request failed on an internal error");
+                HttpResponse::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "the request failed on an internal error; it was logged, and nothing else was affected",
+                )
+            }
+        }
+    }
+
+    async fn http_unguarded(&self, function: &Function, request: HttpRequest) -> HttpResponse {
         let Trigger::Http { methods, .. } = function.trigger else {
             return HttpResponse::error(
                 StatusCode::NOT_FOUND,
@@ -281,19 +299,26 @@ impl App {
         }
     }
 
-    /// Runs a timer-triggered function.
+    /// Runs a timer-triggered function; a panic fails this run alone.
     pub async fn timer(&self, function: &Function, info: TimerInfo) -> Result<(), InvocationError> {
-        match function.name {
-            "sync" => sync::run(self, info).await,
-            name => Err(InvocationError::Unavailable(format!("{name} is not a timer function"))),
-        }
+        let run = async {
+            match function.name {
+                "sync" => sync::run(self, info).await,
+                name => Err(InvocationError::Unavailable(format!("{name} is not a timer function"))),
+            }
+        };
+        crate::telemetry::isolate(run).await?
     }
 
-    /// Runs a queue-triggered function.
+    /// Runs a queue-triggered function; a panic fails this message alone (redelivered, then
+    /// poisoned).
     pub async fn queue(&self, function: &Function, input: QueueInput) -> Result<(), InvocationError> {
-        match function.name {
-            "process" => process::run(self, input).await,
-            name => Err(InvocationError::Unavailable(format!("{name} is not a queue function"))),
-        }
+        let run = async {
+            match function.name {
+                "process" => process::run(self, input).await,
+                name => Err(InvocationError::Unavailable(format!("{name} is not a queue function"))),
+            }
+        };
+        crate::telemetry::isolate(run).await?
     }
 }

@@ -80,8 +80,13 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
     let landing =
         crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
     let documents = Documents { app };
-    let result = crate::webhook::process(&app.stores, &settings.landing.container, &landing, &documents, &push).await;
-    let outcome = match result {
+    let alert_webhook = settings.tokens.alert_webhook.as_ref();
+    let processing =
+        crate::webhook::process(&app.stores, &settings.landing.container, &landing, &documents, &push, alert_webhook);
+    // A panic is this message's failure like any other: recorded, retried, then poisoned with
+    // its row, counter and alert (before, it escaped past all three).
+    let result = crate::telemetry::isolate(processing).await;
+    let outcome = match result.map_err(|panicked| panicked.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
         Ok(processed) => {
             match &processed {
                 Processed::Landed(landed) => {
@@ -91,13 +96,17 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
                 Processed::AlreadyDone => {
                     tracing::info!(connection = %push.connection, key = %push.key, "push already processed")
                 }
+                Processed::Quarantined(kept) => {
+                    Counters::bump(&counters.quarantined);
+                    tracing::warn!(connection = %push.connection, key = %push.key, reason = %kept.row.reason, "push quarantined");
+                }
                 Processed::Unknown => {
                     tracing::warn!(connection = %push.connection, key = %push.key, "no stored push for this message; nothing to do")
                 }
             }
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     counters.flush_soon(&app.stores);
     let Err(error) = outcome else { return Ok(()) };

@@ -32,6 +32,11 @@ pub struct StatusReport {
     pub truecontext: Vec<TrueContextStatus>,
     /// Pushes: what the webhook received and refused, what processing did, what is in hand.
     pub webhook: WebhookStatus,
+    /// Submissions the landing refused for good, kept as received (`tcbridge quarantine list`).
+    pub quarantine: QuarantineStatus,
+    /// Restarts of the servers' supervised tasks (timer, queue worker, housekeeping, counters),
+    /// summed over every instance, and the latest.
+    pub supervision: SupervisionStatus,
     /// Alerts not yet delivered to `ALERT_WEBHOOK_URL` (retried with backoff).
     pub alerts_undelivered: Vec<Alert>,
     /// Settings that a feature still needs (names only, never values).
@@ -51,6 +56,26 @@ pub struct WebhookStatus {
     pub queue_depth: usize,
     pub poison_queue_depth: usize,
 }
+
+#[derive(Debug, Serialize)]
+pub struct QuarantineStatus {
+    pub count: usize,
+    pub by_connection: std::collections::BTreeMap<String, usize>,
+    /// The oldest few, with their reasons.
+    pub oldest: Vec<crate::landing::quarantine::Entry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SupervisionStatus {
+    pub task_restarts: std::collections::BTreeMap<String, u64>,
+    pub last_restart: Option<crate::webhook::counters::Restart>,
+}
+
+/// A restart this recent makes status ask for attention (a task that keeps stopping restarts
+/// at least every minute, so it stays this recent).
+const RESTART_ATTENTION: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+/// Quarantined submissions status shows in full.
+const QUARANTINE_SHOWN: usize = 5;
 
 /// One connection's use of TrueContext.
 #[derive(Debug, Serialize)]
@@ -208,8 +233,46 @@ impl StatusReport {
                 )
             })
         }));
+        attention.extend(truecontext.iter().filter_map(|t| {
+            let last = t.last_sync.as_ref()?;
+            // A stalled cursor is said above; a failing run that still moves is said here.
+            (last.runs_without_progress < crate::sync::STALL_RUNS)
+                .then(|| last.attention().map(|a| format!("{}: {a}", t.connection)))
+                .flatten()
+        }));
         attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
         let webhook = webhook_status(app, &known_all).await?;
+        let waited = webhook.backlog.oldest_waiting_age_seconds.unwrap_or(0);
+        let max_wait = app.settings.webhook.max_backlog_age.as_secs();
+        if waited > i64::try_from(max_wait).unwrap_or(i64::MAX) {
+            attention.push(format!(
+                "pushes are not being processed: the oldest waiting one was received {waited} s ago (more than \
+                 WEBHOOK_MAX_BACKLOG_SECONDS, {max_wait} s); check that the process function or the queue worker runs \
+                 and read its last errors in the log"
+            ));
+        }
+        let quarantine = quarantine_status(app, &known_all).await?;
+        if let Some(oldest) = quarantine.oldest.first() {
+            attention.push(format!(
+                "{} submission(s) cannot be landed and are kept in quarantine (the oldest, {} of {}: {}): see \
+                 `tcbridge quarantine list`; after a fix, `tcbridge quarantine retry --all`",
+                quarantine.count, oldest.row.identifier, oldest.connection, oldest.row.reason
+            ));
+        }
+        let supervision = SupervisionStatus {
+            task_restarts: webhook.counters.task_restarts.clone(),
+            last_restart: webhook.counters.last_restart.clone(),
+        };
+        if let Some(restart) = supervision.last_restart.as_ref().filter(|r| now - r.at < RESTART_ATTENTION) {
+            let total: u64 = supervision.task_restarts.values().sum();
+            attention.push(format!(
+                "a server task ({}) stopped and was started again at {} ({}); {total} restart(s) in all: read the log \
+                 around that time",
+                restart.task,
+                restart.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                restart.reason
+            ));
+        }
         if webhook.poison_queue_depth > 0 {
             attention.push(format!(
                 "{} message(s) in the poison queue: see `tcbridge poison list`, then `tcbridge poison replay`",
@@ -238,6 +301,8 @@ impl StatusReport {
             app_alerts,
             truecontext,
             webhook,
+            quarantine,
+            supervision,
             alerts_undelivered,
             sync: SyncStatus {
                 schedule: schedule.describe(),
@@ -289,6 +354,16 @@ async fn webhook_status(app: &App, connections: &[String]) -> Result<WebhookStat
         queue_depth: app.stores.queues.len(queue).await?,
         poison_queue_depth: app.stores.queues.len(&format!("{queue}-poison")).await?,
     })
+}
+
+async fn quarantine_status(app: &App, connections: &[String]) -> Result<QuarantineStatus, StoreError> {
+    let entries = crate::landing::quarantine::list(&app.stores, connections).await?;
+    let mut by_connection = std::collections::BTreeMap::new();
+    for entry in &entries {
+        *by_connection.entry(entry.connection.clone()).or_default() += 1;
+    }
+    let count = entries.len();
+    Ok(QuarantineStatus { count, by_connection, oldest: entries.into_iter().take(QUARANTINE_SHOWN).collect() })
 }
 
 async fn alert_names(app: &App, connection: &str) -> Result<Vec<String>, StoreError> {

@@ -96,6 +96,9 @@ pub fn advice(alert: &str, connection: Option<&str>) -> String {
         "push_poisoned" => "A pushed submission failed every delivery: `tcbridge poison list` shows why; fix the \
              cause, then `tcbridge poison replay --all`."
             .to_owned(),
+        "submission_quarantined" => "A submission cannot be landed and is kept as received: `tcbridge quarantine \
+             list` shows why; after a fix, `tcbridge quarantine retry --all`."
+            .to_owned(),
         _ => "See the README's runbook for this alert.".to_owned(),
     }
 }
@@ -372,6 +375,7 @@ mod tests {
             "app_credentials_rejected",
             "sync_stalled",
             "push_poisoned",
+            "submission_quarantined",
         ] {
             assert_ne!(advice(name, Some("x")), fallback, "{name}");
         }

@@ -15,6 +15,7 @@
 //!   next landing (at least once; consumers dedupe on connection, id and version).
 
 pub mod normalise;
+pub mod quarantine;
 
 use std::time::Duration;
 
@@ -96,6 +97,32 @@ pub enum LandingError {
     Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Landing this document panicked (a bug): it fails alone, and is quarantined like a
+    /// document the landing refuses.
+    #[error("landing it failed on an internal error: {0}")]
+    Panicked(String),
+}
+
+impl LandingError {
+    /// True when landing the same bytes again cannot succeed until something is fixed (the
+    /// document, or the bridge): such a document is quarantined rather than retried, so it
+    /// never blocks what comes after it. Store trouble and a busy turn are passing.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            LandingError::NotJson(_)
+            | LandingError::Document(_)
+            | LandingError::InvalidConnection(_)
+            | LandingError::Panicked(_)
+            | LandingError::Store(StoreError::Invalid { .. }) => true,
+            LandingError::Busy(_) | LandingError::Store(_) => false,
+        }
+    }
+}
+
+impl From<crate::telemetry::Panicked> for LandingError {
+    fn from(panicked: crate::telemetry::Panicked) -> Self {
+        LandingError::Panicked(panicked.0)
+    }
 }
 
 /// The index row of a landed submission (`submissions` table: connection, submission id).
@@ -146,32 +173,38 @@ impl<'a> Landing<'a> {
         format!("media/{connection}/{id}/{media}")
     }
 
-    /// Lands one document (see the module documentation for the rules).
+    /// Lands one document (see the module documentation for the rules). A panic while reading
+    /// or writing it is this document's failure ([`LandingError::Panicked`]), never the
+    /// caller's: the turn is given back either way.
     pub async fn land(&self, arrival: &Arrival<'_>) -> Result<Landed, LandingError> {
         crate::connections::validate_id(arrival.connection).map_err(LandingError::InvalidConnection)?;
-        let document: Value = serde_json::from_slice(arrival.raw).map_err(|e| {
-            LandingError::NotJson(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
-        })?;
         let connection = arrival.connection;
-        let id = sanitized_id(&normalise::identifier(&document)?)?;
-        let normalised = normalise(&document, &|media| Self::media_path(connection, &id, media))?;
+        let (id, normalised) = crate::telemetry::isolate_sync(|| Self::read(connection, arrival.raw))??;
         let sha256 = content_hash(&normalised.record);
         let turn = self.take_turn(connection, &id).await?;
-        let result = self.land_holding(arrival, &id, normalised, sha256).await;
+        let result = crate::telemetry::isolate(self.land_holding(arrival, &id, normalised, sha256))
+            .await
+            .unwrap_or_else(|panicked| Err(panicked.into()));
         if let Err(e) = lease::release(self.stores.tables.as_ref(), turn).await {
             tracing::warn!(connection, id = %id, error = %e, "a landing lease could not be released");
         }
         result
     }
 
+    /// The document's identifier and its normalised record; nothing is written.
+    fn read(connection: &str, raw: &[u8]) -> Result<(String, normalise::Normalised), LandingError> {
+        let document: Value = serde_json::from_slice(raw).map_err(|e| {
+            LandingError::NotJson(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
+        })?;
+        let id = sanitized_id(&normalise::identifier(&document)?)?;
+        let normalised = normalise(&document, &|media| Self::media_path(connection, &id, media))?;
+        Ok((id, normalised))
+    }
+
     /// Whether `raw` would replace a landed version of its submission with other content. A
     /// document that cannot be read says `false`: landing it gives the error.
     pub async fn would_change(&self, connection: &str, raw: &[u8]) -> Result<bool, LandingError> {
-        let Ok(document) = serde_json::from_slice::<Value>(raw) else { return Ok(false) };
-        let Some(id) = normalise::identifier(&document).ok().and_then(|id| sanitized_id(&id).ok()) else {
-            return Ok(false);
-        };
-        let Ok(normalised) = normalise(&document, &|media| Self::media_path(connection, &id, media)) else {
+        let Ok(Ok((id, normalised))) = crate::telemetry::isolate_sync(|| Self::read(connection, raw)) else {
             return Ok(false);
         };
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);

@@ -48,10 +48,12 @@ pub enum Table {
     Incoming,
     /// Pushes processed: what makes a redelivery a duplicate.
     Deliveries,
+    /// Documents the landing refused for good, kept with the reason (`landing::quarantine`).
+    Quarantine,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Connections,
         Table::PendingFlows,
         Table::Cursors,
@@ -62,6 +64,7 @@ impl Table {
         Table::Budgets,
         Table::Incoming,
         Table::Deliveries,
+        Table::Quarantine,
     ];
 
     /// Azure table names are alphanumeric, 3-63 characters, starting with a letter.
@@ -77,6 +80,7 @@ impl Table {
             Table::Budgets => "budgets",
             Table::Incoming => "incoming",
             Table::Deliveries => "deliveries",
+            Table::Quarantine => "quarantine",
         }
     }
 }

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::delta;
 use crate::config::SyncSettings;
-use crate::landing::{Arrival, IndexRow, Landing, LandingError, Outcome, Source};
+use crate::landing::{quarantine, Arrival, IndexRow, Landing, LandingError, Outcome, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
 use crate::truecontext::model::RecordHeader;
 use crate::truecontext::{Credentials, ListQuery, TrueContextClient, TrueContextError};
@@ -79,6 +79,8 @@ pub struct SyncSummary {
     pub documents_unchanged: u32,
     pub documents_older: u32,
     pub documents_gone: u32,
+    /// Documents the landing refused for good, kept in quarantine (`tcbridge quarantine list`).
+    pub documents_quarantined: u32,
     /// Listed records left out because their identifier is not one (`naming::is_record_id`).
     pub records_refused: u32,
     pub api_calls: u64,
@@ -346,6 +348,8 @@ enum Fetched {
     Gone,
     /// Not tried: another fetch of the page had already failed.
     Skipped,
+    /// The landing refused it for good: kept in quarantine.
+    Quarantined,
 }
 
 /// Fetches and lands the page's wanted documents, twice as many at a time as the call cap: the
@@ -376,6 +380,7 @@ async fn land_documents(
             Ok(Fetched::Landed(Outcome::Older)) => summary.documents_older += 1,
             Ok(Fetched::Gone) => summary.documents_gone += 1,
             Ok(Fetched::Skipped) => {}
+            Ok(Fetched::Quarantined) => summary.documents_quarantined += 1,
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -418,7 +423,16 @@ async fn fetch_and_land_one(
         Err(e) => return Err(e.into()),
     };
     let arrival = Arrival { connection, source: Source::Sync, raw: &document.bytes, order, processed_date: None };
-    Ok(Fetched::Landed(parts.landing.land(&arrival).await?.outcome))
+    match parts.landing.land(&arrival).await {
+        Ok(landed) => Ok(Fetched::Landed(landed.outcome)),
+        Err(e) if e.is_permanent() => {
+            // Kept with the reason; the walk goes on. Stopping here would stop every run at
+            // this page, and nothing processed after it would ever arrive.
+            quarantine::keep(parts.landing, parts.alert_webhook, &arrival, id, &e).await?;
+            Ok(Fetched::Quarantined)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The ids (and states) the overlap window `[start, previous_end]` lists now.

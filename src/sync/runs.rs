@@ -41,7 +41,27 @@ pub struct LastSync {
     /// it was recorded is not counted (what it landed is), and pushes are not counted here.
     pub landed_total: u64,
     pub runs: u64,
+    /// Runs in a row that stopped on a failure (anything but completing, the run's time limit
+    /// or a spent budget, which status reports apart).
+    #[serde(default)]
+    pub failed_runs_in_a_row: u32,
 }
+
+impl LastSync {
+    /// Why an operator should look at this connection's sync, if they should: it failed its
+    /// last runs, or the last one stopped on an internal error.
+    pub fn attention(&self) -> Option<String> {
+        let reason = self.stopped_reason.as_deref().unwrap_or("unknown");
+        if self.stopped_class.as_deref() == Some("internal") && self.failed_runs_in_a_row > 0 {
+            return Some(format!("the last sync run failed on an internal error (a bug; see the log): {reason}"));
+        }
+        (self.failed_runs_in_a_row >= FAILED_RUNS_ATTENTION)
+            .then(|| format!("the sync failed its last {} runs; last stop: {reason}", self.failed_runs_in_a_row))
+    }
+}
+
+/// Failed runs in a row after which status asks for attention.
+pub const FAILED_RUNS_ATTENTION: u32 = 2;
 
 /// What [`run_connection`] did.
 #[derive(Debug)]
@@ -65,7 +85,21 @@ pub async fn run_connection(
     };
     let keeper = lease::Keeper::keep(tables.clone(), held, LEASE_TTL);
     let before = cursor(parts.stores, parts.settings, connection).await?;
-    let summary = sync_connection(parts, connection, now).await;
+    // A panic stops this connection's run alone: recorded like any stop, the lease given back,
+    // and the caller goes on to the next connection.
+    let summary = match crate::telemetry::isolate(sync_connection(parts, connection, now)).await {
+        Ok(summary) => summary,
+        Err(panicked) => {
+            parts.client.release_slots().await;
+            tracing::error!(connection, error = %panicked, "the sync run failed on an internal error");
+            SyncSummary {
+                connection: connection.to_owned(),
+                stopped_reason: Some(format!("internal: {panicked}")),
+                stopped_class: Some("internal".to_owned()),
+                ..SyncSummary::default()
+            }
+        }
+    };
     let after = cursor(parts.stores, parts.settings, connection).await?;
     let position = |c: &Option<super::Cursor>| c.as_ref().map_or((None, 0), super::Cursor::position);
     let progressed = summary.completed || position(&before) != position(&after);
@@ -98,6 +132,8 @@ async fn record(parts: &SyncParts<'_>, summary: &SyncSummary, progressed: bool) 
     let connection = summary.connection.as_str();
     let previous = table.get::<LastSync>(PARTITION, connection).await?.map(|v| v.value).unwrap_or_default();
     let runs_without_progress = if progressed { 0 } else { previous.runs_without_progress + 1 };
+    let failed = !summary.completed
+        && !matches!(summary.stopped_class.as_deref(), Some("deadline" | "budget" | "call_count_expended"));
     let last = LastSync {
         connection: connection.to_owned(),
         finished_at: Some(Utc::now()),
@@ -111,6 +147,7 @@ async fn record(parts: &SyncParts<'_>, summary: &SyncSummary, progressed: bool) 
         runs_without_progress,
         landed_total: previous.landed_total + u64::from(summary.documents_landed),
         runs: previous.runs + 1,
+        failed_runs_in_a_row: if failed { previous.failed_runs_in_a_row + 1 } else { 0 },
     };
     // Runs of one connection are serialised by its lease: a plain upsert loses no count.
     table.upsert(PARTITION, connection, &last).await?;

@@ -1,4 +1,5 @@
-//! The webhook's and the processing's counters, for status: counted in memory on the hot path
+//! The webhook's and the processing's counters, and the restarts of this process's supervised
+//! tasks (the timer, the queue worker, housekeeping), for status: counted in memory on the hot path
 //! (atomics, no store write per request) and written to the `runs` table (partition
 //! `webhook-counters`, one row per process) at most every [`FLUSH_EVERY`], so status can add up
 //! every instance's. A process killed outright loses at most its last interval's counts; the
@@ -32,8 +33,25 @@ pub struct Figures {
     pub processed: u64,
     pub retried: u64,
     pub poisoned: u64,
+    /// Pushes the landing refused for good, kept in quarantine.
+    #[serde(default)]
+    pub quarantined: u64,
     #[serde(default)]
     pub updated_at: Option<DateTime<Utc>>,
+    /// Restarts of supervised tasks, by task (a task that ended or panicked was started again).
+    #[serde(default)]
+    pub task_restarts: BTreeMap<String, u64>,
+    /// The latest restart of any instance: when, which task, why.
+    #[serde(default)]
+    pub last_restart: Option<Restart>,
+}
+
+/// One restart of a supervised task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Restart {
+    pub at: DateTime<Utc>,
+    pub task: String,
+    pub reason: String,
 }
 
 impl Figures {
@@ -44,6 +62,7 @@ impl Figures {
         self.processed += other.processed;
         self.retried += other.retried;
         self.poisoned += other.poisoned;
+        self.quarantined += other.quarantined;
         for (k, v) in &other.rejected {
             *self.rejected.entry(k.clone()).or_default() += v;
         }
@@ -51,6 +70,12 @@ impl Figures {
             *self.auth_failures_by_source.entry(k.clone()).or_default() += v;
         }
         self.updated_at = self.updated_at.max(other.updated_at);
+        for (k, v) in &other.task_restarts {
+            *self.task_restarts.entry(k.clone()).or_default() += v;
+        }
+        if other.last_restart.as_ref().map(|r| r.at) > self.last_restart.as_ref().map(|r| r.at) {
+            self.last_restart = other.last_restart.clone();
+        }
     }
 }
 
@@ -63,7 +88,11 @@ pub struct Counters {
     pub processed: AtomicU64,
     pub retried: AtomicU64,
     pub poisoned: AtomicU64,
+    pub quarantined: AtomicU64,
     refusals: Mutex<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
+    restarts: Mutex<(BTreeMap<String, u64>, Option<Restart>)>,
+    /// What the last write stored (its time left out), so an idle process writes nothing.
+    last_written: Mutex<Option<Figures>>,
     last_flush: Mutex<Instant>,
     flushing: AtomicBool,
 }
@@ -78,7 +107,10 @@ impl Default for Counters {
             processed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             poisoned: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
             refusals: Mutex::default(),
+            restarts: Mutex::default(),
+            last_written: Mutex::default(),
             last_flush: Mutex::new(Instant::now()),
             flushing: AtomicBool::new(false),
         }
@@ -104,8 +136,16 @@ impl Counters {
         }
     }
 
+    /// A supervised task of this process was started again after it ended or panicked.
+    pub fn restarted(&self, task: &str, reason: &str) {
+        let mut restarts = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        *restarts.0.entry(task.to_owned()).or_default() += 1;
+        restarts.1 = Some(Restart { at: Utc::now(), task: task.to_owned(), reason: reason.to_owned() });
+    }
+
     fn snapshot(&self) -> Figures {
         let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let restarts = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Figures {
             received: load(&self.received),
@@ -116,7 +156,10 @@ impl Counters {
             processed: load(&self.processed),
             retried: load(&self.retried),
             poisoned: load(&self.poisoned),
+            quarantined: load(&self.quarantined),
             updated_at: Some(Utc::now()),
+            task_restarts: restarts.0.clone(),
+            last_restart: restarts.1.clone(),
         }
     }
 
@@ -141,8 +184,21 @@ impl Counters {
 
     /// Writes this process's row now.
     pub async fn flush(&self, stores: &Stores) -> Result<(), StoreError> {
+        let snapshot = self.snapshot();
         let table = TypedTable::new(stores.tables.as_ref(), Table::Runs);
-        table.upsert(PARTITION, &self.instance, &self.snapshot()).await.map(|_| ())
+        table.upsert(PARTITION, &self.instance, &snapshot).await?;
+        *self.last_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(Figures { updated_at: None, ..snapshot });
+        Ok(())
+    }
+
+    /// Writes this process's row when a figure changed since the last write (the periodic
+    /// flush: what happened since the last request, a restart say, reaches status).
+    pub async fn flush_if_changed(&self, stores: &Stores) -> Result<(), StoreError> {
+        let now = Figures { updated_at: None, ..self.snapshot() };
+        if self.last_written.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&now) {
+            return Ok(());
+        }
+        self.flush(stores).await
     }
 }
 

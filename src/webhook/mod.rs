@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::landing::{Arrival, Landed, Landing, LandingError, Source};
+use crate::landing::{quarantine, Arrival, Landed, Landing, LandingError, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
 use payload::{Push, PushFormat};
 
@@ -231,6 +231,8 @@ pub enum Processed {
     AlreadyDone,
     /// No such pending push (deleted by hand, or the message was made up).
     Unknown,
+    /// The landing refused it for good: kept in quarantine.
+    Quarantined(quarantine::Entry),
 }
 
 /// Fetches a submission's document for a push that did not carry it.
@@ -247,6 +249,7 @@ pub async fn process(
     landing: &Landing<'_>,
     fetch: &dyn DocumentSource,
     push: &PushRef,
+    alert_webhook: Option<&crate::config::AlertWebhook>,
 ) -> Result<Processed, WebhookError> {
     let done = TypedTable::new(stores.tables.as_ref(), Table::Deliveries);
     let table = TypedTable::new(stores.tables.as_ref(), Table::Incoming);
@@ -280,7 +283,17 @@ pub async fn process(
         (fetched.as_slice(), at)
     };
     let arrival = Arrival { connection: &push.connection, source: Source::Webhook, raw, order, processed_date: None };
-    let landed = landing.land(&arrival).await?;
+    let landed = match landing.land(&arrival).await {
+        Ok(landed) => landed,
+        Err(e) if e.is_permanent() => {
+            // It can never land as it is: kept in quarantine with the reason, and the push is
+            // done (the quarantine row is its record now), so it is not retried into poison.
+            let kept = quarantine::keep(landing, alert_webhook, &arrival, &row.identifier, &e).await?;
+            delete_pending(stores, &push.connection, &push.key).await?;
+            return Ok(Processed::Quarantined(kept));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let delivery = Delivery {
         identifier: row.identifier.clone(),
         sha256: row.sha256.clone(),
@@ -341,10 +354,14 @@ pub struct Backlog {
     pub stranded: usize,
     pub oldest_unprocessed_at: Option<DateTime<Utc>>,
     pub oldest_unprocessed_age_seconds: Option<i64>,
+    /// The oldest push still waiting to be processed (poisoned ones left out: they wait for an
+    /// operator, and status says so apart).
+    pub oldest_waiting_age_seconds: Option<i64>,
 }
 
 pub async fn backlog(stores: &Stores, connections: &[String]) -> Result<Backlog, StoreError> {
     let mut out = Backlog::default();
+    let mut oldest_waiting: Option<DateTime<Utc>> = None;
     for connection in connections {
         for (_, row) in pending_of(stores, connection).await? {
             let row = row.value;
@@ -354,8 +371,13 @@ pub async fn backlog(stores: &Stores, connections: &[String]) -> Result<Backlog,
             if out.oldest_unprocessed_at.is_none_or(|oldest| row.received_at < oldest) {
                 out.oldest_unprocessed_at = Some(row.received_at);
             }
+            if !row.poisoned && oldest_waiting.is_none_or(|oldest| row.received_at < oldest) {
+                oldest_waiting = Some(row.received_at);
+            }
         }
     }
-    out.oldest_unprocessed_age_seconds = out.oldest_unprocessed_at.map(|at| (Utc::now() - at).num_seconds().max(0));
+    let age = |at: DateTime<Utc>| (Utc::now() - at).num_seconds().max(0);
+    out.oldest_unprocessed_age_seconds = out.oldest_unprocessed_at.map(age);
+    out.oldest_waiting_age_seconds = oldest_waiting.map(age);
     Ok(out)
 }
