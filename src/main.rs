@@ -761,7 +761,8 @@ async fn quarantine(raw: &RawSettings, command: QuarantineCommand) -> anyhow::Re
                 return Ok(ExitCode::SUCCESS);
             }
             let settings = &app.settings;
-            let landing = landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+            let landing =
+                landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
             let retried = quarantine::retry(&landing, &chosen).await.context("the retry stopped on a store error")?;
             let mut refused = 0;
             for (entry, result) in &retried {
@@ -809,7 +810,9 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     tracing::info!(port, store = app.stores.kind.name(), "custom handler listening on 127.0.0.1:{port}");
     let stop = CancellationToken::new();
     let workers = [
-        supervised(&app, "housekeeping", &stop, |app, stop| standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)),
+        supervised(&app, "housekeeping", &stop, |app, stop| {
+            standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)
+        }),
         supervised(&app, "counters", &stop, standalone::run_counters),
     ];
     let served = axum::serve(listener, host::router(app)).with_graceful_shutdown(shutdown_signal()).await;

@@ -206,6 +206,18 @@ impl TrueContextSim {
         self.world().records.insert(id.to_owned(), new_record(id, form, processed));
     }
 
+    /// One submission whose document is exactly `document` (any bytes: a hostile document, one
+    /// that is not JSON), listed with this id, form and processed date.
+    pub fn add_document(&self, id: &str, form: &str, processed: DateTime<Utc>, document: Vec<u8>) {
+        let record = SimRecord { document, ..new_record(id, form, processed) };
+        self.world().records.insert(id.to_owned(), record);
+    }
+
+    /// A Standard-format document as this simulator serves it (a template for planted ones).
+    pub fn standard_document(id: &str, form: &str, processed: DateTime<Utc>) -> serde_json::Value {
+        serde_json::from_str(&document(id, form, processed)).unwrap_or_default()
+    }
+
     pub fn record(&self, id: &str) -> Option<SimRecord> {
         self.world().records.get(id).cloned()
     }

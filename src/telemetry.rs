@@ -238,7 +238,8 @@ pub async fn isolate<F: std::future::Future>(unit: F) -> Result<F::Output, Panic
 
 /// [`isolate`] for synchronous work (parsing, normalising).
 pub fn isolate_sync<T>(unit: impl FnOnce() -> T) -> Result<T, Panicked> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(unit)).map_err(|payload| Panicked::from_payload(payload.as_ref()))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(unit))
+        .map_err(|payload| Panicked::from_payload(payload.as_ref()))
 }
 
 /// Replaces the default panic message (raw text on stderr, past the scrubber) with one log

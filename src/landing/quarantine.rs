@@ -154,7 +154,11 @@ pub async fn retry(landing: &Landing<'_>, entries: &[Entry]) -> Result<Vec<(Entr
         };
         let retried = match landing.land(&arrival).await {
             Ok(landed) => {
-                match stores.tables.delete(Table::Quarantine, &entry.connection, &entry.key, crate::store::IfMatch::Any).await {
+                match stores
+                    .tables
+                    .delete(Table::Quarantine, &entry.connection, &entry.key, crate::store::IfMatch::Any)
+                    .await
+                {
                     Ok(()) | Err(StoreError::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }

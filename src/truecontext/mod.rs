@@ -103,11 +103,19 @@ fn slot_scope(credentials: &Credentials<'_>, connection: &str) -> String {
     }
 }
 
-/// A submission's document exactly as TrueContext served it, and parsed.
+/// A submission's document exactly as TrueContext served it. It is not judged here: the
+/// landing reads it, and keeps one it cannot read in quarantine, so one bad document never
+/// stops a walk (a parse failure here used to stop the sync at its page on every run).
 #[derive(Debug, Clone)]
 pub struct Document {
     pub bytes: Vec<u8>,
-    pub value: serde_json::Value,
+}
+
+impl Document {
+    /// The document as JSON, for a caller that wants it parsed.
+    pub fn json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::from_slice(&self.bytes)
+    }
 }
 
 /// The client, shared by every call of a process. Cheap to clone.
@@ -198,11 +206,7 @@ impl TrueContextClient {
         let call = format!("data/{id}/document.json");
         let path = format!("data/{}/document.json", path_id(id)?);
         let bytes = self.get(credentials, connection, &call, &path, &[]).await?;
-        let value: serde_json::Value = parse(&call, &bytes)?;
-        if !value.is_object() {
-            return Err(TrueContextError::Malformed { call, reason: "the document is not a JSON object".into() });
-        }
-        Ok(Document { bytes, value })
+        Ok(Document { bytes })
     }
 
     /// One page of the FormSpaces the credentials can see.

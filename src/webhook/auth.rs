@@ -475,6 +475,7 @@ mod tests {
             max_body_bytes: 1024,
             id_field: None,
             recovery_after: Duration::from_secs(60),
+            max_backlog_age: Duration::from_secs(900),
         }
     }
 

@@ -24,6 +24,7 @@ mod host_protocol;
 mod id_token;
 mod id_token_attacks;
 mod infra;
+mod isolation;
 mod landing_props;
 mod log_secrets;
 mod oidc_peer;

@@ -95,3 +95,51 @@ async fn run_stops_when_cancelled() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task).await.expect("worker stops").unwrap();
 }
+
+/// Issue 20: a handler that panics failed the whole worker task, and every later message sat
+/// in the queue while status looked healthy. Now the panic is that message's failure.
+#[tokio::test]
+async fn a_handler_that_panics_fails_its_message_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = local::open(dir.path(), None).unwrap();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let seen = handled.clone();
+    let worker = QueueWorker {
+        queue: "work".into(),
+        max_dequeue_count: 3,
+        visibility_timeout: Duration::from_secs(30),
+        retry_delay: Duration::ZERO,
+        idle_poll: Duration::from_millis(10),
+        handler: Arc::new(move |input: QueueInput| {
+            seen.lock().unwrap().push(input.body.clone());
+            Box::pin(async move {
+                if input.body == "bomb" {
+                    panic!("a bug in the handler");
+                }
+                Ok(())
+            })
+        }),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(worker.run(stores.queues.clone(), stop.clone()));
+    stores.queues.enqueue("work", "bomb", Duration::ZERO).await.unwrap();
+    for _ in 0..300 {
+        if stores.queues.len("work-poison").await.unwrap() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stores.queues.len("work-poison").await.unwrap(), 1, "retried, then poisoned");
+    stores.queues.enqueue("work", "after", Duration::ZERO).await.unwrap();
+    for _ in 0..300 {
+        if stores.queues.len("work").await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stores.queues.len("work").await.unwrap(), 0, "the same worker handled the next message");
+    assert_eq!(handled.lock().unwrap().iter().filter(|b| *b == "bomb").count(), 3);
+    assert!(!task.is_finished());
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("worker stops").unwrap();
+}

@@ -56,7 +56,7 @@ async fn lists_a_page_and_serves_documents_exactly_as_sent() {
 
     let document = client.document(&basic(&key), CONNECTION, &ids[1]).await.unwrap();
     assert_eq!(document.bytes, sim.record(&ids[1]).unwrap().document, "the bytes exactly as served");
-    assert_eq!(document.value["identifier"], ids[1].as_str());
+    assert_eq!(document.json().unwrap()["identifier"], ids[1].as_str());
     let metadata = client.metadata(&basic(&key), CONNECTION, &ids[1]).await.unwrap();
     assert_eq!(
         metadata.processed_timestamp.map(|t| t.timestamp()),
@@ -128,7 +128,7 @@ async fn transient_answers_are_retried_honouring_retry_after() {
     sim.fault(Fault::Status { status: 503, code: "ServerError", retry_after: None });
     let started = std::time::Instant::now();
     let document = client.document(&basic(&key), CONNECTION, &ids[0]).await.unwrap();
-    assert_eq!(document.value["identifier"], ids[0].as_str());
+    assert_eq!(document.json().unwrap()["identifier"], ids[0].as_str());
     assert!(started.elapsed() >= Duration::from_millis(1900), "waited 1 s (Retry-After) then 2 s");
     assert_eq!(sim.calls().iter().map(|c| c.status).collect::<Vec<_>>(), [429, 503, 200]);
     assert_eq!(client.budget(CONNECTION).state(Utc::now()).await.unwrap().calls_today, 3);
@@ -231,7 +231,7 @@ async fn a_hanging_call_is_cut_off_at_the_timeout_and_retried() {
     sim.fault(Fault::Delay(Duration::from_secs(30)));
     let started = std::time::Instant::now();
     let document = client.document(&basic(&key), CONNECTION, &ids[0]).await.unwrap();
-    assert_eq!(document.value["identifier"], ids[0].as_str());
+    assert_eq!(document.json().unwrap()["identifier"], ids[0].as_str());
     assert!(started.elapsed() < Duration::from_secs(10), "cut off at 1 s, not 30: {:?}", started.elapsed());
     let statuses: Vec<u16> = sim.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses, [0, 200], "the abandoned call, then the retry");

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod issuer;
 pub mod keyvault;
 pub mod oidc;
+pub mod tripwire;
 pub mod truecontext;
 
 use std::net::TcpListener;
