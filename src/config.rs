@@ -377,6 +377,9 @@ pub struct Settings {
     pub landing: LandingSettings,
     pub sync: SyncSettings,
     pub max_request_body_bytes: usize,
+    /// `STANDALONE_MAX_CONNECTIONS`: connections a standalone server serves at once (more wait
+    /// in the listen backlog).
+    pub max_connections: usize,
     pub log_format: LogFormat,
     /// The values of the secret settings that are set (see [`Self::secret_values`]).
     secrets: Vec<SecretString>,
@@ -534,6 +537,7 @@ impl Settings {
                 trust_pushes: p.flag("SYNC_TRUST_PUSHES"),
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
+            max_connections: p.number("STANDALONE_MAX_CONNECTIONS", 256, 1, 65_536),
             log_format: p.choice(
                 "LOG_FORMAT",
                 LogFormat::Auto,

@@ -31,13 +31,102 @@ pub const FUNCTION_KEY_SECRET: &str = "standalone-function-key";
 struct Standalone {
     app: App,
     function_key: SecretString,
+    body_timeout: Duration,
 }
 
-pub fn router(app: App, function_key: SecretString) -> Router {
+/// Query parameters one request may carry (a sign-in response has five or six).
+const MAX_QUERY_PAIRS: usize = 64;
+
+pub fn router(app: App, function_key: SecretString, limits: ServerLimits) -> Router {
     Router::new()
         .fallback(handle)
+        // Each route's own limit is applied in `route`, before the body is read.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(Standalone { app, function_key })
+        .with_state(Standalone { app, function_key, body_timeout: limits.body_timeout })
+}
+
+/// What one connection and one request may cost a standalone server (it faces the network
+/// itself, with no host or front end in between).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive within this; a keep-alive
+    /// connection idle this long is closed.
+    pub header_timeout: Duration,
+    /// The request line and headers together, in bytes.
+    pub max_head_bytes: usize,
+    /// Header lines per request.
+    pub max_headers: usize,
+    /// The body must arrive within this (408 otherwise).
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            max_headers: 64,
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the connections in hand
+/// finish. Unlike `axum::serve`, every connection is bounded: at most
+/// [`ServerLimits::max_connections`] at once, the head within a time and a size, an idle
+/// keep-alive connection closed (a slow or idle client cannot hold the server's memory or its
+/// connections for ever).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "a connection could not be accepted");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // The connections in hand finish their requests; after a while, they are dropped.
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("connections still open at shutdown were dropped"),
+    }
+    Ok(())
 }
 
 /// The key that function-level routes require: `FUNCTION_KEY` when set; otherwise the one
@@ -89,8 +178,16 @@ async fn route(state: Standalone, request: Request) -> Response {
     };
     let Trigger::Http { auth, .. } = function.trigger else { unreachable!("by_route finds HTTP functions only") };
     let (parts, body) = request.into_parts();
+    let pairs = parts.uri.query().map(|q| url::form_urlencoded::parse(q.as_bytes())).into_iter().flatten();
     let query: Vec<(String, String)> =
-        parts.uri.query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        pairs.take(MAX_QUERY_PAIRS + 1).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if query.len() > MAX_QUERY_PAIRS {
+        return to_axum(HttpResponse::error(
+            StatusCode::BAD_REQUEST,
+            "too_many_parameters",
+            format!("the query has more than {MAX_QUERY_PAIRS} parameters"),
+        ));
+    }
     if auth == AuthLevel::Function && !key_matches(&state.function_key, &parts.headers, &query) {
         tracing::warn!(function = function.name, "request without a valid function key refused");
         let message = "this route needs the function key, as the x-functions-key header or the code query parameter";
@@ -105,14 +202,25 @@ async fn route(state: Standalone, request: Request) -> Response {
         }
         return to_axum(HttpResponse::error(StatusCode::UNAUTHORIZED, "function_key_required", message));
     }
-    let limit = state.app.settings.max_request_body_bytes;
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes.to_vec(),
+    // The caller is judged before its body is read where its credential is in the headers (the
+    // webhook), and no body is read past the route's own limit: what an anonymous request can
+    // make this server hold is bounded by the route, not by the largest push.
+    if let Err(refused) = state.app.admit(function, &parts.headers).await {
+        return to_axum(refused);
+    }
+    let limit = state.app.body_limit(function);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|length| *length > limit as u64) {
+        return to_axum(state.app.body_too_large(function, usize::try_from(length).ok()));
+    }
+    let body = match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Vec::from(bytes),
+        Ok(Err(_)) => return to_axum(state.app.body_too_large(function, None)),
         Err(_) => {
             return to_axum(HttpResponse::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is over {limit} bytes (MAX_REQUEST_BODY_BYTES)"),
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {} s", state.body_timeout.as_secs()),
             ))
         }
     };

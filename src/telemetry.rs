@@ -230,9 +230,12 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs one unit of work so that a panic inside it becomes its own `Err`, never a stopped
 /// worker or a dropped connection. Shared state stays usable: our locks recover from poisoning
-/// (`unwrap_or_else(into_inner)`) and tokio's do not poison.
+/// (`unwrap_or_else(into_inner)`) and tokio's do not poison. The unit is boxed: isolated units
+/// nest (a request, its sync run, its landings), and nested inline they made one future larger
+/// than a worker thread's stack.
 pub async fn isolate<F: std::future::Future>(unit: F) -> Result<F::Output, Panicked> {
     use futures::FutureExt;
+    let unit = Box::pin(unit);
     std::panic::AssertUnwindSafe(unit).catch_unwind().await.map_err(|payload| Panicked::from_payload(payload.as_ref()))
 }
 

@@ -25,6 +25,13 @@ use crate::secret::SecretString;
 pub const LIMITS: &[(&str, usize)] =
     &[("state", 256), ("code", 8192), ("error", 128), ("error_description", 2048), ("iss", 512), ("result", 128)];
 
+/// The largest `form_post` body taken: every parameter above at its limit, with room for the
+/// few others servers add (`session_state`, `client_info`). Anyone can post here, so this, not
+/// `MAX_REQUEST_BODY_BYTES`, bounds what one anonymous request costs.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Parameters read from one response, known or not (a sign-in response has about six).
+const MAX_PAIRS: usize = 32;
+
 pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
     let params = match read_params(request, &app.settings.oauth.code_param) {
         Ok(params) => params,
@@ -79,27 +86,37 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
 /// The parameters of a GET (query) or a form_post (body) that the callback knows, each at most
 /// once and within its length limit; `code_param` is the server's name for `code`. Public for
 /// the fuzz targets.
+///
+/// Pairs are read one at a time and an unknown name is dropped as it is met, never collected:
+/// a body of `a&a&a&…` once made one anonymous request hold 0.7 GB.
 pub fn read_params(request: &HttpRequest, code_param: &str) -> Result<HashMap<String, String>, String> {
-    let pairs: Vec<(String, String)> = if request.method == Method::POST {
+    use std::borrow::Cow;
+    let pairs: Box<dyn Iterator<Item = (Cow<'_, str>, Cow<'_, str>)>> = if request.method == Method::POST {
         let content_type = request.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
             return Err("The sign-in response must be posted as a form (application/x-www-form-urlencoded).".into());
         }
-        url::form_urlencoded::parse(&request.body).into_owned().collect()
+        if request.body.len() > MAX_BODY_BYTES {
+            return Err(format!("The sign-in response is larger than {MAX_BODY_BYTES} bytes."));
+        }
+        Box::new(url::form_urlencoded::parse(&request.body))
     } else {
-        request.query.clone()
+        Box::new(request.query.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))))
     };
     let mut params = HashMap::new();
-    for (name, value) in pairs {
+    for (read, (name, value)) in pairs.enumerate() {
+        if read >= MAX_PAIRS {
+            return Err(format!("The sign-in response has more than {MAX_PAIRS} parameters."));
+        }
         // Some OAuth 2.0 servers name it otherwise (`OAUTH_CODE_PARAM`; see
         // docs/authorization-servers.md, "A custom OAuth 2.0 server without discovery").
-        let name = if name == code_param { "code".to_owned() } else { name };
-        let Some((_, limit)) = LIMITS.iter().find(|(n, _)| *n == name) else { continue };
+        let name = if name == code_param { "code" } else { name.as_ref() };
+        let Some((known, limit)) = LIMITS.iter().find(|(n, _)| *n == name) else { continue };
         if value.len() > *limit {
-            return Err(format!("The parameter {name} is longer than {limit} characters."));
+            return Err(format!("The parameter {known} is longer than {limit} characters."));
         }
-        if params.insert(name.clone(), value).is_some() {
-            return Err(format!("The parameter {name} is given more than once."));
+        if params.insert((*known).to_owned(), value.into_owned()).is_some() {
+            return Err(format!("The parameter {known} is given more than once."));
         }
     }
     Ok(params)

@@ -66,6 +66,11 @@ pub struct App {
 /// Connection ids and when they were read.
 type CachedIds = (Instant, Vec<String>);
 
+/// The webhook's entry in the function table.
+fn functions_webhook() -> &'static Function {
+    crate::functions::by_name("webhook").expect("the function table has the webhook")
+}
+
 /// How long the webhook trusts its list of connections that take pushes.
 const PUSH_CONNECTIONS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -252,6 +257,50 @@ impl App {
         }
     }
 
+    /// The largest request body `function` takes: the anonymous callback a sign-in response's
+    /// worth ([`callback::MAX_BODY_BYTES`]), the webhook `WEBHOOK_MAX_BODY_BYTES`, the others
+    /// none. Front doors refuse a larger body before reading it; [`App::http`] refuses one that
+    /// arrived whole (the host reads bodies itself).
+    pub fn body_limit(&self, function: &Function) -> usize {
+        match function.name {
+            "callback" => callback::MAX_BODY_BYTES,
+            "webhook" => self.settings.webhook.max_body_bytes,
+            _ => 0,
+        }
+    }
+
+    /// The answer to a body over [`App::body_limit`] (`size` when known); a refused push is
+    /// counted.
+    pub fn body_too_large(&self, function: &Function, size: Option<usize>) -> HttpResponse {
+        let limit = self.body_limit(function);
+        let size = size.map_or_else(String::new, |n| format!(" ({n} bytes)"));
+        let message = match (function.name, limit) {
+            ("webhook", _) => {
+                self.webhook_counters.rejected("body_too_large", None);
+                format!("the body{size} is over the {limit} bytes of WEBHOOK_MAX_BODY_BYTES")
+            }
+            (name, 0) => format!("{name} takes no request body"),
+            (name, _) => format!("the request body{size} is over the {limit} bytes {name} takes"),
+        };
+        HttpResponse::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+    }
+
+    /// What can be judged of a request from its headers alone, before its body is read: the
+    /// webhook's caller. `Err` is the answer to a request refused here.
+    pub async fn admit(&self, function: &Function, headers: &HeaderMap) -> Result<(), HttpResponse> {
+        match function.name {
+            "webhook" => {
+                let result = webhook::verify_caller(self, headers).await;
+                if result.is_err() {
+                    crate::webhook::counters::Counters::bump(&self.webhook_counters.received);
+                    self.webhook_counters.flush_soon(&self.stores);
+                }
+                result
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Answers an HTTP-triggered function. Authentication of the caller by function key is
     /// the front door's job (the host does it in Azure); everything else happens here. A panic
     /// answers this request 500 (logged, scrubbed, its message never sent) and nothing else.
@@ -285,6 +334,10 @@ impl App {
                 format!("{} accepts {}", function.name, methods.join(" and ")),
             )
             .with_header(axum::http::header::ALLOW, allow);
+        }
+        // The webhook judges its body only after its caller (its own handler checks the size).
+        if function.name != "webhook" && request.body.len() > self.body_limit(function) {
+            return self.body_too_large(function, Some(request.body.len()));
         }
         match function.name {
             "status" => status::respond(self, &request).await,

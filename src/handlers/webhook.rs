@@ -4,7 +4,7 @@
 //! `duplicate`. Every refusal stores nothing, is counted by reason, and is logged once with
 //! the reason and never the credential.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use chrono::Utc;
 use serde_json::json;
 
@@ -20,23 +20,33 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
     response
 }
 
+/// Verifies the caller from the headers alone; the refusal's answer otherwise (counted by
+/// reason and source). A front door that reads bodies itself calls it before the body
+/// ([`App::admit`](super::App::admit)), so an unverified caller never makes us hold one.
+pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<(), HttpResponse> {
+    let counters = app.webhook_counters();
+    let oauth = app.oauth();
+    let verifier = app.webhook_verifier();
+    let Err(refusal) = verifier.verify(headers, &oauth.http, &oauth.jwks, Utc::now().timestamp()).await else {
+        return Ok(());
+    };
+    let source = source_of(headers);
+    counters.rejected(refusal.code(), Some(&source));
+    tracing::warn!(reason = refusal.code(), detail = %refusal, source = %source, "a push was refused: its caller is not verified");
+    if let crate::webhook::auth::Refusal::KeysUnavailable(_) = refusal {
+        return Err(HttpResponse::error(StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable", refusal.to_string())
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")));
+    }
+    let challenge = HeaderValue::from_str(&verifier.challenge(&refusal)).unwrap_or(HeaderValue::from_static("Bearer"));
+    Err(HttpResponse::error(StatusCode::UNAUTHORIZED, refusal.code(), refusal.to_string())
+        .with_header(header::WWW_AUTHENTICATE, challenge))
+}
+
 async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
     let counters = app.webhook_counters();
     let settings = &app.settings.webhook;
-    let oauth = app.oauth();
-    let verifier = app.webhook_verifier();
-    if let Err(refusal) = verifier.verify(&request.headers, &oauth.http, &oauth.jwks, Utc::now().timestamp()).await {
-        let source = source_of(request);
-        counters.rejected(refusal.code(), Some(&source));
-        tracing::warn!(reason = refusal.code(), detail = %refusal, source = %source, "a push was refused: its caller is not verified");
-        if let crate::webhook::auth::Refusal::KeysUnavailable(_) = refusal {
-            return HttpResponse::error(StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable", refusal.to_string())
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        }
-        let challenge =
-            HeaderValue::from_str(&verifier.challenge(&refusal)).unwrap_or(HeaderValue::from_static("Bearer"));
-        return HttpResponse::error(StatusCode::UNAUTHORIZED, refusal.code(), refusal.to_string())
-            .with_header(header::WWW_AUTHENTICATE, challenge);
+    if let Err(refused) = verify_caller(app, &request.headers).await {
+        return refused;
     }
     let refuse = |status: StatusCode, code: &str, message: String| {
         counters.rejected(code, None);
@@ -44,15 +54,8 @@ async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
         HttpResponse::error(status, code, message)
     };
     if request.body.len() > settings.max_body_bytes {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the body is {} bytes, over the {} of WEBHOOK_MAX_BODY_BYTES",
-                request.body.len(),
-                settings.max_body_bytes
-            ),
-        );
+        tracing::warn!(reason = "body_too_large", size = request.body.len(), "a push was refused");
+        return app.body_too_large(super::functions_webhook(), Some(request.body.len()));
     }
     if let Some(given) = content_type_not_json(request) {
         return refuse(
@@ -111,9 +114,8 @@ fn content_type_not_json(request: &HttpRequest) -> Option<String> {
 
 /// The caller's address for the refusal counters: the first `X-Forwarded-For` hop (the Functions
 /// front end and most proxies set it), else "direct".
-fn source_of(request: &HttpRequest) -> String {
-    request
-        .headers
+fn source_of(headers: &HeaderMap) -> String {
+    headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())

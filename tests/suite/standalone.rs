@@ -82,13 +82,35 @@ async fn routes_match_case_insensitively_and_unknown_ones_are_404() {
     assert_eq!(wrong_method.headers()["allow"], "GET");
 }
 
+/// Each route takes its own size of body, refused before it is read: the anonymous callback a
+/// sign-in response's worth, status and authorize none, and the webhook nothing at all before
+/// its caller is verified.
 #[tokio::test]
-async fn an_oversized_body_is_refused_with_413() {
-    let server = Server::standalone(&[("MAX_REQUEST_BODY_BYTES", "2048")]);
-    let response = client().post(server.url("/api/webhook")).body(vec![b'x'; 4096]).send().await.unwrap();
+async fn an_oversized_body_is_refused_with_413_before_it_is_read() {
+    let server = Server::standalone(&[
+        ("WEBHOOK_AUTH", "basic"),
+        ("WEBHOOK_BASIC_USERNAME", "tc"),
+        ("WEBHOOK_BASIC_PASSWORD", "push-password-0123456789"),
+        ("WEBHOOK_MAX_BODY_BYTES", "2048"),
+    ]);
+    let form = "application/x-www-form-urlencoded";
+    let callback = client().post(server.url("/api/callback")).header("content-type", form);
+    let response = callback.body(vec![b'a'; 32 * 1024]).send().await.unwrap();
     assert_eq!(response.status(), 413);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "body_too_large");
+    let status = client().get(server.url("/api/status")).header("x-functions-key", TEST_FUNCTION_KEY);
+    let response = status.body("x").send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let anonymous_push = client().post(server.url("/api/webhook")).body(vec![b'x'; 4096]).send().await.unwrap();
+    assert_eq!(anonymous_push.status(), 401, "the caller first, before any byte of its body");
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("tc:push-password-0123456789");
+    let push = client().post(server.url("/api/webhook")).header("authorization", format!("Basic {basic}"));
+    let response = push.body(vec![b'x'; 4096]).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("WEBHOOK_MAX_BODY_BYTES"), "{body}");
 }
 
 #[tokio::test]
