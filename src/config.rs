@@ -324,6 +324,15 @@ pub struct WebhookSettings {
     pub required_role: Option<String>,
     /// For `jwt`: the client ids (`azp` or `appid`) allowed to call (`WEBHOOK_ALLOWED_CLIENT_IDS`).
     pub allowed_client_ids: Vec<String>,
+    /// For `jwt`: per connection, the only client ids that may push to it
+    /// (`WEBHOOK_CONNECTION_CLIENT_IDS`: `contoso=id1 id2;fabrikam=id3`).
+    pub connection_client_ids: std::collections::BTreeMap<String, Vec<String>>,
+    /// For `basic` / `header`: per connection, the only password or header value that may push
+    /// to it, in place of the shared one (`WEBHOOK_CONNECTION_SECRETS`: `contoso=…;fabrikam=…`).
+    /// A credential for one TrueContext organisation then cannot write into another's.
+    pub connection_secrets: std::collections::BTreeMap<String, SecretString>,
+    /// For `jwt`: the longest a token may live, `exp` − `iat` (`WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS`).
+    pub max_token_lifetime: Duration,
     /// `WEBHOOK_MAX_BODY_BYTES`: the largest push accepted (413 above).
     pub max_body_bytes: usize,
     /// `WEBHOOK_ID_FIELD`: where a custom template body carries the submission id (a dotted
@@ -380,6 +389,11 @@ pub struct Settings {
     /// `STANDALONE_MAX_CONNECTIONS`: connections a standalone server serves at once (more wait
     /// in the listen backlog).
     pub max_connections: usize,
+    /// `STANDALONE_HEADER_TIMEOUT_SECONDS`: a request's head must arrive within this, and an
+    /// idle keep-alive connection is closed after it (standalone server).
+    pub header_timeout: Duration,
+    /// `STANDALONE_BODY_TIMEOUT_SECONDS`: a request's body must arrive within this (408).
+    pub body_timeout: Duration,
     pub log_format: LogFormat,
     /// The values of the secret settings that are set (see [`Self::secret_values`]).
     secrets: Vec<SecretString>,
@@ -538,6 +552,8 @@ impl Settings {
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             max_connections: p.number("STANDALONE_MAX_CONNECTIONS", 256, 1, 65_536),
+            header_timeout: Duration::from_secs(p.number("STANDALONE_HEADER_TIMEOUT_SECONDS", 10, 1, 300)),
+            body_timeout: Duration::from_secs(p.number("STANDALONE_BODY_TIMEOUT_SECONDS", 30, 1, 3600)),
             log_format: p.choice(
                 "LOG_FORMAT",
                 LogFormat::Auto,
@@ -644,6 +660,7 @@ impl Settings {
         "LOCAL_STORE_KEY",
         "WEBHOOK_BASIC_PASSWORD",
         "WEBHOOK_HEADER_VALUE",
+        "WEBHOOK_CONNECTION_SECRETS",
         "FUNCTION_KEY",
     ];
 }
@@ -928,6 +945,14 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
         audience: p.text("WEBHOOK_AUDIENCE"),
         required_role: p.text("WEBHOOK_REQUIRED_ROLE"),
         allowed_client_ids: p.list("WEBHOOK_ALLOWED_CLIENT_IDS", &[',', ' ']),
+        connection_client_ids: connection_client_ids(p),
+        connection_secrets: connection_secrets(p),
+        max_token_lifetime: Duration::from_secs(p.number(
+            "WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS",
+            24 * 3600,
+            60,
+            7 * 24 * 3600,
+        )),
         max_body_bytes: p.number("WEBHOOK_MAX_BODY_BYTES", 10 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         id_field: p.text("WEBHOOK_ID_FIELD"),
         recovery_after: Duration::from_secs(p.number("WEBHOOK_RECOVERY_SECONDS", 60, 1, 86_400)),
@@ -949,6 +974,19 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
             p.problem("WEBHOOK_AUDIENCE", "is required with WEBHOOK_AUTH=jwt", "api://<webhook-app-id>")
         }
         _ => {}
+    }
+    let restricted = settings.required_role.is_some()
+        || !settings.allowed_client_ids.is_empty()
+        || !settings.connection_client_ids.is_empty();
+    if settings.auth == Some(WebhookAuth::Jwt) && !restricted {
+        // Any app or managed identity of the tenant can get a token for our audience: without
+        // a role or a client list, every one of them could push.
+        p.problem(
+            "WEBHOOK_REQUIRED_ROLE",
+            "or WEBHOOK_ALLOWED_CLIENT_IDS must be set with WEBHOOK_AUTH=jwt: without either, any app or \
+             managed identity in the tenant that can get a token for WEBHOOK_AUDIENCE could push",
+            "Webhook.Push (an app role assigned to TrueContext's client only)",
+        );
     }
     if let Some(name) = &settings.header_name {
         let forbidden = ["authorization", "content-type", "content-length", "host", "cookie"];
@@ -974,6 +1012,64 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
 
 /// A secret that takes one value, or two separated by a comma while a rotation is under way
 /// (the old and the new both work until the caller has switched). Each must be long and random.
+/// `WEBHOOK_CONNECTION_CLIENT_IDS`: `connection=client client;connection=client`.
+fn connection_client_ids(p: &mut Parser<'_>) -> std::collections::BTreeMap<String, Vec<String>> {
+    const NAME: &str = "WEBHOOK_CONNECTION_CLIENT_IDS";
+    let mut out = std::collections::BTreeMap::new();
+    for entry in p.list(NAME, &[';']) {
+        let Some((connection, clients)) = entry.split_once('=') else {
+            p.problem(NAME, "takes connection=client-id entries separated by ';'", "contoso=11111111-…;fabrikam=2222…");
+            continue;
+        };
+        let connection = connection.trim();
+        let clients: Vec<String> =
+            clients.split([',', ' ']).map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect();
+        if !crate::naming::is_connection_id(connection) || clients.is_empty() {
+            p.problem(
+                NAME,
+                &format!("has an entry whose connection is not {CONNECTION_RULE_SHORT} or which names no client id"),
+                "contoso=11111111-…",
+            );
+            continue;
+        }
+        out.insert(connection.to_owned(), clients);
+    }
+    out
+}
+
+/// `WEBHOOK_CONNECTION_SECRETS`: `connection=value;connection=value` (values never shown).
+fn connection_secrets(p: &mut Parser<'_>) -> std::collections::BTreeMap<String, SecretString> {
+    const NAME: &str = "WEBHOOK_CONNECTION_SECRETS";
+    let mut out = std::collections::BTreeMap::new();
+    let Some(whole) = p.secret(NAME) else { return out };
+    for entry in whole.expose().split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((connection, value)) = entry.split_once('=') else {
+            p.problem(
+                NAME,
+                "takes connection=value entries separated by ';' (the values are not shown)",
+                "contoso=…;fabrikam=…",
+            );
+            continue;
+        };
+        let (connection, value) = (connection.trim(), value.trim());
+        if !crate::naming::is_connection_id(connection) || value.len() < 16 {
+            p.problem(
+                NAME,
+                &format!("has an entry whose connection is not {CONNECTION_RULE_SHORT} or whose value is shorter than 16 characters (not shown)"),
+                "contoso=<openssl rand -base64 32>",
+            );
+            continue;
+        }
+        let value = SecretString::new(value);
+        p.secrets.push(value.clone());
+        out.insert(connection.to_owned(), value);
+    }
+    out
+}
+
+/// How a bad connection id in a list setting is described.
+const CONNECTION_RULE_SHORT: &str = "a connection id (letters, digits, '-', '_', '.')";
+
 fn rotation_pair(p: &mut Parser<'_>, name: &str) -> Vec<SecretString> {
     let Some(whole) = p.secret(name) else { return Vec::new() };
     let values: Vec<SecretString> =
@@ -1234,6 +1330,7 @@ mod tests {
             .map(|name| match *name {
                 "LOCAL_STORE_KEY" => (*name, base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
                 "AzureWebJobsStorage" => (*name, "UseDevelopmentStorage=true".to_owned()),
+                "WEBHOOK_CONNECTION_SECRETS" => (*name, "contoso=value-of-its-own-1234567890".to_owned()),
                 _ => (*name, format!("value-of-{name}-1234567890")),
             })
             .collect();
@@ -1324,8 +1421,28 @@ mod tests {
         assert!(!format!("{problems:?}").contains("0123456789abcdef"), "no value shown");
         let short = [base.as_slice(), &[("WEBHOOK_BASIC_PASSWORD", "long-enough-0123456789,short")]].concat();
         assert!(load(&short).unwrap_err().iter().any(|p| p.message.contains("shorter than 16")));
-        let entra = load(&[("WEBHOOK_AUTH", "entra"), ("WEBHOOK_AUDIENCE", "api://hook")]).unwrap();
+        let entra =
+            load(&[("WEBHOOK_AUTH", "entra"), ("WEBHOOK_AUDIENCE", "api://hook"), ("WEBHOOK_REQUIRED_ROLE", "Push")])
+                .unwrap();
         assert_eq!(entra.webhook.auth, Some(WebhookAuth::Jwt));
+        // Issue 20: any principal of the tenant could push when neither a role nor a client
+        // list narrows who may.
+        let open = load(&[("WEBHOOK_AUTH", "jwt"), ("WEBHOOK_AUDIENCE", "api://hook")]).unwrap_err();
+        let named = open.iter().find(|p| p.setting == "WEBHOOK_REQUIRED_ROLE").expect("refused");
+        assert!(named.to_string().contains("WEBHOOK_ALLOWED_CLIENT_IDS"), "{named}");
+        let by_connection = [
+            ("WEBHOOK_AUTH", "jwt"),
+            ("WEBHOOK_AUDIENCE", "api://hook"),
+            ("WEBHOOK_CONNECTION_CLIENT_IDS", "contoso=client-a client-b; fabrikam=client-c"),
+        ];
+        let clients = load(&by_connection).unwrap().webhook.connection_client_ids;
+        assert_eq!(clients["contoso"], ["client-a", "client-b"]);
+        let bad =
+            load(&[("WEBHOOK_CONNECTION_CLIENT_IDS", "../x=client"), ("WEBHOOK_CONNECTION_SECRETS", "a=tiny-value")]);
+        let bad = bad.unwrap_err();
+        assert!(bad.iter().any(|p| p.setting == "WEBHOOK_CONNECTION_CLIENT_IDS"), "{bad:?}");
+        assert!(bad.iter().any(|p| p.setting == "WEBHOOK_CONNECTION_SECRETS"), "{bad:?}");
+        assert!(!format!("{bad:?}").contains("tiny-value"), "no value shown");
         assert!(load(&[("WEBHOOK_AUTH", "jwt")]).unwrap_err().iter().any(|p| p.setting == "WEBHOOK_AUDIENCE"));
         let limits = load(&[("WEBHOOK_MAX_BODY_BYTES", "2000000"), ("MAX_REQUEST_BODY_BYTES", "1000000")]).unwrap_err();
         assert!(limits.iter().any(|p| p.setting == "WEBHOOK_MAX_BODY_BYTES"), "{limits:?}");

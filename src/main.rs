@@ -875,7 +875,12 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
         standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)
     }));
     workers.push(supervised(&app, "counters", &stop, standalone::run_counters));
-    let limits = standalone::ServerLimits { max_connections: settings.max_connections, ..Default::default() };
+    let limits = standalone::ServerLimits {
+        max_connections: settings.max_connections,
+        header_timeout: settings.header_timeout,
+        body_timeout: settings.body_timeout,
+        ..Default::default()
+    };
     let served = standalone::serve(listener, standalone::router(app, key, limits), limits, shutdown_signal()).await;
     stop.cancel();
     for worker in workers {

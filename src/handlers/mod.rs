@@ -295,7 +295,7 @@ impl App {
                     crate::webhook::counters::Counters::bump(&self.webhook_counters.received);
                     self.webhook_counters.flush_soon(&self.stores);
                 }
-                result
+                result.map(|_| ())
             }
             _ => Ok(()),
         }

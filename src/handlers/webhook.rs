@@ -9,6 +9,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{App, HttpRequest, HttpResponse};
+use crate::webhook::auth::Caller;
 use crate::webhook::counters::Counters;
 use crate::webhook::{payload, Accepted, Intake};
 
@@ -23,12 +24,13 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
 /// Verifies the caller from the headers alone; the refusal's answer otherwise (counted by
 /// reason and source). A front door that reads bodies itself calls it before the body
 /// ([`App::admit`](super::App::admit)), so an unverified caller never makes us hold one.
-pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<(), HttpResponse> {
+pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<Caller, HttpResponse> {
     let counters = app.webhook_counters();
     let oauth = app.oauth();
     let verifier = app.webhook_verifier();
-    let Err(refusal) = verifier.verify(headers, &oauth.http, &oauth.jwks, Utc::now().timestamp()).await else {
-        return Ok(());
+    let refusal = match verifier.verify(headers, &oauth.http, &oauth.jwks, Utc::now().timestamp()).await {
+        Ok(caller) => return Ok(caller),
+        Err(refusal) => refusal,
     };
     let source = source_of(headers);
     counters.rejected(refusal.code(), Some(&source));
@@ -45,9 +47,10 @@ pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<(), HttpRes
 async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
     let counters = app.webhook_counters();
     let settings = &app.settings.webhook;
-    if let Err(refused) = verify_caller(app, &request.headers).await {
-        return refused;
-    }
+    let caller = match verify_caller(app, &request.headers).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused,
+    };
     let refuse = |status: StatusCode, code: &str, message: String| {
         counters.rejected(code, None);
         tracing::warn!(reason = code, detail = %message, "a push was refused");
@@ -72,6 +75,13 @@ async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
         Ok(connection) => connection,
         Err((status, message)) => return refuse(status, "connection", message),
     };
+    if let Err(refusal) = app.webhook_verifier().may_push(&caller, &connection) {
+        let source = source_of(&request.headers);
+        counters.rejected(refusal.code(), Some(&source));
+        tracing::warn!(reason = refusal.code(), caller = %caller.name, connection = %connection, source = %source,
+            "a push was refused: its credentials are for another connection");
+        return HttpResponse::error(StatusCode::FORBIDDEN, refusal.code(), refusal.to_string());
+    }
     let intake = Intake {
         stores: &app.stores,
         container: &app.settings.landing.container,

@@ -65,6 +65,12 @@ pub enum Refusal {
     MissingRole,
     #[error("the token was issued to a client that may not push")]
     ClientNotAllowed,
+    #[error("the token was issued for a user (it has delegated scopes), not for an application")]
+    NotAppOnly,
+    #[error("the token lives longer than WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS allows")]
+    LifetimeTooLong,
+    #[error("these credentials may not push to connection {0}")]
+    ConnectionNotAllowed(String),
     /// Not the caller's fault: the issuer's keys could not be loaded. Answered 503.
     #[error("the issuer's signing keys could not be loaded: {0}")]
     KeysUnavailable(String),
@@ -87,6 +93,9 @@ impl Refusal {
             Refusal::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             Refusal::MissingRole => "missing_role",
             Refusal::ClientNotAllowed => "client_not_allowed",
+            Refusal::NotAppOnly => "not_app_only",
+            Refusal::LifetimeTooLong => "lifetime_too_long",
+            Refusal::ConnectionNotAllowed(_) => "connection_not_allowed",
             Refusal::KeysUnavailable(_) => "keys_unavailable",
         }
     }
@@ -97,9 +106,24 @@ impl Refusal {
     }
 }
 
-/// Who the caller proved to be, for the log: a user name, a header name, or a client id.
+/// Who the caller proved to be: for the log, and for which connections it may push to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub String);
+pub struct Caller {
+    /// A user name, a header name, or a client id, for the log.
+    pub name: String,
+    pub proof: Proof,
+}
+
+/// What the caller's credential was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The shared password or header value.
+    Shared,
+    /// One connection's own value (`WEBHOOK_CONNECTION_SECRETS`).
+    Connection(String),
+    /// A token issued to this client id (`jwt`).
+    Client(Option<String>),
+}
 
 /// The configured way of checking callers.
 pub struct Verifier {
@@ -193,23 +217,66 @@ impl Verifier {
             return Err(Refusal::Malformed("the Basic credentials have no colon".into()));
         };
         let expected_user = self.settings.basic_username.as_deref().unwrap_or_default();
-        // Both checks always run, so the time taken says nothing about which one failed.
+        // Every check always runs, so the time taken says nothing about which one failed.
         let user_ok = same(user, expected_user);
-        let password_ok = any_same(password, &self.settings.basic_passwords);
-        if user_ok & password_ok && !password.is_empty() {
-            Ok(Caller(format!("basic user {expected_user}")))
+        let proof = self.secret_proof(password, &self.settings.basic_passwords);
+        match proof {
+            Some(proof) if user_ok && !password.is_empty() => {
+                Ok(Caller { name: format!("basic user {expected_user}"), proof })
+            }
+            _ => Err(Refusal::Wrong),
+        }
+    }
+
+    /// Which value `given` is: a shared one, or one connection's own; every value is compared.
+    fn secret_proof(&self, given: &str, shared: &[SecretString]) -> Option<Proof> {
+        let shared_ok = any_same(given, shared);
+        let mut own = None;
+        for (connection, value) in &self.settings.connection_secrets {
+            if same(given, value.expose()) {
+                own = Some(Proof::Connection(connection.clone()));
+            }
+        }
+        if shared_ok {
+            Some(Proof::Shared)
         } else {
-            Err(Refusal::Wrong)
+            own
+        }
+    }
+
+    /// Whether `caller` may push to `connection`: a connection with its own value
+    /// (`WEBHOOK_CONNECTION_SECRETS`) or its own clients (`WEBHOOK_CONNECTION_CLIENT_IDS`) takes
+    /// only those; any other takes the shared value, or a client of `WEBHOOK_ALLOWED_CLIENT_IDS`
+    /// (any client that passed the role check when that list is empty).
+    pub fn may_push(&self, caller: &Caller, connection: &str) -> Result<(), Refusal> {
+        let refused = || Err(Refusal::ConnectionNotAllowed(connection.to_owned()));
+        match &caller.proof {
+            Proof::Shared if !self.settings.connection_secrets.contains_key(connection) => Ok(()),
+            Proof::Connection(own) if own == connection => Ok(()),
+            Proof::Shared | Proof::Connection(_) => refused(),
+            Proof::Client(client) => {
+                let client = client.as_deref().unwrap_or_default();
+                let listed = |list: &[String]| list.iter().any(|c| c == client);
+                match self.settings.connection_client_ids.get(connection) {
+                    Some(own) if listed(own) => Ok(()),
+                    Some(_) => refused(),
+                    None if self.settings.allowed_client_ids.is_empty()
+                        || listed(&self.settings.allowed_client_ids) =>
+                    {
+                        Ok(())
+                    }
+                    None => refused(),
+                }
+            }
         }
     }
 
     fn header(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let name = self.settings.header_name.as_deref().unwrap_or_default();
         let value = single_header(headers, name)?;
-        if !value.is_empty() && any_same(value, &self.settings.header_values) {
-            Ok(Caller(format!("header {name}")))
-        } else {
-            Err(Refusal::Wrong)
+        match self.secret_proof(value, &self.settings.header_values) {
+            Some(proof) if !value.is_empty() => Ok(Caller { name: format!("header {name}"), proof }),
+            _ => Err(Refusal::Wrong),
         }
     }
 
@@ -236,8 +303,11 @@ impl Verifier {
                 return Err(Refusal::WrongIssuer);
             }
         }
-        let client = client_id(&claims).unwrap_or("(no client id)");
-        Ok(Caller(format!("client {}", printable(client))))
+        let client = client_id(&claims);
+        Ok(Caller {
+            name: format!("client {}", printable(client.unwrap_or("(no client id)"))),
+            proof: Proof::Client(client.map(str::to_owned)),
+        })
     }
 
     /// Where the `jwt` issuer's discovery document is read (`tcbridge check` names it).
@@ -396,6 +466,21 @@ fn check_claims(
     if time("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
         return Err(Refusal::NotYetValid);
     }
+    // A token minted to live for years is a stolen key waiting to happen: its lifetime from
+    // issue (or, without `iat`, from now) must stay within the setting.
+    let issued = time("iat")?.unwrap_or(now).min(now.saturating_add(LEEWAY_SECS));
+    let lifetime = u64::try_from(exp.saturating_sub(issued)).unwrap_or(0);
+    if lifetime > settings.max_token_lifetime.as_secs().saturating_add(LEEWAY_SECS as u64) {
+        return Err(Refusal::LifetimeTooLong);
+    }
+    // TrueContext pushes as an application. Entra marks a user's (delegated) token with `scp`,
+    // and, when the optional claim is on, an app-only one with `idtyp: app`.
+    if claims.contains_key("scp") {
+        return Err(Refusal::NotAppOnly);
+    }
+    if claims.get("idtyp").is_some_and(|t| t.as_str() != Some("app")) {
+        return Err(Refusal::NotAppOnly);
+    }
     if let Some(role) = &settings.required_role {
         let has =
             claims.get("roles").and_then(Value::as_array).is_some_and(|r| r.iter().any(|v| v.as_str() == Some(role)));
@@ -403,8 +488,10 @@ fn check_claims(
             return Err(Refusal::MissingRole);
         }
     }
-    if !settings.allowed_client_ids.is_empty() {
-        let allowed = client_id(claims).is_some_and(|c| settings.allowed_client_ids.iter().any(|a| a == c));
+    let lists = || settings.allowed_client_ids.iter().chain(settings.connection_client_ids.values().flatten());
+    if lists().next().is_some() {
+        // Listed anywhere: which connections it may push to is judged once the push names one.
+        let allowed = client_id(claims).is_some_and(|c| lists().any(|a| a == c));
         if !allowed {
             return Err(Refusal::ClientNotAllowed);
         }
@@ -472,6 +559,9 @@ mod tests {
             audience: Some("api://webhook".into()),
             required_role: None,
             allowed_client_ids: vec![],
+            connection_client_ids: Default::default(),
+            connection_secrets: [("fabrikam".to_owned(), SecretString::new("fabrikam-own-value-0123456789"))].into(),
+            max_token_lifetime: Duration::from_secs(86_400),
             max_body_bytes: 1024,
             id_field: None,
             recovery_after: Duration::from_secs(60),
@@ -520,6 +610,56 @@ mod tests {
         let mut twice = headers("x-api-key", "header-value-0123456789");
         twice.append("x-api-key", HeaderValue::from_static("header-value-0123456789"));
         assert!(matches!(v.header(&twice), Err(Refusal::Malformed(_))));
+    }
+
+    /// Issue 20: a credential for one TrueContext organisation cannot write into another's
+    /// connection.
+    #[test]
+    fn a_connection_with_its_own_value_takes_only_that_one() {
+        let v = verifier(WebhookAuth::Basic);
+        let shared = v.basic(&basic("tc", "old-password-0123456789")).unwrap();
+        let own = v.basic(&basic("tc", "fabrikam-own-value-0123456789")).unwrap();
+        assert_eq!(own.proof, Proof::Connection("fabrikam".into()));
+        assert!(v.may_push(&shared, "contoso").is_ok());
+        assert_eq!(v.may_push(&shared, "fabrikam"), Err(Refusal::ConnectionNotAllowed("fabrikam".into())));
+        assert!(v.may_push(&own, "fabrikam").is_ok());
+        assert_eq!(v.may_push(&own, "contoso"), Err(Refusal::ConnectionNotAllowed("contoso".into())));
+        let mut clients = settings(WebhookAuth::Jwt);
+        clients.allowed_client_ids = vec!["shared-client".into()];
+        clients.connection_client_ids = [("fabrikam".to_owned(), vec!["fabrikam-client".to_owned()])].into();
+        let raw = crate::config::RawSettings::from_pairs([("OAUTH_CLIENT_ID", "x")]);
+        let v = Verifier::new(&clients, &crate::config::Settings::load(&raw).unwrap().oauth);
+        let caller = |c: &str| Caller { name: c.into(), proof: Proof::Client(Some(c.into())) };
+        assert!(v.may_push(&caller("fabrikam-client"), "fabrikam").is_ok());
+        assert!(v.may_push(&caller("shared-client"), "fabrikam").is_err());
+        assert!(v.may_push(&caller("fabrikam-client"), "contoso").is_err());
+        assert!(v.may_push(&caller("shared-client"), "contoso").is_ok());
+    }
+
+    #[test]
+    fn tokens_for_users_or_that_live_too_long_are_refused() {
+        let now = 1_900_000_000_i64;
+        let settings = settings(WebhookAuth::Jwt);
+        let claims = |extra: Value| {
+            let mut c = serde_json::json!({"iss": "https://issuer", "aud": "api://webhook", "iat": now - 60, "exp": now + 3600});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            c.as_object().unwrap().clone()
+        };
+        let check = |extra: Value| check_claims(&claims(extra), "https://issuer", &settings, now);
+        assert_eq!(check(serde_json::json!({})), Ok(()));
+        assert_eq!(check(serde_json::json!({"idtyp": "app"})), Ok(()));
+        assert_eq!(check(serde_json::json!({"scp": "user_impersonation"})), Err(Refusal::NotAppOnly));
+        assert_eq!(check(serde_json::json!({"idtyp": "user"})), Err(Refusal::NotAppOnly));
+        let ten_years = now + 10 * 365 * 86_400;
+        assert_eq!(check(serde_json::json!({"exp": ten_years})), Err(Refusal::LifetimeTooLong));
+        assert_eq!(
+            check(serde_json::json!({"exp": ten_years, "iat": now + 5 * 365 * 86_400})),
+            Err(Refusal::LifetimeTooLong),
+            "an iat in the future does not shorten it"
+        );
+        let mut no_iat = claims(serde_json::json!({"exp": ten_years}));
+        no_iat.remove("iat");
+        assert_eq!(check_claims(&no_iat, "https://issuer", &settings, now), Err(Refusal::LifetimeTooLong));
     }
 
     #[test]

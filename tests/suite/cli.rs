@@ -76,6 +76,22 @@ fn check_reports_wrong_values_and_missing_settings_as_two_groups() {
     assert!(!text.contains("short\""), "{text}");
 }
 
+/// Issue 20: `jwt` with neither a role nor a client list would take a push from any app or
+/// managed identity of the tenant. `check` refuses it, naming both settings.
+#[test]
+fn check_refuses_a_jwt_webhook_open_to_the_whole_tenant() {
+    let mut settings: Vec<(&str, &str)> =
+        COMPLETE.iter().filter(|(k, _)| !k.starts_with("WEBHOOK_")).copied().collect();
+    settings.extend([("WEBHOOK_AUTH", "jwt"), ("WEBHOOK_AUDIENCE", "api://tcbridge-webhook")]);
+    let (output, text) = run(&["check"], &settings);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let (wrong, _) = text.split_once("dependencies:").unwrap_or((&text, ""));
+    assert!(wrong.contains("WEBHOOK_REQUIRED_ROLE") && wrong.contains("WEBHOOK_ALLOWED_CLIENT_IDS"), "{text}");
+    settings.push(("WEBHOOK_REQUIRED_ROLE", "Submissions.Push"));
+    let (output, text) = run(&["check"], &settings);
+    assert!(output.status.success(), "{text}");
+}
+
 #[test]
 fn status_prints_json_and_exits_zero_when_healthy() {
     let (output, text) = run(&["status"], &[]);

@@ -31,6 +31,7 @@ mod oidc_peer;
 mod operate;
 mod package;
 mod queue_worker;
+mod request_cost;
 mod standalone;
 mod status_page;
 mod store_conformance;

@@ -96,8 +96,12 @@ async fn header_mode_takes_its_header_and_its_values_only() {
 }
 
 async fn jwt_hook(issuer: &Issuer, extra: &[(&str, &str)]) -> Hook {
-    let mut settings =
-        vec![("WEBHOOK_AUTH", "jwt"), ("WEBHOOK_JWT_ISSUER", issuer.issuer.as_str()), ("WEBHOOK_AUDIENCE", AUDIENCE)];
+    let mut settings = vec![
+        ("WEBHOOK_AUTH", "jwt"),
+        ("WEBHOOK_JWT_ISSUER", issuer.issuer.as_str()),
+        ("WEBHOOK_AUDIENCE", AUDIENCE),
+        ("WEBHOOK_ALLOWED_CLIENT_IDS", "tc-client"),
+    ];
     settings.extend_from_slice(extra);
     Hook::new(&settings)
 }
@@ -127,6 +131,11 @@ async fn jwt_accepts_a_genuine_token_and_refuses_every_forgery() {
     refused(&hook, &[bearer(&issued_elsewhere)], "wrong_issuer", None).await;
     let other_key = sign("test-key2", "test-key1", &good);
     refused(&hook, &[bearer(&other_key)], "bad_signature", None).await;
+    // Issue 20: a user's delegated token, and one minted to live ten years.
+    let delegated = sign("test-key1", "test-key1", &with(&|c| c["scp"] = json!("user_impersonation")));
+    refused(&hook, &[bearer(&delegated)], "not_app_only", None).await;
+    let decade = sign("test-key1", "test-key1", &with(&|c| c["exp"] = json!(now + 10 * 365 * 86_400)));
+    refused(&hook, &[bearer(&decade)], "lifetime_too_long", None).await;
 
     // alg none and HS256 keyed with the published public key are refused before any key is used.
     let encode = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
@@ -223,4 +232,21 @@ async fn an_unset_webhook_auth_refuses_every_push() {
     assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{}", response.body);
     assert_eq!(error_code(&response), "not_configured");
     assert!(stores.blobs.list("submissions", "").await.unwrap().is_empty());
+}
+
+/// Issue 20: with `WEBHOOK_CONNECTION_SECRETS`, a connection takes only its own value; the
+/// shared one, or another connection's, is refused with 403 and stores nothing.
+#[tokio::test]
+async fn a_connection_with_its_own_credential_refuses_the_shared_one() {
+    const OWN: &str = "default-own-password-0123456789";
+    let hook =
+        Hook::new(&[("WEBHOOK_CONNECTION_SECRETS", &format!("default={OWN}; other=other-own-password-0123456789"))]);
+    let shared = hook.send("", &[Hook::basic_auth(PASSWORD)], &body()).await;
+    assert_eq!(shared.status, StatusCode::FORBIDDEN, "{}", shared.body);
+    assert_eq!(error_code(&shared), "connection_not_allowed");
+    let others = hook.send("", &[Hook::basic_auth("other-own-password-0123456789")], &body()).await;
+    assert_eq!(others.status, StatusCode::FORBIDDEN, "{}", others.body);
+    hook.assert_nothing_stored("a credential for another connection").await;
+    let own = hook.send("", &[Hook::basic_auth(OWN)], &body()).await;
+    assert_eq!(own.status, StatusCode::ACCEPTED, "{}", own.body);
 }

@@ -161,6 +161,11 @@ impl Server {
         self.log()
     }
 
+    /// The server process's id (its memory is read from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
