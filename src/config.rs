@@ -1027,7 +1027,7 @@ fn connection_client_ids(p: &mut Parser<'_>) -> std::collections::BTreeMap<Strin
         if !crate::naming::is_connection_id(connection) || clients.is_empty() {
             p.problem(
                 NAME,
-                &format!("has an entry whose connection is not {CONNECTION_RULE_SHORT} or which names no client id"),
+                format!("has an entry whose connection is not {CONNECTION_RULE_SHORT} or which names no client id"),
                 "contoso=11111111-…",
             );
             continue;
@@ -1055,7 +1055,7 @@ fn connection_secrets(p: &mut Parser<'_>) -> std::collections::BTreeMap<String, 
         if !crate::naming::is_connection_id(connection) || value.len() < 16 {
             p.problem(
                 NAME,
-                &format!("has an entry whose connection is not {CONNECTION_RULE_SHORT} or whose value is shorter than 16 characters (not shown)"),
+                format!("has an entry whose connection is not {CONNECTION_RULE_SHORT} or whose value is shorter than 16 characters (not shown)"),
                 "contoso=<openssl rand -base64 32>",
             );
             continue;
