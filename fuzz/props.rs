@@ -72,11 +72,13 @@ pub fn callback_params(data: &[u8]) {
         query: pairs.clone(),
         headers: Default::default(),
         body: vec![],
+        peer: None,
     };
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
     let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
-    let post = HttpRequest { method: axum::http::Method::POST, query: vec![], headers, body: form.into_bytes() };
+    let post =
+        HttpRequest { method: axum::http::Method::POST, query: vec![], headers, body: form.into_bytes(), peer: None };
     let from_get = read_params(&get, "code");
     let from_post = read_params(&post, "code");
     assert_eq!(from_get, from_post, "a query and a form of the same pairs read alike");

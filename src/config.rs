@@ -389,6 +389,10 @@ pub struct Settings {
     /// `STANDALONE_MAX_CONNECTIONS`: connections a standalone server serves at once (more wait
     /// in the listen backlog).
     pub max_connections: usize,
+    /// `TRUSTED_PROXY_HOPS`: how many proxies in front of the bridge append to
+    /// `X-Forwarded-For`; the caller is the hop the nearest of them appended. Unset: one behind
+    /// the Functions host (its front end), none standalone (the connection's own address).
+    pub trusted_proxy_hops: Option<usize>,
     /// `STANDALONE_HEADER_TIMEOUT_SECONDS`: a request's head must arrive within this, and an
     /// idle keep-alive connection is closed after it (standalone server).
     pub header_timeout: Duration,
@@ -552,6 +556,11 @@ impl Settings {
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             max_connections: p.number("STANDALONE_MAX_CONNECTIONS", 256, 1, 65_536),
+            trusted_proxy_hops: p
+                .raw
+                .get("TRUSTED_PROXY_HOPS")
+                .is_some()
+                .then(|| p.number("TRUSTED_PROXY_HOPS", 0, 0, 10)),
             header_timeout: Duration::from_secs(p.number("STANDALONE_HEADER_TIMEOUT_SECONDS", 10, 1, 300)),
             body_timeout: Duration::from_secs(p.number("STANDALONE_BODY_TIMEOUT_SECONDS", 30, 1, 3600)),
             log_format: p.choice(

@@ -342,7 +342,7 @@ fn decode_http(data: Option<&Value>, max_body: usize) -> Result<Result<HttpReque
             format!("the request body is {} bytes; the limit is {max_body} (MAX_REQUEST_BODY_BYTES)", body.len()),
         )));
     }
-    Ok(Ok(HttpRequest { method, query, headers, body }))
+    Ok(Ok(HttpRequest { method, query, headers, body, peer: None }))
 }
 
 fn decode_headers(value: Option<&Value>) -> Result<HeaderMap, String> {

@@ -99,7 +99,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -111,7 +111,15 @@ pub async fn serve(
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // The peer's address rides along, for the refusal counters (`TRUSTED_PROXY_HOPS`).
+        let with_peer = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(with_peer);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -205,7 +213,8 @@ async fn route(state: Standalone, request: Request) -> Response {
     // The caller is judged before its body is read where its credential is in the headers (the
     // webhook), and no body is read past the route's own limit: what an anonymous request can
     // make this server hold is bounded by the route, not by the largest push.
-    if let Err(refused) = state.app.admit(function, &parts.headers).await {
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+    if let Err(refused) = state.app.admit(function, &parts.headers, peer).await {
         return to_axum(refused);
     }
     let limit = state.app.body_limit(function);
@@ -224,7 +233,7 @@ async fn route(state: Standalone, request: Request) -> Response {
             ))
         }
     };
-    let request = HttpRequest { method: parts.method, query, headers: parts.headers, body };
+    let request = HttpRequest { method: parts.method, query, headers: parts.headers, body, peer };
     let span = tracing::info_span!("request", function = function.name);
     to_axum(tracing::Instrument::instrument(state.app.http(function, request), span).await)
 }

@@ -82,6 +82,9 @@ pub struct HttpRequest {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The address the connection came from, when the front door knows it (standalone; behind
+    /// the host, the host is the peer and the caller is in `X-Forwarded-For`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl HttpRequest {
@@ -257,6 +260,15 @@ impl App {
         }
     }
 
+    /// Proxies in front of this instance that append to `X-Forwarded-For` (`TRUSTED_PROXY_HOPS`;
+    /// by default the Functions front end under the host, none standalone).
+    pub fn proxy_hops(&self) -> usize {
+        self.settings.trusted_proxy_hops.unwrap_or(match self.mode {
+            Mode::Functions => 1,
+            Mode::Standalone | Mode::Cli => 0,
+        })
+    }
+
     /// The largest request body `function` takes: the anonymous callback a sign-in response's
     /// worth ([`callback::MAX_BODY_BYTES`]), the webhook `WEBHOOK_MAX_BODY_BYTES`, the others
     /// none. Front doors refuse a larger body before reading it; [`App::http`] refuses one that
@@ -287,10 +299,15 @@ impl App {
 
     /// What can be judged of a request from its headers alone, before its body is read: the
     /// webhook's caller. `Err` is the answer to a request refused here.
-    pub async fn admit(&self, function: &Function, headers: &HeaderMap) -> Result<(), HttpResponse> {
+    pub async fn admit(
+        &self,
+        function: &Function,
+        headers: &HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), HttpResponse> {
         match function.name {
             "webhook" => {
-                let result = webhook::verify_caller(self, headers).await;
+                let result = webhook::verify_caller(self, headers, peer).await;
                 if result.is_err() {
                     crate::webhook::counters::Counters::bump(&self.webhook_counters.received);
                     self.webhook_counters.flush_soon(&self.stores);

@@ -24,7 +24,11 @@ pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
 /// Verifies the caller from the headers alone; the refusal's answer otherwise (counted by
 /// reason and source). A front door that reads bodies itself calls it before the body
 /// ([`App::admit`](super::App::admit)), so an unverified caller never makes us hold one.
-pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<Caller, HttpResponse> {
+pub async fn verify_caller(
+    app: &App,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Caller, HttpResponse> {
     let counters = app.webhook_counters();
     let oauth = app.oauth();
     let verifier = app.webhook_verifier();
@@ -32,7 +36,7 @@ pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<Caller, Htt
         Ok(caller) => return Ok(caller),
         Err(refusal) => refusal,
     };
-    let source = source_of(headers);
+    let source = source_of(headers, peer, app.proxy_hops());
     counters.rejected(refusal.code(), Some(&source));
     tracing::warn!(reason = refusal.code(), detail = %refusal, source = %source, "a push was refused: its caller is not verified");
     if let crate::webhook::auth::Refusal::KeysUnavailable(_) = refusal {
@@ -47,7 +51,7 @@ pub async fn verify_caller(app: &App, headers: &HeaderMap) -> Result<Caller, Htt
 async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
     let counters = app.webhook_counters();
     let settings = &app.settings.webhook;
-    let caller = match verify_caller(app, &request.headers).await {
+    let caller = match verify_caller(app, &request.headers, request.peer).await {
         Ok(caller) => caller,
         Err(refused) => return refused,
     };
@@ -76,7 +80,7 @@ async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
         Err((status, message)) => return refuse(status, "connection", message),
     };
     if let Err(refusal) = app.webhook_verifier().may_push(&caller, &connection) {
-        let source = source_of(&request.headers);
+        let source = source_of(&request.headers, request.peer, app.proxy_hops());
         counters.rejected(refusal.code(), Some(&source));
         tracing::warn!(reason = refusal.code(), caller = %caller.name, connection = %connection, source = %source,
             "a push was refused: its credentials are for another connection");
@@ -122,18 +126,30 @@ fn content_type_not_json(request: &HttpRequest) -> Option<String> {
     (!json).then(|| text.chars().take(100).collect())
 }
 
-/// The caller's address for the refusal counters: the first `X-Forwarded-For` hop (the Functions
-/// front end and most proxies set it), else "direct".
-fn source_of(headers: &HeaderMap) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| {
-            v.trim().chars().filter(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')).take(64).collect()
-        })
-        .filter(|v: &String| !v.is_empty())
-        .unwrap_or_else(|| "direct".to_owned())
+/// The caller's address for the refusal counters. Never what the caller says of itself: the
+/// left of `X-Forwarded-For` is anyone's to write, so a caller could spread its failures over
+/// made-up addresses or pin them on someone else. With `hops` trusted proxies in front, the
+/// caller is the entry the nearest one appended (the `hops`-th from the right); with none, the
+/// connection's own address.
+fn source_of(headers: &HeaderMap, peer: Option<std::net::IpAddr>, hops: usize) -> String {
+    let unknown = || peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    if hops == 0 {
+        return unknown();
+    }
+    let hops_listed: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(entry) = hops_listed.len().checked_sub(hops).and_then(|index| hops_listed.get(index)) else {
+        return unknown();
+    };
+    // An address, with a port or without (Azure's front end writes `203.0.113.5:51234`).
+    let ip =
+        entry.parse::<std::net::IpAddr>().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+    ip.map_or_else(unknown, |ip| ip.to_string())
 }
 
 /// The connection a push belongs to: `?connection=ID`, else the only one that takes pushes.
@@ -172,5 +188,35 @@ fn names(ids: &[String]) -> String {
         "none".to_owned()
     } else {
         ids.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    /// Issue 20: the refusal counters took the first `X-Forwarded-For` entry, which the caller
+    /// writes itself.
+    #[test]
+    fn the_source_is_the_hop_a_trusted_proxy_appended_never_what_the_caller_says() {
+        let peer = Some("10.1.2.3".parse().unwrap());
+        let spoofed = forwarded(&["203.0.113.9, 198.51.100.7"]);
+        assert_eq!(source_of(&spoofed, peer, 1), "198.51.100.7", "the front end's own entry");
+        assert_eq!(source_of(&spoofed, peer, 2), "203.0.113.9");
+        assert_eq!(source_of(&spoofed, peer, 0), "10.1.2.3", "no proxy: the connection's address");
+        assert_eq!(source_of(&forwarded(&["1.1.1.1", "2.2.2.2"]), None, 1), "2.2.2.2", "headers joined in order");
+        assert_eq!(source_of(&spoofed, peer, 5), "10.1.2.3", "fewer hops than proxies: not guessed");
+        assert_eq!(source_of(&HeaderMap::new(), None, 1), "unknown");
+        assert_eq!(source_of(&forwarded(&["<script>"]), None, 1), "unknown", "only an address");
+        assert_eq!(source_of(&forwarded(&["203.0.113.5:51234"]), None, 1), "203.0.113.5");
+        assert_eq!(source_of(&forwarded(&["[2001:db8::1]:443"]), None, 1), "2001:db8::1");
     }
 }

@@ -43,6 +43,7 @@ pub fn open_with(
     sync: crate::config::LocalSync,
 ) -> StoreResult<Stores> {
     create_private_dir(dir)?;
+    make_private_files(dir)?;
     let cipher = SecretCipher::load(dir, encryption_key)?;
     let conn = open_connection(&dir.join(DB_FILE))?;
     if sync == crate::config::LocalSync::Normal {
@@ -158,6 +159,8 @@ fn run_group(conn: &mut Connection, cipher: &SecretCipher, group: Vec<Job>) {
     }
 }
 
+/// The store's folder, created (or narrowed) to its owner only: it holds every landed document
+/// and, sealed, every refresh token.
 fn create_private_dir(dir: &Path) -> StoreResult<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -166,9 +169,37 @@ fn create_private_dir(dir: &Path) -> StoreResult<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder
-        .create(dir)
-        .map_err(|e| StoreError::Backend(format!("could not create the store directory {}: {e}", dir.display())))
+    let failed =
+        |e: std::io::Error| StoreError::Backend(format!("could not create the store directory {}: {e}", dir.display()));
+    builder.create(dir).map_err(failed)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// The database file is created owner-only before SQLite opens it (SQLite gives its `-wal` and
+/// `-shm` files the database file's permissions); files an older version left readable are
+/// narrowed.
+fn make_private_files(dir: &Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let db = dir.join(DB_FILE);
+        let failed = |e: std::io::Error| StoreError::Backend(format!("could not create {}: {e}", db.display()));
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&db).map_err(failed)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = dir.join(format!("{DB_FILE}{suffix}"));
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 const SCHEMA: &str = "

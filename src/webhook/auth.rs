@@ -132,6 +132,9 @@ pub struct Verifier {
     /// The `jwt` issuer and the URL its discovery document is read from.
     issuer: Option<Issuer>,
     resolved: Mutex<Resolution>,
+    /// One discovery at a time: cold requests arriving together wait for the first one's
+    /// answer instead of each fetching the document.
+    discovering: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +166,7 @@ impl Verifier {
             settings: settings.clone(),
             issuer: jwt_issuer(settings, oauth),
             resolved: Mutex::new(Resolution::Unknown),
+            discovering: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -336,15 +340,23 @@ impl Verifier {
                 "no issuer is configured: set WEBHOOK_JWT_ISSUER (or OAUTH_AUTHORITY)".into(),
             ));
         };
-        {
+        let known = || -> Option<Result<(String, Url), Refusal>> {
             let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             match &*resolved {
-                Resolution::Known { issuer, jwks_uri } => return Ok((issuer.clone(), jwks_uri.clone())),
+                Resolution::Known { issuer, jwks_uri } => Some(Ok((issuer.clone(), jwks_uri.clone()))),
                 Resolution::Failed { at, reason } if at.elapsed() < DISCOVERY_BACKOFF => {
-                    return Err(Refusal::KeysUnavailable(reason.clone()))
+                    Some(Err(Refusal::KeysUnavailable(reason.clone())))
                 }
-                _ => {}
+                _ => None,
             }
+        };
+        if let Some(answer) = known() {
+            return answer;
+        }
+        let _turn = self.discovering.lock().await;
+        // Whoever held the turn before may have settled it.
+        if let Some(answer) = known() {
+            return answer;
         }
         let result = discover(http, issuer).await;
         let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());

@@ -186,6 +186,7 @@ async fn a_request_that_panics_answers_500_and_the_next_one_is_served() {
         query: vec![],
         headers: axum::http::HeaderMap::new(),
         body: vec![],
+        peer: None,
     };
     wires.arm(|w| w.table_get.push(Table::Connections));
     let failed = hook.app.http(status_fn, request()).await;

@@ -280,3 +280,26 @@ async fn malformed_key_is_refused() {
         }
     }
 }
+
+/// Issue 20: the embedded store holds every landed document and the sealed refresh tokens; its
+/// folder and files are its owner's alone, even where the folder or an older file existed.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_embedded_store_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("store");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stores = truecontext_bridge::store::local::open(&dir, None).unwrap();
+    stores.blobs.put("submissions", "raw/c/1.json", b"{}", "application/json", false).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path) & 0o077, 0, "{} is readable by others", path.display());
+        files += 1;
+    }
+    assert!(files >= 2, "the database and its write-ahead log at least");
+}

@@ -227,6 +227,7 @@ async fn an_unset_webhook_auth_refuses_every_push() {
         query: vec![],
         headers: [(header::AUTHORIZATION, HeaderValue::from_static("Basic dGM6eA=="))].into_iter().collect(),
         body: body(),
+        peer: None,
     };
     let response = app.http(truecontext_bridge::functions::by_name("webhook").unwrap(), request).await;
     assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{}", response.body);
@@ -249,4 +250,23 @@ async fn a_connection_with_its_own_credential_refuses_the_shared_one() {
     hook.assert_nothing_stored("a credential for another connection").await;
     let own = hook.send("", &[Hook::basic_auth(OWN)], &body()).await;
     assert_eq!(own.status, StatusCode::ACCEPTED, "{}", own.body);
+}
+
+/// Issue 20: cold requests arriving together each read the issuer's discovery document; now
+/// the first reads it and the others wait for its answer.
+#[tokio::test]
+async fn concurrent_cold_requests_discover_the_issuer_once() {
+    let issuer = Issuer::start(&["test-key1"]).await;
+    let hook = jwt_hook(&issuer, &[]).await;
+    let token = sign("test-key1", "test-key1", &issuer.claims(AUDIENCE));
+    let sends = (0..20).map(|i| {
+        let body = serde_json::to_vec(&json!({ "identifier": format!("60{i:02}"), "pages": [] })).unwrap();
+        let headers = [bearer(&token)];
+        let hook = &hook;
+        async move { hook.send("", &headers, &body).await.status }
+    });
+    for status in futures::future::join_all(sends).await {
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(issuer.discoveries(), 1, "one discovery for twenty cold requests");
 }

@@ -90,7 +90,7 @@ impl Hook {
         }
         let query =
             url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-        let request = HttpRequest { method: Method::POST, query, headers: map, body: body.to_vec() };
+        let request = HttpRequest { method: Method::POST, query, headers: map, body: body.to_vec(), peer: None };
         self.app.http(functions::by_name("webhook").unwrap(), request).await
     }
 

@@ -18,6 +18,7 @@ pub struct Issuer {
     pub issuer: String,
     published: Arc<Mutex<Value>>,
     fetches: Arc<AtomicU64>,
+    discoveries: Arc<AtomicU64>,
 }
 
 impl Issuer {
@@ -33,6 +34,8 @@ impl Issuer {
             .collect();
         let published = Arc::new(Mutex::new(json!({ "keys": chosen })));
         let fetches = Arc::new(AtomicU64::new(0));
+        let discoveries = Arc::new(AtomicU64::new(0));
+        let d = discoveries.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}/tenant-1/v2.0", listener.local_addr().unwrap());
         let (p, f, iss) = (published.clone(), fetches.clone(), issuer.clone());
@@ -40,8 +43,13 @@ impl Issuer {
             .route(
                 "/tenant-1/v2.0/.well-known/openid-configuration",
                 get(move || {
-                    let iss = iss.clone();
-                    async move { axum::Json(json!({ "issuer": iss, "jwks_uri": format!("{iss}/keys") })) }
+                    let (iss, d) = (iss.clone(), d.clone());
+                    async move {
+                        d.fetch_add(1, Ordering::SeqCst);
+                        // Slow enough that cold requests arriving together overlap.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        axum::Json(json!({ "issuer": iss, "jwks_uri": format!("{iss}/keys") }))
+                    }
                 }),
             )
             .route(
@@ -55,11 +63,16 @@ impl Issuer {
                 }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Issuer { issuer, published, fetches }
+        Issuer { issuer, published, fetches, discoveries }
     }
 
     pub fn jwks_fetches(&self) -> u64 {
         self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// How many times the discovery document was read.
+    pub fn discoveries(&self) -> u64 {
+        self.discoveries.load(Ordering::SeqCst)
     }
 
     pub fn publish_all(&self) {
