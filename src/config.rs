@@ -720,7 +720,7 @@ fn parse_oauth(p: &mut Parser<'_>) -> OAuthSettings {
         token_endpoint: p.url("OAUTH_TOKEN_ENDPOINT", "https://auth.example.com/oauth/token"),
         refresh_endpoint: p.url("OAUTH_REFRESH_ENDPOINT", "https://auth.example.com/oauth/refresh"),
         allowed_tenants: p.list("ALLOWED_TENANTS", &[',', ' ', ';']),
-        allowed_users: p.list("ALLOWED_USERS", &[',', ' ', ';']),
+        allowed_users: allowed_users(p),
         code_param: parameter_name(p, "OAUTH_CODE_PARAM", "code"),
         refresh_token_param: parameter_name(p, "OAUTH_REFRESH_TOKEN_PARAM", "refresh_token"),
     }
@@ -1021,6 +1021,25 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
 
 /// A secret that takes one value, or two separated by a comma while a rotation is under way
 /// (the old and the new both work until the caller has switched). Each must be long and random.
+/// `ALLOWED_USERS`: each entry an account's issuer-bound key (`tenant-id/object-id`,
+/// `issuer|subject`) or an e-mail address the server verifies; a bare name could be another
+/// tenant's or issuer's account, so it is refused here rather than silently never matched.
+fn allowed_users(p: &mut Parser<'_>) -> Vec<String> {
+    let users = p.list("ALLOWED_USERS", &[',', ' ', ';']);
+    if let Some(bare) = users.iter().find(|u| !(u.contains('/') || u.contains('|') || u.contains('@'))) {
+        let bare: String = bare.chars().filter(|c| !c.is_control()).take(64).collect();
+        p.problem(
+            "ALLOWED_USERS",
+            format!(
+                "has {bare:?}, which is neither tenant-id/object-id, issuer|subject nor an e-mail address: a name or id \
+                 alone can belong to an account of another tenant or issuer"
+            ),
+            "72f988bf-…/0b6f…(tenant id/object id, as `tcbridge connection list` shows it) or admin@contoso.com",
+        );
+    }
+    users
+}
+
 /// `WEBHOOK_CONNECTION_CLIENT_IDS`: `connection=client client;connection=client`.
 fn connection_client_ids(p: &mut Parser<'_>) -> std::collections::BTreeMap<String, Vec<String>> {
     const NAME: &str = "WEBHOOK_CONNECTION_CLIENT_IDS";

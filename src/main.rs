@@ -594,6 +594,7 @@ async fn connection(raw: &RawSettings, command: ConnectionCommand) -> anyhow::Re
                 if json {
                     let line = serde_json::json!({
                         "id": c.id, "state": c.state, "reason": c.reason, "account": c.display_account(),
+                        "account_key": c.account,
                         "tenant": c.tenant, "provider": c.provider, "scopes": c.scopes,
                         "consented_at": c.consented_at, "last_refresh_success": c.last_refresh_success,
                         "last_refresh_failure": c.last_refresh_failure, "consecutive_failures": c.consecutive_failures,
@@ -604,10 +605,11 @@ async fn connection(raw: &RawSettings, command: ConnectionCommand) -> anyhow::Re
                     let refreshed = c.last_refresh_success.map_or("never".to_owned(), |t| t.to_rfc3339());
                     writeln!(
                         stdout,
-                        "{}  {}  {}  tenant {}  refreshed {refreshed}  {}",
+                        "{}  {}  {} ({})  tenant {}  refreshed {refreshed}  {}",
                         c.id,
                         state.as_str().unwrap_or_default(),
                         c.display_account(),
+                        c.account,
                         c.tenant.as_deref().unwrap_or("-"),
                         c.reason.as_deref().unwrap_or(""),
                     )?;
