@@ -442,14 +442,36 @@ async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, js
             }
         };
         let deadline = truecontext_bridge::handlers::run_deadline(&app);
-        let outcome = truecontext_bridge::handlers::pull(&app, &connection, Some(&show), deadline).await;
+        let mut outcome = truecontext_bridge::handlers::pull(&app, &connection, Some(&show), deadline).await;
+        if matches!(outcome, Ok(RunOutcome::Busy)) {
+            // A run killed outright leaves its lease until it lapses: wait that out (showing the
+            // wait) rather than say "running elsewhere" when nothing runs. A live run renews its
+            // lease, and then it is running elsewhere indeed.
+            let told = std::sync::atomic::AtomicBool::new(false);
+            let waiting = |left: std::time::Duration| match &bar {
+                Some(bar) => {
+                    bar.set_message(format!("waiting {} s for the lease a stopped run left to lapse", left.as_secs()))
+                }
+                None if !told.swap(true, std::sync::atomic::Ordering::Relaxed) => eprintln!(
+                    "the sync of {connection} holds a lease; waiting up to {} s to see whether its run is alive",
+                    left.as_secs()
+                ),
+                None => {}
+            };
+            let wait = truecontext_bridge::sync::wait_out_lease(&app.stores, &connection, &waiting).await;
+            if wait.context("the sync could not read the store")? == truecontext_bridge::sync::LeaseWait::Free {
+                outcome = truecontext_bridge::handlers::pull(&app, &connection, Some(&show), deadline).await;
+            }
+        }
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
         let summary = match outcome.context("the sync could not read or write the store")? {
             RunOutcome::Ran(summary) => summary,
             RunOutcome::Busy => {
-                eprintln!("error: the sync of {connection} is running elsewhere (its lease is held); try again later");
+                eprintln!(
+                    "error: the sync of {connection} is running elsewhere (its lease is held and renewed); try again later"
+                );
                 exit = ExitCode::from(SYNC_EXIT_BUSY);
                 continue;
             }
@@ -484,13 +506,17 @@ fn sync_exit_code(class: Option<&str>) -> u8 {
 
 fn summary_line(summary: &SyncSummary) -> String {
     format!(
-        "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} gone, {}{} API call(s), {} left today, cursor {}{}",
+        "{}: {} window(s), {} page(s), {} landed, {} unchanged, {} gone, {}{}{} API call(s), {} left today, cursor {}{}",
         summary.connection,
         summary.windows,
         summary.pages,
         summary.documents_landed,
         summary.documents_unchanged,
         summary.documents_gone,
+        match summary.documents_quarantined {
+            0 => String::new(),
+            kept => format!("{kept} quarantined (tcbridge quarantine list), "),
+        },
         match summary.records_refused {
             0 => String::new(),
             refused => format!("{refused} refused (not a TrueContext identifier), "),
@@ -498,7 +524,10 @@ fn summary_line(summary: &SyncSummary) -> String {
         summary.api_calls,
         summary.budget_left,
         summary.cursor.map_or_else(|| "none".to_owned(), |c| c.to_rfc3339()),
-        summary.stopped_reason.as_deref().map(|r| format!("; stopped: {r}")).unwrap_or_default(),
+        match summary.stopped_reason.as_deref() {
+            Some(reason) => format!("; stopped before it was current: {reason}"),
+            None => "; current".to_owned(),
+        },
     )
 }
 

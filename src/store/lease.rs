@@ -79,6 +79,12 @@ pub async fn renew(store: &dyn TableStore, lease: &mut Lease, ttl: Duration) -> 
     }
 }
 
+/// Who holds `name` and until when, if anyone's row is there (expired or not).
+pub async fn peek(store: &dyn TableStore, name: &str) -> StoreResult<Option<(String, DateTime<Utc>)>> {
+    let table = TypedTable::new(store, Table::Leases);
+    Ok(table.get::<LeaseRecord>(PARTITION, name).await?.map(|r| (r.value.holder, r.value.expires_at)))
+}
+
 /// Gives a lease up early. Releasing a lease that was already lost is not an error.
 pub async fn release(store: &dyn TableStore, lease: Lease) -> StoreResult<()> {
     match store.delete(Table::Leases, PARTITION, &lease.name, IfMatch::ETag(lease.etag)).await {

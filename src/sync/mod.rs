@@ -144,7 +144,7 @@ pub type Progress<'a> = dyn Fn(&SyncSummary) + Send + Sync + 'a;
 pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateTime<Utc>) -> SyncSummary {
     let mut summary = SyncSummary { connection: connection.to_owned(), ..SyncSummary::default() };
     let before = parts.client.budget(connection).state(now).await.map(|s| s.calls_today).unwrap_or(0);
-    let result = walk(parts, connection, now, &mut summary).await;
+    let result = walk_until_current(parts, connection, now, &mut summary).await;
     parts.client.release_slots().await;
     let budget = parts.client.budget(connection).state(now).await.ok();
     summary.api_calls = budget.as_ref().map_or(0, |b| b.calls_today.saturating_sub(before));
@@ -162,7 +162,7 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
     summary
 }
 
-pub use runs::{last_syncs, run_connection, LastSync, RunOutcome, STALL_RUNS};
+pub use runs::{last_syncs, run_connection, wait_out_lease, LastSync, LeaseWait, RunOutcome, STALL_RUNS};
 
 /// The cursor of `connection` for the configured filter set, if a sync has run.
 pub async fn cursor(stores: &Stores, settings: &SyncSettings, connection: &str) -> Result<Option<Cursor>, StoreError> {
@@ -179,12 +179,37 @@ fn cursor_row(settings: &SyncSettings) -> String {
     format!("processed-{}", crate::naming::hex_prefix(&sha2::Sha256::digest(filter.as_bytes()), 16))
 }
 
-async fn walk(
+/// Which window a walk took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// One an earlier run began and was stopped in (a crash, the budget, the time limit): it
+    /// ends where that run's `now` was, so finishing it is not yet being current.
+    Resumed,
+    /// One that ends at this run's `now` (less the settle time).
+    Fresh,
+    /// Nothing to walk: the cursor is already within the settle time of `now`.
+    Current,
+}
+
+/// Walks window after window until the cursor is current for `now` (a window that began at
+/// this run has been walked) or something stops it. Before, a run that found an interrupted
+/// window finished only that one and said "completed" while newer submissions waited.
+async fn walk_until_current(
     parts: &SyncParts<'_>,
     connection: &str,
     now: DateTime<Utc>,
     summary: &mut SyncSummary,
 ) -> Result<(), SyncError> {
+    while walk(parts, connection, now, summary).await? == Window::Resumed {}
+    Ok(())
+}
+
+async fn walk(
+    parts: &SyncParts<'_>,
+    connection: &str,
+    now: DateTime<Utc>,
+    summary: &mut SyncSummary,
+) -> Result<Window, SyncError> {
     let table = TypedTable::new(parts.stores.tables.as_ref(), Table::Cursors);
     let row = cursor_row(parts.settings);
     let mut stored = match table.get::<Cursor>(connection, &row).await? {
@@ -196,6 +221,7 @@ async fn walk(
     };
     summary.cursor = stored.value.processed_until;
     let previous_end = stored.value.processed_until;
+    let resumed = stored.value.walk.is_some();
     let mut walk = match stored.value.walk.clone() {
         Some(walk) => walk,
         None => {
@@ -207,7 +233,7 @@ async fn walk(
                 None => now - delta(parts.settings.backfill),
             };
             if end <= start {
-                return Ok(());
+                return Ok(Window::Current);
             }
             let walk = Walk { start, end, next_page: 0, total: None, restarts: 0 };
             // Stored before the first call, so a run stopped anywhere in the window (budget,
@@ -274,7 +300,7 @@ async fn walk(
         stored.value = next;
         if done {
             summary.cursor = Some(walk.end);
-            return Ok(());
+            return Ok(if resumed { Window::Resumed } else { Window::Fresh });
         }
     }
 }

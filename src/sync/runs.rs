@@ -111,6 +111,46 @@ pub async fn run_connection(
     Ok(RunOutcome::Ran(summary))
 }
 
+/// What [`wait_out_lease`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseWait {
+    /// Nobody holds it (any more): a run may start.
+    Free,
+    /// Its holder renewed it while we watched: a run is alive elsewhere.
+    Alive,
+}
+
+/// Watches `connection`'s sync lease until it lapses or its holder shows it is alive by
+/// renewing it (a live run renews every third of the lease's time). A holder killed outright
+/// leaves its lease for up to [`LEASE_TTL`]; an operator's rerun right after a `kill -9` waits
+/// that out instead of being told the sync is running elsewhere. `waiting` is told how long is
+/// left, about every second.
+pub async fn wait_out_lease(
+    stores: &crate::store::Stores,
+    connection: &str,
+    waiting: &(dyn Fn(Duration) + Send + Sync),
+) -> Result<LeaseWait, StoreError> {
+    let name = format!("sync:{connection}");
+    let Some((holder, expires_at)) = lease::peek(stores.tables.as_ref(), &name).await? else {
+        return Ok(LeaseWait::Free);
+    };
+    loop {
+        let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+        if left.is_zero() {
+            return Ok(LeaseWait::Free);
+        }
+        waiting(left);
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        match lease::peek(stores.tables.as_ref(), &name).await? {
+            None => return Ok(LeaseWait::Free),
+            Some((now_holder, now_expires)) if now_holder != holder || now_expires != expires_at => {
+                return Ok(LeaseWait::Alive)
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// The last run of every connection that has synced, by connection id.
 pub async fn last_syncs(stores: &crate::store::Stores) -> Result<Vec<LastSync>, StoreError> {
     let mut out = Vec::new();

@@ -254,8 +254,7 @@ impl TrueContextClient {
         loop {
             attempt += 1;
             let authorization = self.authorization(credentials, connection, std::mem::take(&mut refresh_next)).await?;
-            budget.reserve(self.clock.utc()).await?;
-            let outcome = self.send_once(&scope, &url, params, &authorization).await?;
+            let outcome = self.send_once(&budget, &scope, &url, params, &authorization).await?;
             let failure = match outcome {
                 Sent::Answer { status, body, .. } if (200..300).contains(&status) => return Ok(body),
                 Sent::Answer { status: 401, headers, .. } => {
@@ -267,8 +266,7 @@ impl TrueContextClient {
                     }
                     return Err(TrueContextError::Unauthorized { call: call.into(), message: message(&headers) });
                 }
-                Sent::Answer { status: 402, .. } => {
-                    let until = budget.stop_until_midnight(self.clock.utc()).await?;
+                Sent::Expended { until } => {
                     tracing::error!(connection, until = %until, "TrueContext's daily call count is used up; no call before the reset");
                     return Err(TrueContextError::CallCountExpended { until });
                 }
@@ -325,9 +323,13 @@ impl TrueContextClient {
         }
     }
 
-    /// Sends one request while holding a call slot of `scope`.
+    /// Sends one request while holding a call slot of `scope`. The day's budget is reserved
+    /// once the slot is held, right before the send: a call that waited for its slot while
+    /// another met TrueContext's 402 sees the stop and never starts (it once reserved first and
+    /// then went out anyway, after the 402).
     async fn send_once(
         &self,
+        budget: &Budget<'_>,
         scope: &str,
         url: &str,
         params: &[(&str, String)],
@@ -335,9 +337,15 @@ impl TrueContextClient {
     ) -> Result<Sent, TrueContextError> {
         let timeout = self.settings.timeout;
         let tables = self.stores.tables.as_ref();
-        let _local = self.local_slots.acquire().await.expect("the semaphore is never closed");
+        let Ok(_local) = self.local_slots.acquire().await else {
+            return Err(TrueContextError::Store(crate::store::StoreError::Backend("the call cap is closed".into())));
+        };
         let (cap, holder) = (self.settings.concurrency, &self.holder);
         let slot = self.kept_slots.take(tables, scope, cap, holder, timeout * 2, timeout).await?;
+        if let Err(refused) = budget.reserve(self.clock.utc()).await {
+            self.kept_slots.put_back(slot);
+            return Err(refused);
+        }
         let request = self
             .http
             .get(url)
@@ -350,6 +358,18 @@ impl TrueContextClient {
             Err(e) if e.is_connect() => Sent::NotReached(format!("cannot connect: {}", e.without_url())),
             Err(e) if e.is_timeout() => Sent::Lost(format!("no answer within {}s", timeout.as_secs())),
             Err(e) => Sent::Lost(format!("the request failed: {}", e.without_url())),
+        };
+        // A 402 is recorded for every instance before the slot goes back: the next holder of the
+        // slot must find the stop when it reserves.
+        let sent = match sent {
+            Sent::Answer { status: 402, .. } => match budget.stop_until_midnight(self.clock.utc()).await {
+                Ok(until) => Sent::Expended { until },
+                Err(e) => {
+                    self.kept_slots.put_back(slot);
+                    return Err(e);
+                }
+            },
+            other => other,
         };
         self.kept_slots.put_back(slot);
         Ok(sent)
@@ -384,6 +404,10 @@ enum Sent {
         status: u16,
         headers: reqwest::header::HeaderMap,
         body: Vec<u8>,
+    },
+    /// TrueContext's 402 `CallCountExpended`, its stop already recorded.
+    Expended {
+        until: DateTime<Utc>,
     },
     /// It never reached TrueContext (connection refused): the budget gets the call back.
     NotReached(String),

@@ -270,3 +270,70 @@ async fn the_demo_lands_submissions_within_a_minute() {
     assert_eq!(demo["last_sync"]["completed"], true, "{demo}");
     assert!(!server.log().contains(KEY_SECRET), "the API key secret never reaches the log");
 }
+
+/// Issue 20: after a `kill -9` mid-sync, one rerun waits out the dead run's lease (it used to be
+/// refused with exit 6 for up to 30 s), walks the interrupted window and then the windows after
+/// it until it is current (it used to finish the old window only and say "completed"), and
+/// exits 0; a second rerun finds nothing to fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rerun_after_a_kill_9_is_current_and_a_second_fetches_nothing() {
+    for overlap in ["0", "600"] {
+        let sim = TrueContextSim::start();
+        sim.latency(Duration::from_millis(5));
+        let old = sim.add_records(300, "form-1", Utc::now() - TimeDelta::hours(10));
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = basic_settings(&sim);
+        settings.push(("SYNC_OVERLAP_SECONDS", overlap.into()));
+        let mut child: Child = tcbridge(dir.path(), &settings, &["sync", "--once"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let documents = |sim: &TrueContextSim| sim.calls().iter().filter(|c| c.path.starts_with("data/")).count();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while documents(&sim) < 120 {
+            assert!(child.try_wait().unwrap().is_none(), "the sync finished before it could be killed");
+            assert!(Instant::now() < deadline, "the sync never got going");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // After the kill: new submissions, and edits of ones landed before it.
+        let fresh = sim.add_records(40, "form-1", Utc::now() - TimeDelta::seconds(2));
+        for id in &old[..5] {
+            sim.edit(id);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+
+        let output = tcbridge(dir.path(), &settings, &["sync", "--once", "--json"]).output().unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "overlap {overlap}: {said}");
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["completed"], true, "{summary}");
+        assert!(summary["windows"].as_u64().unwrap() >= 2, "the old window, then the new: {summary}");
+        let stores = local::open(&dir.path().join("store"), None).unwrap();
+        let landed = truecontext_bridge::landing::list(&stores, "default").await.unwrap();
+        let mut ids: Vec<String> = landed.iter().map(|l| l.id.clone()).collect();
+        ids.sort();
+        let mut truth = sim.ids();
+        truth.sort();
+        assert_eq!(ids, truth, "every submission, old and new");
+        assert!(fresh.iter().all(|id| ids.contains(id)));
+        for id in &old[..5] {
+            let raw = stores.blobs.get("submissions", &format!("raw/default/{id}.json")).await.unwrap().unwrap();
+            assert_eq!(raw.content, sim.record(id).unwrap().document, "the edit of {id} landed");
+        }
+
+        let before = sim.calls().len();
+        let output = tcbridge(dir.path(), &settings, &["sync", "--once", "--json"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        let calls: Vec<_> = sim.calls().into_iter().skip(before).collect();
+        let lists = calls.iter().filter(|c| c.path == "data.json").count();
+        let fetched = calls.iter().filter(|c| c.path.starts_with("data/")).count();
+        assert_eq!(fetched, 0, "overlap {overlap}: nothing to fetch: {calls:?}");
+        // The overlap listing tells a repeat from an edit among what the last run landed in
+        // its last SYNC_OVERLAP_SECONDS: one more page when there is any (README, "Sync").
+        let expected = if overlap == "0" { 1 } else { 2 };
+        assert_eq!(lists, expected, "overlap {overlap}: {calls:?}");
+    }
+}

@@ -237,3 +237,28 @@ async fn a_hanging_call_is_cut_off_at_the_timeout_and_retried() {
     assert_eq!(statuses, [0, 200], "the abandoned call, then the retry");
     assert_eq!(client.budget(CONNECTION).state(Utc::now()).await.unwrap().calls_today, 2, "both reached it");
 }
+
+/// Issue 20: calls that had reserved their budget and were waiting for a call slot went out
+/// after another call met TrueContext's 402. Now the budget is reserved once the slot is held,
+/// so after the first 402 only the calls already in flight can meet another.
+#[tokio::test]
+async fn after_the_first_402_no_new_call_starts() {
+    let sim = TrueContextSim::start();
+    let ids = sim.add_records(1, "form-1", Utc::now());
+    sim.daily_limit(4);
+    sim.latency(Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let client = TrueContextClient::new(&settings(&sim, &[("TRUECONTEXT_CONCURRENCY", "3")]), store(&dir));
+    let key = secret();
+    let credentials = basic(&key);
+    let calls = (0..24).map(|_| client.document(&credentials, CONNECTION, &ids[0]));
+    let results = futures::future::join_all(calls).await;
+    let expended = results.iter().filter(|r| matches!(r, Err(TrueContextError::CallCountExpended { .. }))).count();
+    assert_eq!(expended, 20, "every call past the limit is refused, most without a call");
+    let answered_402 = sim.calls().iter().filter(|c| c.status == 402).count();
+    assert!(
+        answered_402 <= 3,
+        "{answered_402} calls reached TrueContext after its first 402 (at most the 3 in flight)"
+    );
+    assert_eq!(sim.calls().len(), 4 + answered_402);
+}
