@@ -44,6 +44,8 @@ impl fmt::Display for Problem {
 #[derive(Clone, Default)]
 pub struct RawSettings {
     values: BTreeMap<String, String>,
+    /// The names whose value came from the local settings file, not the environment.
+    from_file: std::collections::BTreeSet<String>,
     /// Problems found while reading the sources themselves (an unreadable settings file).
     source_problems: Vec<Problem>,
 }
@@ -62,7 +64,11 @@ impl RawSettings {
         K: Into<String>,
         V: Into<String>,
     {
-        Self { values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), source_problems: vec![] }
+        Self {
+            values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            from_file: Default::default(),
+            source_problems: vec![],
+        }
     }
 
     /// The process environment, completed by the `Values` of the local settings file if it exists.
@@ -106,7 +112,10 @@ impl RawSettings {
                     continue;
                 }
             };
-            self.values.entry(name.clone()).or_insert(text);
+            if !self.values.contains_key(name) {
+                self.values.insert(name.clone(), text);
+                self.from_file.insert(name.clone());
+            }
         }
     }
 
@@ -119,6 +128,15 @@ impl RawSettings {
     pub fn set_default(&mut self, name: &str, value: &str) {
         if self.get(name).is_none() {
             self.set(name, value);
+        }
+    }
+
+    /// Sets `name` unless the environment set it: a value from the local settings file (a
+    /// template committed for the Functions tools) does not count as the user's choice.
+    pub fn set_unless_environment(&mut self, name: &str, value: &str) {
+        if self.get(name).is_none() || self.from_file.contains(name) {
+            self.set(name, value);
+            self.from_file.remove(name);
         }
     }
 

@@ -210,7 +210,7 @@ fn main() -> ExitCode {
             Command::Token { connection, force } => token(&raw, connection, force).await,
             Command::Serve { standalone: false, .. } => serve_host(&raw).await,
             Command::Serve { standalone: true, port, address, demo: false } => {
-                serve_standalone(&raw, port, address).await
+                serve_standalone(&raw, port, address, None).await
             }
             Command::Serve { standalone: true, port, address, demo: true } => serve_demo(raw, port, address).await,
         }
@@ -855,7 +855,13 @@ async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<IpAddr>) -> anyhow::Result<ExitCode> {
+/// `first_sync`: a connection synced at once on start (the demo's), not at the first tick.
+async fn serve_standalone(
+    raw: &RawSettings,
+    port: Option<u16>,
+    address: Option<IpAddr>,
+    first_sync: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stdout);
     let app = open_app(settings.clone(), Mode::Standalone)?;
@@ -906,6 +912,9 @@ async fn serve_standalone(raw: &RawSettings, port: Option<u16>, address: Option<
         standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)
     }));
     workers.push(supervised(&app, "counters", &stop, standalone::run_counters));
+    if let Some(connection) = first_sync {
+        app.sync_soon(connection).await;
+    }
     let limits = standalone::ServerLimits {
         max_connections: settings.max_connections,
         header_timeout: settings.header_timeout,
@@ -943,10 +952,13 @@ async fn serve_demo(mut raw: RawSettings, port: Option<u16>, address: Option<IpA
     ] {
         raw.set(name, value);
     }
-    raw.set_default("SYNC_SCHEDULE", "*/10 * * * * *");
+    // The committed local.settings.json's schedule (every 30 minutes, for the Functions tools)
+    // once made a fresh clone's demo show nothing for half an hour: only the environment may
+    // slow the demo down.
+    raw.set_unless_environment("SYNC_SCHEDULE", "*/10 * * * * *");
     println!("demo: a TrueContext simulator at {base_url} with 300 submissions and a new one every few seconds;");
     println!("demo: synced as connection \"demo\" every 10 s. Try `tcbridge submissions list` and /api/status.");
-    let served = serve_standalone(&raw, port, address).await;
+    let served = serve_standalone(&raw, port, address, Some("demo")).await;
     tokio::task::spawn_blocking(move || drop(sim)).await.ok();
     served
 }

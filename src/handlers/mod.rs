@@ -232,6 +232,12 @@ impl App {
         self.oauth.get_or_init(|| crate::oauth::OAuthRuntime::new(&self.settings.oauth, self.stores.identity.clone()))
     }
 
+    /// Queues a sync of `connection` on the incoming queue, run by the `process` function as
+    /// soon as a worker takes it (the first sync after consent; the demo's at start).
+    pub async fn sync_soon(&self, connection: &str) -> bool {
+        process::queue_first_sync(self, connection).await
+    }
+
     /// Upkeep that must not wait for a request: stored pushes whose request died before they
     /// were queued are queued, and alerts still owed to the alert webhook are posted. Run by
     /// every sync timer run and, while a server runs, every minute.
