@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("webhook_body", webhook_body),
     ("list_page", list_page),
     ("document", document),
+    ("document_structured", document_structured),
     ("schedule", schedule),
     ("settings", settings),
 ];
@@ -340,5 +341,276 @@ fn serve_forever(listener: std::net::TcpListener, body: String) {
             body.len()
         );
         let _ = stream.write_all(reply.as_bytes());
+    }
+}
+
+/// Choices drawn from fuzz bytes: each call takes the next byte (zero once they run out), so
+/// libFuzzer's mutations steer the structure below rather than hoping random bytes are JSON.
+pub struct Choices<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Choices<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data, at: 0 }
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        let byte = self.data.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        byte
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::from(self.byte()) % n.max(1)
+    }
+
+    pub fn pick<T: Clone>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())].clone()
+    }
+
+    fn exhausted(&self) -> bool {
+        self.at >= self.data.len()
+    }
+}
+
+/// Pieces of text a hostile or merely foreign document carries: multi-byte and combining
+/// characters, right-to-left marks, zero-width joiners, control characters, date-like prefixes
+/// that a byte cut would split inside a character, numbers no JSON number holds, path pieces.
+const FRAGMENTS: &[&str] = &[
+    "2025-03-1",
+    "2025-03-10",
+    "2026-12-07T23:30:00-05:00",
+    "7 décembre 2026",
+    "2026年12月7日",
+    "12/07/2026",
+    "é",
+    "e\u{301}",
+    "日",
+    "😀",
+    "👩‍👩‍👧",
+    "\u{202e}",
+    "\u{200d}",
+    "\u{0}",
+    "\u{7f}",
+    "\u{fffd}",
+    "\u{10ffff}",
+    "a",
+    "Z",
+    "0",
+    "9",
+    "-",
+    ".",
+    "..",
+    "/",
+    "\\",
+    "?",
+    "#",
+    "%2e",
+    " ",
+    "\t",
+    "\n",
+    "'",
+    "\"",
+    "<b>",
+    "&amp;",
+    "1e999",
+    "-1e999",
+    "NaN",
+    "inf",
+    "-0",
+    "0x1F",
+    "12345678901234567890123",
+    "3.5",
+    " 2.5 ",
+    "",
+];
+
+/// Text of 0–24 fragments, so a multi-byte character lands at every byte position by turns.
+pub fn hostile_text(c: &mut Choices<'_>) -> String {
+    let parts = c.below(25);
+    (0..parts).map(|_| c.pick(FRAGMENTS)).collect()
+}
+
+/// The question types the normaliser knows, and some it does not.
+const QUESTION_TYPES: &[&str] = &[
+    "Text",
+    "Number",
+    "Integer",
+    "Decimal",
+    "Numeric",
+    "Calculation",
+    "Date",
+    "DateTime",
+    "Date_Time",
+    "Time",
+    "Select",
+    "MultiSelect",
+    "Multi_Select",
+    "SingleSelect",
+    "Dropdown",
+    "Radio",
+    "Checkbox",
+    "Location",
+    "GPS",
+    "GeoLocation",
+    "Image",
+    "Signature",
+    "Sketch",
+    "Audio",
+    "Barcode",
+    "",
+    "DATE",
+    "dAtE",
+    "Unknown",
+    "日付",
+];
+
+/// Any JSON value, leaning to the shapes answers take, `depth` levels deep at most.
+pub fn hostile_value(c: &mut Choices<'_>, depth: u32) -> Value {
+    let kinds = if depth == 0 { 6 } else { 12 };
+    match c.below(kinds) {
+        0 => Value::Null,
+        1 => json!(c.byte() % 2 == 0),
+        2 => json!(hostile_text(c)),
+        3 => [json!(i64::MIN), json!(u64::MAX), json!(-0.0), json!(1e308), json!(c.byte()), json!(0.1)][c.below(6)]
+            .clone(),
+        4 => json!(format!("{}-{:02}-{:02}", 1900 + u32::from(c.byte()) * 3, c.byte() % 14, c.byte() % 33)),
+        5 => json!(c.pick(FRAGMENTS)),
+        6 => json!({ "provided": { "time": hostile_text(c), "zone": hostile_text(c) } }),
+        7 => json!({ "time": hostile_value(c, depth - 1) }),
+        8 => {
+            let bytes = ["aGVsbG8=", "", "!!!", "aGk", "////", "AA=="][c.below(6)];
+            let mut media = serde_json::Map::new();
+            media.insert("bytes".into(), json!(bytes));
+            if c.byte() % 4 != 0 {
+                media.insert("identifier".into(), hostile_value(c, 0));
+            }
+            media.insert("filename".into(), hostile_value(c, 0));
+            media.insert("contentType".into(), hostile_value(c, 0));
+            Value::Object(media)
+        }
+        9 => json!({ "coordinates": { "latitude": hostile_value(c, 0), "longitude": hostile_value(c, 0) },
+                     "address": hostile_value(c, 0) }),
+        10 => Value::Array((0..c.below(4)).map(|_| hostile_value(c, depth - 1)).collect()),
+        _ => {
+            let mut object = serde_json::Map::new();
+            for _ in 0..c.below(4) {
+                object.insert(hostile_text(c), hostile_value(c, depth - 1));
+            }
+            Value::Object(object)
+        }
+    }
+}
+
+fn hostile_answers(c: &mut Choices<'_>) -> Value {
+    let answers: Vec<Value> = (0..c.below(8))
+        .map(|_| {
+            let values = match c.below(4) {
+                0 => hostile_value(c, 2),
+                1 => Value::Null,
+                _ => Value::Array((0..c.below(4)).map(|_| hostile_value(c, 2)).collect()),
+            };
+            let mut answer = serde_json::Map::new();
+            if c.byte() % 5 != 0 {
+                answer.insert("label".into(), hostile_value(c, 0));
+            }
+            if c.byte() % 3 == 0 {
+                answer.insert("question".into(), json!(hostile_text(c)));
+            }
+            answer.insert(
+                "type".into(),
+                if c.byte() % 9 == 0 { hostile_value(c, 0) } else { json!(c.pick(QUESTION_TYPES)) },
+            );
+            answer.insert("values".into(), values);
+            Value::Object(answer)
+        })
+        .collect();
+    Value::Array(answers)
+}
+
+fn hostile_pages(c: &mut Choices<'_>, depth: u32) -> Value {
+    if c.byte() % 7 == 0 {
+        // Labels as Node Names: pages keyed by label, questions as nodes.
+        return hostile_value(c, 3);
+    }
+    let pages: Vec<Value> = (0..c.below(3) + 1)
+        .map(|_| {
+            let sections: Vec<Value> = (0..c.below(3) + 1)
+                .map(|_| {
+                    if depth > 0 && c.byte() % 4 == 0 {
+                        let rows: Vec<Value> = (0..c.below(3))
+                            .map(|row| json!({ "row": row, "pages": hostile_pages(c, depth - 1) }))
+                            .collect();
+                        json!({ "type": c.pick(&["Repeat", "repeat", "REPEAT"]), "label": hostile_value(c, 0), "rows": rows })
+                    } else {
+                        json!({ "type": "Flow", "answers": hostile_answers(c) })
+                    }
+                })
+                .collect();
+            let mut page = json!({ "label": hostile_text(c), "sections": sections });
+            if c.byte() % 5 == 0 {
+                page["answers"] = hostile_answers(c);
+            }
+            page
+        })
+        .collect();
+    Value::Array(pages)
+}
+
+/// A submission document built from `data`: the Standard format's shape (every question type,
+/// repeats, media, dates, locations) filled with hostile values, or, now and then, a shape
+/// TrueContext never sends (a `dataRecord` wrapper, wrong types at the top).
+pub fn hostile_document(data: &[u8]) -> Value {
+    let c = &mut Choices::new(data);
+    let identifier = match c.below(6) {
+        0 => json!(hostile_text(c)),
+        1 => json!(u64::from(c.byte()) * 1_000_003),
+        2 => hostile_value(c, 1),
+        _ => json!(format!("{}", 1_000_000 + u32::from(c.byte()) * 977)),
+    };
+    let mut document = json!({
+        "identifier": identifier,
+        "referenceNumber": hostile_value(c, 0),
+        "state": c.pick(&[json!("Complete"), json!("Dispatched"), json!(""), json!(7), json!(null)]),
+        "name": hostile_value(c, 0),
+        "form": { "identifier": hostile_value(c, 0), "name": hostile_value(c, 0), "version": hostile_value(c, 0),
+                  "formSpaceId": hostile_value(c, 0) },
+        "user": hostile_value(c, 1),
+        "deviceSubmitDate": hostile_value(c, 1),
+        "serverReceiveDate": hostile_value(c, 0),
+        "geoStamp": hostile_value(c, 1),
+        "zone": hostile_value(c, 0),
+        "pages": hostile_pages(c, 2),
+    });
+    if !c.exhausted() && c.byte() % 11 == 0 {
+        document = json!({ "dataRecord": document });
+    }
+    document
+}
+
+/// The structure-aware document target: whatever the document holds, normalising it gives a
+/// record or a typed refusal (never a panic), the record serialises, the same content hashes
+/// alike however it is laid out, and every media item sits under a safe, distinct name.
+pub fn document_structured(data: &[u8]) {
+    let document = hostile_document(data);
+    let media_path = |name: &str| format!("media/c/1/{name}");
+    match normalise::normalise(&document, &media_path) {
+        Ok(normalised) => {
+            let bytes = serde_json::to_vec_pretty(&Value::Object(normalised.record.clone())).unwrap();
+            assert!(!bytes.is_empty());
+            let relaid: Value = serde_json::from_slice(&serde_json::to_vec(&document).unwrap()).unwrap();
+            let again = normalise::normalise(&relaid, &media_path).expect("the same document normalises again");
+            assert_eq!(normalise::content_hash(&again.record), normalise::content_hash(&normalised.record));
+            let mut names = std::collections::HashSet::new();
+            for media in &normalised.media {
+                let id = media.id.as_str();
+                assert!(!id.is_empty() && id != "." && id != ".." && id.len() <= 64, "media name {id:?}");
+                assert!(id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)), "media name {id:?}");
+                assert!(names.insert(id), "two media items share {id:?}");
+            }
+        }
+        Err(e) => assert_bounded("document_structured", &e.to_string()),
     }
 }

@@ -21,6 +21,7 @@ mod connect_flow;
 mod function_json;
 mod fuzz_corpus;
 mod host_protocol;
+mod hostile_documents;
 mod id_token;
 mod id_token_attacks;
 mod infra;
