@@ -370,6 +370,11 @@ impl<'a> Choices<'a> {
         from[self.below(from.len())].clone()
     }
 
+    /// True about once in `n` draws.
+    pub fn one_in(&mut self, n: u8) -> bool {
+        self.byte().is_multiple_of(n.max(1))
+    }
+
     fn exhausted(&self) -> bool {
         self.at >= self.data.len()
     }
@@ -472,7 +477,7 @@ pub fn hostile_value(c: &mut Choices<'_>, depth: u32) -> Value {
     let kinds = if depth == 0 { 6 } else { 12 };
     match c.below(kinds) {
         0 => Value::Null,
-        1 => json!(c.byte() % 2 == 0),
+        1 => json!(c.one_in(2)),
         2 => json!(hostile_text(c)),
         3 => [json!(i64::MIN), json!(u64::MAX), json!(-0.0), json!(1e308), json!(c.byte()), json!(0.1)][c.below(6)]
             .clone(),
@@ -484,7 +489,7 @@ pub fn hostile_value(c: &mut Choices<'_>, depth: u32) -> Value {
             let bytes = ["aGVsbG8=", "", "!!!", "aGk", "////", "AA=="][c.below(6)];
             let mut media = serde_json::Map::new();
             media.insert("bytes".into(), json!(bytes));
-            if c.byte() % 4 != 0 {
+            if !c.one_in(4) {
                 media.insert("identifier".into(), hostile_value(c, 0));
             }
             media.insert("filename".into(), hostile_value(c, 0));
@@ -513,16 +518,13 @@ fn hostile_answers(c: &mut Choices<'_>) -> Value {
                 _ => Value::Array((0..c.below(4)).map(|_| hostile_value(c, 2)).collect()),
             };
             let mut answer = serde_json::Map::new();
-            if c.byte() % 5 != 0 {
+            if !c.one_in(5) {
                 answer.insert("label".into(), hostile_value(c, 0));
             }
-            if c.byte() % 3 == 0 {
+            if c.one_in(3) {
                 answer.insert("question".into(), json!(hostile_text(c)));
             }
-            answer.insert(
-                "type".into(),
-                if c.byte() % 9 == 0 { hostile_value(c, 0) } else { json!(c.pick(QUESTION_TYPES)) },
-            );
+            answer.insert("type".into(), if c.one_in(9) { hostile_value(c, 0) } else { json!(c.pick(QUESTION_TYPES)) });
             answer.insert("values".into(), values);
             Value::Object(answer)
         })
@@ -531,7 +533,7 @@ fn hostile_answers(c: &mut Choices<'_>) -> Value {
 }
 
 fn hostile_pages(c: &mut Choices<'_>, depth: u32) -> Value {
-    if c.byte() % 7 == 0 {
+    if c.one_in(7) {
         // Labels as Node Names: pages keyed by label, questions as nodes.
         return hostile_value(c, 3);
     }
@@ -539,7 +541,7 @@ fn hostile_pages(c: &mut Choices<'_>, depth: u32) -> Value {
         .map(|_| {
             let sections: Vec<Value> = (0..c.below(3) + 1)
                 .map(|_| {
-                    if depth > 0 && c.byte() % 4 == 0 {
+                    if depth > 0 && c.one_in(4) {
                         let rows: Vec<Value> = (0..c.below(3))
                             .map(|row| json!({ "row": row, "pages": hostile_pages(c, depth - 1) }))
                             .collect();
@@ -550,7 +552,7 @@ fn hostile_pages(c: &mut Choices<'_>, depth: u32) -> Value {
                 })
                 .collect();
             let mut page = json!({ "label": hostile_text(c), "sections": sections });
-            if c.byte() % 5 == 0 {
+            if c.one_in(5) {
                 page["answers"] = hostile_answers(c);
             }
             page
@@ -584,7 +586,7 @@ pub fn hostile_document(data: &[u8]) -> Value {
         "zone": hostile_value(c, 0),
         "pages": hostile_pages(c, 2),
     });
-    if !c.exhausted() && c.byte() % 11 == 0 {
+    if !c.exhausted() && c.one_in(11) {
         document = json!({ "dataRecord": document });
     }
     document

@@ -3,7 +3,7 @@
 //! (`fuzz/props.rs`), on the stable toolchain: CI's smoke of the fuzz targets.
 
 #[path = "../../fuzz/props.rs"]
-mod props;
+pub mod props;
 
 use std::path::Path;
 

@@ -5,9 +5,7 @@
 //! with multi-byte and combining characters at every cut point, numbers JSON cannot hold, wrong
 //! types where TrueContext puts objects.
 
-#[path = "../../fuzz/props.rs"]
-mod props;
-
+use crate::fuzz_corpus::props;
 use chrono::Utc;
 use proptest::prelude::*;
 use serde_json::Value;
