@@ -22,6 +22,7 @@ mod function_json;
 mod fuzz_corpus;
 mod host_protocol;
 mod hostile_documents;
+mod hostile_run;
 mod id_token;
 mod id_token_attacks;
 mod infra;
