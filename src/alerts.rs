@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AlertFormat, AlertWebhook};
-use crate::store::{IfMatch, RowRange, StoreError, Stores, Table, TypedTable};
+use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable};
 
 /// The partition of app-level alerts (connection alerts use `c-<connection id>`).
 const APP_PARTITION: &str = "app";
@@ -261,10 +261,12 @@ pub async fn undelivered(stores: &Stores, connections: &[String]) -> Result<Vec<
     Ok(out)
 }
 
-/// The alerts raised for a connection (`None`: app-level ones).
+/// The alerts raised for a connection (`None`: app-level ones), every page of them: one push
+/// poisoned is one alert, and the hostile-document run found that reading only the first
+/// hundred hid (and left uncleared) every alert after them.
 pub async fn list(stores: &Stores, connection: Option<&str>) -> Result<Vec<Alert>, StoreError> {
-    let page = stores.tables.query(Table::Alerts, &partition(connection), &RowRange::all(), 100, None).await?;
-    page.entities.into_iter().map(|e| crate::store::from_properties(e.properties)).collect()
+    let entities = crate::store::query_partition(stores.tables.as_ref(), Table::Alerts, &partition(connection)).await?;
+    entities.into_iter().map(|e| crate::store::from_properties(e.properties)).collect()
 }
 
 /// Ends every alert of a connection (it was consented again), so a new failure alerts again.
@@ -296,4 +298,29 @@ async fn clear(stores: &Stores, connection: Option<&str>, names: Option<&[&str]>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the hostile-document run: more than a hundred alerts (one per poisoned push)
+    /// hid every alert after the first page, and clearing left them in force.
+    #[tokio::test]
+    async fn every_alert_of_a_connection_is_listed_and_cleared_past_the_first_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = crate::store::local::open(dir.path(), None).unwrap();
+        for i in 0..1_150 {
+            let code = format!("push-{i:05}");
+            raise(&stores, None, Alert::new("push_poisoned", Some("c1"), "poisoned", &code, "x")).await.unwrap();
+        }
+        raise(&stores, None, Alert::new("zz_last", Some("c1"), "x", "x", "after them all")).await.unwrap();
+        let all = list(&stores, Some("c1")).await.unwrap();
+        assert_eq!(all.len(), 1_151);
+        assert!(all.iter().any(|a| a.alert == "zz_last"));
+        clear_connection_named(&stores, "c1", &["zz_last"]).await.unwrap();
+        assert_eq!(list(&stores, Some("c1")).await.unwrap().len(), 1_150);
+        clear_connection(&stores, "c1").await.unwrap();
+        assert!(list(&stores, Some("c1")).await.unwrap().is_empty());
+    }
 }

@@ -366,8 +366,11 @@ async fn quarantine_status(app: &App, connections: &[String]) -> Result<Quaranti
     Ok(QuarantineStatus { count, by_connection, oldest: entries.into_iter().take(QUARANTINE_SHOWN).collect() })
 }
 
+/// The names of a connection's alerts in force, each once (a poisoned push is one alert each).
 async fn alert_names(app: &App, connection: &str) -> Result<Vec<String>, StoreError> {
-    Ok(alerts::list(&app.stores, Some(connection)).await?.into_iter().map(|a| a.alert).collect())
+    let names: std::collections::BTreeSet<String> =
+        alerts::list(&app.stores, Some(connection)).await?.into_iter().map(|a| a.alert).collect();
+    Ok(names.into_iter().collect())
 }
 
 /// With `OAUTH_GRANT=client_credentials` the app itself is the connection (app-only access;
