@@ -58,7 +58,7 @@ fn hostile_with_id(seed: &mut u64, id: &str) -> Value {
     let mut document = props::hostile_document(&bytes(seed, len));
     match document.get_mut("dataRecord").and_then(Value::as_object_mut) {
         Some(inner) => inner.insert("identifier".into(), json!(id)),
-        None => document.as_object_mut().map(|o| o.insert("identifier".into(), json!(id))).flatten(),
+        None => document.as_object_mut().and_then(|o| o.insert("identifier".into(), json!(id))),
     };
     document
 }
