@@ -44,6 +44,14 @@ DELIBERATELY_NOT_SET = {
     "IDENTITY_ENDPOINT": "set by the platform for the managed identity, never by the app",
     "MSI_ENDPOINT": "set by the platform (the older name of IDENTITY_ENDPOINT), never by the app",
     "OAUTH_CLIENT_CERTIFICATE_PATH": "needs a PEM file on the instance's disk, which Flex does not offer; the federated credential replaces it",
+    "STANDALONE_MAX_CONNECTIONS": "standalone mode only; under the Functions host the host owns the connections",
+    "STANDALONE_HEADER_TIMEOUT_SECONDS": "standalone mode only; under the Functions host the host reads requests",
+    "STANDALONE_BODY_TIMEOUT_SECONDS": "standalone mode only; under the Functions host the host reads requests",
+    "TRUSTED_PROXY_HOPS": "its default under the host (1: the Functions front end appends the caller) is Azure's own",
+    "WEBHOOK_CONNECTION_CLIENT_IDS": "per-connection push clients are the operator's to add once connections exist; the role gates pushes by default",
+    "WEBHOOK_CONNECTION_SECRETS": "per-connection values for basic/header; the deploy's default is jwt",
+    "WEBHOOK_MAX_BACKLOG_SECONDS": "its default (15 minutes) fits the queue's retry schedule",
+    "WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS": "its default (24 h) is above Entra's and managed identities' token lifetimes",
 }
 
 # Literals in src/config.rs that match the setting pattern but are not settings.
