@@ -49,6 +49,22 @@ fn sync_until_it_runs(dir: &Path, settings: &[(&'static str, String)]) -> Output
     }
 }
 
+/// Starts `sync --once` and kills it with SIGKILL (no clean-up of any kind) once the simulator
+/// has served `documents` document calls.
+fn kill_sync_after_documents(dir: &Path, settings: &[(&'static str, String)], sim: &TrueContextSim, documents: usize) {
+    let mut child: Child =
+        tcbridge(dir, settings, &["sync", "--once"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let served = |sim: &TrueContextSim| sim.calls().iter().filter(|c| c.path.starts_with("data/")).count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while served(sim) < documents {
+        assert!(child.try_wait().unwrap().is_none(), "the sync finished before it could be killed");
+        assert!(Instant::now() < deadline, "the sync never got going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Every landed event on the embedded store's queue, by submission id.
 async fn landed_events(stores: &Stores) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -73,20 +89,7 @@ async fn a_sync_killed_mid_run_resumes_without_gap_or_duplicate() {
     let ids = sim.add_records(450, "form-1", Utc::now() - TimeDelta::hours(10));
     let dir = tempfile::tempdir().unwrap();
     let settings = basic_settings(&sim);
-    let mut child: Child = tcbridge(dir.path(), &settings, &["sync", "--once"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let documents = |sim: &TrueContextSim| sim.calls().iter().filter(|c| c.path.starts_with("data/")).count();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while documents(&sim) < 170 {
-        assert!(child.try_wait().unwrap().is_none(), "the sync finished before it could be killed");
-        assert!(Instant::now() < deadline, "the sync never got going");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL: no clean-up of any kind
-    child.wait().unwrap();
+    kill_sync_after_documents(dir.path(), &settings, &sim, 170);
     let before_rerun = sim.calls().len();
 
     let output = sync_until_it_runs(dir.path(), &settings);
@@ -284,20 +287,7 @@ async fn one_rerun_after_a_kill_9_is_current_and_a_second_fetches_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = basic_settings(&sim);
         settings.push(("SYNC_OVERLAP_SECONDS", overlap.into()));
-        let mut child: Child = tcbridge(dir.path(), &settings, &["sync", "--once"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let documents = |sim: &TrueContextSim| sim.calls().iter().filter(|c| c.path.starts_with("data/")).count();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while documents(&sim) < 120 {
-            assert!(child.try_wait().unwrap().is_none(), "the sync finished before it could be killed");
-            assert!(Instant::now() < deadline, "the sync never got going");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_sync_after_documents(dir.path(), &settings, &sim, 120);
         // After the kill: new submissions, and edits of ones landed before it.
         let fresh = sim.add_records(40, "form-1", Utc::now() - TimeDelta::seconds(2));
         for id in &old[..5] {
