@@ -407,6 +407,9 @@ pub struct Settings {
     /// `STANDALONE_MAX_CONNECTIONS`: connections a standalone server serves at once (more wait
     /// in the listen backlog).
     pub max_connections: usize,
+    /// `STANDALONE_MAX_CONNECTIONS_PER_ADDRESS`: connections one address may hold at once
+    /// (standalone server; behind a proxy of your own, raise it: every connection is the proxy's).
+    pub max_connections_per_address: usize,
     /// `TRUSTED_PROXY_HOPS`: how many proxies in front of the bridge append to
     /// `X-Forwarded-For`; the caller is the hop the nearest of them appended. Unset: one behind
     /// the Functions host (its front end), none standalone (the connection's own address).
@@ -574,6 +577,7 @@ impl Settings {
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             max_connections: p.number("STANDALONE_MAX_CONNECTIONS", 256, 1, 65_536),
+            max_connections_per_address: p.number("STANDALONE_MAX_CONNECTIONS_PER_ADDRESS", 64, 1, 65_536),
             trusted_proxy_hops: p
                 .raw
                 .get("TRUSTED_PROXY_HOPS")
@@ -1002,6 +1006,17 @@ fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
         }
         _ => {}
     }
+    let shared: Vec<&SecretString> = settings.basic_passwords.iter().chain(&settings.header_values).collect();
+    if let Some((connection, _)) = settings.connection_secrets.iter().find(|(_, own)| shared.contains(own)) {
+        // A connection's own value is the only one it takes, and the shared one is refused for
+        // it: the same value in both would refuse that connection's own pushes.
+        let connection = connection.clone();
+        p.problem(
+            "WEBHOOK_CONNECTION_SECRETS",
+            format!("gives connection {connection:?} the shared WEBHOOK_BASIC_PASSWORD / WEBHOOK_HEADER_VALUE (not shown); give it a value of its own"),
+            "contoso=<openssl rand -base64 32>",
+        );
+    }
     let restricted = settings.required_role.is_some()
         || !settings.allowed_client_ids.is_empty()
         || !settings.connection_client_ids.is_empty();
@@ -1108,7 +1123,14 @@ fn connection_secrets(p: &mut Parser<'_>) -> std::collections::BTreeMap<String, 
         }
         let value = SecretString::new(value);
         p.secrets.push(value.clone());
-        out.insert(connection.to_owned(), value);
+        if out.insert(connection.to_owned(), value).is_some() {
+            // Written like a rotation (`c=old;c=new`), only the last would count, silently.
+            p.problem(
+                NAME,
+                format!("names connection {connection:?} twice; give each connection one value"),
+                "contoso=…;fabrikam=…",
+            );
+        }
     }
     out
 }
@@ -1489,6 +1511,17 @@ mod tests {
         assert!(bad.iter().any(|p| p.setting == "WEBHOOK_CONNECTION_CLIENT_IDS"), "{bad:?}");
         assert!(bad.iter().any(|p| p.setting == "WEBHOOK_CONNECTION_SECRETS"), "{bad:?}");
         assert!(!format!("{bad:?}").contains("tiny-value"), "no value shown");
+        let twice = load(&[("WEBHOOK_CONNECTION_SECRETS", "demo=first-value-0123456789;demo=second-value-0123456789")]);
+        assert!(twice.unwrap_err().iter().any(|p| p.message.contains("twice")));
+        let shared = load(&[
+            ("WEBHOOK_AUTH", "basic"),
+            ("WEBHOOK_BASIC_USERNAME", "tc"),
+            ("WEBHOOK_BASIC_PASSWORD", "shared-value-0123456789"),
+            ("WEBHOOK_CONNECTION_SECRETS", "demo=shared-value-0123456789"),
+        ]);
+        let shared = shared.unwrap_err();
+        assert!(shared.iter().any(|p| p.message.contains("shared")), "{shared:?}");
+        assert!(!format!("{shared:?}").contains("shared-value-0123456789"), "no value shown");
         assert!(load(&[("WEBHOOK_AUTH", "jwt")]).unwrap_err().iter().any(|p| p.setting == "WEBHOOK_AUDIENCE"));
         let limits = load(&[("WEBHOOK_MAX_BODY_BYTES", "2000000"), ("MAX_REQUEST_BODY_BYTES", "1000000")]).unwrap_err();
         assert!(limits.iter().any(|p| p.setting == "WEBHOOK_MAX_BODY_BYTES"), "{limits:?}");

@@ -184,6 +184,9 @@ enum PoisonCommand {
 fn main() -> ExitCode {
     truecontext_bridge::tls::install_crypto_provider();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        quiet_on_closed_output();
+    }
     let raw = RawSettings::from_environment(cli.settings.as_deref());
     // Blocking threads serve the embedded store, whose one SQLite connection is behind a mutex:
     // past a few, extra threads only queue on it, each with its stack (tokio's default of 512
@@ -231,6 +234,18 @@ fn main() -> ExitCode {
             eprintln!("error: {}", telemetry::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command whose output goes to a reader that leaves early (`| head`) ends there, quietly, as
+/// other command-line tools do. Rust starts with SIGPIPE ignored, so a write to the closed pipe
+/// failed and `println!` panicked. Never for `serve`: a client's closed socket must not stop a
+/// server.
+fn quiet_on_closed_output() {
+    #[cfg(unix)]
+    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -917,11 +932,13 @@ async fn serve_standalone(
     }
     let limits = standalone::ServerLimits {
         max_connections: settings.max_connections,
+        max_connections_per_address: settings.max_connections_per_address,
         header_timeout: settings.header_timeout,
         body_timeout: settings.body_timeout,
         ..Default::default()
     };
-    let served = standalone::serve(listener, standalone::router(app, key, limits), limits, shutdown_signal()).await;
+    let router = standalone::router(app.clone(), key, limits);
+    let served = standalone::serve(&app, listener, router, limits, shutdown_signal()).await;
     stop.cancel();
     for worker in workers {
         let _ = worker.await;

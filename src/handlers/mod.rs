@@ -294,8 +294,10 @@ impl App {
         let size = size.map_or_else(String::new, |n| format!(" ({n} bytes)"));
         let message = match (function.name, limit) {
             ("webhook", _) => {
+                let message = format!("the body{size} is over the {limit} bytes of WEBHOOK_MAX_BODY_BYTES");
                 self.webhook_counters.rejected("body_too_large", None);
-                format!("the body{size} is over the {limit} bytes of WEBHOOK_MAX_BODY_BYTES")
+                self.webhook_counters.refused_verified("body_too_large", &message);
+                message
             }
             (name, 0) => format!("{name} takes no request body"),
             (name, _) => format!("the request body{size} is over the {limit} bytes {name} takes"),

@@ -9,7 +9,7 @@ use super::sync::{credentials, pull, run_deadline};
 use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
 use crate::webhook::counters::Counters;
-use crate::webhook::{Processed, PushRef};
+use crate::webhook::{FetchError, Processed, PushRef};
 
 /// One message on the incoming queue (`INCOMING_QUEUE_NAME`), tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +100,7 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
                     Counters::bump(&counters.quarantined);
                     tracing::warn!(connection = %push.connection, key = %push.key, reason = %kept.row.reason, "push quarantined");
                 }
+                Processed::Gone => Counters::bump(&counters.gone),
                 Processed::Unknown => {
                     tracing::warn!(connection = %push.connection, key = %push.key, "no stored push for this message; nothing to do")
                 }
@@ -139,14 +140,18 @@ struct Documents<'a> {
 
 #[async_trait::async_trait]
 impl crate::webhook::DocumentSource for Documents<'_> {
-    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, String> {
+    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError> {
         let tokens = self.app.tokens();
         let credentials = credentials(&self.app.settings.truecontext, &tokens)
-            .ok_or_else(|| super::sync::MISSING_API_KEY.to_owned())?;
+            .ok_or_else(|| FetchError::Failed(super::sync::MISSING_API_KEY.to_owned()))?;
         let client = self.app.truecontext();
-        let document = client.document(&credentials, connection, identifier).await.map_err(|e| e.to_string());
+        let document = client.document(&credentials, connection, identifier).await;
         client.release_slots().await;
-        Ok(document?.bytes)
+        match document {
+            Ok(document) => Ok(document.bytes),
+            Err(e @ crate::truecontext::TrueContextError::NotFound { .. }) => Err(FetchError::Gone(e.to_string())),
+            Err(e) => Err(FetchError::Failed(e.to_string())),
+        }
     }
 }
 

@@ -263,6 +263,25 @@ impl StatusReport {
             task_restarts: webhook.counters.task_restarts.clone(),
             last_restart: webhook.counters.last_restart.clone(),
         };
+        if let Some(at) = webhook.counters.last_connection_cap_at.filter(|at| now - *at < RESTART_ATTENTION) {
+            attention.push(format!(
+                "a standalone server had every connection it may hold in use at {} ({} time(s) in all): a client may \
+                 be holding connections (STANDALONE_MAX_CONNECTIONS, STANDALONE_MAX_CONNECTIONS_PER_ADDRESS); read the log",
+                at.format("%Y-%m-%d %H:%M:%S UTC"),
+                webhook.counters.connection_cap_reached
+            ));
+        }
+        if let Some(refused) =
+            webhook.counters.last_verified_refusal.as_ref().filter(|r| now - r.at < RESTART_ATTENTION)
+        {
+            attention.push(format!(
+                "pushes from the verified caller are refused ({}) at {}: {}; check the TrueContext Data Destination \
+                 (its URL's ?connection=, its format) — the sync pulls those submissions later",
+                refused.task,
+                refused.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                refused.reason
+            ));
+        }
         if let Some(restart) = supervision.last_restart.as_ref().filter(|r| now - r.at < RESTART_ATTENTION) {
             let total: u64 = supervision.task_restarts.values().sum();
             attention.push(format!(

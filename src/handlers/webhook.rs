@@ -55,8 +55,11 @@ async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
         Ok(caller) => caller,
         Err(refused) => return refused,
     };
+    // Past this point the caller is verified: a refusal means its destination sends something
+    // wrong, which status must show (the sync still pulls the submission later; it is late).
     let refuse = |status: StatusCode, code: &str, message: String| {
         counters.rejected(code, None);
+        counters.refused_verified(code, &message);
         tracing::warn!(reason = code, detail = %message, "a push was refused");
         HttpResponse::error(status, code, message)
     };
@@ -82,6 +85,7 @@ async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
     if let Err(refusal) = app.webhook_verifier().may_push(&caller, &connection) {
         let source = source_of(&request.headers, request.peer, app.proxy_hops());
         counters.rejected(refusal.code(), Some(&source));
+        counters.refused_verified(refusal.code(), &refusal.to_string());
         tracing::warn!(reason = refusal.code(), caller = %caller.name, connection = %connection, source = %source,
             "a push was refused: its credentials are for another connection");
         return HttpResponse::error(StatusCode::FORBIDDEN, refusal.code(), refusal.to_string());

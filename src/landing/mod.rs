@@ -28,6 +28,8 @@ use normalise::{content_hash, normalise, DocumentError};
 
 /// How long one landing may hold a submission; a crashed lander's turn ends after this.
 const LAND_LEASE: Duration = Duration::from_secs(60);
+/// Documents at least this large are read on a blocking thread.
+const OFF_THE_RUNTIME_BYTES: usize = 256 * 1024;
 /// The longest text an index row keeps of a document's field (reference, form, state).
 const INDEX_TEXT_CHARS: usize = 1024;
 /// How long a lander waits for its turn.
@@ -179,7 +181,7 @@ impl<'a> Landing<'a> {
     pub async fn land(&self, arrival: &Arrival<'_>) -> Result<Landed, LandingError> {
         crate::connections::validate_id(arrival.connection).map_err(LandingError::InvalidConnection)?;
         let connection = arrival.connection;
-        let (id, normalised) = crate::telemetry::isolate_sync(|| Self::read(connection, arrival.raw))??;
+        let (id, normalised) = Self::read_off_the_runtime(connection, arrival.raw).await?;
         let sha256 = content_hash(&normalised.record);
         let turn = self.take_turn(connection, &id).await?;
         let result = crate::telemetry::isolate(self.land_holding(arrival, &id, normalised, sha256))
@@ -191,8 +193,30 @@ impl<'a> Landing<'a> {
         result
     }
 
-    /// The document's identifier and its normalised record; nothing is written.
+    /// [`Landing::read`], isolated; a large document on a blocking thread, so reading it never
+    /// holds up the runtime's few workers (status answered in seconds while a 10 MiB push was
+    /// read).
+    async fn read_off_the_runtime(
+        connection: &str,
+        raw: &[u8],
+    ) -> Result<(String, normalise::Normalised), LandingError> {
+        if raw.len() < OFF_THE_RUNTIME_BYTES {
+            return crate::telemetry::isolate_sync(|| Self::read(connection, raw))?;
+        }
+        let (owned_connection, owned_raw) = (connection.to_owned(), raw.to_vec());
+        let read = tokio::task::spawn_blocking(move || {
+            crate::telemetry::isolate_sync(|| Self::read(&owned_connection, &owned_raw))
+        });
+        match read.await {
+            Ok(isolated) => isolated?,
+            Err(e) => Err(LandingError::Panicked(format!("the reading task ended: {e}"))),
+        }
+    }
+
+    /// The document's identifier and its normalised record; nothing is written. Its size in
+    /// values is checked before it is parsed.
     fn read(connection: &str, raw: &[u8]) -> Result<(String, normalise::Normalised), LandingError> {
+        normalise::within_values(raw, normalise::MAX_DOCUMENT_VALUES)?;
         let document: Value = serde_json::from_slice(raw).map_err(|e| {
             LandingError::NotJson(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
         })?;
@@ -204,7 +228,7 @@ impl<'a> Landing<'a> {
     /// Whether `raw` would replace a landed version of its submission with other content. A
     /// document that cannot be read says `false`: landing it gives the error.
     pub async fn would_change(&self, connection: &str, raw: &[u8]) -> Result<bool, LandingError> {
-        let Ok(Ok((id, normalised))) = crate::telemetry::isolate_sync(|| Self::read(connection, raw)) else {
+        let Ok((id, normalised)) = Self::read_off_the_runtime(connection, raw).await else {
             return Ok(false);
         };
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);

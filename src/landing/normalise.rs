@@ -39,6 +39,95 @@ pub enum DocumentError {
     NoIdentifier,
     #[error("the document's identifier {0:?} is not a TrueContext identifier")]
     BadIdentifier(String),
+    #[error("the document holds more than {0} JSON values; a submission never does, and reading it would take too much memory")]
+    TooManyValues(usize),
+}
+
+/// The most JSON values (objects, arrays, strings, numbers, booleans, nulls) a document may
+/// hold. A form with a thousand questions in a hundred repeat rows stays well inside; a body of
+/// five million zeros (10 MiB) does not, and parsed whole it once took 600 MiB.
+pub const MAX_DOCUMENT_VALUES: usize = 200_000;
+
+/// Counts the values of a JSON text without building it, stopping at `max`: what a document
+/// would cost parsed is known before it is parsed. A text that is not JSON passes (the real
+/// parse then says where it is wrong).
+pub fn within_values(bytes: &[u8], max: usize) -> Result<(), DocumentError> {
+    use serde::de::DeserializeSeed;
+    let left = std::cell::Cell::new(max);
+    let hit = std::cell::Cell::new(false);
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let counted = Counter { left: &left, hit: &hit }.deserialize(&mut reader);
+    match counted {
+        Err(_) if hit.get() => Err(DocumentError::TooManyValues(max)),
+        _ => Ok(()),
+    }
+}
+
+/// serde's visitor over any JSON value that only counts (serde has no "count the nodes";
+/// `IgnoredAny` skips without counting).
+#[derive(Clone, Copy)]
+struct Counter<'a> {
+    left: &'a std::cell::Cell<usize>,
+    hit: &'a std::cell::Cell<bool>,
+}
+
+impl Counter<'_> {
+    fn tick<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.left.get() {
+            0 => {
+                self.hit.set(true);
+                Err(E::custom("too many values"))
+            }
+            n => {
+                self.left.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Counter<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Counter<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
 }
 
 /// The submission's identifier, read without normalising the rest.
@@ -432,6 +521,20 @@ mod tests {
         assert_eq!(answer("Date", json!([" "])), Value::Null);
         assert_eq!(answer("Date", json!([17])), Value::Null);
         assert_eq!(answer("Date", json!([])), Value::Null);
+    }
+
+    /// Found by the outside review: a 10 MiB push of five million zeros took 600 MiB to read.
+    #[test]
+    fn a_document_with_too_many_values_is_refused_before_it_is_read() {
+        let zeros = format!("{{\"identifier\": \"1\", \"values\": [{}0]}}", "0,".repeat(300_000));
+        assert_eq!(
+            within_values(zeros.as_bytes(), MAX_DOCUMENT_VALUES),
+            Err(DocumentError::TooManyValues(MAX_DOCUMENT_VALUES))
+        );
+        assert_eq!(within_values(&serde_json::to_vec(&document()).unwrap(), MAX_DOCUMENT_VALUES), Ok(()));
+        assert_eq!(within_values(br#"{"a": [1, 2, {"b": null}]}"#, 6), Ok(()), "six values");
+        assert!(within_values(br#"{"a": [1, 2, {"b": null}]}"#, 5).is_err());
+        assert_eq!(within_values(b"{not json", 10), Ok(()), "the parser names a syntax error");
     }
 
     #[test]

@@ -251,7 +251,8 @@ impl Verifier {
     /// Whether `caller` may push to `connection`: a connection with its own value
     /// (`WEBHOOK_CONNECTION_SECRETS`) or its own clients (`WEBHOOK_CONNECTION_CLIENT_IDS`) takes
     /// only those; any other takes the shared value, or a client of `WEBHOOK_ALLOWED_CLIENT_IDS`
-    /// (any client that passed the role check when that list is empty).
+    /// (any client that passed the role check when that list is empty), but never a client that
+    /// is one connection's own: that would let one organisation's client push into another's.
     pub fn may_push(&self, caller: &Caller, connection: &str) -> Result<(), Refusal> {
         let refused = || Err(Refusal::ConnectionNotAllowed(connection.to_owned()));
         match &caller.proof {
@@ -261,14 +262,12 @@ impl Verifier {
             Proof::Client(client) => {
                 let client = client.as_deref().unwrap_or_default();
                 let listed = |list: &[String]| list.iter().any(|c| c == client);
+                let bound_elsewhere = self.settings.connection_client_ids.values().any(|own| listed(own));
                 match self.settings.connection_client_ids.get(connection) {
                     Some(own) if listed(own) => Ok(()),
                     Some(_) => refused(),
-                    None if self.settings.allowed_client_ids.is_empty()
-                        || listed(&self.settings.allowed_client_ids) =>
-                    {
-                        Ok(())
-                    }
+                    None if listed(&self.settings.allowed_client_ids) => Ok(()),
+                    None if self.settings.allowed_client_ids.is_empty() && !bound_elsewhere => Ok(()),
                     None => refused(),
                 }
             }
@@ -646,6 +645,14 @@ mod tests {
         assert!(v.may_push(&caller("shared-client"), "fabrikam").is_err());
         assert!(v.may_push(&caller("fabrikam-client"), "contoso").is_err());
         assert!(v.may_push(&caller("shared-client"), "contoso").is_ok());
+        // Found by the outside review: with no shared list, a connection's own client could push
+        // into every connection without a list of its own.
+        let mut only_own = clients.clone();
+        only_own.allowed_client_ids.clear();
+        let v = Verifier::new(&only_own, &crate::config::Settings::load(&raw).unwrap().oauth);
+        assert!(v.may_push(&caller("fabrikam-client"), "fabrikam").is_ok());
+        assert!(v.may_push(&caller("fabrikam-client"), "contoso").is_err());
+        assert!(v.may_push(&caller("role-holder"), "contoso").is_ok(), "any role holder that is no one's own");
     }
 
     #[test]

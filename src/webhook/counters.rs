@@ -36,6 +36,9 @@ pub struct Figures {
     /// Pushes the landing refused for good, kept in quarantine.
     #[serde(default)]
     pub quarantined: u64,
+    /// Pushes without their document for which TrueContext had none (404).
+    #[serde(default)]
+    pub gone: u64,
     #[serde(default)]
     pub updated_at: Option<DateTime<Utc>>,
     /// Restarts of supervised tasks, by task (a task that ended or panicked was started again).
@@ -44,9 +47,20 @@ pub struct Figures {
     /// The latest restart of any instance: when, which task, why.
     #[serde(default)]
     pub last_restart: Option<Restart>,
+    /// Times a standalone server had every connection it may hold in use (or one address had
+    /// all of its share), and the latest.
+    #[serde(default)]
+    pub connection_cap_reached: u64,
+    #[serde(default)]
+    pub last_connection_cap_at: Option<DateTime<Utc>>,
+    /// The latest push refused after its caller was verified (a body or connection the
+    /// destination gets wrong): when and why.
+    #[serde(default)]
+    pub last_verified_refusal: Option<Restart>,
 }
 
-/// One restart of a supervised task.
+/// One restart of a supervised task (or, for `last_verified_refusal`, one refused push: `task`
+/// is the refusal's code).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Restart {
     pub at: DateTime<Utc>,
@@ -63,6 +77,7 @@ impl Figures {
         self.retried += other.retried;
         self.poisoned += other.poisoned;
         self.quarantined += other.quarantined;
+        self.gone += other.gone;
         for (k, v) in &other.rejected {
             *self.rejected.entry(k.clone()).or_default() += v;
         }
@@ -75,6 +90,11 @@ impl Figures {
         }
         if other.last_restart.as_ref().map(|r| r.at) > self.last_restart.as_ref().map(|r| r.at) {
             self.last_restart = other.last_restart.clone();
+        }
+        self.connection_cap_reached += other.connection_cap_reached;
+        self.last_connection_cap_at = self.last_connection_cap_at.max(other.last_connection_cap_at);
+        if other.last_verified_refusal.as_ref().map(|r| r.at) > self.last_verified_refusal.as_ref().map(|r| r.at) {
+            self.last_verified_refusal = other.last_verified_refusal.clone();
         }
     }
 }
@@ -89,8 +109,11 @@ pub struct Counters {
     pub retried: AtomicU64,
     pub poisoned: AtomicU64,
     pub quarantined: AtomicU64,
+    pub gone: AtomicU64,
     refusals: Mutex<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
     restarts: Mutex<(BTreeMap<String, u64>, Option<Restart>)>,
+    caps: Mutex<(u64, Option<DateTime<Utc>>)>,
+    verified_refusal: Mutex<Option<Restart>>,
     /// What the last write stored (its time left out), so an idle process writes nothing.
     last_written: Mutex<Option<Figures>>,
     last_flush: Mutex<Instant>,
@@ -108,8 +131,11 @@ impl Default for Counters {
             retried: AtomicU64::new(0),
             poisoned: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            gone: AtomicU64::new(0),
             refusals: Mutex::default(),
             restarts: Mutex::default(),
+            caps: Mutex::default(),
+            verified_refusal: Mutex::default(),
             last_written: Mutex::default(),
             last_flush: Mutex::new(Instant::now()),
             flushing: AtomicBool::new(false),
@@ -143,9 +169,25 @@ impl Counters {
         restarts.1 = Some(Restart { at: Utc::now(), task: task.to_owned(), reason: reason.to_owned() });
     }
 
+    /// A standalone server had every connection it may hold in use.
+    pub fn connection_cap_reached(&self) {
+        let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        caps.0 += 1;
+        caps.1 = Some(Utc::now());
+    }
+
+    /// A push was refused after its caller was verified: the destination sends something wrong.
+    pub fn refused_verified(&self, code: &str, reason: &str) {
+        let refusal = Restart { at: Utc::now(), task: code.to_owned(), reason: reason.chars().take(300).collect() };
+        *self.verified_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
+    }
+
     fn snapshot(&self) -> Figures {
         let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         let restarts = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        // One guard each: a lock taken twice in one expression waits on itself.
+        let caps = *self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        let verified_refusal = self.verified_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Figures {
             received: load(&self.received),
@@ -157,9 +199,13 @@ impl Counters {
             retried: load(&self.retried),
             poisoned: load(&self.poisoned),
             quarantined: load(&self.quarantined),
+            gone: load(&self.gone),
             updated_at: Some(Utc::now()),
             task_restarts: restarts.0.clone(),
             last_restart: restarts.1.clone(),
+            connection_cap_reached: caps.0,
+            last_connection_cap_at: caps.1,
+            last_verified_refusal: verified_refusal,
         }
     }
 

@@ -96,7 +96,7 @@ pub enum WebhookError {
     #[error("the stored push is not a valid submission: {0}")]
     Payload(#[from] payload::PayloadError),
     #[error("the document could not be fetched: {0}")]
-    Fetch(String),
+    Fetch(FetchError),
 }
 
 /// The intake with its parts.
@@ -233,12 +233,26 @@ pub enum Processed {
     Unknown,
     /// The landing refused it for good: kept in quarantine.
     Quarantined(quarantine::Entry),
+    /// It carried no document and TrueContext has none for it (404).
+    Gone,
+}
+
+/// Why a document could not be fetched.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FetchError {
+    /// TrueContext has no such submission (404): retention expired, a passthrough form, or a
+    /// push for an id it never had. Fetching again cannot help.
+    #[error("TrueContext has no document for it: {0}")]
+    Gone(String),
+    /// Anything else (unavailable, refused, the budget spent): worth another delivery.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Fetches a submission's document for a push that did not carry it.
 #[async_trait::async_trait]
 pub trait DocumentSource: Send + Sync {
-    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, String>;
+    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError>;
 }
 
 /// Processes one stored push: lands it (fetching the document when the push lacks it), records
@@ -279,7 +293,19 @@ pub async fn process(
         // the content changed; a first push or a duplicate costs none). The fetch is newer
         // than the push.
         let at = Utc::now();
-        fetched = fetch.document(&push.connection, &row.identifier).await.map_err(WebhookError::Fetch)?;
+        fetched = match fetch.document(&push.connection, &row.identifier).await {
+            Ok(document) => document,
+            Err(FetchError::Gone(reason)) => {
+                // One call, not one per delivery: a push for an id TrueContext does not have
+                // (its body stays under `incoming/`) once spent five calls of the day's budget
+                // on its way to the poison queue. Were it only late, the sync lists it later.
+                tracing::warn!(connection = %push.connection, identifier = %row.identifier, %reason,
+                    "a pushed submission's document is gone (404); nothing to land");
+                delete_pending(stores, &push.connection, &push.key).await?;
+                return Ok(Processed::Gone);
+            }
+            Err(e) => return Err(WebhookError::Fetch(e)),
+        };
         (fetched.as_slice(), at)
     };
     let arrival = Arrival { connection: &push.connection, source: Source::Webhook, raw, order, processed_date: None };

@@ -47,12 +47,20 @@ pub enum PayloadError {
     NoIdentifier(String),
     #[error("the submission identifier {0:?} is not a TrueContext identifier (1-64 letters, digits, - or _)")]
     BadIdentifier(String),
+    #[error("the body holds more than {0} JSON values; a submission never does")]
+    TooManyValues(usize),
+    #[error("the body is a submission document whose own identifier is missing or not a TrueContext identifier ({0}), though it names {1:?} elsewhere")]
+    DocumentIdentifier(String, String),
 }
 
 /// Reads a pushed body. `id_field` is `WEBHOOK_ID_FIELD`, a dotted path.
 pub fn read(body: &[u8], id_field: Option<&str>) -> Result<(Push, Value), PayloadError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(PayloadError::Empty);
+    }
+    let values = crate::landing::normalise::MAX_DOCUMENT_VALUES;
+    if crate::landing::normalise::within_values(body, values).is_err() {
+        return Err(PayloadError::TooManyValues(values));
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         PayloadError::NotJson(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
@@ -74,6 +82,17 @@ pub fn read(body: &[u8], id_field: Option<&str>) -> Result<(Push, Value), Payloa
         Some(Value::Array(_) | Value::Object(_)) => PushFormat::Labels,
         _ => PushFormat::Template,
     };
+    if format.is_complete() {
+        // A document is landed under its own identifier (the landing's rule): the push must
+        // be answered, stored and queued under that same one, or refused now. They once
+        // disagreed: `{"identifier": "222", "dataRecord": {"identifier": -3, …}}` was
+        // acknowledged as 222 and landed as -3.
+        let own = crate::landing::normalise::identifier(&value)
+            .ok()
+            .filter(|id| crate::naming::is_record_id(id) && *id == identifier)
+            .ok_or_else(|| PayloadError::DocumentIdentifier(document_identifier_shown(&value), identifier.clone()))?;
+        return Ok((Push { identifier: own, format }, value));
+    }
     Ok((Push { identifier, format }, value))
 }
 
@@ -86,6 +105,14 @@ fn is_standard_page(page: &Value) -> bool {
 
 fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
     path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+/// What a document's own identifier is, for the refusal (bounded, never the whole body).
+fn document_identifier_shown(value: &Value) -> String {
+    match crate::landing::normalise::identifier(value) {
+        Ok(id) => format!("{:?}", id.chars().take(80).collect::<String>()),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -133,5 +160,19 @@ mod tests {
         ));
         assert!(matches!(read_json(json!({"identifier": ""}), None).unwrap_err(), PayloadError::NoIdentifier(_)));
         assert!(matches!(read_json(json!({"identifier": -3}), None).unwrap_err(), PayloadError::NoIdentifier(_)));
+    }
+
+    /// Found by the outside review: the intake and the landing read the identifier of one body
+    /// differently, so a push was acknowledged under one id and landed under another.
+    #[test]
+    fn a_document_is_taken_under_the_identifier_it_lands_under_or_refused() {
+        let split = json!({"identifier": "222", "dataRecord": {"identifier": -3, "pages": []}});
+        assert!(matches!(read_json(split, None).unwrap_err(), PayloadError::DocumentIdentifier(..)));
+        let missing = json!({"identifier": "111", "dataRecord": {"pages": []}});
+        assert!(matches!(read_json(missing, None).unwrap_err(), PayloadError::DocumentIdentifier(..)));
+        let agreeing = json!({"identifier": "9", "dataRecord": {"identifier": 9, "pages": []}});
+        assert_eq!(read_json(agreeing, None).unwrap().identifier, "9");
+        let zeros = format!("{{\"identifier\": \"1\", \"pages\": [{}0]}}", "0,".repeat(250_000));
+        assert!(matches!(read(zeros.as_bytes(), None).unwrap_err(), PayloadError::TooManyValues(_)));
     }
 }

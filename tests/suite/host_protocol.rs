@@ -67,7 +67,8 @@ fn error_message(reply: &Reply) -> String {
 async fn status_report(server: &Server) -> Value {
     let reply = invoke(server, "status", &status_envelope("GET")).await;
     let res = http_res("status", &reply);
-    assert_eq!(res["statusCode"], 200, "{res}");
+    // 424 is an answer too: a refused push a verified caller sent asks for attention.
+    assert!(res["statusCode"] == 200 || res["statusCode"] == 424, "{res}");
     res_json_body("status", &res)
 }
 

@@ -44,7 +44,8 @@ async fn a_landing_that_panics_quarantines_its_push_and_the_rest_lands() {
     let wires = Tripwire::default();
     let hook = hook(&dir, &wires);
     wires.arm(|w| w.blob_put.push("raw/default/666.".into()));
-    assert_eq!(hook.push(&push_body("666")).await.status, 202);
+    let pushed = push_body("666");
+    assert_eq!(hook.push(&pushed).await.status, 202);
     assert_eq!(hook.push(&push_body("667")).await.status, 202);
     hook.drain().await;
     assert_eq!(hook.poison_len().await, 0, "quarantined, not retried into poison");
@@ -56,7 +57,7 @@ async fn a_landing_that_panics_quarantines_its_push_and_the_rest_lands() {
     assert_eq!(kept[0].row.identifier, "666");
     assert!(kept[0].row.reason.contains("internal error"), "{}", kept[0].row.reason);
     let bytes = hook.stores.blobs.get(&hook.app.settings.landing.container, &kept[0].row.blob).await.unwrap();
-    assert_eq!(bytes.unwrap().content, push_body("666"), "kept exactly as received");
+    assert_eq!(bytes.unwrap().content, pushed, "kept exactly as received");
     assert_eq!(hook.rows(Table::Incoming, "default").await, 0, "the push is done: its record is the quarantine row");
 
     let report = status(&hook).await;
@@ -237,4 +238,38 @@ async fn a_supervised_task_that_stops_is_started_again_and_status_says_so() {
     assert!(report.summary.attention.iter().any(|a| a.contains("test task")), "{:?}", report.summary.attention);
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), supervisor).await.unwrap().unwrap();
+}
+
+/// Found by the outside review: a push without its document, for an id TrueContext does not
+/// have, spent a call on each of its five deliveries and ended in the poison queue; three
+/// hundred of them spent the day's budget. A 404 is final: one call, and it is gone.
+#[tokio::test]
+async fn a_template_push_for_an_id_truecontext_lacks_costs_one_call_and_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let wires = Tripwire::default();
+    let hook = hook(&dir, &wires);
+    let body = serde_json::to_vec(&json!({ "identifier": "8800000000", "template": "x" })).unwrap();
+    assert_eq!(hook.push(&body).await.status, 202);
+    hook.drain().await;
+    assert_eq!(hook.poison_len().await, 0);
+    assert_eq!(hook.rows(Table::Incoming, "default").await, 0, "done with");
+    let fetches = hook.sim.calls().iter().filter(|c| c.path.contains("8800000000")).count();
+    assert_eq!(fetches, 1, "one call, not one per delivery");
+    let report = status(&hook).await;
+    assert_eq!(report.webhook.counters.gone, 1);
+}
+
+/// Found by the outside review: pushes refused after their caller was verified (a destination
+/// sending the wrong body or naming no connection) left status healthy.
+#[tokio::test]
+async fn a_verified_caller_whose_pushes_are_refused_shows_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let wires = Tripwire::default();
+    let hook = hook(&dir, &wires);
+    assert!(status(&hook).await.healthy);
+    assert_eq!(hook.push(b"not json").await.status, 400);
+    let report = status(&hook).await;
+    assert!(!report.healthy);
+    let attention = report.summary.attention.join("\n");
+    assert!(attention.contains("invalid_body") && attention.contains("Data Destination"), "{attention}");
 }

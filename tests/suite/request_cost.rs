@@ -94,3 +94,51 @@ async fn connections_past_the_cap_wait_for_a_free_one() {
     assert!(started.elapsed() >= Duration::from_millis(1000), "served before a place was free");
     drop(hold);
 }
+
+/// Found by the outside review: clients that send requests and never read the answers held
+/// every connection (hyper has no write deadline), and the server answered no one. A response
+/// its client takes none of for the header timeout now ends that connection.
+#[tokio::test]
+async fn clients_that_never_read_their_answers_cannot_hold_the_server() {
+    let server = Server::standalone(&[("STANDALONE_MAX_CONNECTIONS", "4"), ("STANDALONE_HEADER_TIMEOUT_SECONDS", "1")]);
+    let port = server.port;
+    // Each asks again and again for a long path (its 404 repeats it) and reads nothing.
+    let request = format!("GET /api/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(60_000));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
+                for _ in 0..400 {
+                    if stream.write_all(request.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let answered = client()
+        .get(server.url("/api/status"))
+        .header("x-functions-key", crate::harness::TEST_FUNCTION_KEY)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await;
+    assert!(answered.is_ok(), "status was not answered while the hogs held on: {answered:?}");
+    eprintln!("status answered {:?} after the hogs began", started.elapsed());
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+    let report: serde_json::Value = client()
+        .get(server.url("/api/status"))
+        .header("x-functions-key", crate::harness::TEST_FUNCTION_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(report["webhook"]["connection_cap_reached"].as_u64().unwrap_or(0) >= 1, "{report:#}");
+    assert!(report["summary"]["attention"].to_string().contains("every connection"), "{report:#}");
+}

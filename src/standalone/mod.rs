@@ -24,6 +24,10 @@ use crate::schedule::Schedule;
 use crate::secret::SecretString;
 use crate::store::{QueueStore, StoreError, Stores};
 
+mod server;
+
+pub use server::{serve, ServerLimits};
+
 /// The secret-store name under which a generated standalone function key is kept.
 pub const FUNCTION_KEY_SECRET: &str = "standalone-function-key";
 
@@ -43,98 +47,6 @@ pub fn router(app: App, function_key: SecretString, limits: ServerLimits) -> Rou
         // Each route's own limit is applied in `route`, before the body is read.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(Standalone { app, function_key, body_timeout: limits.body_timeout })
-}
-
-/// What one connection and one request may cost a standalone server (it faces the network
-/// itself, with no host or front end in between).
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// A request's head (request line and headers) must arrive within this; a keep-alive
-    /// connection idle this long is closed.
-    pub header_timeout: Duration,
-    /// The request line and headers together, in bytes.
-    pub max_head_bytes: usize,
-    /// Header lines per request.
-    pub max_headers: usize,
-    /// The body must arrive within this (408 otherwise).
-    pub body_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 256,
-            header_timeout: Duration::from_secs(10),
-            max_head_bytes: 64 * 1024,
-            max_headers: 64,
-            body_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets the connections in hand
-/// finish. Unlike `axum::serve`, every connection is bounded: at most
-/// [`ServerLimits::max_connections`] at once, the head within a time and a size, an idle
-/// keep-alive connection closed (a slow or idle client cannot hold the server's memory or its
-/// connections for ever).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    limits: ServerLimits,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_head_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "a connection could not be accepted");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // The peer's address rides along, for the refusal counters (`TRUSTED_PROXY_HOPS`).
-        let with_peer = tower::ServiceExt::map_request(
-            router.clone(),
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                request
-            },
-        );
-        let service = hyper_util::service::TowerToHyperService::new(with_peer);
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "a connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    // The connections in hand finish their requests; after a while, they are dropped.
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("connections still open at shutdown were dropped"),
-    }
-    Ok(())
 }
 
 /// The key that function-level routes require: `FUNCTION_KEY` when set; otherwise the one

@@ -1,0 +1,241 @@
+//! The standalone server's own accept loop: what a connection may cost when the bridge faces
+//! the network itself, with no host or front end in between. `axum::serve` has no header-read
+//! timeout, head-size cap, connection cap or write deadline; hyper's connection builder has the
+//! first three, and [`StallGuard`] adds the last.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::handlers::App;
+
+/// What one connection and one request may cost a standalone server (it faces the network
+/// itself, with no host or front end in between).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Connections one address may hold at once; more are closed as they arrive.
+    pub max_connections_per_address: usize,
+    /// A request's head (request line and headers) must arrive within this; a keep-alive
+    /// connection idle this long is closed; a response the client takes none of for this long
+    /// ends its connection.
+    pub header_timeout: Duration,
+    /// The request line and headers together, in bytes.
+    pub max_head_bytes: usize,
+    /// Header lines per request.
+    pub max_headers: usize,
+    /// The body must arrive within this (408 otherwise).
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_connections_per_address: 64,
+            header_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            max_headers: 64,
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the connections in hand
+/// finish. Unlike `axum::serve`, every connection is bounded: at most
+/// [`ServerLimits::max_connections`] at once and [`ServerLimits::max_connections_per_address`]
+/// from one address, the head within a time and a size, an idle keep-alive connection closed,
+/// and a response its client stops reading abandoned ([`StallGuard`]): a slow, idle or
+/// non-reading client cannot hold the server's memory or its connections for ever. Every time
+/// the cap is met is counted for status.
+pub async fn serve(
+    app: &App,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_address = PerAddress::default();
+    tokio::pin!(shutdown);
+    loop {
+        if open.available_permits() == 0 {
+            app.webhook_counters().connection_cap_reached();
+            tracing::warn!(max = limits.max_connections, "every connection is in use; new ones wait");
+        }
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "a connection could not be accepted");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(held) = per_address.take(peer.ip(), limits.max_connections_per_address) else {
+            app.webhook_counters().connection_cap_reached();
+            tracing::warn!(peer = %peer.ip(), max = limits.max_connections_per_address,
+                "a connection was closed: its address holds the most connections one may");
+            continue;
+        };
+        // The peer's address rides along, for the refusal counters (`TRUSTED_PROXY_HOPS`).
+        let with_peer = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(with_peer);
+        let io = TokioIo::new(StallGuard::new(stream, limits.header_timeout));
+        let connection = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+            drop((permit, held));
+        });
+    }
+    drop(listener);
+    // The connections in hand finish their requests; after a while, they are dropped.
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("connections still open at shutdown were dropped"),
+    }
+    Ok(())
+}
+
+/// Connections held, by the address they came from.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in [`PerAddress`], given back when dropped.
+struct Held {
+    counts: PerAddress,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    fn take(&self, address: IpAddr, max: usize) -> Option<Held> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_default();
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(Held { counts: self.clone(), address })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// A connection's stream with a deadline on writing: a write, flush or shutdown that makes no
+/// progress for `limit` fails, and hyper closes the connection. hyper has a timeout for reading
+/// a head but none for writing, so a client that sends requests and never reads the answers
+/// once held every connection of the server (found by the outside review).
+pub struct StallGuard<T> {
+    inner: T,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallGuard<T> {
+    pub fn new(inner: T, limit: Duration) -> Self {
+        Self { inner, limit, stalled: None }
+    }
+
+    /// After the inner stream said `Pending`: still waiting, or out of time.
+    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        let limit = self.limit;
+        let deadline = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took none of the response for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn guard<R>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        match polled {
+            Poll::Pending => self.waiting(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.guard(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.guard(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.guard(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.guard(cx, polled)
+    }
+}
