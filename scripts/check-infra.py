@@ -45,6 +45,7 @@ DELIBERATELY_NOT_SET = {
     "MSI_ENDPOINT": "set by the platform (the older name of IDENTITY_ENDPOINT), never by the app",
     "OAUTH_CLIENT_CERTIFICATE_PATH": "needs a PEM file on the instance's disk, which Flex does not offer; the federated credential replaces it",
     "STANDALONE_MAX_CONNECTIONS": "standalone mode only; under the Functions host the host owns the connections",
+    "STANDALONE_MAX_CONNECTIONS_PER_ADDRESS": "standalone mode only; under the Functions host the host owns the connections",
     "STANDALONE_HEADER_TIMEOUT_SECONDS": "standalone mode only; under the Functions host the host reads requests",
     "STANDALONE_BODY_TIMEOUT_SECONDS": "standalone mode only; under the Functions host the host reads requests",
     "TRUSTED_PROXY_HOPS": "its default under the host (1: the Functions front end appends the caller) is Azure's own",
