@@ -53,7 +53,7 @@ impl Default for ServerLimits {
 /// finish. Unlike `axum::serve`, every connection is bounded: at most
 /// [`ServerLimits::max_connections`] at once and [`ServerLimits::max_connections_per_address`]
 /// from one address, the head within a time and a size, an idle keep-alive connection closed,
-/// and a response its client stops reading abandoned ([`StallGuard`]): a slow, idle or
+/// and a response its client stops reading abandoned (`StallGuard`): a slow, idle or
 /// non-reading client cannot hold the server's memory or its connections for ever. Every time
 /// the cap is met is counted for status.
 pub async fn serve(

@@ -122,7 +122,7 @@ pub enum LeaseWait {
 
 /// Watches `connection`'s sync lease until it lapses or its holder shows it is alive by
 /// renewing it (a live run renews every third of the lease's time). A holder killed outright
-/// leaves its lease for up to [`LEASE_TTL`]; an operator's rerun right after a `kill -9` waits
+/// leaves its lease for up to `LEASE_TTL` (30 s); an operator's rerun right after a `kill -9` waits
 /// that out instead of being told the sync is running elsewhere. `waiting` is told how long is
 /// left, about every second.
 pub async fn wait_out_lease(
