@@ -88,6 +88,10 @@ fn run(store: &'static str, extra: &[(&str, String)], token: &str, issuer: &str)
         .env("WEBHOOK_AUTH", "jwt")
         .env("WEBHOOK_JWT_ISSUER", issuer)
         .env("WEBHOOK_AUDIENCE", AUDIENCE)
+        // The issuer's tokens are issued to `tc-client` (harness/issuer.rs).
+        .env("WEBHOOK_ALLOWED_CLIENT_IDS", "tc-client")
+        // wrk's connections all come from one address.
+        .env("STANDALONE_MAX_CONNECTIONS_PER_ADDRESS", "256")
         .env("SYNC_SCHEDULE", "0 0 0 1 1 *")
         .env("RUST_LOG", "warn")
         .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))

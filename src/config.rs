@@ -577,7 +577,7 @@ impl Settings {
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             max_connections: p.number("STANDALONE_MAX_CONNECTIONS", 256, 1, 65_536),
-            max_connections_per_address: p.number("STANDALONE_MAX_CONNECTIONS_PER_ADDRESS", 64, 1, 65_536),
+            max_connections_per_address: p.number("STANDALONE_MAX_CONNECTIONS_PER_ADDRESS", 16, 1, 65_536),
             trusted_proxy_hops: p
                 .raw
                 .get("TRUSTED_PROXY_HOPS")
@@ -1093,7 +1093,14 @@ fn connection_client_ids(p: &mut Parser<'_>) -> std::collections::BTreeMap<Strin
             );
             continue;
         }
-        out.insert(connection.to_owned(), clients);
+        if out.insert(connection.to_owned(), clients).is_some() {
+            // `c=a;c=b` would keep only b, silently.
+            p.problem(
+                NAME,
+                format!("names connection {connection:?} twice; list all of its client ids in one entry (c=id1 id2)"),
+                "contoso=11111111-… 22222222-…",
+            );
+        }
     }
     out
 }
@@ -1511,6 +1518,8 @@ mod tests {
         assert!(bad.iter().any(|p| p.setting == "WEBHOOK_CONNECTION_CLIENT_IDS"), "{bad:?}");
         assert!(bad.iter().any(|p| p.setting == "WEBHOOK_CONNECTION_SECRETS"), "{bad:?}");
         assert!(!format!("{bad:?}").contains("tiny-value"), "no value shown");
+        let clients_twice = load(&[("WEBHOOK_CONNECTION_CLIENT_IDS", "demo=a1;demo=b1")]).unwrap_err();
+        assert!(clients_twice.iter().any(|p| p.message.contains("twice")), "{clients_twice:?}");
         let twice = load(&[("WEBHOOK_CONNECTION_SECRETS", "demo=first-value-0123456789;demo=second-value-0123456789")]);
         assert!(twice.unwrap_err().iter().any(|p| p.message.contains("twice")));
         let shared = load(&[

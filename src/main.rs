@@ -3,6 +3,23 @@
 
 #![deny(clippy::string_slice, clippy::indexing_slicing)]
 
+/// `println!` for the commands' output that returns the error instead of panicking when stdout
+/// cannot be written (a full disk, a closed descriptor); `?` carries it to `main`, which says so.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
+/// The same for stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stderr(), $($arg)*)
+    }};
+}
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -196,7 +213,7 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = esay!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -231,7 +248,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}` prints the whole context chain on one line.
             tracing::error!("{e:#}");
-            eprintln!("error: {}", telemetry::redact(&format!("{e:#}")));
+            let _ = esay!("error: {}", telemetry::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -286,46 +303,47 @@ async fn check(raw: &RawSettings, online: bool) -> anyhow::Result<ExitCode> {
         }
     }
     if !wrong.is_empty() {
-        println!("{} wrong value(s) — the server refuses to start until they are fixed:", wrong.len());
+        say!("{} wrong value(s) — the server refuses to start until they are fixed:", wrong.len())?;
         for problem in &wrong {
-            println!("  - {}", telemetry::redact(&problem.to_string()));
+            say!("  - {}", telemetry::redact(&problem.to_string()))?;
         }
     }
     if !missing.is_empty() {
-        println!(
+        say!(
             "{} setting(s) missing — the server starts, but the feature named cannot work until they are set:",
             missing.len()
-        );
+        )?;
         for problem in &missing {
-            println!("  - {}", telemetry::redact(&problem.to_string()));
+            say!("  - {}", telemetry::redact(&problem.to_string()))?;
         }
     }
     let configured = wrong.is_empty() && missing.is_empty();
     if configured {
-        println!("configuration OK");
-        println!("  OAUTH_PROVIDER    {:?}", settings.oauth.provider);
-        println!("  OAUTH_GRANT       {:?}", settings.oauth.grant);
-        println!("  STORE             {}", settings.store.kind.name());
-        println!("  SYNC_SCHEDULE     {}", settings.sync_schedule.describe());
+        say!("configuration OK")?;
+        say!("  OAUTH_PROVIDER    {:?}", settings.oauth.provider)?;
+        say!("  OAUTH_GRANT       {:?}", settings.oauth.grant)?;
+        say!("  STORE             {}", settings.store.kind.name())?;
+        say!("  SYNC_SCHEDULE     {}", settings.sync_schedule.describe())?;
     }
     let probed_ok = if online && wrong.is_empty() {
         check_online(settings).await?
     } else {
-        print_dependencies(&settings);
+        print_dependencies(&settings)?;
         if online {
-            println!("not reaching the dependencies (--online) until the wrong values are fixed");
+            say!("not reaching the dependencies (--online) until the wrong values are fixed")?;
         }
         !online
     };
     Ok(if configured && probed_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn print_dependencies(settings: &Settings) {
-    println!("dependencies:");
+fn print_dependencies(settings: &Settings) -> std::io::Result<()> {
+    say!("dependencies:")?;
     for d in truecontext_bridge::handlers::dependencies::describe(settings) {
-        println!("  - {}: {}", d.name, telemetry::redact(&d.endpoint));
-        println!("      credential: {}", telemetry::redact(&d.credential));
+        say!("  - {}: {}", d.name, telemetry::redact(&d.endpoint))?;
+        say!("      credential: {}", telemetry::redact(&d.credential))?;
     }
+    Ok(())
 }
 
 /// Reaches each dependency once; true when none failed.
@@ -337,22 +355,22 @@ async fn check_online(settings: Settings) -> anyhow::Result<bool> {
     let app = match open_app(settings.clone(), Mode::Cli) {
         Ok(app) => app,
         Err(e) => {
-            print_dependencies(&settings);
-            println!("FAILED: {}", telemetry::redact(&format!("{e:#}")));
+            print_dependencies(&settings)?;
+            say!("FAILED: {}", telemetry::redact(&format!("{e:#}")))?;
             return Ok(false);
         }
     };
-    println!("dependencies (reached once each):");
+    say!("dependencies (reached once each):")?;
     let mut failures = 0;
     for (d, verdict) in truecontext_bridge::handlers::dependencies::probe(&app).await {
         failures += usize::from(verdict.is_failure());
-        println!("  - {}: {}", d.name, telemetry::redact(&d.endpoint));
-        println!("      credential: {}", telemetry::redact(&d.credential));
-        println!("      {}: {}", verdict.label(), telemetry::redact(verdict.detail()));
+        say!("  - {}: {}", d.name, telemetry::redact(&d.endpoint))?;
+        say!("      credential: {}", telemetry::redact(&d.credential))?;
+        say!("      {}: {}", verdict.label(), telemetry::redact(verdict.detail()))?;
     }
     match failures {
-        0 => println!("every dependency answered"),
-        n => println!("{n} dependenc{} failed", if n == 1 { "y" } else { "ies" }),
+        0 => say!("every dependency answered")?,
+        n => say!("{n} dependenc{} failed", if n == 1 { "y" } else { "ies" })?,
     }
     Ok(failures == 0)
 }
@@ -360,8 +378,8 @@ async fn check_online(settings: Settings) -> anyhow::Result<bool> {
 fn consent_url(raw: &RawSettings, connection: &str) -> anyhow::Result<ExitCode> {
     let settings = load_settings(raw)?;
     let url = truecontext_bridge::connections::consent_url(&settings, connection).map_err(anyhow::Error::msg)?;
-    println!("{url}");
-    eprintln!("The link needs the function key: add &code=<key>, or send it as the x-functions-key header.");
+    say!("{url}")?;
+    esay!("The link needs the function key: add &code=<key>, or send it as the x-functions-key header.")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -370,7 +388,7 @@ async fn status(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     telemetry::init(settings.log_format, Output::Stderr);
     let app = open_app(settings, Mode::Cli)?;
     let report = StatusReport::gather(&app).await.context("cannot read the status from the store")?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    say!("{}", serde_json::to_string_pretty(&report)?)?;
     Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -411,15 +429,15 @@ async fn token(raw: &RawSettings, connection: Option<String>, force: bool) -> an
                 "expires_in_assumed": token.expires_in_assumed,
                 "scopes": token.scopes,
             });
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            say!("{}", serde_json::to_string_pretty(&report)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             let message = telemetry::redact(&e.to_string()).into_owned();
             let report =
                 serde_json::json!({ "connection": connection, "error": { "class": e.class(), "message": message } });
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            eprintln!("error: {}: {message}", e.class());
+            say!("{}", serde_json::to_string_pretty(&report)?)?;
+            esay!("error: {}: {message}", e.class())?;
             Ok(ExitCode::from(token_exit_code(e.class())))
         }
     }
@@ -467,10 +485,12 @@ async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, js
                 Some(bar) => {
                     bar.set_message(format!("waiting {} s for the lease a stopped run left to lapse", left.as_secs()))
                 }
-                None if !told.swap(true, std::sync::atomic::Ordering::Relaxed) => eprintln!(
-                    "the sync of {connection} holds a lease; waiting up to {} s to see whether its run is alive",
-                    left.as_secs()
-                ),
+                None if !told.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                    let _ = esay!(
+                        "the sync of {connection} holds a lease; waiting up to {} s to see whether its run is alive",
+                        left.as_secs()
+                    );
+                }
                 None => {}
             };
             let wait = truecontext_bridge::sync::wait_out_lease(&app.stores, &connection, &waiting).await;
@@ -484,20 +504,20 @@ async fn sync_once(raw: &RawSettings, once: bool, connection: Option<String>, js
         let summary = match outcome.context("the sync could not read or write the store")? {
             RunOutcome::Ran(summary) => summary,
             RunOutcome::Busy => {
-                eprintln!(
+                esay!(
                     "error: the sync of {connection} is running elsewhere (its lease is held and renewed); try again later"
-                );
+                )?;
                 exit = ExitCode::from(SYNC_EXIT_BUSY);
                 continue;
             }
         };
         if json {
-            println!("{}", serde_json::to_string(&summary)?);
+            say!("{}", serde_json::to_string(&summary)?)?;
         } else {
-            println!("{}", summary_line(&summary));
+            say!("{}", summary_line(&summary))?;
         }
         if let Some(reason) = &summary.stopped_reason {
-            eprintln!("error: the sync of {} stopped: {}", summary.connection, telemetry::redact(reason));
+            esay!("error: the sync of {} stopped: {}", summary.connection, telemetry::redact(reason))?;
             exit = ExitCode::from(sync_exit_code(summary.stopped_class.as_deref()));
         }
     }
@@ -697,7 +717,7 @@ async fn switch_connection(
                 (true, true) => "enabled: the next sync run includes it",
                 (true, false) => "was not disabled",
             };
-            println!("connection {id} {said}");
+            say!("connection {id} {said}")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(token_failure(&e)),
@@ -707,7 +727,7 @@ async fn switch_connection(
 /// Prints a token-lifecycle error as the CLI does everywhere, and its exit code.
 fn token_failure(e: &truecontext_bridge::tokens::TokenError) -> ExitCode {
     let message = telemetry::redact(&e.to_string()).into_owned();
-    eprintln!("error: {}: {message}", e.class());
+    let _ = esay!("error: {}: {message}", e.class());
     ExitCode::from(token_exit_code(e.class()))
 }
 
@@ -888,22 +908,19 @@ async fn serve_standalone(
         .context("cannot read or create the standalone function key")?;
     if generated {
         // Shown once, on the terminal only; later starts reuse the stored key.
-        println!("A function key was generated for this standalone server and kept in the store.");
-        println!("Pass it as the x-functions-key header or ?code= on /api/authorize and /api/status:");
-        println!("    {}", key.expose());
+        say!("A function key was generated for this standalone server and kept in the store.")?;
+        say!("Pass it as the x-functions-key header or ?code= on /api/authorize and /api/status:")?;
+        say!("    {}", key.expose())?;
     } else if settings.function_key.is_none() {
-        println!(
+        say!(
             "Using the function key generated on an earlier start. It is not shown again: if it is lost, \
              set FUNCTION_KEY to a key of your choice (at least 16 characters); while it is set, only it is accepted."
-        );
+        )?;
     }
     telemetry::register_secret(&key);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local_addr = listener.local_addr()?;
-    println!(
-        "truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {})",
-        app.stores.kind.name()
-    );
+    say!("truecontext-bridge listening on http://{local_addr}/api/ (standalone, store: {})", app.stores.kind.name())?;
     tracing::info!(%local_addr, "standalone server started");
 
     let stop = CancellationToken::new();
@@ -973,8 +990,8 @@ async fn serve_demo(mut raw: RawSettings, port: Option<u16>, address: Option<IpA
     // once made a fresh clone's demo show nothing for half an hour: only the environment may
     // slow the demo down.
     raw.set_unless_environment("SYNC_SCHEDULE", "*/10 * * * * *");
-    println!("demo: a TrueContext simulator at {base_url} with 300 submissions and a new one every few seconds;");
-    println!("demo: synced as connection \"demo\" every 10 s. Try `tcbridge submissions list` and /api/status.");
+    say!("demo: a TrueContext simulator at {base_url} with 300 submissions and a new one every few seconds;")?;
+    say!("demo: synced as connection \"demo\" every 10 s. Try `tcbridge submissions list` and /api/status.")?;
     let served = serve_standalone(&raw, port, address, Some("demo")).await;
     tokio::task::spawn_blocking(move || drop(sim)).await.ok();
     served

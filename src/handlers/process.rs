@@ -100,7 +100,7 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
                     Counters::bump(&counters.quarantined);
                     tracing::warn!(connection = %push.connection, key = %push.key, reason = %kept.row.reason, "push quarantined");
                 }
-                Processed::Gone => Counters::bump(&counters.gone),
+                Processed::Gone => counters.gone(),
                 Processed::Unknown => {
                     tracing::warn!(connection = %push.connection, key = %push.key, "no stored push for this message; nothing to do")
                 }

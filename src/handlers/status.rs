@@ -271,6 +271,14 @@ impl StatusReport {
                 webhook.counters.connection_cap_reached
             ));
         }
+        if let Some(at) = webhook.counters.last_gone_at.filter(|at| now - *at < RESTART_ATTENTION) {
+            attention.push(format!(
+                "{} push(es) named a submission TrueContext does not have (the latest at {}): each cost one call; if \
+                 they do not come from your Data Destination, its credential is in other hands",
+                webhook.counters.gone,
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
         if let Some(refused) =
             webhook.counters.last_verified_refusal.as_ref().filter(|r| now - r.at < RESTART_ATTENTION)
         {

@@ -41,6 +41,8 @@ pub enum DocumentError {
     BadIdentifier(String),
     #[error("the document holds more than {0} JSON values; a submission never does, and reading it would take too much memory")]
     TooManyValues(usize),
+    #[error("the document carries more than {0} media items; a submission never does")]
+    TooManyMedia(usize),
 }
 
 /// The most JSON values (objects, arrays, strings, numbers, booleans, nulls) a document may
@@ -143,8 +145,12 @@ pub fn normalise(document: &Value, media_path: &dyn Fn(&str) -> String) -> Resul
     let root = document.as_object().ok_or(DocumentError::NotAnObject)?;
     // Some renderings wrap the record in `dataRecord`.
     let record = root.get("dataRecord").and_then(Value::as_object).unwrap_or(root);
-    let mut media = Vec::new();
-    let answers = answers_of_pages(record.get("pages"), &mut media, media_path);
+    let mut sink = MediaSink::default();
+    let answers = answers_of_pages(record.get("pages"), &mut sink, media_path);
+    if sink.overflowed {
+        return Err(DocumentError::TooManyMedia(MAX_MEDIA_ITEMS));
+    }
+    let media = sink.items;
     let form = record.get("form");
     let out = json!({
         "identifier": identifier,
@@ -229,7 +235,7 @@ fn location(value: Option<&Value>) -> Value {
 /// become arrays of rows, each row the answers of its own pages.
 fn answers_of_pages(
     pages: Option<&Value>,
-    media: &mut Vec<Media>,
+    media: &mut MediaSink,
     media_path: &dyn Fn(&str) -> String,
 ) -> Map<String, Value> {
     let mut out = Map::new();
@@ -277,7 +283,7 @@ fn answers_of_pages(
 fn add_labelled(
     out: &mut Map<String, Value>,
     tree: &Map<String, Value>,
-    media: &mut Vec<Media>,
+    media: &mut MediaSink,
     media_path: &dyn Fn(&str) -> String,
 ) {
     for (label, node) in tree {
@@ -301,7 +307,7 @@ fn add_labelled(
 fn add_answers(
     out: &mut Map<String, Value>,
     answers: Option<&Value>,
-    media: &mut Vec<Media>,
+    media: &mut MediaSink,
     media_path: &dyn Fn(&str) -> String,
 ) {
     for answer in answers.and_then(Value::as_array).into_iter().flatten() {
@@ -318,7 +324,7 @@ fn add_answers(
 
 /// One answer's value by its question type (the type names are not documented: the common
 /// ones are recognised, anything else keeps the value as sent).
-fn typed(kind: &str, values: Vec<Value>, media: &mut Vec<Media>, media_path: &dyn Fn(&str) -> String) -> Value {
+fn typed(kind: &str, values: Vec<Value>, media: &mut MediaSink, media_path: &dyn Fn(&str) -> String) -> Value {
     let first = values.first().cloned().unwrap_or(Value::Null);
     match kind {
         "number" | "integer" | "decimal" | "numeric" | "calculation" => match &first {
@@ -367,11 +373,17 @@ fn date(value: &Value) -> Value {
 
 /// Takes an inline media value (base64 `bytes`) out of the record: its bytes go to `media`,
 /// the record keeps where they are.
-fn media_reference(value: &Value, media: &mut Vec<Media>, media_path: &dyn Fn(&str) -> String) -> Option<Value> {
+fn media_reference(value: &Value, media: &mut MediaSink, media_path: &dyn Fn(&str) -> String) -> Option<Value> {
     let bytes = value.get("bytes").and_then(Value::as_str)?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(bytes.trim()).ok()?;
+    if media.overflowed || media.items.len() >= MAX_MEDIA_ITEMS {
+        // Beyond any form's media: the document is refused (normalise says so), and nothing
+        // more is decoded or hashed for it.
+        media.overflowed = true;
+        return None;
+    }
     let mut id = media_id(text(value.get("identifier")).as_deref(), &decoded);
-    if media.iter().any(|m| m.id == id && m.bytes != decoded) {
+    if media.get(&id).is_some_and(|m| m.bytes != decoded) {
         // The same identifier with other bytes (a hostile or broken document): both are kept.
         id = format!("{id}-{}", short_hash(&decoded));
     }
@@ -382,10 +394,35 @@ fn media_reference(value: &Value, media: &mut Vec<Media>, media_path: &dyn Fn(&s
         bytes: decoded,
     };
     let reference = json!({ "media_id": id, "filename": item.filename, "content_type": item.content_type, "path": media_path(&id) });
-    if !media.iter().any(|m| m.id == item.id) {
-        media.push(item);
-    }
+    media.add(item);
     Some(reference)
+}
+
+/// The most media items one document may carry. A form's photos and signatures number in the
+/// tens; a hundred thousand empty ones once took 800 MiB and minutes (each cost a search of
+/// every item before it).
+pub const MAX_MEDIA_ITEMS: usize = 1000;
+
+/// The media cut out of a document so far, found by id in constant time.
+#[derive(Default)]
+struct MediaSink {
+    items: Vec<Media>,
+    by_id: std::collections::HashMap<String, usize>,
+    overflowed: bool,
+}
+
+impl MediaSink {
+    fn get(&self, id: &str) -> Option<&Media> {
+        self.by_id.get(id).and_then(|&at| self.items.get(at))
+    }
+
+    /// Keeps `item` unless one of its id is kept already (the same item met twice).
+    fn add(&mut self, item: Media) {
+        if !self.by_id.contains_key(&item.id) {
+            self.by_id.insert(item.id.clone(), self.items.len());
+            self.items.push(item);
+        }
+    }
 }
 
 /// The name a media item is stored under, the last segment of a blob path: its identifier when
@@ -535,6 +572,20 @@ mod tests {
         assert_eq!(within_values(br#"{"a": [1, 2, {"b": null}]}"#, 6), Ok(()), "six values");
         assert!(within_values(br#"{"a": [1, 2, {"b": null}]}"#, 5).is_err());
         assert_eq!(within_values(b"{not json", 10), Ok(()), "the parser names a syntax error");
+    }
+
+    /// Found by the outside review: 100,000 empty media values (1.3 MB) took 800 MiB.
+    #[test]
+    fn a_document_with_too_many_media_is_refused() {
+        let values: Vec<Value> =
+            (0..MAX_MEDIA_ITEMS + 1).map(|i| json!({"identifier": format!("m{i}"), "bytes": ""})).collect();
+        let document =
+            json!({"identifier": "1", "pages": [{"answers": [{"label": "P", "type": "Image", "values": values}]}]});
+        assert_eq!(normalise(&document, &path).unwrap_err(), DocumentError::TooManyMedia(MAX_MEDIA_ITEMS));
+        let fine: Vec<Value> = (0..MAX_MEDIA_ITEMS).map(|_| json!({"identifier": "same", "bytes": ""})).collect();
+        let document =
+            json!({"identifier": "1", "pages": [{"answers": [{"label": "P", "type": "Image", "values": fine}]}]});
+        assert_eq!(normalise(&document, &path).unwrap().media.len(), 1, "the same item many times is one");
     }
 
     #[test]

@@ -93,7 +93,8 @@ async fn route(state: Standalone, request: Request) -> Response {
         return to_axum(HttpResponse::error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no function is served at {path}"),
+            // Not the whole path back: a 60 KB path once made each 404 a 60 KB answer.
+            format!("no function is served at {}", crate::telemetry::printable(&path, 100)),
         ));
     };
     let Trigger::Http { auth, .. } = function.trigger else { unreachable!("by_route finds HTTP functions only") };
@@ -268,6 +269,9 @@ where
     }
 }
 
+/// Messages a worker has in hand at once, as the host's queue trigger's default `batchSize`.
+pub const BATCH_SIZE: usize = 16;
+
 type QueueHandler =
     Arc<dyn Fn(QueueInput) -> Pin<Box<dyn Future<Output = Result<(), InvocationError>> + Send>> + Send + Sync>;
 
@@ -311,31 +315,61 @@ impl QueueWorker {
         format!("{}-poison", self.queue)
     }
 
-    /// Polls until `stop` fires.
+    /// Works the queue until `stop` fires, then lets the messages in hand finish. Up to
+    /// [`BATCH_SIZE`] messages are in hand at once, each on its own task, and a free place is
+    /// filled as soon as one finishes: a slow message holds up only itself (it once held up the
+    /// whole batch it came with, and every push behind it, for minutes).
     pub async fn run(self, queues: Arc<dyn QueueStore>, stop: CancellationToken) {
+        let worker = Arc::new(self);
+        let places = Arc::new(tokio::sync::Semaphore::new(BATCH_SIZE));
         loop {
-            let processed = match self.poll_once(queues.as_ref()).await {
-                Ok(n) => n,
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                place = places.clone().acquire_owned() => match place { Ok(place) => place, Err(_) => break },
+            };
+            let free = 1 + places.available_permits();
+            let batch = match queues.dequeue(&worker.queue, free, worker.visibility_timeout).await {
+                Ok(batch) => batch,
                 Err(e) => {
-                    tracing::error!(queue = %self.queue, error = %e, "queue poll failed");
-                    0
+                    tracing::error!(queue = %worker.queue, error = %e, "queue poll failed");
+                    Vec::new()
                 }
             };
-            if processed == 0 {
+            if batch.is_empty() {
+                drop(first);
                 tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(self.idle_poll) => {}
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(worker.idle_poll) => {}
                 }
-            } else if stop.is_cancelled() {
-                return;
+                continue;
+            }
+            let mut first = Some(first);
+            for message in batch {
+                // Only this loop takes places, so those counted free are still free.
+                let place = match first.take() {
+                    Some(place) => place,
+                    None => match places.clone().acquire_owned().await {
+                        Ok(place) => place,
+                        Err(_) => break,
+                    },
+                };
+                let (worker, queues) = (worker.clone(), queues.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = worker.handle(queues.as_ref(), message).await {
+                        tracing::error!(queue = %worker.queue, error = %e, "a message could not be settled");
+                    }
+                    drop(place);
+                });
             }
         }
+        // The messages in hand finish their work before the worker ends.
+        let _ = places.acquire_many(BATCH_SIZE as u32).await;
     }
 
     /// Takes one batch and handles its messages concurrently, as the host's queue trigger does
-    /// (`batchSize`); returns how many messages it took.
+    /// (`batchSize`); returns how many messages it took (the tests' way to work the queue).
     pub async fn poll_once(&self, queues: &dyn QueueStore) -> Result<usize, StoreError> {
-        let batch = queues.dequeue(&self.queue, 16, self.visibility_timeout).await?;
+        let batch = queues.dequeue(&self.queue, BATCH_SIZE, self.visibility_timeout).await?;
         let taken = batch.len();
         let handled = futures::future::join_all(batch.into_iter().map(|message| self.handle(queues, message))).await;
         handled.into_iter().collect::<Result<Vec<()>, StoreError>>()?;

@@ -40,7 +40,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_connections: 256,
-            max_connections_per_address: 64,
+            max_connections_per_address: 16,
             header_timeout: Duration::from_secs(10),
             max_head_bytes: 64 * 1024,
             max_headers: 64,
@@ -161,19 +161,27 @@ impl Drop for Held {
     }
 }
 
-/// A connection's stream with a deadline on writing: a write, flush or shutdown that makes no
-/// progress for `limit` fails, and hyper closes the connection. hyper has a timeout for reading
-/// a head but none for writing, so a client that sends requests and never reads the answers
-/// once held every connection of the server (found by the outside review).
+/// A connection's stream with a deadline on writing: once a write, flush or shutdown has to
+/// wait, the client has `limit` to take at least [`MIN_PROGRESS_BYTES`]; otherwise the write
+/// fails and hyper closes the connection. hyper has a timeout for reading a head but none for
+/// writing, so a client that sends requests and never reads the answers once held every
+/// connection of the server; one that read a few kilobytes every few seconds, and so always
+/// made *some* progress, held them as well (both found by the outside review). A response
+/// small enough for the socket's buffer never waits, so ordinary clients never meet this.
 pub struct StallGuard<T> {
     inner: T,
     limit: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes written since the deadline was armed.
+    moved: usize,
 }
+
+/// What a client must take of a waiting response, within the limit, to keep its connection.
+pub const MIN_PROGRESS_BYTES: usize = 64 * 1024;
 
 impl<T> StallGuard<T> {
     pub fn new(inner: T, limit: Duration) -> Self {
-        Self { inner, limit, stalled: None }
+        Self { inner, limit, stalled: None, moved: 0 }
     }
 
     /// After the inner stream said `Pending`: still waiting, or out of time.
@@ -189,13 +197,25 @@ impl<T> StallGuard<T> {
         }
     }
 
-    fn guard<R>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+    /// `written` is how many bytes a ready write moved (none for flush and shutdown).
+    fn guard<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+        written: impl Fn(&R) -> usize,
+    ) -> Poll<std::io::Result<R>> {
         match polled {
             Poll::Pending => self.waiting(cx),
-            ready => {
-                self.stalled = None;
-                ready
+            Poll::Ready(Ok(done)) => {
+                if self.stalled.is_some() {
+                    self.moved = self.moved.saturating_add(written(&done));
+                    if self.moved >= MIN_PROGRESS_BYTES {
+                        (self.stalled, self.moved) = (None, 0);
+                    }
+                }
+                Poll::Ready(Ok(done))
             }
+            failed => failed,
         }
     }
 }
@@ -210,7 +230,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -220,7 +240,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -230,12 +250,69 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |_| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |_| 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Writes until the guard gives up or `total` bytes are through; answers how many went.
+    async fn write_all(guard: &mut StallGuard<tokio::io::DuplexStream>, total: usize) -> std::io::Result<usize> {
+        let chunk = vec![b'x'; 4096];
+        let mut sent = 0;
+        while sent < total {
+            sent += guard.write(&chunk).await?;
+        }
+        Ok(sent)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_is_cut_off() {
+        let (server, _client) = tokio::io::duplex(4096);
+        let mut guard = StallGuard::new(server, Duration::from_millis(300));
+        let failed = write_all(&mut guard, 1 << 20).await.unwrap_err();
+        assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// Found by the second outside review: a client reading a few kilobytes every few seconds
+    /// made some progress each time, reset the deadline, and held its connection for ever.
+    #[tokio::test]
+    async fn a_client_that_takes_a_trickle_is_cut_off_too() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let trickle = tokio::spawn(async move {
+            let mut buffer = [0u8; 1024];
+            while client.read(&mut buffer).await.is_ok_and(|n| n > 0) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut guard = StallGuard::new(server, Duration::from_millis(500));
+        let failed = write_all(&mut guard, 1 << 20).await.unwrap_err();
+        assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
+        drop(guard);
+        trickle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_is_never_cut_off() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all.len()
+        });
+        let mut guard = StallGuard::new(server, Duration::from_millis(300));
+        assert_eq!(write_all(&mut guard, 1 << 20).await.unwrap(), 1 << 20);
+        guard.shutdown().await.unwrap();
+        drop(guard);
+        assert_eq!(reader.await.unwrap(), 1 << 20);
     }
 }

@@ -36,9 +36,11 @@ pub struct Figures {
     /// Pushes the landing refused for good, kept in quarantine.
     #[serde(default)]
     pub quarantined: u64,
-    /// Pushes without their document for which TrueContext had none (404).
+    /// Pushes without their document for which TrueContext had none (404), and the latest.
     #[serde(default)]
     pub gone: u64,
+    #[serde(default)]
+    pub last_gone_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub updated_at: Option<DateTime<Utc>>,
     /// Restarts of supervised tasks, by task (a task that ended or panicked was started again).
@@ -78,6 +80,7 @@ impl Figures {
         self.poisoned += other.poisoned;
         self.quarantined += other.quarantined;
         self.gone += other.gone;
+        self.last_gone_at = self.last_gone_at.max(other.last_gone_at);
         for (k, v) in &other.rejected {
             *self.rejected.entry(k.clone()).or_default() += v;
         }
@@ -113,6 +116,7 @@ pub struct Counters {
     refusals: Mutex<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
     restarts: Mutex<(BTreeMap<String, u64>, Option<Restart>)>,
     caps: Mutex<(u64, Option<DateTime<Utc>>)>,
+    last_gone: Mutex<Option<DateTime<Utc>>>,
     verified_refusal: Mutex<Option<Restart>>,
     /// What the last write stored (its time left out), so an idle process writes nothing.
     last_written: Mutex<Option<Figures>>,
@@ -135,6 +139,7 @@ impl Default for Counters {
             refusals: Mutex::default(),
             restarts: Mutex::default(),
             caps: Mutex::default(),
+            last_gone: Mutex::default(),
             verified_refusal: Mutex::default(),
             last_written: Mutex::default(),
             last_flush: Mutex::new(Instant::now()),
@@ -176,6 +181,12 @@ impl Counters {
         caps.1 = Some(Utc::now());
     }
 
+    /// A push without its document named a submission TrueContext does not have.
+    pub fn gone(&self) {
+        Self::bump(&self.gone);
+        *self.last_gone.lock().unwrap_or_else(|p| p.into_inner()) = Some(Utc::now());
+    }
+
     /// A push was refused after its caller was verified: the destination sends something wrong.
     pub fn refused_verified(&self, code: &str, reason: &str) {
         let refusal = Restart { at: Utc::now(), task: code.to_owned(), reason: reason.chars().take(300).collect() };
@@ -188,6 +199,7 @@ impl Counters {
         // One guard each: a lock taken twice in one expression waits on itself.
         let caps = *self.caps.lock().unwrap_or_else(|p| p.into_inner());
         let verified_refusal = self.verified_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last_gone_at = *self.last_gone.lock().unwrap_or_else(|p| p.into_inner());
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Figures {
             received: load(&self.received),
@@ -200,6 +212,7 @@ impl Counters {
             poisoned: load(&self.poisoned),
             quarantined: load(&self.quarantined),
             gone: load(&self.gone),
+            last_gone_at,
             updated_at: Some(Utc::now()),
             task_restarts: restarts.0.clone(),
             last_restart: restarts.1.clone(),

@@ -257,6 +257,7 @@ async fn a_template_push_for_an_id_truecontext_lacks_costs_one_call_and_is_gone(
     assert_eq!(fetches, 1, "one call, not one per delivery");
     let report = status(&hook).await;
     assert_eq!(report.webhook.counters.gone, 1);
+    assert!(report.summary.attention.iter().any(|a| a.contains("does not have")), "{:?}", report.summary.attention);
 }
 
 /// Found by the outside review: pushes refused after their caller was verified (a destination

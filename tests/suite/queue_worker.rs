@@ -143,3 +143,44 @@ async fn a_handler_that_panics_fails_its_message_alone() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task).await.expect("worker stops").unwrap();
 }
+
+/// Found by the outside review: a slow message held up the whole batch it came with, and every
+/// message behind it, until it finished. Each message now has its own place.
+#[tokio::test]
+async fn a_slow_message_holds_up_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = local::open(dir.path(), None).unwrap();
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let done = finished.clone();
+    let worker = QueueWorker {
+        queue: "work".into(),
+        max_dequeue_count: 3,
+        visibility_timeout: Duration::from_secs(60),
+        retry_delay: Duration::ZERO,
+        idle_poll: Duration::from_millis(10),
+        handler: Arc::new(move |input: QueueInput| {
+            let done = done.clone();
+            Box::pin(async move {
+                if input.body == "slow" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                done.lock().unwrap().push(input.body);
+                Ok(())
+            })
+        }),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    stores.queues.enqueue("work", "slow", Duration::ZERO).await.unwrap();
+    let task = tokio::spawn(worker.run(stores.queues.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stores.queues.enqueue("work", "fast", Duration::ZERO).await.unwrap();
+    for _ in 0..600 {
+        if finished.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*finished.lock().unwrap(), ["fast", "slow"], "the fast one did not wait for the slow one");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("worker stops").unwrap();
+}
