@@ -196,9 +196,7 @@ async fn run(seed: u64, scale: &Scale) {
     if !poisoned.is_empty() {
         assert!(alerts.iter().any(|a| a.alert == "push_poisoned"), "poisoned without its alert");
     }
-    let status = http.get(server.url("/api/status")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
-    let code = status.status().as_u16();
-    let report: Value = status.json().await.unwrap();
+    let (code, report) = server.status().await;
     assert_eq!(report["webhook"]["gone"].as_u64(), Some(gone), "every push that is nowhere else is counted gone");
     if gone > 0 {
         assert!(report["summary"]["attention"].to_string().contains("does not have"), "{report:#}");

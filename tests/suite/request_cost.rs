@@ -130,15 +130,7 @@ async fn clients_that_never_read_their_answers_cannot_hold_the_server() {
     for hog in hogs {
         hog.join().unwrap();
     }
-    let report: serde_json::Value = client()
-        .get(server.url("/api/status"))
-        .header("x-functions-key", crate::harness::TEST_FUNCTION_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, report) = server.status().await;
     assert!(report["webhook"]["connection_cap_reached"].as_u64().unwrap_or(0) >= 1, "{report:#}");
     assert!(report["summary"]["attention"].to_string().contains("every connection"), "{report:#}");
 }

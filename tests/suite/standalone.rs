@@ -9,10 +9,9 @@ use serde_json::Value;
 use truecontext_bridge::store::local;
 
 async fn status(server: &Server) -> Value {
-    let response =
-        client().get(server.url("/api/status")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    let (code, report) = server.status().await;
+    assert_eq!(code, 200, "{report:#}");
+    report
 }
 
 /// Polls `probe` until it returns Some, or fails after `limit` (a functional deadline, not a

@@ -197,17 +197,7 @@ async fn a_timer_run_killed_mid_run_frees_the_sync_lease_within_its_ttl() {
     // landings are on record but in no run's count.)
     let stores = local::open(&server.store_dir(), None).unwrap();
     let on_record = || async { truecontext_bridge::landing::list(&stores, "default").await.unwrap().len() };
-    let status = || async {
-        harness::client()
-            .get(server.url("/api/status"))
-            .header("x-functions-key", harness::TEST_FUNCTION_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let status = || async { server.status().await.1 };
     let deadline = Instant::now() + Duration::from_secs(150);
     loop {
         let report = status().await;
@@ -259,15 +249,7 @@ async fn the_demo_lands_submissions_within_a_minute() {
         assert!(server.alive() && Instant::now() < deadline, "{lines} landed so far:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let status: Value = harness::client()
-        .get(server.url("/api/status"))
-        .header("x-functions-key", harness::TEST_FUNCTION_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = server.status().await;
     let demo = status["truecontext"].as_array().unwrap().iter().find(|t| t["connection"] == "demo").unwrap();
     assert!(demo["landed_total"].as_u64().unwrap() >= landed as u64, "{demo}");
     assert_eq!(demo["last_sync"]["completed"], true, "{demo}");

@@ -170,6 +170,14 @@ impl Server {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// `GET /api/status` of a standalone server with the test key: its HTTP status and report.
+    pub async fn status(&self) -> (u16, serde_json::Value) {
+        let response =
+            client().get(self.url("/api/status")).header("x-functions-key", TEST_FUNCTION_KEY).send().await.unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
