@@ -174,6 +174,10 @@ pub struct StallGuard<T> {
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes written since the deadline was armed.
     moved: usize,
+    /// When the last write went through, and whether one has waited since: a deadline armed
+    /// for an earlier response that was then taken in full must not cut a later one short.
+    last_through: tokio::time::Instant,
+    waiting_since_last: bool,
 }
 
 /// What a client must take of a waiting response, within the limit, to keep its connection.
@@ -181,7 +185,17 @@ pub const MIN_PROGRESS_BYTES: usize = 64 * 1024;
 
 impl<T> StallGuard<T> {
     pub fn new(inner: T, limit: Duration) -> Self {
-        Self { inner, limit, stalled: None, moved: 0 }
+        let last_through = tokio::time::Instant::now();
+        Self { inner, limit, stalled: None, moved: 0, last_through, waiting_since_last: false }
+    }
+
+    /// A deadline left armed by a response the client then took (nothing waiting since), with
+    /// the connection quiet for the limit or longer, belongs to that response: a new one starts
+    /// with none. A client that trickles is always waited on, so it never gets here.
+    fn forget_an_old_deadline(&mut self) {
+        if self.stalled.is_some() && !self.waiting_since_last && self.last_through.elapsed() >= self.limit {
+            (self.stalled, self.moved) = (None, 0);
+        }
     }
 
     /// After the inner stream said `Pending`: still waiting, or out of time.
@@ -204,9 +218,14 @@ impl<T> StallGuard<T> {
         polled: Poll<std::io::Result<R>>,
         written: impl Fn(&R) -> usize,
     ) -> Poll<std::io::Result<R>> {
+        self.forget_an_old_deadline();
         match polled {
-            Poll::Pending => self.waiting(cx),
+            Poll::Pending => {
+                self.waiting_since_last = true;
+                self.waiting(cx)
+            }
             Poll::Ready(Ok(done)) => {
+                (self.last_through, self.waiting_since_last) = (tokio::time::Instant::now(), false);
                 if self.stalled.is_some() {
                     self.moved = self.moved.saturating_add(written(&done));
                     if self.moved >= MIN_PROGRESS_BYTES {
@@ -299,6 +318,33 @@ mod tests {
         assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
         drop(guard);
         trickle.await.unwrap();
+    }
+
+    /// A response larger than the socket's buffer, taken slowly but in full, armed the deadline;
+    /// the next response on the same connection, a while later, must not meet it already spent.
+    #[tokio::test]
+    async fn a_slow_reader_keeps_its_connection_for_the_next_response() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut guard = StallGuard::new(server, Duration::from_millis(300));
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 32 * 1024];
+            let mut total = 0;
+            // The first response, 40 KiB: taken after a pause, in full.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while total < 40 * 1024 {
+                total += client.read(&mut buffer).await.unwrap();
+            }
+            // The next one, after a quiet second: taken after a pause again.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            while total < 80 * 1024 {
+                total += client.read(&mut buffer).await.unwrap();
+            }
+            total
+        });
+        assert_eq!(write_all(&mut guard, 40 * 1024).await.unwrap(), 40 * 1024);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(write_all(&mut guard, 40 * 1024).await.unwrap(), 40 * 1024, "the second response was cut off");
+        assert_eq!(reader.await.unwrap(), 80 * 1024);
     }
 
     #[tokio::test]
