@@ -1,9 +1,9 @@
 //! One TLS crypto provider for the whole process: *ring*.
 //!
-//! Two generations of the HTTP stack share the process: reqwest 0.13 (our own clients and
-//! `azure_core` 1.x) and reqwest 0.12 (inside `azure_data_tables` 0.21, which selects *ring*
-//! itself). reqwest 0.13's default TLS feature would compile in a second provider, aws-lc-rs,
-//! with its C build, so it is built with `rustls-no-provider` instead, and that needs a process
+//! One HTTP stack serves the process: reqwest 0.13, in our own clients and under `azure_core`
+//! 1.x (Blob, Queue, Key Vault, and our Table client on its pipeline). reqwest 0.13's default
+//! TLS feature would compile in a second provider, aws-lc-rs, with its C build, so it is built
+//! with `rustls-no-provider` instead, and that needs a process
 //! default provider installed before any client is built. Every constructor of an HTTP client
 //! in this crate calls [`install_crypto_provider`] first, and so must code that builds reqwest
 //! clients of its own (tests); `main` does it before anything else.

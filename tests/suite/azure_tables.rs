@@ -1,5 +1,6 @@
 //! The storage conformance suite's table and lease checks against Table storage (Azurite),
-//! through `azure_data_tables`, and a compare-and-swap race between two processes.
+//! through our REST client on azure_core 1.x's pipeline, and a compare-and-swap race between two
+//! processes.
 
 use crate::{common, harness};
 use std::sync::Arc;

@@ -132,9 +132,9 @@ impl StorageAccount {
         self.name == DEV_ACCOUNT || self.table.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost")
     }
 
-    /// An account SAS for the blob and queue services, signed with the account key: the
-    /// storage SDK 1.x clients take only Entra credentials, so keyed accounts (Azurite) are
-    /// reached with a SAS in the URL instead. Returns the query string without `?`.
+    /// An account SAS for the blob, queue and table services, signed with the account key: the
+    /// storage SDK 1.x clients (and our Table client on the same pipeline) take only Entra
+    /// credentials, so keyed accounts (Azurite) are reached with a SAS in the URL instead. Returns the query string without `?`.
     pub fn account_sas(&self, expiry: DateTime<Utc>) -> StoreResult<Option<SecretString>> {
         match &self.auth {
             StorageAuth::AccountKey(key) => Ok(Some(sign_account_sas(&self.name, key, expiry)?)),
@@ -146,13 +146,13 @@ impl StorageAccount {
 
 const SAS_VERSION: &str = "2022-11-02";
 
-/// Account SAS (services blob+queue, all resource types, the permissions we use), per
+/// Account SAS (services blob+queue+table, all resource types, the permissions we use), per
 /// "Create an account SAS" (string-to-sign for version 2020-12-06 and later).
 fn sign_account_sas(account: &str, key: &SecretString, expiry: DateTime<Utc>) -> StoreResult<SecretString> {
     let key_bytes = base64::engine::general_purpose::STANDARD
         .decode(key.expose())
         .map_err(|_| invalid("AccountKey is not base64"))?;
-    let (permissions, services, resource_types) = ("rwdlacup", "bq", "sco");
+    let (permissions, services, resource_types) = ("rwdlacup", "bqt", "sco");
     let start = (Utc::now() - chrono::TimeDelta::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let expiry = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let protocol = "https,http";

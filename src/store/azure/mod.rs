@@ -37,7 +37,12 @@ pub fn open(settings: &StoreSettings, identity: credential::SharedCredential) ->
     }
     Ok(Stores {
         kind: StoreKind::Azure,
-        tables: Arc::new(tables::AzureTables::new(&account, storage_credential.clone(), TABLE_PREFIX)?),
+        tables: Arc::new(tables::AzureTables::with_transport(
+            &account,
+            storage_credential.clone(),
+            TABLE_PREFIX,
+            transport.clone(),
+        )?),
         blobs: Arc::new(blobs::AzureBlobs::with_transport(&account, storage_credential.clone(), transport.clone())?),
         queues: Arc::new(queues::AzureQueues::with_transport(&account, storage_credential, transport)?),
         secrets: Arc::new(secrets),

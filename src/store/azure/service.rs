@@ -1,4 +1,4 @@
-//! What the Azure Storage clients (blobs, queues) share: the client options (bounded retries,
+//! What the Azure Storage clients (blobs, queues, tables) share: the client options (bounded retries,
 //! the SAS policy for keyed accounts), the service URL as the SDK joins it, and the mapping of
 //! SDK errors to [`StoreError`]s that never carry a SAS or a secret.
 
@@ -18,6 +18,7 @@ use crate::store::{StoreError, StoreResult};
 pub(super) enum Service {
     Blob,
     Queue,
+    Table,
 }
 
 impl Service {
@@ -25,6 +26,7 @@ impl Service {
         match self {
             Service::Blob => "Blob storage",
             Service::Queue => "Queue storage",
+            Service::Table => "Table storage",
         }
     }
 
@@ -32,6 +34,7 @@ impl Service {
         match self {
             Service::Blob => "Storage Blob Data Contributor",
             Service::Queue => "Storage Queue Data Contributor",
+            Service::Table => "Storage Table Data Contributor",
         }
     }
 }

@@ -1,8 +1,13 @@
-//! Table storage with `azure_data_tables` 0.21.
+//! Table storage over its REST API, on azure_core 1.x's pipeline.
 //!
-//! That crate belongs to the older SDK generation (azure_core 0.21); the Entra credentials of
-//! azure_identity 1.x implement azure_core 1.x's `TokenCredential`, so [`LegacyCredential`]
-//! adapts one to the other — the one gap we fill by hand.
+//! No Tables crate exists for azure_core 1.x (the SDK's request for one is open), and the old
+//! generation (`azure_data_tables` 0.21 on azure_core 0.21) brought a second HTTP stack with
+//! its own TLS roots. What we use of the service is small — create a table, insert, replace
+//! with `If-Match`, insert-or-replace, delete, get, and query one partition with continuation
+//! — so this speaks it directly ("Table service REST API", x-ms-version 2019-02-02) through the
+//! same pipeline the Blob and Queue clients use: the shared credential (managed identity or
+//! the account SAS of a keyed account), the bounded retries and the shared transport
+//! (`TLS_EXTRA_CA_FILE`, `.localhost` names).
 //!
 //! Entities map onto Table storage properties one to one where the types allow it: strings,
 //! booleans, 64-bit integers (`Edm.Int64`) and doubles (`Edm.Double`) are native properties, so
@@ -14,24 +19,64 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use azure_core_legacy::error::Error as LegacyError;
-use azure_data_tables::clients::TableServiceClientBuilder;
-use azure_data_tables::prelude::{Filter, TableClient, TableServiceClient, Top};
-use azure_data_tables::IfMatchCondition;
-use azure_storage::{CloudLocation, StorageCredentials};
+use azure_core::credentials::TokenCredential;
+use azure_core::http::headers::HeaderName;
+use azure_core::http::policies::auth::BearerTokenAuthorizationPolicy;
+use azure_core::http::policies::Policy;
+use azure_core::http::{Context, Method, Pipeline, PipelineSendOptions, RawResponse, Request, Url};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde_json::{Map, Value};
 
-use super::connection::{StorageAccount, StorageAuth};
+use super::connection::StorageAccount;
+use super::service::{client_setup, service_root, without_url_queries, Service};
 use crate::store::*;
 
 const JSON_PROPERTIES: &str = "_json";
+/// The Table service version we speak: the first with Entra (OAuth) authorization.
+const SERVICE_VERSION: &str = "2019-02-02";
+const ENTITY_METADATA: &str = "application/json;odata=fullmetadata";
+const NEXT_PARTITION: HeaderName = HeaderName::from_static("x-ms-continuation-nextpartitionkey");
+const NEXT_ROW: HeaderName = HeaderName::from_static("x-ms-continuation-nextrowkey");
+const ERROR_CODE: HeaderName = HeaderName::from_static("x-ms-error-code");
 
 pub struct AzureTables {
-    service: TableServiceClient,
+    pipeline: Pipeline,
+    /// The service root, without a trailing slash (`…/devstoreaccount1`, `https://acct.table…`).
+    root: Url,
     account: String,
     prefix: String,
+}
+
+/// What the service answered, read whole: a status, the headers we use, and the body.
+struct Answer {
+    status: u16,
+    raw: RawResponse,
+}
+
+impl Answer {
+    fn etag(&self) -> StoreResult<ETag> {
+        self.raw
+            .headers()
+            .get_optional_str(&HeaderName::from_static("etag"))
+            .map(|e| ETag(e.to_owned()))
+            .ok_or_else(|| StoreError::Backend("Table storage answered a write without an ETag".into()))
+    }
+
+    /// The service's error code: the `x-ms-error-code` header, or the OData error body.
+    fn error_code(&self) -> String {
+        if let Some(code) = self.raw.headers().get_optional_str(&ERROR_CODE) {
+            return code.to_owned();
+        }
+        let body: Value = serde_json::from_slice(self.raw.body().as_ref()).unwrap_or_default();
+        body.pointer("/odata.error/code").and_then(Value::as_str).unwrap_or("no error code").to_owned()
+    }
+
+    fn json(&self) -> StoreResult<Map<String, Value>> {
+        match serde_json::from_slice(self.raw.body().as_ref()) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(StoreError::Backend("Table storage answered with a body that is not a JSON object".into())),
+        }
+    }
 }
 
 impl AzureTables {
@@ -39,110 +84,182 @@ impl AzureTables {
     /// hold several deployments' tables.
     pub fn new(
         account: &StorageAccount,
-        credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
+        credential: Option<Arc<dyn TokenCredential>>,
         prefix: &str,
     ) -> StoreResult<Self> {
-        let credentials = match (&account.auth, credential) {
-            (StorageAuth::AccountKey(key), _) => {
-                StorageCredentials::access_key(account.name.clone(), key.expose().to_owned())
-            }
-            (StorageAuth::Sas(sas), _) => StorageCredentials::sas_token(sas.expose())
-                .map_err(|_| StoreError::invalid("AzureWebJobsStorage", "its SharedAccessSignature cannot be read"))?,
-            (StorageAuth::Identity, Some(credential)) => {
-                StorageCredentials::token_credential(Arc::new(LegacyCredential(credential)))
-            }
-            (StorageAuth::Identity, None) => {
-                return Err(StoreError::Backend("identity-based Table storage needs a token credential".into()))
-            }
-        };
+        Self::with_transport(account, credential, prefix, None)
+    }
+
+    /// As [`Self::new`], over `transport` instead of the SDK's own HTTP client.
+    pub fn with_transport(
+        account: &StorageAccount,
+        credential: Option<Arc<dyn TokenCredential>>,
+        prefix: &str,
+        transport: Option<azure_core::http::Transport>,
+    ) -> StoreResult<Self> {
         if !prefix.chars().all(|c| c.is_ascii_alphanumeric()) || !prefix.starts_with(|c: char| c.is_ascii_alphabetic())
         {
             return Err(StoreError::invalid("table prefix", "letters and digits only, starting with a letter"));
         }
-        let location = CloudLocation::Custom { account: account.name.clone(), uri: account.table.to_string() };
-        let service = TableServiceClientBuilder::with_location(location, credentials)
-            .retry(azure_core_legacy::RetryOptions::exponential(
-                azure_core_legacy::ExponentialRetryOptions::default()
-                    .max_retries(4u32)
-                    .initial_delay(std::time::Duration::from_millis(200))
-                    .max_total_elapsed(std::time::Duration::from_secs(30)),
-            ))
-            .build();
-        Ok(Self { service, account: account.name.clone(), prefix: prefix.to_owned() })
+        let (credential, options) = client_setup(account, credential, Service::Table, transport)?;
+        let mut per_try: Vec<Arc<dyn Policy>> = Vec::new();
+        if let Some(credential) = credential {
+            per_try.push(Arc::new(BearerTokenAuthorizationPolicy::new(
+                credential,
+                vec!["https://storage.azure.com/.default"],
+            )));
+        }
+        let pipeline = Pipeline::new(
+            Some(env!("CARGO_PKG_NAME")),
+            Some(env!("CARGO_PKG_VERSION")),
+            options,
+            Vec::new(),
+            per_try,
+            None,
+        );
+        Ok(Self {
+            pipeline,
+            root: service_root(&account.table),
+            account: account.name.clone(),
+            prefix: prefix.to_owned(),
+        })
     }
 
-    fn client(&self, table: Table) -> TableClient {
-        self.service.table_client(format!("{}{}", self.prefix, table.name()))
+    fn table_name(&self, table: Table) -> String {
+        format!("{}{}", self.prefix, table.name())
     }
 
-    /// Runs `op`; when the table does not exist yet, creates it and runs `op` once more. Every
-    /// caller that finds the table missing creates it (creating is idempotent): callers racing
-    /// on a new table's first writes must all wait for it, not only the first.
-    async fn with_table<T, F, Fut>(&self, table: Table, what: impl Fn() -> String, op: F) -> StoreResult<T>
-    where
-        F: Fn(TableClient) -> Fut,
-        Fut: std::future::Future<Output = Result<T, LegacyError>>,
-    {
-        match op(self.client(table)).await {
-            Err(e) if error_code(&e).as_deref() == Some("TableNotFound") => {
-                self.create_table(table).await?;
-                op(self.client(table)).await.map_err(|e| self.map_error(e, &what()))
-            }
-            other => other.map_err(|e| self.map_error(e, &what())),
+    /// The URL of `path` (already percent-encoded) below the service root.
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.root.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}/{path}"));
+        url
+    }
+
+    fn entity_url(&self, table: Table, pk: &str, rk: &str) -> Url {
+        self.url(&format!(
+            "{}(PartitionKey={},RowKey={})",
+            self.table_name(table),
+            encode_path(&odata_quote(pk)),
+            encode_path(&odata_quote(rk))
+        ))
+    }
+
+    /// One request through the pipeline (credential, retries, transport), its answer read whole.
+    /// Status codes are ours to judge: the pipeline does not turn them into errors.
+    async fn send(&self, mut request: Request, what: &str) -> StoreResult<Answer> {
+        request.insert_header("x-ms-version", SERVICE_VERSION);
+        request.insert_header("dataserviceversion", "3.0");
+        request.insert_header("maxdataserviceversion", "3.0;NetFx");
+        let options = PipelineSendOptions { skip_checks: true, ..Default::default() };
+        match self.pipeline.send(&Context::new(), &mut request, Some(options)).await {
+            Ok(raw) => Ok(Answer { status: u16::from(raw.status()), raw }),
+            // Transport errors can carry the request URL; a SAS would be in its query.
+            Err(e) => Err(StoreError::Backend(format!(
+                "Table storage could not be reached for {}: {}",
+                what,
+                without_url_queries(&super::service::error_chain(&e))
+            ))),
         }
     }
 
-    /// Checks and encodes an entity, then writes it with `op` (see [`Self::with_table`]).
-    async fn write<F, Fut>(
+    /// Sends what `build` makes; when the table does not exist yet, creates it and sends once
+    /// more. Every caller that finds the table missing creates it (creating is idempotent):
+    /// callers racing on a new table's first writes must all wait for it, not only the first.
+    async fn with_table(&self, table: Table, what: &str, build: &(dyn Fn() -> Request + Sync)) -> StoreResult<Answer> {
+        let answer = self.send(build(), what).await?;
+        if answer.status == 404 && answer.error_code() == "TableNotFound" {
+            self.create_table(table).await?;
+            return self.send(build(), what).await;
+        }
+        Ok(answer)
+    }
+
+    async fn create_table(&self, table: Table) -> StoreResult<()> {
+        let mut request = Request::new(self.url("Tables"), Method::Post);
+        request.insert_header("accept", "application/json;odata=nometadata");
+        request.insert_header("content-type", "application/json");
+        request.insert_header("prefer", "return-no-content");
+        request.set_body(serde_json::json!({ "TableName": self.table_name(table) }).to_string());
+        let what = format!("table {}", table.name());
+        let answer = self.send(request, &what).await?;
+        match answer.status {
+            200..=299 => Ok(()),
+            409 if answer.error_code() == "TableAlreadyExists" => Ok(()),
+            _ => Err(self.refusal(&answer, &what)),
+        }
+    }
+
+    /// A write: checks and encodes the entity, then sends it with `method` (POST inserts into
+    /// the table, PUT replaces the entity) and the `If-Match` given, if any.
+    async fn write(
         &self,
         table: Table,
         pk: &str,
         rk: &str,
         props: &Map<String, Value>,
-        op: F,
-    ) -> StoreResult<ETag>
-    where
-        F: Fn(TableClient, Value) -> Fut,
-        Fut: std::future::Future<Output = Result<ETag, LegacyError>>,
-    {
+        method: Method,
+        if_match: Option<&IfMatch>,
+    ) -> StoreResult<ETag> {
         check_entity(pk, rk, Some(props))?;
-        let body = encode(pk, rk, props);
-        self.with_table(table, || entity_name(table, pk, rk), |client| op(client, body.clone())).await
-    }
-
-    async fn create_table(&self, table: Table) -> StoreResult<()> {
-        match self.client(table).create().await {
-            Ok(_) => Ok(()),
-            Err(e) if error_code(&e).as_deref() == Some("TableAlreadyExists") => Ok(()),
-            Err(e) => Err(self.map_error(e, &format!("table {}", table.name()))),
+        let body = encode(pk, rk, props).to_string();
+        let url = match method {
+            Method::Post => self.url(&self.table_name(table)),
+            _ => self.entity_url(table, pk, rk),
+        };
+        let build = || {
+            let mut request = Request::new(url.clone(), method);
+            request.insert_header("accept", "application/json;odata=nometadata");
+            request.insert_header("content-type", "application/json");
+            request.insert_header("prefer", "return-no-content");
+            if let Some(condition) = if_match {
+                request.insert_header("if-match", if_match_value(condition));
+            }
+            request.set_body(body.clone());
+            request
+        };
+        let what = entity_name(table, pk, rk);
+        let answer = self.with_table(table, &what, &build).await?;
+        match answer.status {
+            200..=299 => answer.etag(),
+            _ => Err(self.refusal(&answer, &what)),
         }
     }
 
-    fn map_error(&self, error: LegacyError, what: &str) -> StoreError {
-        let status = error.as_http_error().map(|h| u16::from(h.status()));
-        let code = error_code(&error).unwrap_or_default();
-        match (status, code.as_str()) {
-            (Some(409), _) => StoreError::AlreadyExists { what: what.to_owned() },
-            (Some(404), _) => StoreError::NotFound { what: what.to_owned() },
-            (Some(412), _) => StoreError::PreconditionFailed { what: what.to_owned() },
-            (Some(403), _) => StoreError::Backend(format!(
+    /// A status the service refused with, as the store's error: 409, 404 and 412 are the
+    /// conditions callers act on; 403 names the role the identity lacks.
+    fn refusal(&self, answer: &Answer, what: &str) -> StoreError {
+        let code = answer.error_code();
+        match answer.status {
+            409 => StoreError::AlreadyExists { what: what.to_owned() },
+            404 => StoreError::NotFound { what: what.to_owned() },
+            412 => StoreError::PreconditionFailed { what: what.to_owned() },
+            403 => StoreError::Backend(format!(
                 "Table storage refused access to {what} ({code}): give this app's identity the \
-                 \"Storage Table Data Contributor\" role on storage account {}",
+                 \"Storage Table Data Contributor\" role on storage account {} (or, with a connection \
+                 string, check its key or SAS)",
                 self.account
             )),
-            (Some(400), _) => StoreError::Backend(format!("Table storage rejected the request for {what}: {code}")),
-            (Some(status), _) => StoreError::Backend(format!("Table storage answered {status} {code} for {what}")),
-            // Transport errors can carry the request URL; a SAS would be in its query.
-            (None, _) => StoreError::Backend(format!(
-                "Table storage could not be reached for {what}: {}",
-                crate::telemetry::redact(&error.to_string())
-            )),
+            400 => StoreError::Backend(format!("Table storage rejected the request for {what}: {code}")),
+            status => StoreError::Backend(format!("Table storage answered {status} {code} for {what}")),
         }
     }
 }
 
-fn error_code(error: &LegacyError) -> Option<String> {
-    error.as_http_error().and_then(|h| h.error_code().map(str::to_owned))
+fn if_match_value(condition: &IfMatch) -> String {
+    match condition {
+        IfMatch::Any => "*".to_owned(),
+        IfMatch::ETag(etag) => etag.0.clone(),
+    }
+}
+
+/// Percent-encodes text for one path segment (everything but RFC 3986's unreserved set and
+/// the OData punctuation that must stay literal).
+fn encode_path(text: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'\'');
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
 fn entity_name(table: Table, pk: &str, rk: &str) -> String {
@@ -227,31 +344,11 @@ fn decode(mut raw: Map<String, Value>) -> StoreResult<Entity> {
     Ok(Entity { partition_key, row_key, etag, timestamp, properties })
 }
 
-/// The client of one entity of `client`'s table.
-fn entity(client: TableClient, pk: &str, rk: &str) -> azure_data_tables::prelude::EntityClient {
-    client.partition_key_client(url_key(pk)).entity_client(url_key(rk))
-}
-
-/// A key as it goes inside `(PartitionKey='…',RowKey='…')` in an entity URL: OData doubles
-/// single quotes there. `azure_data_tables` 0.21 inserts keys verbatim (a gap we fill here),
-/// so an entity whose key holds a `'` could be inserted but never read, updated or deleted.
-fn url_key(key: &str) -> String {
-    key.replace('\'', "''")
-}
-
+/// A key or value as an OData string literal: in quotes, with each quote doubled. Keys go
+/// inside `(PartitionKey='…',RowKey='…')` that way too, so a key holding a `'` can be read,
+/// replaced and deleted, not only inserted.
 fn odata_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
-}
-
-fn legacy_etag(etag: &ETag) -> IfMatchCondition {
-    IfMatchCondition::Etag(azure_core_legacy::Etag::from(etag.0.clone()))
-}
-
-fn condition(condition: &IfMatch) -> IfMatchCondition {
-    match condition {
-        IfMatch::Any => IfMatchCondition::Any,
-        IfMatch::ETag(etag) => legacy_etag(etag),
-    }
 }
 
 /// The shared checks, plus our own reserved property.
@@ -267,29 +364,29 @@ fn check_entity(pk: &str, rk: &str, props: Option<&Map<String, Value>>) -> Store
 impl TableStore for AzureTables {
     async fn get(&self, table: Table, pk: &str, rk: &str) -> StoreResult<Option<Entity>> {
         check_entity(pk, rk, None)?;
-        let result = self
-            .with_table(
-                table,
-                || entity_name(table, pk, rk),
-                |client| async move { entity(client, pk, rk).get::<Map<String, Value>>().await },
-            )
-            .await;
-        match result {
-            Ok(response) => {
-                let mut raw = response.entity;
-                raw.entry("odata.etag").or_insert_with(|| Value::String(response.etag.to_string()));
+        let url = self.entity_url(table, pk, rk);
+        let build = || {
+            let mut request = Request::new(url.clone(), Method::Get);
+            request.insert_header("accept", ENTITY_METADATA);
+            request
+        };
+        let what = entity_name(table, pk, rk);
+        let answer = self.with_table(table, &what, &build).await?;
+        match answer.status {
+            200 => {
+                let mut raw = answer.json()?;
+                if !raw.contains_key("odata.etag") {
+                    raw.insert("odata.etag".into(), Value::String(answer.etag()?.0));
+                }
                 decode(raw).map(Some)
             }
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+            404 => Ok(None),
+            _ => Err(self.refusal(&answer, &what)),
         }
     }
 
     async fn insert(&self, table: Table, pk: &str, rk: &str, props: Map<String, Value>) -> StoreResult<ETag> {
-        self.write(table, pk, rk, &props, |client, body| async move {
-            client.insert::<Value, Value>(body)?.await.map(|r| ETag(r.etag.to_string()))
-        })
-        .await
+        self.write(table, pk, rk, &props, Method::Post, None).await
     }
 
     async fn update(
@@ -300,32 +397,29 @@ impl TableStore for AzureTables {
         props: Map<String, Value>,
         if_match: IfMatch,
     ) -> StoreResult<ETag> {
-        self.write(table, pk, rk, &props, |client, body| {
-            let if_match = condition(&if_match);
-            async move { entity(client, pk, rk).update(body, if_match)?.await.map(|r| ETag(r.etag.to_string())) }
-        })
-        .await
+        self.write(table, pk, rk, &props, Method::Put, Some(&if_match)).await
     }
 
     async fn upsert(&self, table: Table, pk: &str, rk: &str, props: Map<String, Value>) -> StoreResult<ETag> {
-        self.write(table, pk, rk, &props, |client, body| async move {
-            entity(client, pk, rk).insert_or_replace(body)?.await.map(|r| ETag(r.etag.to_string()))
-        })
-        .await
+        // A PUT without If-Match is "insert or replace".
+        self.write(table, pk, rk, &props, Method::Put, None).await
     }
 
     async fn delete(&self, table: Table, pk: &str, rk: &str, if_match: IfMatch) -> StoreResult<()> {
         check_entity(pk, rk, None)?;
-        self.with_table(
-            table,
-            || entity_name(table, pk, rk),
-            |client| {
-                let if_match = condition(&if_match);
-                async move { entity(client, pk, rk).delete().if_match(if_match).await }
-            },
-        )
-        .await
-        .map(|_| ())
+        let url = self.entity_url(table, pk, rk);
+        let build = || {
+            let mut request = Request::new(url.clone(), Method::Delete);
+            request.insert_header("accept", "application/json;odata=nometadata");
+            request.insert_header("if-match", if_match_value(&if_match));
+            request
+        };
+        let what = entity_name(table, pk, rk);
+        let answer = self.with_table(table, &what, &build).await?;
+        match answer.status {
+            200..=299 => Ok(()),
+            _ => Err(self.refusal(&answer, &what)),
+        }
     }
 
     async fn query(
@@ -350,52 +444,50 @@ impl TableStore for AzureTables {
             filter.push_str(&format!(" and RowKey gt {}", odata_quote(after)));
         }
         // One more than asked for tells whether another page follows. The service may cut
-        // its pages short, so keep reading its continuation until we have enough.
+        // its pages short (at most 1,000 rows, or five seconds' work, a page), so keep
+        // reading its continuation until we have enough.
         let want = limit + 1;
-        let collected = self
-            .with_table(
-                table,
-                || format!("partition {pk:?} of table {}", table.name()),
-                |client| {
-                    let filter = filter.clone();
-                    async move {
-                        let mut stream = client
-                            .query()
-                            .filter(Filter::new(filter))
-                            .top(Top::new(want as u32))
-                            .into_stream::<Map<String, Value>>();
-                        let mut rows = Vec::with_capacity(want);
-                        while rows.len() < want {
-                            match stream.next().await {
-                                Some(page) => rows.extend(page?.entities),
-                                None => break,
-                            }
-                        }
-                        Ok(rows)
+        let what = format!("partition {pk:?} of table {}", table.name());
+        let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(want);
+        let mut next: Option<(String, Option<String>)> = None;
+        loop {
+            let mut url = self.url(&format!("{}()", self.table_name(table)));
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("$filter", &filter).append_pair("$top", &(want - rows.len()).to_string());
+                if let Some((next_pk, next_rk)) = &next {
+                    query.append_pair("NextPartitionKey", next_pk);
+                    if let Some(next_rk) = next_rk {
+                        query.append_pair("NextRowKey", next_rk);
                     }
-                },
-            )
-            .await?;
-        let entities = collected.into_iter().take(want).map(decode).collect::<StoreResult<Vec<_>>>()?;
+                }
+            }
+            let build = || {
+                let mut request = Request::new(url.clone(), Method::Get);
+                request.insert_header("accept", ENTITY_METADATA);
+                request
+            };
+            let answer = self.with_table(table, &what, &build).await?;
+            if answer.status != 200 {
+                return Err(self.refusal(&answer, &what));
+            }
+            match answer.json()?.remove("value") {
+                Some(Value::Array(values)) => rows.extend(values.into_iter().filter_map(|v| match v {
+                    Value::Object(map) => Some(map),
+                    _ => None,
+                })),
+                _ => return Err(StoreError::Backend(format!("Table storage answered a query of {what} without rows"))),
+            }
+            let headers = answer.raw.headers();
+            next = headers
+                .get_optional_string(&NEXT_PARTITION)
+                .map(|next_pk| (next_pk, headers.get_optional_string(&NEXT_ROW)));
+            if rows.len() >= want || next.is_none() {
+                break;
+            }
+        }
+        let entities = rows.into_iter().take(want).map(decode).collect::<StoreResult<Vec<_>>>()?;
         Ok(page_of(entities, limit))
-    }
-}
-
-/// azure_identity 1.x credentials, seen through azure_core 0.21's `TokenCredential`.
-#[derive(Debug)]
-pub struct LegacyCredential(pub Arc<dyn azure_core::credentials::TokenCredential>);
-
-#[async_trait]
-impl azure_core_legacy::auth::TokenCredential for LegacyCredential {
-    async fn get_token(&self, scopes: &[&str]) -> azure_core_legacy::Result<azure_core_legacy::auth::AccessToken> {
-        let token = self.0.get_token(scopes, None).await.map_err(|e| {
-            azure_core_legacy::error::Error::message(azure_core_legacy::error::ErrorKind::Credential, e.to_string())
-        })?;
-        Ok(azure_core_legacy::auth::AccessToken::new(token.token.secret().to_owned(), token.expires_on))
-    }
-
-    async fn clear_cache(&self) -> azure_core_legacy::Result<()> {
-        Ok(())
     }
 }
 
@@ -425,5 +517,16 @@ mod tests {
     #[test]
     fn odata_strings_escape_quotes() {
         assert_eq!(odata_quote("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn entity_urls_quote_and_encode_their_keys() {
+        let account = StorageAccount::from_connection_string("UseDevelopmentStorage=true").unwrap();
+        let tables = AzureTables::new(&account, None, "tcb").unwrap();
+        let url = tables.entity_url(Table::Connections, "it's", "a b%ü");
+        assert!(
+            url.as_str().ends_with("/devstoreaccount1/tcbconnections(PartitionKey='it''s',RowKey='a%20b%25%C3%BC')"),
+            "{url}"
+        );
     }
 }
