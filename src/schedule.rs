@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
 #[derive(Debug, Clone)]
@@ -53,10 +54,12 @@ impl FromStr for Schedule {
                 )));
             }
         }
-        let cron = Cron::new(text)
-            .with_seconds_required()
-            .with_dom_and_dow()
-            .parse()
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .year(Year::Disallowed)
+            .dom_and_dow(true)
+            .build()
+            .parse(text)
             .map_err(|e| ScheduleError(format!("not a valid NCRONTAB expression: {e}")))?;
         // `0 0 0 30 2 *` parses and never occurs: the timer would never fire and say nothing.
         // The fields have no year, so one that occurs at all occurs within a 400-year cycle of
