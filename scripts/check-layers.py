@@ -17,10 +17,11 @@ import sys
 
 # Top to bottom. One row is one layer; its modules may not use one another.
 LAYERS = [
-    ["main"],  # the CLI: src/main.rs
+    ["main"],  # the binary: parses the command line, starts the runtime (src/main.rs)
+    ["cli"],  # the verbs: one file each (src/cli/)
     ["host", "standalone"],  # front doors
     ["handlers"],  # what each function does; `App` is the composition root
-    ["sync", "webhook"],  # domain: the data path (coming)
+    ["sync", "webhook"],  # domain: the data path
     ["landing"],
     ["truecontext"],
     ["tokens"],  # domain: the token lifecycle

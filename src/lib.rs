@@ -49,6 +49,7 @@
 #![cfg_attr(not(test), deny(clippy::string_slice, clippy::indexing_slicing))]
 
 pub mod alerts;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;
