@@ -133,6 +133,13 @@ var logAlerts = [
     severity: 2
     query: 'traces | where message has "push_poisoned" ${parseLine} | where tostring(e.alert) == "push_poisoned" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
   }
+  {
+    key: 'quarantine'
+    title: 'tcbridge: a submission was quarantined'
+    description: 'submission_quarantined: a document TrueContext served or pushed could not be landed (refused for good); it is kept as received with the reason and the walk went on. See `tcbridge quarantine list`; after a fix, `tcbridge quarantine retry --all`.'
+    severity: 2
+    query: 'traces | where message has "submission_quarantined" ${parseLine} | where tostring(e.alert) == "submission_quarantined" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
+  }
 ]
 
 resource logAlertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for a in logAlerts: {
