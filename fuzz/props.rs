@@ -243,7 +243,7 @@ pub fn settings(data: &[u8]) {
     let pairs: Vec<(String, String)> =
         text.lines().filter_map(|line| line.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     let raw = RawSettings::from_pairs(pairs.clone());
-    let is_secret = |k: &str| Settings::SECRET_SETTINGS.contains(&k);
+    let is_secret = |k: &str| Settings::secret_settings().contains(&k);
     // A secret value that is also part of a plain setting's value may be shown with that one.
     let plain: Vec<&str> = pairs.iter().filter(|(k, _)| !is_secret(k)).map(|(_, v)| v.as_str()).collect();
     let secrets: Vec<&str> = pairs

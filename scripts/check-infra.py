@@ -9,7 +9,7 @@ Checks:
   params        every `param` a .bicep file declares is used in that file
   module-params every parameter a module call passes exists in the module, and every module
                 param without a default is passed
-  settings      every setting the binary reads (string literals in src/config.rs, plus RUST_LOG)
+  settings      every setting the binary reads (src/config/settings.tsv, less what the host sets)
                 is an app-setting name in the Bicep or on DELIBERATELY_NOT_SET below, never both
   flex          no Flex-deprecated setting or siteConfig property outside the EP-only vars
                 (epOnlySettings, epSiteConfig), and those vars only on the Elastic Premium branch
@@ -54,11 +54,6 @@ DELIBERATELY_NOT_SET = {
     "WEBHOOK_MAX_BACKLOG_SECONDS": "its default (15 minutes) fits the queue's retry schedule",
     "WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS": "its default (24 h) is above Entra's and managed identities' token lifetimes",
 }
-
-# Literals in src/config.rs that match the setting pattern but are not settings.
-NOT_SETTINGS = {"Authorization", "RawSettings", "Values", "IsEncrypted"}
-# Settings read outside src/config.rs.
-EXTRA_SETTINGS = {"RUST_LOG"}
 
 # Where app-setting names live: file (relative to infra/) -> the var blocks holding settings.
 SETTINGS_VARS = {
@@ -327,10 +322,16 @@ def check_params_used(files, r: Report):
 
 
 def settings_read(root: Path) -> set[str]:
-    text = (root / "src" / "config.rs").read_text()
-    names = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', text))
-    names |= set(re.findall(r'"(AzureWebJobsStorage(?:__\w+)?)"', text))
-    return (names - NOT_SETTINGS) | EXTRA_SETTINGS
+    """Every setting the binary reads, from its one table (src/config/settings.tsv), except
+    what the Functions host or the platform sets itself (section "host")."""
+    names = set()
+    for line in (root / "src" / "config" / "settings.tsv").read_text().splitlines():
+        if not line or line.startswith("#") or line.startswith("name\t"):
+            continue
+        name, section, _secret = line.split("\t")[:3]
+        if section != "host":
+            names.add(name)
+    return names
 
 
 def bicep_settings(files, r: Report) -> dict[str, list[tuple[str, str, str]]]:
@@ -361,7 +362,7 @@ def check_settings(files, root: Path, r: Report):
         where = ", ".join(f"{f} {v}" for f, v, _ in setting_map[name])
         r.fail("settings", f"{name} is on the deliberately-not-set list ({DELIBERATELY_NOT_SET[name]}) but is set in {where}")
     for name in sorted(set(DELIBERATELY_NOT_SET) - read):
-        r.fail("settings", f"deliberately-not-set entry {name} is not a setting src/config.rs reads (stale entry)")
+        r.fail("settings", f"deliberately-not-set entry {name} is not a setting in src/config/settings.tsv (stale entry)")
     for name, places in sorted(setting_map.items()):
         # union() lets a later object win silently: a name belongs to one settings object.
         if len(places) > 1:
@@ -567,7 +568,7 @@ FAULTS = [
     ("modules", "delete a module file", _delete("infra/modules/rbac.bicep")),
     ("params", "add an unused param", _append("infra/modules/identity.bicep", "\nparam unusedProbe string = 'x'\n")),
     ("settings", "remove an app setting", _edit("infra/main.bicep", "  SYNC_SCHEDULE: syncSchedule\n", "")),
-    ("settings", "the binary reads a new setting", _append("src/config.rs", '\n// "NEW_SETTING_PROBE"\n')),
+    ("settings", "the binary reads a new setting", _append("src/config/settings.tsv", "NEW_SETTING_PROBE\tservice\tno\n")),
     ("settings", "set a deliberately-not-set setting", _edit("infra/main.bicep", "  RUST_LOG: rustLog\n", "  RUST_LOG: rustLog\n  LOCAL_STORE_PATH: '/tmp/store'\n")),
     ("roles", "change a role GUID", _edit("infra/modules/rbac.bicep", "'974c5e8b-45b9-4653-ba55-5f855dd0fb88'", "'974c5e8b-45b9-4653-ba55-5f855dd0fb89'")),
     ("roles", "assign a role that is not allowed", _edit("infra/modules/rbac.bicep", "'0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor", "'b24988ac-6180-42a0-ab88-20f7382dd24c' // Contributor")),
@@ -587,8 +588,8 @@ FAULTS = [
 
 def _copy_tree(root: Path, dest: Path):
     shutil.copytree(root / "infra", dest / "infra")
-    (dest / "src").mkdir()
-    shutil.copy(root / "src" / "config.rs", dest / "src" / "config.rs")
+    (dest / "src" / "config").mkdir(parents=True)
+    shutil.copy(root / "src" / "config" / "settings.tsv", dest / "src" / "config" / "settings.tsv")
     for rel in ("host.json", "azure.yaml", "scripts/package.sh"):
         if (root / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

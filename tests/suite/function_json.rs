@@ -62,7 +62,7 @@ fn local_settings_is_a_template_without_secrets() {
     let values = settings["Values"].as_object().unwrap();
     assert_eq!(values["FUNCTIONS_WORKER_RUNTIME"], "custom");
     assert_eq!(values["AzureWebJobsStorage"], "UseDevelopmentStorage=true");
-    for name in truecontext_bridge::config::Settings::SECRET_SETTINGS {
+    for name in truecontext_bridge::config::Settings::secret_settings() {
         if let Some(value) = values.get(*name) {
             let value = value.as_str().unwrap();
             assert!(value.is_empty() || value == "UseDevelopmentStorage=true", "{name} holds a value");
