@@ -19,6 +19,7 @@ import sys
 LAYERS = [
     ["main"],  # the binary: parses the command line, starts the runtime (src/main.rs)
     ["cli"],  # the verbs: one file each (src/cli/)
+    ["ops"],  # what an operator does (check, poison, submissions, connections), for the CLI and later HTTP verbs
     ["host", "standalone"],  # front doors
     ["handlers"],  # what each function does; `App` is the composition root
     ["sync", "webhook"],  # domain: the data path

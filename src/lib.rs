@@ -59,6 +59,7 @@ pub mod host;
 pub mod landing;
 pub mod naming;
 pub mod oauth;
+pub mod ops;
 pub mod schedule;
 pub mod secret;
 #[cfg(feature = "demo")]

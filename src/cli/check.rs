@@ -63,7 +63,7 @@ pub(super) async fn check(raw: &RawSettings, online: bool) -> anyhow::Result<Exi
 
 fn print_dependencies(settings: &Settings) -> std::io::Result<()> {
     say!("dependencies:")?;
-    for d in crate::handlers::dependencies::describe(settings) {
+    for d in crate::ops::check::describe(settings) {
         say!("  - {}: {}", d.name, telemetry::redact(&d.endpoint))?;
         say!("      credential: {}", telemetry::redact(&d.credential))?;
     }
@@ -86,7 +86,7 @@ async fn check_online(settings: Settings) -> anyhow::Result<bool> {
     };
     say!("dependencies (reached once each):")?;
     let mut failures = 0;
-    for (d, verdict) in crate::handlers::dependencies::probe(&app).await {
+    for (d, verdict) in crate::ops::check::probe(&app).await {
         failures += usize::from(verdict.is_failure());
         say!("  - {}: {}", d.name, telemetry::redact(&d.endpoint))?;
         say!("      credential: {}", telemetry::redact(&d.credential))?;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::config::RawSettings;
-use crate::handlers::Mode;
+use crate::handlers::{App, Mode};
+use crate::ops;
 use crate::telemetry::{self, Output};
 
 use super::token::token_failure;
@@ -25,7 +26,6 @@ pub(super) async fn connection(raw: &RawSettings, command: ConnectionCommand) ->
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stderr);
     let app = open_app(settings, Mode::Cli)?;
-    let tokens = app.tokens();
     let mut stdout = std::io::stdout().lock();
     match command {
         ConnectionCommand::List { json } => {
@@ -60,9 +60,9 @@ pub(super) async fn connection(raw: &RawSettings, command: ConnectionCommand) ->
             }
             Ok(ExitCode::SUCCESS)
         }
-        ConnectionCommand::Disable { id } => switch_connection(&tokens, &id, false).await,
-        ConnectionCommand::Enable { id } => switch_connection(&tokens, &id, true).await,
-        ConnectionCommand::Delete { id } => match tokens.delete(&id).await {
+        ConnectionCommand::Disable { id } => switch_connection(&app, &id, false).await,
+        ConnectionCommand::Enable { id } => switch_connection(&app, &id, true).await,
+        ConnectionCommand::Delete { id } => match ops::connections::delete(&app, &id).await {
             Ok(deleted) => {
                 let secret = if deleted.secret_existed { "deleted" } else { "was already gone" };
                 writeln!(
@@ -79,17 +79,10 @@ pub(super) async fn connection(raw: &RawSettings, command: ConnectionCommand) ->
 }
 
 /// `connection disable` / `enable`: says what changed (or that nothing had to).
-async fn switch_connection(tokens: &crate::tokens::Tokens<'_>, id: &str, enable: bool) -> anyhow::Result<ExitCode> {
-    use crate::connections::ConnectionState;
-    match tokens.set_enabled(id, enable).await {
-        Ok(before) => {
-            let said = match (enable, before == ConnectionState::Disabled) {
-                (false, true) => "was already disabled",
-                (false, false) => "disabled: no sync, no token refresh, no pushes accepted for it",
-                (true, true) => "enabled: the next sync run includes it",
-                (true, false) => "was not disabled",
-            };
-            say!("connection {id} {said}")?;
+async fn switch_connection(app: &App, id: &str, enable: bool) -> anyhow::Result<ExitCode> {
+    match ops::connections::switch(app, id, enable).await {
+        Ok(switched) => {
+            say!("connection {id} {}", switched.describe())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(token_failure(&e)),

@@ -115,13 +115,3 @@ pub(super) fn open_app(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<Ap
     let stores = store::open(&settings.store).context("cannot open the store")?;
     Ok(App::new(settings, stores, mode))
 }
-
-/// Every connection that may have data: the known ones, and any that synced under another
-/// configuration (the demo's, say).
-pub(super) async fn data_connections(app: &App) -> anyhow::Result<Vec<String>> {
-    let mut ids = crate::connections::known_ids(&app.stores, &app.settings).await?;
-    ids.extend(crate::sync::last_syncs(&app.stores).await?.into_iter().map(|l| l.connection));
-    ids.sort();
-    ids.dedup();
-    Ok(ids)
-}

@@ -11,7 +11,7 @@ use crate::telemetry::{self, Output};
 use super::{load_settings, open_app, PoisonCommand};
 
 pub(super) async fn poison(raw: &RawSettings, command: PoisonCommand) -> anyhow::Result<ExitCode> {
-    use crate::handlers::poison;
+    use crate::ops::poison;
     use std::io::Write;
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stderr);

@@ -9,7 +9,8 @@ use crate::handlers::Mode;
 use crate::landing;
 use crate::telemetry::{self, Output};
 
-use super::{data_connections, load_settings, open_app, QuarantineCommand};
+use super::{load_settings, open_app, QuarantineCommand};
+use crate::ops::submissions::data_connections;
 
 pub(super) async fn quarantine(raw: &RawSettings, command: QuarantineCommand) -> anyhow::Result<ExitCode> {
     use crate::landing::quarantine::{self, Retried};

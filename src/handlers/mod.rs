@@ -7,12 +7,9 @@
 
 mod authorize;
 pub mod callback;
-pub mod dependencies;
 pub mod pages;
-pub mod poison;
 mod process;
 mod status;
-mod status_page;
 mod sync;
 mod webhook;
 

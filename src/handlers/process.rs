@@ -5,9 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::sync::{credentials, pull, run_deadline};
+use super::sync::{pull, run_deadline};
 use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
+use crate::truecontext::Credentials;
 use crate::webhook::counters::Counters;
 use crate::webhook::{FetchError, Processed, PushRef};
 
@@ -142,8 +143,8 @@ struct Documents<'a> {
 impl crate::webhook::DocumentSource for Documents<'_> {
     async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError> {
         let tokens = self.app.tokens();
-        let credentials = credentials(&self.app.settings.truecontext, &tokens)
-            .ok_or_else(|| FetchError::Failed(super::sync::MISSING_API_KEY.to_owned()))?;
+        let credentials = Credentials::from_settings(&self.app.settings.truecontext, &tokens)
+            .ok_or_else(|| FetchError::Failed(crate::truecontext::MISSING_API_KEY.to_owned()))?;
         let client = self.app.truecontext();
         let document = client.document(&credentials, connection, identifier).await;
         client.release_slots().await;

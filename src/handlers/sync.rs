@@ -191,20 +191,6 @@ pub async fn last_run(app: &App) -> Result<Option<SyncRun>, crate::store::StoreE
     Ok(table.get::<SyncRun>(RUNS_PARTITION, LAST_RUN).await?.map(|v| v.value))
 }
 
-pub const MISSING_API_KEY: &str = "TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
-
-/// The credentials `TRUECONTEXT_AUTH` names; `None` when its API key is not configured.
-pub fn credentials<'a>(
-    tc: &'a crate::config::TrueContextSettings,
-    tokens: &'a crate::tokens::Tokens<'a>,
-) -> Option<Credentials<'a>> {
-    match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {
-        (TrueContextAuth::Bearer, _, _) => Some(Credentials::Bearer(tokens)),
-        (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Some(Credentials::Basic { key_id, secret }),
-        (TrueContextAuth::Basic, _, _) => None,
-    }
-}
-
 /// One sync run of `connection` with this app's parts (the TrueContext client, the credentials
 /// `TRUECONTEXT_AUTH` names, the landing), under the connection's sync lease and recorded for
 /// status. The timer, the first sync after consent and `tcbridge sync --once` all run it.
@@ -217,10 +203,10 @@ pub async fn pull(
     let settings = &app.settings;
     let client = app.truecontext();
     let tokens = app.tokens();
-    let Some(credentials) = credentials(&settings.truecontext, &tokens) else {
+    let Some(credentials) = Credentials::from_settings(&settings.truecontext, &tokens) else {
         return Ok(RunOutcome::Ran(SyncSummary {
             connection: connection.to_owned(),
-            stopped_reason: Some(format!("configuration: {MISSING_API_KEY}")),
+            stopped_reason: Some(format!("configuration: {}", crate::truecontext::MISSING_API_KEY)),
             stopped_class: Some("configuration".into()),
             ..Default::default()
         }));

@@ -48,6 +48,23 @@ pub enum Credentials<'a> {
     Basic { key_id: &'a str, secret: &'a SecretString },
 }
 
+/// Why there are no credentials: `TRUECONTEXT_AUTH=basic` without its API key.
+pub const MISSING_API_KEY: &str = "TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
+
+impl<'a> Credentials<'a> {
+    /// The credentials `TRUECONTEXT_AUTH` names; `None` when its API key is not configured
+    /// ([`MISSING_API_KEY`] says so). The sync, processing and `check --online` all take them
+    /// from here.
+    pub fn from_settings(tc: &'a crate::config::TrueContextSettings, tokens: &'a Tokens<'a>) -> Option<Self> {
+        use crate::config::TrueContextAuth;
+        match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {
+            (TrueContextAuth::Bearer, _, _) => Some(Credentials::Bearer(tokens)),
+            (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Some(Credentials::Basic { key_id, secret }),
+            (TrueContextAuth::Basic, _, _) => None,
+        }
+    }
+}
+
 /// The filters of `data.json` (docs/truecontext-api.md, "Listing submissions"). Times are UTC.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

@@ -9,9 +9,9 @@ use chrono::Utc;
 use serde_json::Value;
 use truecontext_bridge::config::{RawSettings, Settings};
 use truecontext_bridge::connections::{self, Connection};
-use truecontext_bridge::handlers::dependencies::{self, Kind, Verdict};
 use truecontext_bridge::handlers::{App, Mode, StatusReport, TimerInfo};
 use truecontext_bridge::oauth::token::TokenResponse;
+use truecontext_bridge::ops::check::{self as dependencies, Kind, Verdict};
 use truecontext_bridge::secret::SecretString;
 use truecontext_bridge::store::{self, local, Stores};
 

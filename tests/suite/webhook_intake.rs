@@ -238,7 +238,7 @@ pub async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_a
     assert_eq!(hook.queue_len().await, 0);
     let alerts = truecontext_bridge::alerts::list(&hook.stores, Some("default")).await.unwrap();
     assert_eq!(alerts.iter().filter(|a| a.alert == "push_poisoned").count(), 1, "{alerts:?}");
-    let listed = truecontext_bridge::handlers::poison::list(&hook.app).await.unwrap();
+    let listed = truecontext_bridge::ops::poison::list(&hook.app).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].submission.as_deref(), Some(id.as_str()));
     assert_eq!(listed[0].attempts, Some(3));
@@ -249,7 +249,7 @@ pub async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_a
     assert!(report.summary.attention.iter().any(|a| a.contains("poison")), "{:?}", report.summary.attention);
 
     // The cause has gone (the faults are spent); the replay lands it.
-    let replayed = truecontext_bridge::handlers::poison::replay(&hook.app, Some(&id)).await.unwrap();
+    let replayed = truecontext_bridge::ops::poison::replay(&hook.app, Some(&id)).await.unwrap();
     assert_eq!(replayed.len(), 1);
     assert_eq!((hook.poison_len().await, hook.queue_len().await), (0, 1));
     hook.drain().await;

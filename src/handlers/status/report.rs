@@ -1,15 +1,14 @@
 //! `status`: what this instance is and how its connections and sync are doing.
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::sync::{last_run, SyncRun};
-use super::{App, HttpResponse, Mode};
 use crate::alerts::{self, Alert};
 use crate::config::StoreKind;
 use crate::config::{OAuthGrant, TokenSettings};
 use crate::connections::{self, Connection, ConnectionState, APP_ONLY_CONNECTION, APP_ONLY_PARTITION};
+use crate::handlers::sync::{last_run, SyncRun};
+use crate::handlers::{App, Mode};
 use crate::store::{StoreError, Table, TypedTable};
 
 #[derive(Debug, Serialize)]
@@ -215,106 +214,19 @@ impl StatusReport {
         }
         let app_alerts = alerts::list(&app.stores, None).await?;
         let truecontext = truecontext_status(app, known, last_syncs, now).await?;
-        let mut attention: Vec<String> =
-            connections.iter().filter_map(|c| c.attention.as_ref().map(|a| format!("{}: {a}", c.id))).collect();
-        attention.extend(truecontext.iter().filter_map(|t| {
-            t.budget_stopped_until.map(|until| {
-                format!("{}: TrueContext's daily call count is used up; no call before {until}", t.connection)
-            })
-        }));
-        attention.extend(truecontext.iter().filter_map(|t| {
-            let last = t.last_sync.as_ref()?;
-            (last.runs_without_progress >= crate::sync::STALL_RUNS).then(|| {
-                format!(
-                    "{}: the sync has not advanced for {} runs; last stop: {}",
-                    t.connection,
-                    last.runs_without_progress,
-                    last.stopped_reason.as_deref().unwrap_or("none")
-                )
-            })
-        }));
-        attention.extend(truecontext.iter().filter_map(|t| {
-            let last = t.last_sync.as_ref()?;
-            // A stalled cursor is said above; a failing run that still moves is said here.
-            (last.runs_without_progress < crate::sync::STALL_RUNS)
-                .then(|| last.attention().map(|a| format!("{}: {a}", t.connection)))
-                .flatten()
-        }));
-        attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
         let webhook = webhook_status(app, &known_all).await?;
-        let waited = webhook.backlog.oldest_waiting_age_seconds.unwrap_or(0);
-        let max_wait = app.settings.webhook.max_backlog_age.as_secs();
-        if waited > i64::try_from(max_wait).unwrap_or(i64::MAX) {
-            attention.push(format!(
-                "pushes are not being processed: the oldest waiting one was received {waited} s ago (more than \
-                 WEBHOOK_MAX_BACKLOG_SECONDS, {max_wait} s); check that the process function or the queue worker runs \
-                 and read its last errors in the log"
-            ));
-        }
         let quarantine = quarantine_status(app, &known_all).await?;
-        if let Some(oldest) = quarantine.oldest.first() {
-            attention.push(format!(
-                "{} submission(s) cannot be landed and are kept in quarantine (the oldest, {} of {}: {}): see \
-                 `tcbridge quarantine list`; after a fix, `tcbridge quarantine retry --all`",
-                quarantine.count, oldest.row.identifier, oldest.connection, oldest.row.reason
-            ));
-        }
         let supervision = SupervisionStatus {
             task_restarts: webhook.counters.task_restarts.clone(),
             last_restart: webhook.counters.last_restart.clone(),
         };
-        if let Some(at) = webhook.counters.last_connection_cap_at.filter(|at| now - *at < RESTART_ATTENTION) {
-            attention.push(format!(
-                "a standalone server had every connection it may hold in use at {} ({} time(s) in all): a client may \
-                 be holding connections (STANDALONE_MAX_CONNECTIONS, STANDALONE_MAX_CONNECTIONS_PER_ADDRESS); read the log",
-                at.format("%Y-%m-%d %H:%M:%S UTC"),
-                webhook.counters.connection_cap_reached
-            ));
-        }
-        if let Some(at) = webhook.counters.last_gone_at.filter(|at| now - *at < RESTART_ATTENTION) {
-            attention.push(format!(
-                "{} push(es) named a submission TrueContext does not have (the latest at {}): each cost one call; if \
-                 they do not come from your Data Destination, its credential is in other hands",
-                webhook.counters.gone,
-                at.format("%Y-%m-%d %H:%M:%S UTC")
-            ));
-        }
-        if let Some(refused) =
-            webhook.counters.last_verified_refusal.as_ref().filter(|r| now - r.at < RESTART_ATTENTION)
-        {
-            attention.push(format!(
-                "pushes from the verified caller are refused ({}) at {}: {}; check the TrueContext Data Destination \
-                 (its URL's ?connection=, its format) — the sync pulls those submissions later",
-                refused.task,
-                refused.at.format("%Y-%m-%d %H:%M:%S UTC"),
-                refused.reason
-            ));
-        }
-        if let Some(restart) = supervision.last_restart.as_ref().filter(|r| now - r.at < RESTART_ATTENTION) {
-            let total: u64 = supervision.task_restarts.values().sum();
-            attention.push(format!(
-                "a server task ({}) stopped and was started again at {} ({}); {total} restart(s) in all: read the log \
-                 around that time",
-                restart.task,
-                restart.at.format("%Y-%m-%d %H:%M:%S UTC"),
-                restart.reason
-            ));
-        }
-        if webhook.poison_queue_depth > 0 {
-            attention.push(format!(
-                "{} message(s) in the poison queue: see `tcbridge poison list`, then `tcbridge poison replay`",
-                webhook.poison_queue_depth
-            ));
-        }
         let alerts_undelivered = alerts::undelivered(&app.stores, &known_all).await?;
-        if let Some(oldest) = alerts_undelivered.iter().min_by_key(|a| a.raised_at) {
-            attention.push(format!(
-                "{} alert(s) not delivered to ALERT_WEBHOOK_URL since {}: {}",
-                alerts_undelivered.len(),
-                oldest.raised_at.format("%Y-%m-%d %H:%M UTC"),
-                oldest.last_delivery_error.as_deref().unwrap_or("not tried yet")
-            ));
-        }
+        let mut attention = sync_attention(&connections, &truecontext);
+        attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
+        attention.extend(webhook_attention(&webhook, app.settings.webhook.max_backlog_age.as_secs(), now));
+        attention.extend(quarantine_attention(&quarantine));
+        attention.extend(supervision_attention(&supervision, now));
+        attention.extend(undelivered_attention(&alerts_undelivered));
         let healthy = attention.is_empty();
         Ok(StatusReport {
             service: "truecontext-bridge",
@@ -339,6 +251,112 @@ impl StatusReport {
             configuration_missing: app.settings.missing().into_iter().map(|p| p.setting).collect(),
         })
     }
+}
+
+/// What the connections and their syncs ask of an operator.
+fn sync_attention(connections: &[ConnectionStatus], truecontext: &[TrueContextStatus]) -> Vec<String> {
+    let mut attention: Vec<String> =
+        connections.iter().filter_map(|c| c.attention.as_ref().map(|a| format!("{}: {a}", c.id))).collect();
+    attention.extend(truecontext.iter().filter_map(|t| {
+        t.budget_stopped_until
+            .map(|until| format!("{}: TrueContext's daily call count is used up; no call before {until}", t.connection))
+    }));
+    attention.extend(truecontext.iter().filter_map(|t| {
+        let last = t.last_sync.as_ref()?;
+        (last.runs_without_progress >= crate::sync::STALL_RUNS).then(|| {
+            format!(
+                "{}: the sync has not advanced for {} runs; last stop: {}",
+                t.connection,
+                last.runs_without_progress,
+                last.stopped_reason.as_deref().unwrap_or("none")
+            )
+        })
+    }));
+    attention.extend(truecontext.iter().filter_map(|t| {
+        let last = t.last_sync.as_ref()?;
+        // A stalled cursor is said above; a failing run that still moves is said here.
+        (last.runs_without_progress < crate::sync::STALL_RUNS)
+            .then(|| last.attention().map(|a| format!("{}: {a}", t.connection)))
+            .flatten()
+    }));
+    attention
+}
+
+/// What the webhook's backlog, its poison queue and its refusal counters ask of an operator.
+fn webhook_attention(webhook: &WebhookStatus, max_wait: u64, now: DateTime<Utc>) -> Vec<String> {
+    let mut attention = Vec::new();
+    let waited = webhook.backlog.oldest_waiting_age_seconds.unwrap_or(0);
+    if waited > i64::try_from(max_wait).unwrap_or(i64::MAX) {
+        attention.push(format!(
+            "pushes are not being processed: the oldest waiting one was received {waited} s ago (more than \
+             WEBHOOK_MAX_BACKLOG_SECONDS, {max_wait} s); check that the process function or the queue worker runs \
+             and read its last errors in the log"
+        ));
+    }
+    let counters = &webhook.counters;
+    if let Some(at) = counters.last_connection_cap_at.filter(|at| now - *at < RESTART_ATTENTION) {
+        attention.push(format!(
+            "a standalone server had every connection it may hold in use at {} ({} time(s) in all): a client may \
+             be holding connections (STANDALONE_MAX_CONNECTIONS, STANDALONE_MAX_CONNECTIONS_PER_ADDRESS); read the log",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            counters.connection_cap_reached
+        ));
+    }
+    if let Some(at) = counters.last_gone_at.filter(|at| now - *at < RESTART_ATTENTION) {
+        attention.push(format!(
+            "{} push(es) named a submission TrueContext does not have (the latest at {}): each cost one call; if \
+             they do not come from your Data Destination, its credential is in other hands",
+            counters.gone,
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if let Some(refused) = counters.last_verified_refusal.as_ref().filter(|r| now - r.at < RESTART_ATTENTION) {
+        attention.push(format!(
+            "pushes from the verified caller are refused ({}) at {}: {}; check the TrueContext Data Destination \
+             (its URL's ?connection=, its format) — the sync pulls those submissions later",
+            refused.task,
+            refused.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            refused.reason
+        ));
+    }
+    if webhook.poison_queue_depth > 0 {
+        attention.push(format!(
+            "{} message(s) in the poison queue: see `tcbridge poison list`, then `tcbridge poison replay`",
+            webhook.poison_queue_depth
+        ));
+    }
+    attention
+}
+
+fn quarantine_attention(quarantine: &QuarantineStatus) -> Option<String> {
+    let oldest = quarantine.oldest.first()?;
+    Some(format!(
+        "{} submission(s) cannot be landed and are kept in quarantine (the oldest, {} of {}: {}): see \
+         `tcbridge quarantine list`; after a fix, `tcbridge quarantine retry --all`",
+        quarantine.count, oldest.row.identifier, oldest.connection, oldest.row.reason
+    ))
+}
+
+fn supervision_attention(supervision: &SupervisionStatus, now: DateTime<Utc>) -> Option<String> {
+    let restart = supervision.last_restart.as_ref().filter(|r| now - r.at < RESTART_ATTENTION)?;
+    let total: u64 = supervision.task_restarts.values().sum();
+    Some(format!(
+        "a server task ({}) stopped and was started again at {} ({}); {total} restart(s) in all: read the log \
+         around that time",
+        restart.task,
+        restart.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        restart.reason
+    ))
+}
+
+fn undelivered_attention(undelivered: &[alerts::Alert]) -> Option<String> {
+    let oldest = undelivered.iter().min_by_key(|a| a.raised_at)?;
+    Some(format!(
+        "{} alert(s) not delivered to ALERT_WEBHOOK_URL since {}: {}",
+        undelivered.len(),
+        oldest.raised_at.format("%Y-%m-%d %H:%M UTC"),
+        oldest.last_delivery_error.as_deref().unwrap_or("not tried yet")
+    ))
 }
 
 async fn truecontext_status(
@@ -417,24 +435,4 @@ async fn app_only_connection(app: &App, now: DateTime<Utc>) -> Result<Option<Con
     let mut status = ConnectionStatus::from_record(record, "app_only", &app.settings.tokens, now);
     status.alerts = alert_names(app, APP_ONLY_CONNECTION).await?;
     Ok(Some(status))
-}
-
-/// The report as JSON, or as a page for a browser (`Accept: text/html`); the same data and
-/// status code either way.
-pub async fn respond(app: &App, request: &super::HttpRequest) -> HttpResponse {
-    match StatusReport::gather(app).await {
-        Ok(report) if super::pages::accepts_html(&request.headers) => super::status_page::render(&report),
-        Ok(report) => {
-            let status = StatusCode::from_u16(report.summary.status).unwrap_or(StatusCode::OK);
-            HttpResponse::json(status, &report)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "status could not read the store");
-            HttpResponse::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the store cannot be read: {e}"),
-            )
-        }
-    }
 }

@@ -17,7 +17,7 @@ use crate::store::azure::connection::{StorageAccount, StorageAuth};
 use crate::store::{RowRange, Table};
 use url::Url;
 
-use super::App;
+use crate::handlers::App;
 
 /// One probe's time limit: a dependency that does not answer by then is reported as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -304,8 +304,8 @@ async fn token_endpoint(app: &App) -> Verdict {
 async fn truecontext(app: &App) -> Verdict {
     let client = app.truecontext();
     let tokens = app.tokens();
-    let Some(credentials) = super::sync::credentials(&app.settings.truecontext, &tokens) else {
-        return Verdict::Failed(super::sync::MISSING_API_KEY.into());
+    let Some(credentials) = crate::truecontext::Credentials::from_settings(&app.settings.truecontext, &tokens) else {
+        return Verdict::Failed(crate::truecontext::MISSING_API_KEY.into());
     };
     let connections: Vec<String> = match app.settings.truecontext.auth {
         TrueContextAuth::Basic => vec![app.settings.truecontext.connection.clone()],

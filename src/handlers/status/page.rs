@@ -14,10 +14,10 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::pages::{escape, security_headers};
-use super::status::StatusReport;
-use super::HttpResponse;
+use super::report::StatusReport;
 use crate::alerts::Alert;
+use crate::handlers::pages::{escape, security_headers};
+use crate::handlers::HttpResponse;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;\
 color:#1b1b1b}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}table{border-collapse:collapse;width:100%}\

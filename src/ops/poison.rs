@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::App;
+use crate::handlers::App;
 use crate::store::{QueueMessage, StoreError};
 use crate::webhook::{Pending, PushRef};
 
@@ -97,14 +97,14 @@ async fn give_back(app: &App, queue: &str, messages: &[QueueMessage]) {
 }
 
 fn push_of(message: &QueueMessage) -> Option<PushRef> {
-    match serde_json::from_str::<super::ProcessMessage>(&message.body).ok()? {
-        super::ProcessMessage::Push { connection, key } => Some(PushRef { connection, key }),
-        super::ProcessMessage::Sync { .. } => None,
+    match serde_json::from_str::<crate::handlers::ProcessMessage>(&message.body).ok()? {
+        crate::handlers::ProcessMessage::Push { connection, key } => Some(PushRef { connection, key }),
+        crate::handlers::ProcessMessage::Sync { .. } => None,
     }
 }
 
 async fn describe(app: &App, message: &QueueMessage) -> Result<Poisoned, StoreError> {
-    let parsed = serde_json::from_str::<super::ProcessMessage>(&message.body).ok();
+    let parsed = serde_json::from_str::<crate::handlers::ProcessMessage>(&message.body).ok();
     let mut out = Poisoned {
         id: message.id.clone(),
         inserted_at: message.inserted_at,
@@ -115,11 +115,11 @@ async fn describe(app: &App, message: &QueueMessage) -> Result<Poisoned, StoreEr
         last_error: None,
     };
     match parsed {
-        Some(super::ProcessMessage::Sync { connection }) => {
+        Some(crate::handlers::ProcessMessage::Sync { connection }) => {
             out.kind = "sync".into();
             out.connection = Some(connection);
         }
-        Some(super::ProcessMessage::Push { connection, key }) => {
+        Some(crate::handlers::ProcessMessage::Push { connection, key }) => {
             out.kind = "push".into();
             out.submission = key.split_once('.').map(|(id, _)| id.to_owned());
             let table = crate::store::TypedTable::new(app.stores.tables.as_ref(), crate::store::Table::Incoming);
