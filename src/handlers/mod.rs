@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::functions::{Function, Trigger};
+use crate::functions::{Function, FunctionId, Trigger};
 use crate::store::Stores;
 
 pub use process::ProcessMessage;
@@ -65,7 +65,7 @@ type CachedIds = (Instant, Vec<String>);
 
 /// The webhook's entry in the function table.
 fn functions_webhook() -> &'static Function {
-    crate::functions::by_name("webhook").expect("the function table has the webhook")
+    crate::functions::get(FunctionId::Webhook)
 }
 
 /// How long the webhook trusts its list of connections that take pushes.
@@ -277,10 +277,10 @@ impl App {
     /// none. Front doors refuse a larger body before reading it; [`App::http`] refuses one that
     /// arrived whole (the host reads bodies itself).
     pub fn body_limit(&self, function: &Function) -> usize {
-        match function.name {
-            "callback" => callback::MAX_BODY_BYTES,
-            "webhook" => self.settings.webhook.max_body_bytes,
-            _ => 0,
+        match function.id {
+            FunctionId::Callback => callback::MAX_BODY_BYTES,
+            FunctionId::Webhook => self.settings.webhook.max_body_bytes,
+            FunctionId::Authorize | FunctionId::Status | FunctionId::Sync | FunctionId::Process => 0,
         }
     }
 
@@ -289,15 +289,16 @@ impl App {
     pub fn body_too_large(&self, function: &Function, size: Option<usize>) -> HttpResponse {
         let limit = self.body_limit(function);
         let size = size.map_or_else(String::new, |n| format!(" ({n} bytes)"));
-        let message = match (function.name, limit) {
-            ("webhook", _) => {
+        let name = function.name;
+        let message = match (function.id, limit) {
+            (FunctionId::Webhook, _) => {
                 let message = format!("the body{size} is over the {limit} bytes of WEBHOOK_MAX_BODY_BYTES");
                 self.webhook_counters.rejected("body_too_large", None);
                 self.webhook_counters.refused_verified("body_too_large", &message);
                 message
             }
-            (name, 0) => format!("{name} takes no request body"),
-            (name, _) => format!("the request body{size} is over the {limit} bytes {name} takes"),
+            (_, 0) => format!("{name} takes no request body"),
+            (_, _) => format!("the request body{size} is over the {limit} bytes {name} takes"),
         };
         HttpResponse::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
     }
@@ -310,8 +311,8 @@ impl App {
         headers: &HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> Result<(), HttpResponse> {
-        match function.name {
-            "webhook" => {
+        match function.id {
+            FunctionId::Webhook => {
                 let result = webhook::verify_caller(self, headers, peer).await;
                 if result.is_err() {
                     crate::webhook::counters::Counters::bump(&self.webhook_counters.received);
@@ -319,7 +320,9 @@ impl App {
                 }
                 result.map(|_| ())
             }
-            _ => Ok(()),
+            FunctionId::Authorize | FunctionId::Callback | FunctionId::Status | FunctionId::Sync | FunctionId::Process => {
+                Ok(())
+            }
         }
     }
 
@@ -358,18 +361,19 @@ impl App {
             .with_header(axum::http::header::ALLOW, allow);
         }
         // The webhook judges its body only after its caller (its own handler checks the size).
-        if function.name != "webhook" && request.body.len() > self.body_limit(function) {
+        if function.id != FunctionId::Webhook && request.body.len() > self.body_limit(function) {
             return self.body_too_large(function, Some(request.body.len()));
         }
-        match function.name {
-            "status" => status::respond(self, &request).await,
-            "authorize" => authorize::respond(self, &request).await,
-            "callback" => callback::respond(self, &request).await,
-            "webhook" => webhook::respond(self, &request).await,
-            name => HttpResponse::error(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_available",
-                format!("the {name} function is not available in this version of truecontext-bridge"),
+        match function.id {
+            FunctionId::Status => status::respond(self, &request).await,
+            FunctionId::Authorize => authorize::respond(self, &request).await,
+            FunctionId::Callback => callback::respond(self, &request).await,
+            FunctionId::Webhook => webhook::respond(self, &request).await,
+            // Not HTTP functions: refused above by their trigger.
+            FunctionId::Sync | FunctionId::Process => HttpResponse::error(
+                StatusCode::NOT_FOUND,
+                "not_http",
+                format!("{} is not an HTTP function", function.name),
             ),
         }
     }
@@ -377,9 +381,15 @@ impl App {
     /// Runs a timer-triggered function; a panic fails this run alone.
     pub async fn timer(&self, function: &Function, info: TimerInfo) -> Result<(), InvocationError> {
         let run = async {
-            match function.name {
-                "sync" => sync::run(self, info).await,
-                name => Err(InvocationError::Unavailable(format!("{name} is not a timer function"))),
+            match function.id {
+                FunctionId::Sync => sync::run(self, info).await,
+                FunctionId::Authorize
+                | FunctionId::Callback
+                | FunctionId::Webhook
+                | FunctionId::Status
+                | FunctionId::Process => {
+                    Err(InvocationError::Unavailable(format!("{} is not a timer function", function.name)))
+                }
             }
         };
         crate::telemetry::isolate(run).await?
@@ -389,9 +399,15 @@ impl App {
     /// poisoned).
     pub async fn queue(&self, function: &Function, input: QueueInput) -> Result<(), InvocationError> {
         let run = async {
-            match function.name {
-                "process" => process::run(self, input).await,
-                name => Err(InvocationError::Unavailable(format!("{name} is not a queue function"))),
+            match function.id {
+                FunctionId::Process => process::run(self, input).await,
+                FunctionId::Authorize
+                | FunctionId::Callback
+                | FunctionId::Webhook
+                | FunctionId::Status
+                | FunctionId::Sync => {
+                    Err(InvocationError::Unavailable(format!("{} is not a queue function", function.name)))
+                }
             }
         };
         crate::telemetry::isolate(run).await?
