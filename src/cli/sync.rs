@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 
 use crate::config::RawSettings;
 use crate::handlers::Mode;
-use crate::sync::{RunOutcome, SyncSummary};
+use crate::sync::{RunOutcome, StopClass, SyncSummary};
 use crate::telemetry::{self, Output};
 
 use super::{load_settings, open_app};
@@ -92,7 +92,7 @@ pub(super) async fn sync_once(
         }
         if let Some(reason) = &summary.stopped_reason {
             esay!("error: the sync of {} stopped: {}", summary.connection, telemetry::redact(reason))?;
-            exit = ExitCode::from(sync_exit_code(summary.stopped_class.as_deref()));
+            exit = ExitCode::from(sync_exit_code(summary.stopped_class));
         }
     }
     Ok(exit)
@@ -104,11 +104,11 @@ pub(super) async fn sync_once(
 /// refused request).
 const SYNC_EXIT_BUSY: u8 = 6;
 
-fn sync_exit_code(class: Option<&str>) -> u8 {
+fn sync_exit_code(class: Option<StopClass>) -> u8 {
     match class {
-        Some("budget" | "call_count_expended") => 3,
-        Some("auth" | "token") => 4,
-        Some("transient" | "store" | "landing" | "unstable" | "deadline") => 5,
+        Some(class) if class.is_budget() => 3,
+        Some(StopClass::Auth | StopClass::Token) => 4,
+        Some(class) if class.is_retryable() || class == StopClass::Deadline => 5,
         _ => 1,
     }
 }

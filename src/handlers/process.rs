@@ -168,9 +168,9 @@ async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
     let deadline = run_deadline(app).min(tokio::time::Instant::now() + visible_again);
     match pull(app, connection, None, deadline).await? {
         RunOutcome::Busy => Ok(()),
-        RunOutcome::Ran(summary) => match summary.stopped_class.as_deref() {
+        RunOutcome::Ran(summary) => match summary.stopped_class {
             // A deadline stop is not a failure: the timer resumes the window.
-            Some("transient" | "store" | "landing" | "unstable") => Err(InvocationError::Unavailable(format!(
+            Some(class) if class.is_retryable() => Err(InvocationError::Unavailable(format!(
                 "the sync of {connection} stopped: {}",
                 summary.stopped_reason.unwrap_or_default()
             ))),

@@ -143,7 +143,7 @@ fn log_summary(summary: &SyncSummary) {
     match &summary.stopped_reason {
         None => tracing::info!(connection, landed, calls, budget_left = left, "submissions synced"),
         Some(reason) => {
-            let class = summary.stopped_class.as_deref().unwrap_or("unknown");
+            let class = summary.stopped_class.unwrap_or(crate::sync::StopClass::Unknown).as_str();
             tracing::warn!(connection, class, landed, calls, budget_left = left, reason = %reason, "the sync stopped")
         }
     }
@@ -207,7 +207,7 @@ pub async fn pull(
         return Ok(RunOutcome::Ran(SyncSummary {
             connection: connection.to_owned(),
             stopped_reason: Some(format!("configuration: {}", crate::truecontext::MISSING_API_KEY)),
-            stopped_class: Some("configuration".into()),
+            stopped_class: Some(crate::sync::StopClass::Configuration),
             ..Default::default()
         }));
     };

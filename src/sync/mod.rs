@@ -38,6 +38,7 @@ use crate::config::SyncSettings;
 use crate::landing::{quarantine, Arrival, IndexRow, Landing, LandingError, Outcome, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
 use crate::truecontext::model::RecordHeader;
+pub use crate::truecontext::StopClass;
 use crate::truecontext::{Credentials, ListQuery, TrueContextClient, TrueContextError};
 
 /// Restarts of one window (its total kept changing) before the run gives up for now.
@@ -89,9 +90,8 @@ pub struct SyncSummary {
     pub completed: bool,
     /// Why it stopped, as `class: detail` (None when completed).
     pub stopped_reason: Option<String>,
-    /// The stop's class alone: `budget`, `call_count_expended`, `auth`, `token`, `transient`,
-    /// `malformed`, `rejected`, `store`, `landing`, `unstable`, `deadline`, `configuration`.
-    pub stopped_class: Option<String>,
+    /// The stop's class alone.
+    pub stopped_class: Option<StopClass>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,13 +111,13 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> StopClass {
         match self {
             SyncError::TrueContext(e) => e.class(),
-            SyncError::Landing(_) => "landing",
-            SyncError::Store(_) => "store",
-            SyncError::Unstable(_) => "unstable",
-            SyncError::Deadline => "deadline",
+            SyncError::Landing(_) => StopClass::Landing,
+            SyncError::Store(_) => StopClass::Store,
+            SyncError::Unstable(_) => StopClass::Unstable,
+            SyncError::Deadline => StopClass::Deadline,
         }
     }
 }
@@ -154,9 +154,9 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
         Err(e) => {
             let class = e.class();
             // `class` is what an Azure Monitor rule matches (`budget`, `call_count_expended`).
-            tracing::warn!(connection, class, error = %e, "the sync stopped");
+            tracing::warn!(connection, class = class.as_str(), error = %e, "the sync stopped");
             summary.stopped_reason = Some(format!("{class}: {e}"));
-            summary.stopped_class = Some(class.to_owned());
+            summary.stopped_class = Some(class);
         }
     }
     summary

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{cursor, sync_connection, SyncParts, SyncSummary};
+use super::{cursor, sync_connection, StopClass, SyncParts, SyncSummary};
 use crate::alerts::{self, Alert};
 use crate::store::{lease, RowRange, StoreError, Table, TypedTable};
 
@@ -30,7 +30,7 @@ pub struct LastSync {
     pub finished_at: Option<DateTime<Utc>>,
     pub completed: bool,
     pub stopped_reason: Option<String>,
-    pub stopped_class: Option<String>,
+    pub stopped_class: Option<StopClass>,
     pub documents_landed: u32,
     pub documents_unchanged: u32,
     pub api_calls: u64,
@@ -52,7 +52,7 @@ impl LastSync {
     /// last runs, or the last one stopped on an internal error.
     pub fn attention(&self) -> Option<String> {
         let reason = self.stopped_reason.as_deref().unwrap_or("unknown");
-        if self.stopped_class.as_deref() == Some("internal") && self.failed_runs_in_a_row > 0 {
+        if self.stopped_class == Some(StopClass::Internal) && self.failed_runs_in_a_row > 0 {
             return Some(format!("the last sync run failed on an internal error (a bug; see the log): {reason}"));
         }
         (self.failed_runs_in_a_row >= FAILED_RUNS_ATTENTION)
@@ -95,7 +95,7 @@ pub async fn run_connection(
             SyncSummary {
                 connection: connection.to_owned(),
                 stopped_reason: Some(format!("internal: {panicked}")),
-                stopped_class: Some("internal".to_owned()),
+                stopped_class: Some(StopClass::Internal),
                 ..SyncSummary::default()
             }
         }
@@ -172,14 +172,13 @@ async fn record(parts: &SyncParts<'_>, summary: &SyncSummary, progressed: bool) 
     let connection = summary.connection.as_str();
     let previous = table.get::<LastSync>(PARTITION, connection).await?.map(|v| v.value).unwrap_or_default();
     let runs_without_progress = if progressed { 0 } else { previous.runs_without_progress + 1 };
-    let failed = !summary.completed
-        && !matches!(summary.stopped_class.as_deref(), Some("deadline" | "budget" | "call_count_expended"));
+    let failed = !summary.completed && summary.stopped_class.is_none_or(StopClass::is_failure);
     let last = LastSync {
         connection: connection.to_owned(),
         finished_at: Some(Utc::now()),
         completed: summary.completed,
         stopped_reason: summary.stopped_reason.clone(),
-        stopped_class: summary.stopped_class.clone(),
+        stopped_class: summary.stopped_class,
         documents_landed: summary.documents_landed,
         documents_unchanged: summary.documents_unchanged,
         api_calls: summary.api_calls,
@@ -198,8 +197,8 @@ async fn record(parts: &SyncParts<'_>, summary: &SyncSummary, progressed: bool) 
             "the sync has not advanced for {STALL_RUNS} runs in a row; last stop: {}",
             summary.stopped_reason.as_deref().unwrap_or("none")
         );
-        let class = summary.stopped_class.as_deref().unwrap_or("unknown");
-        let alert = Alert::new(STALL_ALERT, Some(connection), class, "cursor_stalled", &reason);
+        let class = summary.stopped_class.unwrap_or(StopClass::Unknown);
+        let alert = Alert::new(STALL_ALERT, Some(connection), class.as_str(), "cursor_stalled", &reason);
         alerts::raise(parts.stores, parts.alert_webhook, alert).await?;
     }
     Ok(())

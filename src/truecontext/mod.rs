@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use budget::{next_midnight, Budget, BudgetState};
-pub use error::TrueContextError;
+pub use error::{StopClass, TrueContextError};
 use model::{Form, FormSpace, Page, RecordHeader, RecordMetadata};
 
 use crate::clock::{Clock, SystemClock};
