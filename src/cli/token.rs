@@ -6,18 +6,19 @@ use std::process::ExitCode;
 use crate::config::RawSettings;
 use crate::handlers::Mode;
 use crate::telemetry::{self, Output};
+use crate::tokens::ErrorClass;
 
 use super::{load_settings, open_app};
 
 /// Exit codes of `tcbridge token` by failure class, so scripts can tell them apart.
-fn token_exit_code(class: &str) -> u8 {
+fn token_exit_code(class: ErrorClass) -> u8 {
     match class {
-        "needs_reauth" | "disabled" => 3,
-        "app_credentials" => 4,
-        "transient" | "busy" => 5,
-        "rejected" => 6,
-        "not_connected" | "invalid_connection" => 7,
-        _ => 1,
+        ErrorClass::NeedsReauth | ErrorClass::Disabled => 3,
+        ErrorClass::AppCredentials => 4,
+        ErrorClass::Transient | ErrorClass::Busy => 5,
+        ErrorClass::Rejected => 6,
+        ErrorClass::NotConnected | ErrorClass::InvalidConnection => 7,
+        ErrorClass::Configuration | ErrorClass::Store => 1,
     }
 }
 

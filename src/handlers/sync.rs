@@ -123,7 +123,7 @@ async fn keep_alive(app: &App, ids: &[String]) -> Vec<String> {
                 tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
                 ready.push(id.clone());
             }
-            Err(e) => tracing::warn!(connection = %id, class = e.class(), error = %e, "no access token this run"),
+            Err(e) => tracing::warn!(connection = %id, class = e.class().as_str(), error = %e, "no access token this run"),
         }
     }
     if ready.len() < ids.len() {

@@ -107,21 +107,69 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// A stable name for the kind of failure (CLI exit reasons, logs, alerts).
-    pub fn class(&self) -> &'static str {
+    /// The kind of failure (`tcbridge token`'s exit code and JSON, logs, alerts).
+    pub fn class(&self) -> ErrorClass {
         match self {
-            TokenError::NotConnected(_) => "not_connected",
-            TokenError::InvalidConnection(_) => "invalid_connection",
-            TokenError::NeedsReauth { .. } => "needs_reauth",
-            TokenError::Disabled(_) => "disabled",
-            TokenError::AppCredentials { .. } => "app_credentials",
-            TokenError::Unavailable { .. } => "transient",
-            TokenError::Rejected { .. } => "rejected",
-            TokenError::Busy(_) => "busy",
-            TokenError::Stalled { .. } => "transient",
-            TokenError::Configuration(_) => "configuration",
-            TokenError::Store(_) => "store",
+            TokenError::NotConnected(_) => ErrorClass::NotConnected,
+            TokenError::InvalidConnection(_) => ErrorClass::InvalidConnection,
+            TokenError::NeedsReauth { .. } => ErrorClass::NeedsReauth,
+            TokenError::Disabled(_) => ErrorClass::Disabled,
+            TokenError::AppCredentials { .. } => ErrorClass::AppCredentials,
+            TokenError::Unavailable { .. } | TokenError::Stalled { .. } => ErrorClass::Transient,
+            TokenError::Rejected { .. } => ErrorClass::Rejected,
+            TokenError::Busy(_) => ErrorClass::Busy,
+            TokenError::Configuration(_) => ErrorClass::Configuration,
+            TokenError::Store(_) => ErrorClass::Store,
         }
+    }
+}
+
+/// The kinds of [`TokenError`], by the names `tcbridge token --json` and the logs carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    NotConnected,
+    InvalidConnection,
+    /// The grant is gone: an administrator must consent again.
+    NeedsReauth,
+    Disabled,
+    /// The token endpoint refused the app itself.
+    AppCredentials,
+    Transient,
+    Rejected,
+    /// Another instance holds the refresh lease.
+    Busy,
+    Configuration,
+    Store,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::NotConnected => "not_connected",
+            ErrorClass::InvalidConnection => "invalid_connection",
+            ErrorClass::NeedsReauth => "needs_reauth",
+            ErrorClass::Disabled => "disabled",
+            ErrorClass::AppCredentials => "app_credentials",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Rejected => "rejected",
+            ErrorClass::Busy => "busy",
+            ErrorClass::Configuration => "configuration",
+            ErrorClass::Store => "store",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with its name, as the strings it replaced did.
+impl PartialEq<&str> for ErrorClass {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
