@@ -32,9 +32,98 @@ const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// How long a claimed delivery is left to its claimer before another instance may try.
 const CLAIM: Duration = Duration::from_secs(60);
 
+/// Every kind of alert the bridge raises. The name (`snake_case`) is what stored alerts, the
+/// alert webhook's messages, the log lines and the Azure Monitor rules carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    ConnectionNeedsReauth,
+    ReconsentDue,
+    TokenRefreshRejected,
+    TokenRefreshFailing,
+    TokenSetNotStored,
+    AppCredentialsRejected,
+    SyncStalled,
+    PushPoisoned,
+    SubmissionQuarantined,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 9] = [
+        AlertKind::ConnectionNeedsReauth,
+        AlertKind::ReconsentDue,
+        AlertKind::TokenRefreshRejected,
+        AlertKind::TokenRefreshFailing,
+        AlertKind::TokenSetNotStored,
+        AlertKind::AppCredentialsRejected,
+        AlertKind::SyncStalled,
+        AlertKind::PushPoisoned,
+        AlertKind::SubmissionQuarantined,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            AlertKind::ConnectionNeedsReauth => "connection_needs_reauth",
+            AlertKind::ReconsentDue => "reconsent_due",
+            AlertKind::TokenRefreshRejected => "token_refresh_rejected",
+            AlertKind::TokenRefreshFailing => "token_refresh_failing",
+            AlertKind::TokenSetNotStored => "token_set_not_stored",
+            AlertKind::AppCredentialsRejected => "app_credentials_rejected",
+            AlertKind::SyncStalled => "sync_stalled",
+            AlertKind::PushPoisoned => "push_poisoned",
+            AlertKind::SubmissionQuarantined => "submission_quarantined",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// What an operator does about this alert (`connection` concerned, if any).
+    pub fn advice(self, connection: Option<&str>) -> String {
+        let id = connection.unwrap_or("default");
+        match self {
+            AlertKind::ConnectionNeedsReauth => format!(
+                "An administrator must consent again: open the link `tcbridge consent-url --connection {id}` prints."
+            ),
+            AlertKind::ReconsentDue => {
+                format!("Consent again before the deadline: `tcbridge consent-url --connection {id}` prints the link.")
+            }
+            AlertKind::TokenRefreshRejected => format!(
+                "The authorization server refuses the refresh: check the app registration and its permissions, then \
+                 consent again (`tcbridge consent-url --connection {id}`)."
+            ),
+            AlertKind::TokenRefreshFailing => {
+                "The token endpoint keeps failing: check that the authorization server is reachable \
+                 (`tcbridge check --online`); refreshes resume by themselves."
+                    .to_owned()
+            }
+            AlertKind::TokenSetNotStored => {
+                "A refreshed token could not be stored: check the secret store (Key Vault) and the identity's role on it \
+                 (`tcbridge check --online`)."
+                    .to_owned()
+            }
+            AlertKind::AppCredentialsRejected => "The app's own credential is refused: rotate the client secret, certificate \
+                 or federated credential (README, runbook) and run `tcbridge check --online`."
+                .to_owned(),
+            AlertKind::SyncStalled => format!(
+                "The sync has not advanced for several runs: read its last stop below, fix the cause, and run \
+                 `tcbridge sync --once --connection {id}`."
+            ),
+            AlertKind::PushPoisoned => "A pushed submission failed every delivery: `tcbridge poison list` shows why; fix the \
+                 cause, then `tcbridge poison replay --all`."
+                .to_owned(),
+            AlertKind::SubmissionQuarantined => "A submission cannot be landed and is kept as received: `tcbridge quarantine \
+                 list` shows why; after a fix, `tcbridge quarantine retry --all`."
+                .to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Stable name, e.g. `connection_needs_reauth`.
+    /// Its kind's name ([`AlertKind::name`]), e.g. `connection_needs_reauth`; text, so an alert
+    /// stored by another version still reads.
     pub alert: String,
     /// The connection concerned; `None` for app-level alerts.
     pub connection: Option<String>,
@@ -62,9 +151,9 @@ pub struct Alert {
 }
 
 impl Alert {
-    pub fn new(alert: &str, connection: Option<&str>, class: &str, error_code: &str, reason: &str) -> Self {
+    pub fn new(kind: AlertKind, connection: Option<&str>, class: &str, error_code: &str, reason: &str) -> Self {
         Alert {
-            alert: alert.to_owned(),
+            alert: kind.name().to_owned(),
             connection: connection.map(str::to_owned),
             class: class.to_owned(),
             error_code: error_code.to_owned(),
@@ -276,8 +365,8 @@ pub async fn clear_connection(stores: &Stores, connection: &str) -> Result<(), S
 
 /// Ends the alerts of a connection with these names (a refresh succeeded: its refresh alerts
 /// are over, a B2C deadline is not).
-pub async fn clear_connection_named(stores: &Stores, connection: &str, names: &[&str]) -> Result<(), StoreError> {
-    clear(stores, Some(connection), Some(names)).await
+pub async fn clear_connection_named(stores: &Stores, connection: &str, kinds: &[AlertKind]) -> Result<(), StoreError> {
+    clear(stores, Some(connection), Some(kinds)).await
 }
 
 /// Ends the app-level alerts (a token request succeeded, so the app's credentials work).
@@ -285,11 +374,11 @@ pub async fn clear_app(stores: &Stores) -> Result<(), StoreError> {
     clear(stores, None, None).await
 }
 
-/// Deletes the alerts of one scope, all of them or those with one of `names`.
-async fn clear(stores: &Stores, connection: Option<&str>, names: Option<&[&str]>) -> Result<(), StoreError> {
+/// Deletes the alerts of one scope, all of them or those of one of `kinds`.
+async fn clear(stores: &Stores, connection: Option<&str>, kinds: Option<&[AlertKind]>) -> Result<(), StoreError> {
     let partition = partition(connection);
     for alert in list(stores, connection).await? {
-        if names.is_some_and(|names| !names.contains(&alert.alert.as_str())) {
+        if kinds.is_some_and(|kinds| !kinds.iter().any(|k| k.name() == alert.alert)) {
             continue;
         }
         match stores.tables.delete(Table::Alerts, &partition, &alert.row(), IfMatch::Any).await {
@@ -312,15 +401,41 @@ mod tests {
         let stores = crate::store::local::open(dir.path(), None).unwrap();
         for i in 0..1_150 {
             let code = format!("push-{i:05}");
-            raise(&stores, None, Alert::new("push_poisoned", Some("c1"), "poisoned", &code, "x")).await.unwrap();
+            raise(&stores, None, Alert::new(AlertKind::PushPoisoned, Some("c1"), "poisoned", &code, "x"))
+                .await
+                .unwrap();
         }
-        raise(&stores, None, Alert::new("zz_last", Some("c1"), "x", "x", "after them all")).await.unwrap();
+        raise(&stores, None, Alert::new(AlertKind::SubmissionQuarantined, Some("c1"), "x", "x", "after them all"))
+            .await
+            .unwrap();
         let all = list(&stores, Some("c1")).await.unwrap();
         assert_eq!(all.len(), 1_151);
-        assert!(all.iter().any(|a| a.alert == "zz_last"));
-        clear_connection_named(&stores, "c1", &["zz_last"]).await.unwrap();
+        assert!(all.iter().any(|a| a.alert == "submission_quarantined"));
+        clear_connection_named(&stores, "c1", &[AlertKind::SubmissionQuarantined]).await.unwrap();
         assert_eq!(list(&stores, Some("c1")).await.unwrap().len(), 1_150);
         clear_connection(&stores, "c1").await.unwrap();
         assert!(list(&stores, Some("c1")).await.unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::AlertKind;
+
+    /// An alert no Azure Monitor rule matches reaches nobody who does not read status: every
+    /// kind has its log alert rule in the Bicep.
+    #[test]
+    fn every_alert_kind_has_an_azure_monitor_rule() {
+        let bicep = include_str!("../infra/modules/monitoring.bicep");
+        for kind in AlertKind::ALL {
+            let rule = format!("tostring(e.alert) == \"{}\"", kind.name());
+            let in_list = format!("\"{}\"", kind.name());
+            assert!(
+                bicep.contains(&rule)
+                    || bicep.lines().any(|l| l.contains("tostring(e.alert) in (") && l.contains(&in_list)),
+                "no alert rule in infra/modules/monitoring.bicep for {}",
+                kind.name()
+            );
+        }
     }
 }

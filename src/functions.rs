@@ -68,7 +68,8 @@ pub const STATUS: Function = Function {
     trigger: Trigger::Http { route: "status", methods: &["GET"], auth: AuthLevel::Function },
 };
 pub const SYNC: Function = Function { id: FunctionId::Sync, name: "sync", binding: "timer", trigger: Trigger::Timer };
-pub const PROCESS: Function = Function { id: FunctionId::Process, name: "process", binding: "msg", trigger: Trigger::Queue };
+pub const PROCESS: Function =
+    Function { id: FunctionId::Process, name: "process", binding: "msg", trigger: Trigger::Queue };
 
 /// Every function, in the order the host lists them.
 pub const FUNCTIONS: &[Function] = &[AUTHORIZE, CALLBACK, WEBHOOK, STATUS, SYNC, PROCESS];

@@ -134,6 +134,20 @@ var logAlerts = [
     query: 'traces | where message has "push_poisoned" ${parseLine} | where tostring(e.alert) == "push_poisoned" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
   }
   {
+    key: 'reconsent-due'
+    title: 'tcbridge: a connection must consent again soon'
+    description: 'reconsent_due: an Azure AD B2C refresh token reaches the end of its sliding window (B2C_REFRESH_WINDOW_DAYS) within B2C_REAUTH_WARNING_DAYS. An administrator must open /api/authorize?connection=<id> before then.'
+    severity: 3
+    query: 'traces | where message has "reconsent_due" ${parseLine} | where tostring(e.alert) == "reconsent_due" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
+  }
+  {
+    key: 'token-not-stored'
+    title: 'tcbridge: a refreshed token could not be stored'
+    description: 'token_set_not_stored: a refresh succeeded but the new token set could not be written to Key Vault. Check the vault and the identity\'s Key Vault Secrets Officer role (`tcbridge check --online`).'
+    severity: 1
+    query: 'traces | where message has "token_set_not_stored" ${parseLine} | where tostring(e.alert) == "token_set_not_stored" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
+  }
+  {
     key: 'quarantine'
     title: 'tcbridge: a submission was quarantined'
     description: 'submission_quarantined: a document TrueContext served or pushed could not be landed (refused for good); it is kept as received with the reason and the walk went on. See `tcbridge quarantine list`; after a fix, `tcbridge quarantine retry --all`.'

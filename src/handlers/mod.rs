@@ -320,9 +320,11 @@ impl App {
                 }
                 result.map(|_| ())
             }
-            FunctionId::Authorize | FunctionId::Callback | FunctionId::Status | FunctionId::Sync | FunctionId::Process => {
-                Ok(())
-            }
+            FunctionId::Authorize
+            | FunctionId::Callback
+            | FunctionId::Status
+            | FunctionId::Sync
+            | FunctionId::Process => Ok(()),
         }
     }
 

@@ -123,7 +123,13 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
              fix the cause, then `tcbridge poison replay --all`",
             input.dequeue_count, settings.queues.incoming
         );
-        let alert = crate::alerts::Alert::new("push_poisoned", Some(&push.connection), "poisoned", &push.key, &reason);
+        let alert = crate::alerts::Alert::new(
+            crate::alerts::AlertKind::PushPoisoned,
+            Some(&push.connection),
+            "poisoned",
+            &push.key,
+            &reason,
+        );
         if let Err(e) = crate::alerts::raise(&app.stores, settings.tokens.alert_webhook.as_ref(), alert).await {
             tracing::warn!(error = %e, "the poisoned-push alert could not be recorded");
         }

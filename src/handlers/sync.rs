@@ -123,7 +123,9 @@ async fn keep_alive(app: &App, ids: &[String]) -> Vec<String> {
                 tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
                 ready.push(id.clone());
             }
-            Err(e) => tracing::warn!(connection = %id, class = e.class().as_str(), error = %e, "no access token this run"),
+            Err(e) => {
+                tracing::warn!(connection = %id, class = e.class().as_str(), error = %e, "no access token this run")
+            }
         }
     }
     if ready.len() < ids.len() {
@@ -158,7 +160,13 @@ async fn warn_before_reconsent_deadline(app: &App, connection: &crate::connectio
         deadline.format("%Y-%m-%d %H:%M UTC")
     );
     let code = format!("deadline-{}", deadline.timestamp());
-    let alert = crate::alerts::Alert::new("reconsent_due", Some(&connection.id), "reconsent_due", &code, &reason);
+    let alert = crate::alerts::Alert::new(
+        crate::alerts::AlertKind::ReconsentDue,
+        Some(&connection.id),
+        "reconsent_due",
+        &code,
+        &reason,
+    );
     if let Err(e) = crate::alerts::raise(&app.stores, settings.alert_webhook.as_ref(), alert).await {
         tracing::warn!(connection = %connection.id, error = %e, "the re-consent alert could not be recorded");
     }

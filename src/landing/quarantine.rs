@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Arrival, Landed, Landing, LandingError, Source};
-use crate::alerts::{self, Alert};
+use crate::alerts::{self, Alert, AlertKind};
 use crate::config::AlertWebhook;
 use crate::store::{StoreError, Stores, Table, TypedTable};
 
 /// The alert raised (once per connection) while anything of it is quarantined.
-pub const ALERT: &str = "submission_quarantined";
+pub const KIND: AlertKind = AlertKind::SubmissionQuarantined;
+/// Its name, as stored alerts carry it.
+pub const ALERT: &str = KIND.name();
 /// The longest reason kept on a row.
 const MAX_REASON_CHARS: usize = 1000;
 
@@ -104,7 +106,7 @@ pub async fn keep(
          See `tcbridge quarantine list`; after a fix, `tcbridge quarantine retry --all`",
         arrival.source.name()
     );
-    let alert = Alert::new(ALERT, Some(connection), "quarantined", "quarantined", &message);
+    let alert = Alert::new(KIND, Some(connection), "quarantined", "quarantined", &message);
     if let Err(e) = alerts::raise(stores, alert_webhook, alert).await {
         tracing::warn!(connection, error = %e, "the quarantine alert could not be recorded");
     }
@@ -177,7 +179,7 @@ pub async fn retry(landing: &Landing<'_>, entries: &[Entry]) -> Result<Vec<(Entr
     let connections: std::collections::BTreeSet<&String> = entries.iter().map(|e| &e.connection).collect();
     for connection in connections {
         if crate::store::query_partition(stores.tables.as_ref(), Table::Quarantine, connection).await?.is_empty() {
-            alerts::clear_connection_named(stores, connection, &[ALERT]).await?;
+            alerts::clear_connection_named(stores, connection, &[KIND]).await?;
         }
     }
     Ok(out)

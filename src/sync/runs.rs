@@ -12,13 +12,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{cursor, sync_connection, StopClass, SyncParts, SyncSummary};
-use crate::alerts::{self, Alert};
+use crate::alerts::{self, Alert, AlertKind};
 use crate::store::{lease, RowRange, StoreError, Table, TypedTable};
 
 /// Runs in a row that leave the cursor where it was before the connection's alert is raised.
 pub const STALL_RUNS: u32 = 3;
 const PARTITION: &str = "connection-sync";
-const STALL_ALERT: &str = "sync_stalled";
+const STALL_ALERT: AlertKind = AlertKind::SyncStalled;
 /// Renewed while the run works (a long backfill outlives it); a crashed run's lease frees
 /// itself after this.
 const LEASE_TTL: Duration = Duration::from_secs(30);

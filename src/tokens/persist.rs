@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::classify::{self, Failure, FailureClass};
 use super::{token_from_set, usable, AccessToken, Subject, TokenError, TokenSource, Tokens, Want, FAILING_ALERT_AFTER};
-use crate::alerts::{self, Alert};
+use crate::alerts::{self, Alert, AlertKind};
 use crate::clock::delta;
 use crate::connections::{Connection, ConnectionState, TokenSet};
 use crate::oauth::token::TokenResponse;
@@ -18,8 +18,12 @@ const SECRET_WRITE_TRIES: u32 = 5;
 /// Key Vault takes values up to 25 KB.
 const MAX_SECRET_CHARS: usize = 24 * 1024;
 /// The alerts a successful refresh ends.
-const REFRESH_ALERTS: [&str; 4] =
-    ["connection_needs_reauth", "token_refresh_rejected", "token_refresh_failing", "token_set_not_stored"];
+const REFRESH_ALERTS: [AlertKind; 4] = [
+    AlertKind::ConnectionNeedsReauth,
+    AlertKind::TokenRefreshRejected,
+    AlertKind::TokenRefreshFailing,
+    AlertKind::TokenSetNotStored,
+];
 
 impl Tokens<'_> {
     pub(super) async fn record_success(
@@ -161,8 +165,13 @@ impl Tokens<'_> {
                 Err(e) => {
                     tracing::error!(connection = %subject.id, error = %e,
                         "the new token set could not be stored; the refresh token it carries is lost");
-                    let alert =
-                        Alert::new("token_set_not_stored", Some(&subject.id), "store", "secret_write", &e.to_string());
+                    let alert = Alert::new(
+                        AlertKind::TokenSetNotStored,
+                        Some(&subject.id),
+                        "store",
+                        "secret_write",
+                        &e.to_string(),
+                    );
                     if let Err(e) = alerts::raise(self.stores, self.settings.alert_webhook.as_ref(), alert).await {
                         tracing::error!(connection = %subject.id, error = %e, "an alert could not be recorded");
                     }
@@ -242,24 +251,28 @@ impl Tokens<'_> {
         let alert = match failure.class {
             _ if matches!(updated, Ok(false)) => None,
             FailureClass::Reauth if was_active && recorded => Some(Alert::new(
-                "connection_needs_reauth",
+                AlertKind::ConnectionNeedsReauth,
                 Some(&subject.id),
                 failure.class.name(),
                 &failure.code,
                 &failure.reason,
             )),
-            FailureClass::AppCredentials => {
-                Some(Alert::new("app_credentials_rejected", None, failure.class.name(), &failure.code, &failure.reason))
-            }
+            FailureClass::AppCredentials => Some(Alert::new(
+                AlertKind::AppCredentialsRejected,
+                None,
+                failure.class.name(),
+                &failure.code,
+                &failure.reason,
+            )),
             FailureClass::Rejected | FailureClass::LoopDetected => Some(Alert::new(
-                "token_refresh_rejected",
+                AlertKind::TokenRefreshRejected,
                 Some(&subject.id),
                 failure.class.name(),
                 &failure.code,
                 &failure.reason,
             )),
             FailureClass::Transient if failures >= FAILING_ALERT_AFTER => Some(Alert::new(
-                "token_refresh_failing",
+                AlertKind::TokenRefreshFailing,
                 Some(&subject.id),
                 failure.class.name(),
                 "transient",

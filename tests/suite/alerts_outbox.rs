@@ -48,7 +48,13 @@ async fn receiver(failures: usize) -> Receiver {
 }
 
 fn alert(code: &str) -> Alert {
-    Alert::new("connection_needs_reauth", Some("c1"), "needs_reauth", code, "the grant was revoked")
+    Alert::new(
+        truecontext_bridge::alerts::AlertKind::ConnectionNeedsReauth,
+        Some("c1"),
+        "needs_reauth",
+        code,
+        "the grant was revoked",
+    )
 }
 
 /// As if the backoff had passed: the row's next attempt moved into the past.

@@ -31,7 +31,13 @@ async fn the_status_page_renders_the_json_for_people() {
         .update::<Connection>(connections::PARTITION, "broken", &record.value, IfMatch::ETag(record.etag))
         .await
         .unwrap();
-    let alert = Alert::new("connection_needs_reauth", Some("broken"), "needs_reauth", "invalid_grant", "grant revoked");
+    let alert = Alert::new(
+        truecontext_bridge::alerts::AlertKind::ConnectionNeedsReauth,
+        Some("broken"),
+        "needs_reauth",
+        "invalid_grant",
+        "grant revoked",
+    );
     alerts::raise(&app.stores, None, alert).await.unwrap();
 
     let fetch = || async {

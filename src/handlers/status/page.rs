@@ -64,42 +64,9 @@ pub fn render(report: &StatusReport) -> HttpResponse {
 
 /// What an operator does about an alert, by its name.
 pub fn advice(alert: &str, connection: Option<&str>) -> String {
-    let id = connection.unwrap_or("default");
-    match alert {
-        "connection_needs_reauth" => format!(
-            "An administrator must consent again: open the link `tcbridge consent-url --connection {id}` prints."
-        ),
-        "reconsent_due" => {
-            format!("Consent again before the deadline: `tcbridge consent-url --connection {id}` prints the link.")
-        }
-        "token_refresh_rejected" => format!(
-            "The authorization server refuses the refresh: check the app registration and its permissions, then \
-             consent again (`tcbridge consent-url --connection {id}`)."
-        ),
-        "token_refresh_failing" => {
-            "The token endpoint keeps failing: check that the authorization server is reachable \
-             (`tcbridge check --online`); refreshes resume by themselves."
-                .to_owned()
-        }
-        "token_set_not_stored" => {
-            "A refreshed token could not be stored: check the secret store (Key Vault) and the identity's role on it \
-             (`tcbridge check --online`)."
-                .to_owned()
-        }
-        "app_credentials_rejected" => "The app's own credential is refused: rotate the client secret, certificate \
-             or federated credential (README, runbook) and run `tcbridge check --online`."
-            .to_owned(),
-        "sync_stalled" => format!(
-            "The sync has not advanced for several runs: read its last stop below, fix the cause, and run \
-             `tcbridge sync --once --connection {id}`."
-        ),
-        "push_poisoned" => "A pushed submission failed every delivery: `tcbridge poison list` shows why; fix the \
-             cause, then `tcbridge poison replay --all`."
-            .to_owned(),
-        "submission_quarantined" => "A submission cannot be landed and is kept as received: `tcbridge quarantine \
-             list` shows why; after a fix, `tcbridge quarantine retry --all`."
-            .to_owned(),
-        _ => "See the README's runbook for this alert.".to_owned(),
+    match crate::alerts::AlertKind::from_name(alert) {
+        Some(kind) => kind.advice(connection),
+        None => "See the README's runbook for this alert.".to_owned(),
     }
 }
 
