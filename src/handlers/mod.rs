@@ -24,7 +24,6 @@ use crate::config::Settings;
 use crate::functions::{Function, FunctionId, Trigger};
 use crate::store::Stores;
 
-pub use process::ProcessMessage;
 pub use status::StatusReport;
 pub use sync::{pull, run_deadline};
 

@@ -3,58 +3,17 @@
 //! lost with the instance): the first sync of a newly consented connection, and every push the
 //! webhook stored.
 
-use serde::{Deserialize, Serialize};
-
 use super::sync::{pull, run_deadline};
 use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
 use crate::truecontext::Credentials;
 use crate::webhook::counters::Counters;
-use crate::webhook::{FetchError, Processed, PushRef};
-
-/// One message on the incoming queue (`INCOMING_QUEUE_NAME`), tagged by `kind`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ProcessMessage {
-    /// Sync this connection now (its first sync backfills `SYNC_BACKFILL_DAYS`).
-    Sync { connection: String },
-    /// Land one stored push (`key` is `{submission id}.{sha256 of the body}`).
-    Push { connection: String, key: String },
-}
-
-impl ProcessMessage {
-    fn parse(input: &QueueInput) -> Result<Self, InvocationError> {
-        let value: serde_json::Value = serde_json::from_str(&input.body)
-            .map_err(|e| InvocationError::InvalidInput(format!("message {} is not JSON: {e}", input.id)))?;
-        let message: ProcessMessage = serde_json::from_value(value).map_err(|e| {
-            InvocationError::InvalidInput(format!(
-                "message {} is not a process message ({{\"kind\": \"sync\" or \"push\", \"connection\": ID, ...}}): {e}",
-                input.id
-            ))
-        })?;
-        let (ProcessMessage::Sync { connection } | ProcessMessage::Push { connection, .. }) = &message;
-        crate::connections::validate_id(connection)
-            .map_err(|e| InvocationError::InvalidInput(format!("message {}: connection: {e}", input.id)))?;
-        if let ProcessMessage::Push { key, .. } = &message {
-            let valid = key.split_once('.').is_some_and(|(id, sha)| {
-                crate::naming::is_record_id(id) && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())
-            });
-            if !valid {
-                return Err(InvocationError::InvalidInput(format!(
-                    "message {}: key is not {{id}}.{{sha256}}",
-                    input.id
-                )));
-            }
-        }
-        Ok(message)
-    }
-}
+use crate::webhook::{FetchError, IncomingMessage, Processed, PushRef};
 
 /// Queues the first sync of `connection`. A failure is logged, not returned: the next timer
 /// tick syncs the connection anyway.
 pub async fn queue_first_sync(app: &App, connection: &str) -> bool {
-    let message = ProcessMessage::Sync { connection: connection.to_owned() };
-    let body = serde_json::to_string(&message).expect("a message serialises");
+    let body = IncomingMessage::Sync { connection: connection.to_owned() }.to_body();
     let queue = &app.settings.queues.incoming;
     match app.stores.queues.enqueue(queue, &body, std::time::Duration::ZERO).await {
         Ok(_) => true,
@@ -66,9 +25,11 @@ pub async fn queue_first_sync(app: &App, connection: &str) -> bool {
 }
 
 pub async fn run(app: &App, input: QueueInput) -> Result<(), InvocationError> {
-    match ProcessMessage::parse(&input)? {
-        ProcessMessage::Sync { connection } => sync(app, &connection).await,
-        ProcessMessage::Push { connection, key } => push(app, &input, PushRef { connection, key }).await,
+    let message =
+        IncomingMessage::parse(&input.id, &input.body).map_err(|e| InvocationError::InvalidInput(e.to_string()))?;
+    match message {
+        IncomingMessage::Sync { connection } => sync(app, &connection).await,
+        IncomingMessage::Push(push_ref) => push(app, &input, push_ref).await,
     }
 }
 

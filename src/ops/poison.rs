@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::handlers::App;
 use crate::store::{QueueMessage, StoreError};
-use crate::webhook::{Pending, PushRef};
+use crate::webhook::{IncomingMessage, Pending, PushRef};
 
 /// How long a listed or replayed message is held while this command works.
 const HOLD: Duration = Duration::from_secs(60);
@@ -97,14 +97,15 @@ async fn give_back(app: &App, queue: &str, messages: &[QueueMessage]) {
 }
 
 fn push_of(message: &QueueMessage) -> Option<PushRef> {
-    match serde_json::from_str::<crate::handlers::ProcessMessage>(&message.body).ok()? {
-        crate::handlers::ProcessMessage::Push { connection, key } => Some(PushRef { connection, key }),
-        crate::handlers::ProcessMessage::Sync { .. } => None,
+    // As stored, unchecked: a poisoned message is shown and replayed whatever it holds.
+    match serde_json::from_str::<IncomingMessage>(&message.body).ok()? {
+        IncomingMessage::Push(push) => Some(push),
+        IncomingMessage::Sync { .. } => None,
     }
 }
 
 async fn describe(app: &App, message: &QueueMessage) -> Result<Poisoned, StoreError> {
-    let parsed = serde_json::from_str::<crate::handlers::ProcessMessage>(&message.body).ok();
+    let parsed = serde_json::from_str::<IncomingMessage>(&message.body).ok();
     let mut out = Poisoned {
         id: message.id.clone(),
         inserted_at: message.inserted_at,
@@ -115,13 +116,14 @@ async fn describe(app: &App, message: &QueueMessage) -> Result<Poisoned, StoreEr
         last_error: None,
     };
     match parsed {
-        Some(crate::handlers::ProcessMessage::Sync { connection }) => {
+        Some(IncomingMessage::Sync { connection }) => {
             out.kind = "sync".into();
             out.connection = Some(connection);
         }
-        Some(crate::handlers::ProcessMessage::Push { connection, key }) => {
+        Some(IncomingMessage::Push(push)) => {
             out.kind = "push".into();
-            out.submission = key.split_once('.').map(|(id, _)| id.to_owned());
+            out.submission = push.submission().map(str::to_owned);
+            let PushRef { connection, key } = push;
             let table = crate::store::TypedTable::new(app.stores.tables.as_ref(), crate::store::Table::Incoming);
             if let Some(row) = table.get::<Pending>(&connection, &key).await? {
                 out.attempts = Some(row.value.attempts);

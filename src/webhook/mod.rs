@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod counters;
+pub mod message;
 pub mod payload;
 
 use std::time::Duration;
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::landing::{quarantine, Arrival, Landed, Landing, LandingError, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
+pub use message::{IncomingMessage, MessageError, PushRef};
 use payload::{Push, PushFormat};
 
 /// A push stored and waiting to be processed (`incoming` table: connection, `{id}.{sha256}`).
@@ -65,14 +67,6 @@ pub struct Delivery {
     pub processed_at: DateTime<Utc>,
     pub outcome: crate::landing::Outcome,
     pub version: u64,
-}
-
-/// The queue message of one stored push.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushRef {
-    pub connection: String,
-    /// `{id}.{sha256}`: the row of the `incoming` and `deliveries` tables.
-    pub key: String,
 }
 
 /// What the intake did with a push.
@@ -186,8 +180,8 @@ impl Intake<'_> {
     }
 
     async fn enqueue(&self, connection: &str, key: &str, stored: Versioned<Pending>) -> Result<(), StoreError> {
-        let message = serde_json::json!({ "kind": "push", "connection": connection, "key": key });
-        self.stores.queues.enqueue(self.queue, &message.to_string(), Duration::ZERO).await?;
+        let message = IncomingMessage::Push(PushRef { connection: connection.to_owned(), key: key.to_owned() });
+        self.stores.queues.enqueue(self.queue, &message.to_body(), Duration::ZERO).await?;
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
         let queued = Pending { queued: true, queued_at: Some(Utc::now()), ..stored.value };
         match table.update(connection, key, &queued, IfMatch::ETag(stored.etag)).await {
