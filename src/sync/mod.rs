@@ -204,6 +204,56 @@ async fn walk_until_current(
     Ok(())
 }
 
+/// Where a run starts: the stored cursor, and the window to walk (the one an earlier run left
+/// unfinished, or a new one from the cursor to now less the settle time).
+struct Start {
+    stored: Versioned<Cursor>,
+    walk: Walk,
+    previous_end: Option<DateTime<Utc>>,
+    resumed: bool,
+}
+
+/// Reads (or creates) the cursor (into `summary` too) and opens the window to walk; `None` when
+/// there is nothing to walk yet (the cursor is within the settle time of now).
+async fn start_window(
+    parts: &SyncParts<'_>,
+    table: &TypedTable<'_>,
+    row: &str,
+    connection: &str,
+    now: DateTime<Utc>,
+    summary: &mut SyncSummary,
+) -> Result<Option<Start>, SyncError> {
+    let mut stored = match table.get::<Cursor>(connection, row).await? {
+        Some(found) => found,
+        None => {
+            let etag = table.insert(connection, row, &Cursor::default()).await?;
+            Versioned { value: Cursor::default(), etag }
+        }
+    };
+    let previous_end = stored.value.processed_until;
+    summary.cursor = previous_end;
+    if let Some(walk) = stored.value.walk.clone() {
+        return Ok(Some(Start { stored, walk, previous_end, resumed: true }));
+    }
+    // Whole seconds: the bound TrueContext filters on is exactly the cursor stored. A cursor
+    // finer than the `etime` sent would pass over records between the two.
+    let end = (now - delta(parts.settings.settle)).trunc_subsecs(0);
+    let start = match previous_end {
+        Some(cursor) => cursor - delta(parts.settings.overlap),
+        None => now - delta(parts.settings.backfill),
+    };
+    if end <= start {
+        return Ok(None);
+    }
+    let walk = Walk { start, end, next_page: 0, total: None, restarts: 0 };
+    // Stored before the first call, so a run stopped anywhere in the window (budget, crash)
+    // resumes this window, and what it landed is recognised and not fetched again.
+    let next = Cursor { walk: Some(walk.clone()), ..stored.value.clone() };
+    stored.etag = table.update(connection, row, &next, IfMatch::ETag(stored.etag.clone())).await?;
+    stored.value = next;
+    Ok(Some(Start { stored, walk, previous_end, resumed: false }))
+}
+
 async fn walk(
     parts: &SyncParts<'_>,
     connection: &str,
@@ -212,37 +262,10 @@ async fn walk(
 ) -> Result<Window, SyncError> {
     let table = TypedTable::new(parts.stores.tables.as_ref(), Table::Cursors);
     let row = cursor_row(parts.settings);
-    let mut stored = match table.get::<Cursor>(connection, &row).await? {
-        Some(found) => found,
-        None => {
-            let etag = table.insert(connection, &row, &Cursor::default()).await?;
-            Versioned { value: Cursor::default(), etag }
-        }
-    };
-    summary.cursor = stored.value.processed_until;
-    let previous_end = stored.value.processed_until;
-    let resumed = stored.value.walk.is_some();
-    let mut walk = match stored.value.walk.clone() {
-        Some(walk) => walk,
-        None => {
-            // Whole seconds: the bound TrueContext filters on is exactly the cursor stored. A
-            // cursor finer than the `etime` sent would pass over records between the two.
-            let end = (now - delta(parts.settings.settle)).trunc_subsecs(0);
-            let start = match previous_end {
-                Some(cursor) => cursor - delta(parts.settings.overlap),
-                None => now - delta(parts.settings.backfill),
-            };
-            if end <= start {
-                return Ok(Window::Current);
-            }
-            let walk = Walk { start, end, next_page: 0, total: None, restarts: 0 };
-            // Stored before the first call, so a run stopped anywhere in the window (budget,
-            // crash) resumes this window, and what it landed is recognised and not fetched again.
-            let next = Cursor { walk: Some(walk.clone()), ..stored.value.clone() };
-            stored.etag = table.update(connection, &row, &next, IfMatch::ETag(stored.etag.clone())).await?;
-            stored.value = next;
-            walk
-        }
+    let Some(Start { mut stored, mut walk, previous_end, resumed }) =
+        start_window(parts, &table, &row, connection, now, summary).await?
+    else {
+        return Ok(Window::Current);
     };
     summary.windows += 1;
     let query = ListQuery {
