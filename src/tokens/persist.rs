@@ -248,37 +248,9 @@ impl Tokens<'_> {
         let recorded = matches!(updated, Ok(true));
         tracing::warn!(connection = %subject.id, class = failure.class.name(), error_code = %failure.code,
             reason = %failure.reason, consecutive_failures = failures, "access token refresh failed");
-        let alert = match failure.class {
-            _ if matches!(updated, Ok(false)) => None,
-            FailureClass::Reauth if was_active && recorded => Some(Alert::new(
-                AlertKind::ConnectionNeedsReauth,
-                Some(&subject.id),
-                failure.class.name(),
-                &failure.code,
-                &failure.reason,
-            )),
-            FailureClass::AppCredentials => Some(Alert::new(
-                AlertKind::AppCredentialsRejected,
-                None,
-                failure.class.name(),
-                &failure.code,
-                &failure.reason,
-            )),
-            FailureClass::Rejected | FailureClass::LoopDetected => Some(Alert::new(
-                AlertKind::TokenRefreshRejected,
-                Some(&subject.id),
-                failure.class.name(),
-                &failure.code,
-                &failure.reason,
-            )),
-            FailureClass::Transient if failures >= FAILING_ALERT_AFTER => Some(Alert::new(
-                AlertKind::TokenRefreshFailing,
-                Some(&subject.id),
-                failure.class.name(),
-                "transient",
-                &failure.reason,
-            )),
-            _ => None,
+        let alert = match updated {
+            Ok(false) => None,
+            _ => failure_alert(&subject.id, &failure, was_active && recorded, failures),
         };
         if let Some(alert) = alert {
             if let Err(e) = alerts::raise(self.stores, self.settings.alert_webhook.as_ref(), alert).await {
@@ -309,4 +281,24 @@ impl Tokens<'_> {
             tracing::warn!(connection = %subject.id, error = %e, "alerts could not be cleared after a recovery");
         }
     }
+}
+
+/// The alert a refresh failure raises, if any: a connection that needed re-consent while
+/// active (`newly_needs_reauth`), the app's credential refused, a refusal, or transient
+/// failures past [`FAILING_ALERT_AFTER`] in a row.
+fn failure_alert(connection: &str, failure: &Failure, newly_needs_reauth: bool, failures: u32) -> Option<Alert> {
+    let (kind, connection, code) = match failure.class {
+        FailureClass::Reauth if newly_needs_reauth => {
+            (AlertKind::ConnectionNeedsReauth, Some(connection), failure.code.as_str())
+        }
+        FailureClass::AppCredentials => (AlertKind::AppCredentialsRejected, None, failure.code.as_str()),
+        FailureClass::Rejected | FailureClass::LoopDetected => {
+            (AlertKind::TokenRefreshRejected, Some(connection), failure.code.as_str())
+        }
+        FailureClass::Transient if failures >= FAILING_ALERT_AFTER => {
+            (AlertKind::TokenRefreshFailing, Some(connection), "transient")
+        }
+        _ => return None,
+    };
+    Some(Alert::new(kind, connection, failure.class.name(), code, &failure.reason))
 }
