@@ -313,15 +313,50 @@ fn is_guid(text: &str) -> bool {
             .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
+/// Checks an id_token's claims, in this order: issuer (and tenant), subject, audience and
+/// authorized party, nonce, times. Each step is its own function; the first refusal is final.
 fn check_claims(
     mut claims: Map<String, Value>,
     expected: &Expectations,
     now: i64,
 ) -> Result<IdTokenClaims, IdTokenError> {
-    let Some(iss) = text(&claims, "iss") else {
+    let (iss, tid) = check_issuer(&claims, expected)?;
+    let sub = text(&claims, "sub").filter(|s| !s.is_empty());
+    let Some(sub) = sub else {
+        return Err(IdTokenError::Malformed("it has no sub claim".into()));
+    };
+    let (aud, azp) = check_audience(&claims, expected)?;
+    let nonce_checked = check_nonce(&claims, expected)?;
+    let (exp, iat) = check_times(&claims, expected, now)?;
+    claims.remove("nonce");
+    Ok(IdTokenClaims {
+        oid: text(&claims, "oid"),
+        preferred_username: text(&claims, "preferred_username"),
+        email: text(&claims, "email"),
+        name: text(&claims, "name"),
+        upn: text(&claims, "upn"),
+        iss,
+        sub,
+        aud,
+        azp,
+        tid,
+        nonce_checked,
+        exp,
+        iat,
+        claims,
+    })
+}
+
+/// `iss` is the expected issuer (with the token's own `tid` in a multi-tenant template, which
+/// must then be a GUID); returns `iss` and `tid`.
+fn check_issuer(
+    claims: &Map<String, Value>,
+    expected: &Expectations,
+) -> Result<(String, Option<String>), IdTokenError> {
+    let Some(iss) = text(claims, "iss") else {
         return Err(IdTokenError::Malformed("it has no iss claim".into()));
     };
-    let tid = text(&claims, "tid");
+    let tid = text(claims, "tid");
     let expected_issuer = if expected.tenant_template {
         match &tid {
             Some(tid) if is_guid(tid) => expected.issuer.replace(TENANT_PLACEHOLDER, tid),
@@ -333,11 +368,15 @@ fn check_claims(
     if iss != expected_issuer {
         return Err(IdTokenError::WrongIssuer { expected: printable(&expected_issuer), found: printable(&iss) });
     }
-    let sub = text(&claims, "sub").filter(|s| !s.is_empty());
-    let Some(sub) = sub else {
-        return Err(IdTokenError::Malformed("it has no sub claim".into()));
-    };
+    Ok((iss, tid))
+}
 
+/// Our client id is among `aud`; `azp`, when present, is our client id; a token other parties
+/// also hold (an audience we do not trust) must name us in `azp`. Returns `aud` and `azp`.
+fn check_audience(
+    claims: &Map<String, Value>,
+    expected: &Expectations,
+) -> Result<(Vec<String>, Option<String>), IdTokenError> {
     let aud: Vec<String> = match claims.get("aud") {
         Some(Value::String(aud)) => vec![aud.clone()],
         Some(Value::Array(list)) => {
@@ -366,35 +405,41 @@ fn check_claims(
         // Other parties also hold this token, and nothing says it was issued to us.
         return Err(IdTokenError::WrongAudience);
     }
+    Ok((aud, azp))
+}
 
-    let nonce_checked = match &expected.nonce {
-        Some(expected_nonce) => {
-            let nonce = match claims.get("nonce") {
-                Some(Value::String(nonce)) => nonce.as_str(),
-                _ => "",
-            };
-            let same: bool = nonce.as_bytes().ct_eq(expected_nonce.expose().as_bytes()).into();
-            if !same || nonce.is_empty() {
-                return Err(IdTokenError::WrongNonce);
-            }
-            true
-        }
-        None => false,
+/// The nonce we sent, compared in constant time; `false` when none was expected.
+fn check_nonce(claims: &Map<String, Value>, expected: &Expectations) -> Result<bool, IdTokenError> {
+    let Some(expected_nonce) = &expected.nonce else {
+        return Ok(false);
     };
+    let nonce = match claims.get("nonce") {
+        Some(Value::String(nonce)) => nonce.as_str(),
+        _ => "",
+    };
+    let same: bool = nonce.as_bytes().ct_eq(expected_nonce.expose().as_bytes()).into();
+    if !same || nonce.is_empty() {
+        return Err(IdTokenError::WrongNonce);
+    }
+    Ok(true)
+}
 
+/// Not expired, not before `nbf`, issued neither in the future nor too long ago (with the
+/// configured leeway); returns `exp` and `iat`.
+fn check_times(claims: &Map<String, Value>, expected: &Expectations, now: i64) -> Result<(i64, i64), IdTokenError> {
     let leeway = i64::try_from(expected.leeway.as_secs()).unwrap_or(i64::MAX / 4);
-    let Some(exp) = numeric_date(&claims, "exp")? else {
+    let Some(exp) = numeric_date(claims, "exp")? else {
         return Err(IdTokenError::Malformed("it has no exp claim".into()));
     };
     if now > exp.saturating_add(leeway) {
         return Err(IdTokenError::Expired);
     }
-    if let Some(nbf) = numeric_date(&claims, "nbf")? {
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
         if nbf > now.saturating_add(leeway) {
             return Err(IdTokenError::NotYetValid);
         }
     }
-    let Some(iat) = numeric_date(&claims, "iat")? else {
+    let Some(iat) = numeric_date(claims, "iat")? else {
         return Err(IdTokenError::Malformed("it has no iat claim".into()));
     };
     if iat > now.saturating_add(MAX_IAT_FUTURE_SECS) {
@@ -403,24 +448,7 @@ fn check_claims(
     if iat < now.saturating_sub(MAX_IAT_AGE_SECS) {
         return Err(IdTokenError::IssuedTooLongAgo);
     }
-
-    claims.remove("nonce");
-    Ok(IdTokenClaims {
-        oid: text(&claims, "oid"),
-        preferred_username: text(&claims, "preferred_username"),
-        email: text(&claims, "email"),
-        name: text(&claims, "name"),
-        upn: text(&claims, "upn"),
-        iss,
-        sub,
-        aud,
-        azp,
-        tid,
-        nonce_checked,
-        exp,
-        iat,
-        claims,
-    })
+    Ok((exp, iat))
 }
 
 #[cfg(test)]
