@@ -304,26 +304,8 @@ impl<'a> Landing<'a> {
         }
         let now = Utc::now();
         let version = existing.as_ref().map_or(1, |e| e.value.version + 1);
-        let raw_path = Self::raw_path(connection, id);
-        let record_path = Self::record_path(connection, id);
-        for media in &normalised.media {
-            let path = Self::media_path(connection, id, &media.id);
-            let content_type = media.content_type.as_deref().unwrap_or("application/octet-stream");
-            match self.stores.blobs.put(self.container, &path, &media.bytes, content_type, true).await {
-                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.stores.blobs.put(self.container, &raw_path, arrival.raw, "application/json", false).await?;
-        let mut record = normalised.record.clone();
         let processed = arrival.processed_date.or(existing.as_ref().and_then(|e| e.value.processed_date));
-        record.insert("processed_date".into(), json!(processed));
-        record.insert("source".into(), json!(arrival.source));
-        record.insert("version".into(), json!(version));
-        record.insert("sha256".into(), json!(sha256));
-        record.insert("connection".into(), json!(connection));
-        let record_bytes = serde_json::to_vec_pretty(&Value::Object(record.clone())).expect("a JSON value serialises");
-        self.stores.blobs.put(self.container, &record_path, &record_bytes, "application/json", false).await?;
+        let (raw_path, record_path) = self.write_blobs(arrival, id, &normalised, version, &sha256, processed).await?;
         let mut sources = existing.as_ref().map(|e| e.value.sources.clone()).unwrap_or_default();
         if !sources.contains(&arrival.source) {
             sources.push(arrival.source);
@@ -359,6 +341,41 @@ impl<'a> Landing<'a> {
         let outcome = if existing.is_some() { Outcome::Changed } else { Outcome::New };
         tracing::info!(connection, id, version, outcome = ?outcome, source = arrival.source.name(), "submission landed");
         Ok(Landed { id: id.to_owned(), outcome, version, sha256 })
+    }
+
+    /// Writes a version's blobs before its index row names them: the media (each once, by its
+    /// content-free name), the document as received, and the normalised record with what we
+    /// know of it. Returns the document's and the record's paths.
+    async fn write_blobs(
+        &self,
+        arrival: &Arrival<'_>,
+        id: &str,
+        normalised: &normalise::Normalised,
+        version: u64,
+        sha256: &str,
+        processed: Option<DateTime<Utc>>,
+    ) -> Result<(String, String), LandingError> {
+        let connection = arrival.connection;
+        let raw_path = Self::raw_path(connection, id);
+        let record_path = Self::record_path(connection, id);
+        for media in &normalised.media {
+            let path = Self::media_path(connection, id, &media.id);
+            let content_type = media.content_type.as_deref().unwrap_or("application/octet-stream");
+            match self.stores.blobs.put(self.container, &path, &media.bytes, content_type, true).await {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.stores.blobs.put(self.container, &raw_path, arrival.raw, "application/json", false).await?;
+        let mut record = normalised.record.clone();
+        record.insert("processed_date".into(), json!(processed));
+        record.insert("source".into(), json!(arrival.source));
+        record.insert("version".into(), json!(version));
+        record.insert("sha256".into(), json!(sha256));
+        record.insert("connection".into(), json!(connection));
+        let record_bytes = serde_json::to_vec_pretty(&Value::Object(record)).expect("a JSON value serialises");
+        self.stores.blobs.put(self.container, &record_path, &record_bytes, "application/json", false).await?;
+        Ok((raw_path, record_path))
     }
 
     /// The same content again: nothing is rewritten; a new source or a newly known processed
