@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use crate::config::RawSettings;
-use crate::handlers::Mode;
+use crate::handlers::{App, Mode};
 use crate::sync::{RunOutcome, StopClass, SyncSummary};
 use crate::telemetry::{self, Output};
 
@@ -38,52 +38,12 @@ pub(super) async fn sync_once(
     }
     let mut exit = ExitCode::SUCCESS;
     for connection in connections {
-        let bar = progress_bar(&connection, json);
-        let show = |summary: &SyncSummary| {
-            if let Some(bar) = &bar {
-                bar.set_message(format!(
-                    "{} page(s) listed, {} landed, {} unchanged",
-                    summary.pages, summary.documents_landed, summary.documents_unchanged
-                ));
-                bar.tick();
-            }
-        };
-        let deadline = crate::handlers::run_deadline(&app);
-        let mut outcome = crate::handlers::pull(&app, &connection, Some(&show), deadline).await;
-        if matches!(outcome, Ok(RunOutcome::Busy)) {
-            // A run killed outright leaves its lease until it lapses: wait that out (showing the
-            // wait) rather than say "running elsewhere" when nothing runs. A live run renews its
-            // lease, and then it is running elsewhere indeed.
-            let told = std::sync::atomic::AtomicBool::new(false);
-            let waiting = |left: std::time::Duration| match &bar {
-                Some(bar) => {
-                    bar.set_message(format!("waiting {} s for the lease a stopped run left to lapse", left.as_secs()))
-                }
-                None if !told.swap(true, std::sync::atomic::Ordering::Relaxed) => {
-                    let _ = esay!(
-                        "the sync of {connection} holds a lease; waiting up to {} s to see whether its run is alive",
-                        left.as_secs()
-                    );
-                }
-                None => {}
-            };
-            let wait = crate::sync::wait_out_lease(&app.stores, &connection, &waiting).await;
-            if wait.context("the sync could not read the store")? == crate::sync::LeaseWait::Free {
-                outcome = crate::handlers::pull(&app, &connection, Some(&show), deadline).await;
-            }
-        }
-        if let Some(bar) = &bar {
-            bar.finish_and_clear();
-        }
-        let summary = match outcome.context("the sync could not read or write the store")? {
-            RunOutcome::Ran(summary) => summary,
-            RunOutcome::Busy => {
-                esay!(
-                    "error: the sync of {connection} is running elsewhere (its lease is held and renewed); try again later"
-                )?;
-                exit = ExitCode::from(SYNC_EXIT_BUSY);
-                continue;
-            }
+        let Some(summary) = run_one(&app, &connection, json).await? else {
+            esay!(
+                "error: the sync of {connection} is running elsewhere (its lease is held and renewed); try again later"
+            )?;
+            exit = ExitCode::from(SYNC_EXIT_BUSY);
+            continue;
         };
         if json {
             say!("{}", serde_json::to_string(&summary)?)?;
@@ -96,6 +56,51 @@ pub(super) async fn sync_once(
         }
     }
     Ok(exit)
+}
+
+/// One connection's run, with a spinner on a terminal; `None` when it runs elsewhere.
+async fn run_one(app: &App, connection: &str, json: bool) -> anyhow::Result<Option<SyncSummary>> {
+    let bar = progress_bar(connection, json);
+    let show = |summary: &SyncSummary| {
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "{} page(s) listed, {} landed, {} unchanged",
+                summary.pages, summary.documents_landed, summary.documents_unchanged
+            ));
+            bar.tick();
+        }
+    };
+    let deadline = crate::handlers::run_deadline(app);
+    let mut outcome = crate::handlers::pull(app, connection, Some(&show), deadline).await;
+    if matches!(outcome, Ok(RunOutcome::Busy)) {
+        // A run killed outright leaves its lease until it lapses: wait that out (showing the
+        // wait) rather than say "running elsewhere" when nothing runs. A live run renews its
+        // lease, and then it is running elsewhere indeed.
+        let told = std::sync::atomic::AtomicBool::new(false);
+        let waiting = |left: std::time::Duration| match &bar {
+            Some(bar) => {
+                bar.set_message(format!("waiting {} s for the lease a stopped run left to lapse", left.as_secs()))
+            }
+            None if !told.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                let _ = esay!(
+                    "the sync of {connection} holds a lease; waiting up to {} s to see whether its run is alive",
+                    left.as_secs()
+                );
+            }
+            None => {}
+        };
+        let wait = crate::sync::wait_out_lease(&app.stores, connection, &waiting).await;
+        if wait.context("the sync could not read the store")? == crate::sync::LeaseWait::Free {
+            outcome = crate::handlers::pull(app, connection, Some(&show), deadline).await;
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match outcome.context("the sync could not read or write the store")? {
+        RunOutcome::Ran(summary) => Ok(Some(summary)),
+        RunOutcome::Busy => Ok(None),
+    }
 }
 
 /// `sync --once` exit codes (README): 0 completed, 3 a budget or TrueContext's call count is

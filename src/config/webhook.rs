@@ -88,6 +88,14 @@ pub(super) fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
         recovery_after: Duration::from_secs(p.number("WEBHOOK_RECOVERY_SECONDS", 60, 1, 86_400)),
         max_backlog_age: Duration::from_secs(p.number("WEBHOOK_MAX_BACKLOG_SECONDS", 900, 10, 7 * 86_400)),
     };
+    check_webhook(p, &settings);
+    settings
+}
+
+/// What the webhook's settings must agree on: the credential the chosen method needs, no
+/// shared value reused as a connection's own, jwt restricted to a role or clients, a header a
+/// caller can set, a dotted id field.
+fn check_webhook(p: &mut Parser<'_>, settings: &WebhookSettings) {
     match settings.auth {
         Some(WebhookAuth::Basic) if settings.basic_username.is_none() || settings.basic_passwords.is_empty() => p
             .problem(
@@ -148,7 +156,6 @@ pub(super) fn parse_webhook(p: &mut Parser<'_>) -> WebhookSettings {
             p.problem("WEBHOOK_ID_FIELD", format!("{field:?} is not a dotted field path"), "submission.identifier");
         }
     }
-    settings
 }
 
 /// `WEBHOOK_CONNECTION_CLIENT_IDS`: `connection=client client;connection=client`.
