@@ -8,7 +8,7 @@ use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
 use crate::truecontext::Credentials;
 use crate::webhook::counters::Counters;
-use crate::webhook::{FetchError, IncomingMessage, Processed, PushRef};
+use crate::webhook::{Documents, IncomingMessage, Processed, PushRef};
 
 /// Queues the first sync of `connection`. A failure is logged, not returned: the next timer
 /// tick syncs the connection anyway.
@@ -41,7 +41,9 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
     let counters = app.webhook_counters();
     let landing =
         crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
-    let documents = Documents { app };
+    let tokens = app.tokens();
+    let credentials = Credentials::from_settings(&settings.truecontext, &tokens);
+    let documents = Documents { client: app.truecontext(), credentials: credentials.as_ref() };
     let alert_webhook = settings.tokens.alert_webhook.as_ref();
     let processing =
         crate::webhook::process(&app.stores, &settings.landing.container, &landing, &documents, &push, alert_webhook);
@@ -98,29 +100,6 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
         Counters::bump(&counters.retried);
     }
     Err(InvocationError::Unavailable(format!("the push {} of {} failed: {error}", push.key, push.connection)))
-}
-
-/// Documents for pushes that did not carry them, through the one TrueContext client (its daily
-/// budget and 402 stop included).
-struct Documents<'a> {
-    app: &'a App,
-}
-
-#[async_trait::async_trait]
-impl crate::webhook::DocumentSource for Documents<'_> {
-    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError> {
-        let tokens = self.app.tokens();
-        let credentials = Credentials::from_settings(&self.app.settings.truecontext, &tokens)
-            .ok_or_else(|| FetchError::Failed(crate::truecontext::MISSING_API_KEY.to_owned()))?;
-        let client = self.app.truecontext();
-        let document = client.document(&credentials, connection, identifier).await;
-        client.release_slots().await;
-        match document {
-            Ok(document) => Ok(document.bytes),
-            Err(e @ crate::truecontext::TrueContextError::NotFound { .. }) => Err(FetchError::Gone(e.to_string())),
-            Err(e) => Err(FetchError::Failed(e.to_string())),
-        }
-    }
 }
 
 /// A transient stop is returned as a failure, so the queue delivers the message again later;

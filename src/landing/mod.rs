@@ -151,6 +151,14 @@ pub struct IndexRow {
     pub landed_by: Option<Source>,
 }
 
+/// A document read once ([`Landing::prepare`]): its identifier, its normalised record and the
+/// record's content hash.
+pub struct Prepared {
+    pub id: String,
+    normalised: normalise::Normalised,
+    pub sha256: String,
+}
+
 /// Landing with its parts: the stores, the container and the landed-events queue.
 pub struct Landing<'a> {
     stores: &'a Stores,
@@ -179,10 +187,29 @@ impl<'a> Landing<'a> {
     /// or writing it is this document's failure ([`LandingError::Panicked`]), never the
     /// caller's: the turn is given back either way.
     pub async fn land(&self, arrival: &Arrival<'_>) -> Result<Landed, LandingError> {
-        crate::connections::validate_id(arrival.connection).map_err(LandingError::InvalidConnection)?;
-        let connection = arrival.connection;
-        let (id, normalised) = Self::read_off_the_runtime(connection, arrival.raw).await?;
+        let prepared = self.prepare(arrival.connection, arrival.raw).await;
+        self.land_prepared(arrival, prepared).await
+    }
+
+    /// Reads a document once: its identifier, its normalised record and the record's content
+    /// hash. Nothing is written; [`Landing::land_prepared`] lands it, [`Landing::would_replace`]
+    /// says whether it would replace a landed version.
+    pub async fn prepare(&self, connection: &str, raw: &[u8]) -> Result<Prepared, LandingError> {
+        crate::connections::validate_id(connection).map_err(LandingError::InvalidConnection)?;
+        let (id, normalised) = Self::read_off_the_runtime(connection, raw).await?;
         let sha256 = content_hash(&normalised.record);
+        Ok(Prepared { id, normalised, sha256 })
+    }
+
+    /// [`Landing::land`] of a document already read (`arrival.raw` is what `prepared` was
+    /// read from); a document that could not be read gives its error.
+    pub async fn land_prepared(
+        &self,
+        arrival: &Arrival<'_>,
+        prepared: Result<Prepared, LandingError>,
+    ) -> Result<Landed, LandingError> {
+        let Prepared { id, normalised, sha256 } = prepared?;
+        let connection = arrival.connection;
         let turn = self.take_turn(connection, &id).await?;
         let result = crate::telemetry::isolate(self.land_holding(arrival, &id, normalised, sha256))
             .await
@@ -191,6 +218,13 @@ impl<'a> Landing<'a> {
             tracing::warn!(connection, id = %id, error = %e, "a landing lease could not be released");
         }
         result
+    }
+
+    /// What is landed for this submission: its index row, if any (the sync decides from it
+    /// whether a listed submission needs its document).
+    pub async fn landed_row(&self, connection: &str, id: &str) -> Result<Option<IndexRow>, StoreError> {
+        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
+        Ok(table.get::<IndexRow>(connection, id).await?.map(|row| row.value))
     }
 
     /// [`Landing::read`], isolated; a large document on a blocking thread, so reading it never
@@ -225,15 +259,11 @@ impl<'a> Landing<'a> {
         Ok((id, normalised))
     }
 
-    /// Whether `raw` would replace a landed version of its submission with other content. A
-    /// document that cannot be read says `false`: landing it gives the error.
-    pub async fn would_change(&self, connection: &str, raw: &[u8]) -> Result<bool, LandingError> {
-        let Ok((id, normalised)) = Self::read_off_the_runtime(connection, raw).await else {
-            return Ok(false);
-        };
-        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
-        let landed = table.get::<IndexRow>(connection, &id).await?;
-        Ok(landed.is_some_and(|row| row.value.sha256 != content_hash(&normalised.record)))
+    /// Whether this document would replace a landed version of its submission with other
+    /// content.
+    pub async fn would_replace(&self, connection: &str, prepared: &Prepared) -> Result<bool, LandingError> {
+        let landed = self.landed_row(connection, &prepared.id).await?;
+        Ok(landed.is_some_and(|row| row.sha256 != prepared.sha256))
     }
 
     /// Sends the landed event a crash left owed on a submission that is not landed again (the

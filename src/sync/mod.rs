@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::delta;
 use crate::config::SyncSettings;
-use crate::landing::{quarantine, Arrival, IndexRow, Landing, LandingError, Outcome, Source};
+use crate::landing::{quarantine, Arrival, Landing, LandingError, Outcome, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
 use crate::truecontext::model::RecordHeader;
 pub use crate::truecontext::StopClass;
@@ -357,9 +357,7 @@ async fn needs_document(
     overlap: &mut Option<HashMap<String, Option<String>>>,
     summary: &mut SyncSummary,
 ) -> Result<bool, SyncError> {
-    let index = TypedTable::new(parts.stores.tables.as_ref(), Table::Submissions);
-    let landed: Option<IndexRow> =
-        index.get::<IndexRow>(connection, &header.summary.identifier).await?.map(|r| r.value);
+    let landed = parts.landing.landed_row(connection, &header.summary.identifier).await?;
     let fetch = match &landed {
         None => true,
         // The copy was taken at or after this window's end: nothing in the window is newer.

@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::landing::{quarantine, Arrival, Landed, Landing, LandingError, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
+use crate::truecontext::{Credentials, TrueContextClient, TrueContextError};
 pub use message::{IncomingMessage, MessageError, PushRef};
 use payload::{Push, PushFormat};
 
@@ -231,22 +232,39 @@ pub enum Processed {
     Gone,
 }
 
-/// Why a document could not be fetched.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a document could not be fetched (the client's own error, kept whole).
+#[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// TrueContext has no such submission (404): retention expired, a passthrough form, or a
     /// push for an id it never had. Fetching again cannot help.
     #[error("TrueContext has no document for it: {0}")]
-    Gone(String),
+    Gone(TrueContextError),
     /// Anything else (unavailable, refused, the budget spent): worth another delivery.
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Failed(TrueContextError),
+    #[error("{}", crate::truecontext::MISSING_API_KEY)]
+    NotConfigured,
 }
 
-/// Fetches a submission's document for a push that did not carry it.
-#[async_trait::async_trait]
-pub trait DocumentSource: Send + Sync {
-    async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError>;
+/// Documents for pushes that did not carry them, through the one TrueContext client (its daily
+/// budget, call cap and 402 stop included) with the credentials `TRUECONTEXT_AUTH` names.
+pub struct Documents<'a> {
+    pub client: &'a TrueContextClient,
+    /// `None` when `TRUECONTEXT_AUTH=basic` lacks its API key.
+    pub credentials: Option<&'a Credentials<'a>>,
+}
+
+impl Documents<'_> {
+    pub async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError> {
+        let credentials = self.credentials.ok_or(FetchError::NotConfigured)?;
+        let document = self.client.document(credentials, connection, identifier).await;
+        self.client.release_slots().await;
+        match document {
+            Ok(document) => Ok(document.bytes),
+            Err(e @ TrueContextError::NotFound { .. }) => Err(FetchError::Gone(e)),
+            Err(e) => Err(FetchError::Failed(e)),
+        }
+    }
 }
 
 /// Processes one stored push: lands it (fetching the document when the push lacks it), records
@@ -255,7 +273,7 @@ pub async fn process(
     stores: &Stores,
     container: &str,
     landing: &Landing<'_>,
-    fetch: &dyn DocumentSource,
+    documents: &Documents<'_>,
     push: &PushRef,
     alert_webhook: Option<&crate::config::AlertWebhook>,
 ) -> Result<Processed, WebhookError> {
@@ -276,9 +294,21 @@ pub async fn process(
     let Some(blob) = stores.blobs.get(container, &row.blob).await? else {
         return Err(WebhookError::BlobMissing(row.blob.clone()));
     };
+    // The pushed document is read once: to tell whether it would replace a landed version,
+    // and to land it when it does not.
+    let pushed = match row.format.is_complete() {
+        true => Some(landing.prepare(&push.connection, &blob.content).await),
+        false => None,
+    };
+    let keep_pushed = match &pushed {
+        Some(Ok(prepared)) => !landing.would_replace(&push.connection, prepared).await?,
+        // Landing it gives the error (and the quarantine).
+        Some(Err(_)) => true,
+        None => false,
+    };
     let fetched;
-    let (raw, order) = if row.format.is_complete() && !landing.would_change(&push.connection, &blob.content).await? {
-        (blob.content.as_slice(), row.received_at)
+    let (raw, order, prepared) = if let (true, Some(pushed)) = (keep_pushed, pushed) {
+        (blob.content.as_slice(), row.received_at, pushed)
     } else {
         // A push without its document, or one that would replace a landed version. TrueContext
         // retries a failed delivery for hours and re-executes one on request, so a push can
@@ -287,23 +317,24 @@ pub async fn process(
         // the content changed; a first push or a duplicate costs none). The fetch is newer
         // than the push.
         let at = Utc::now();
-        fetched = match fetch.document(&push.connection, &row.identifier).await {
+        fetched = match documents.document(&push.connection, &row.identifier).await {
             Ok(document) => document,
             Err(FetchError::Gone(reason)) => {
                 // One call, not one per delivery: a push for an id TrueContext does not have
                 // (its body stays under `incoming/`) once spent five calls of the day's budget
                 // on its way to the poison queue. Were it only late, the sync lists it later.
-                tracing::warn!(connection = %push.connection, identifier = %row.identifier, %reason,
+                tracing::warn!(connection = %push.connection, identifier = %row.identifier, reason = %reason,
                     "a pushed submission's document is gone (404); nothing to land");
                 delete_pending(stores, &push.connection, &push.key).await?;
                 return Ok(Processed::Gone);
             }
             Err(e) => return Err(WebhookError::Fetch(e)),
         };
-        (fetched.as_slice(), at)
+        let prepared = landing.prepare(&push.connection, &fetched).await;
+        (fetched.as_slice(), at, prepared)
     };
     let arrival = Arrival { connection: &push.connection, source: Source::Webhook, raw, order, processed_date: None };
-    let landed = match landing.land(&arrival).await {
+    let landed = match landing.land_prepared(&arrival, prepared).await {
         Ok(landed) => landed,
         Err(e) if e.is_permanent() => {
             // It can never land as it is: kept in quarantine with the reason, and the push is
