@@ -36,7 +36,8 @@ pub struct SyncRun {
 pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     let started_at = Utc::now();
     let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
-    let Some(held) = lease::acquire(app.stores.tables.as_ref(), LEASE_NAME, &holder, LEASE_TTL).await? else {
+    let tick = lease::with_lease(&app.stores.tables, LEASE_NAME, &holder, LEASE_TTL, tick(app, info, started_at));
+    let Some(ran) = tick.await? else {
         tracing::info!("sync skipped: another instance is running it");
         // The running one can be busy for minutes (a long walk, an outage's retries) while no
         // token is asked for. A refresh a crash interrupted is accepted again only within the
@@ -46,7 +47,12 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
         keep_alive(app, &ids).await;
         return Ok(());
     };
-    let keeper = lease::Keeper::keep(app.stores.tables.clone(), held, LEASE_TTL);
+    ran
+}
+
+/// One timer tick's work, under the cluster-wide sync lease: housekeeping, every connection's
+/// run, and the record of the tick for status.
+async fn tick(app: &App, info: TimerInfo, started_at: DateTime<Utc>) -> Result<(), InvocationError> {
     if info.is_past_due {
         tracing::warn!("sync is running late (past due)");
     }
@@ -60,11 +66,7 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     };
     tracing::info!(outcome = %outcome, "sync finished");
     let checked = result.as_ref().map_or(0, |(checked, _)| *checked);
-    let record = record_run(app, started_at, info.is_past_due, checked, outcome).await;
-    if let Some(held) = keeper.finish().await {
-        lease::release(app.stores.tables.as_ref(), held).await?;
-    }
-    record?;
+    record_run(app, started_at, info.is_past_due, checked, outcome).await?;
     result.map(|_| ())
 }
 

@@ -211,13 +211,10 @@ impl<'a> Landing<'a> {
         let Prepared { id, normalised, sha256 } = prepared?;
         let connection = arrival.connection;
         let turn = self.take_turn(connection, &id).await?;
-        let result = crate::telemetry::isolate(self.land_holding(arrival, &id, normalised, sha256))
+        let landing = crate::telemetry::isolate(self.land_holding(arrival, &id, normalised, sha256));
+        lease::hold(self.stores.tables.clone(), turn, LAND_LEASE, landing)
             .await
-            .unwrap_or_else(|panicked| Err(panicked.into()));
-        if let Err(e) = lease::release(self.stores.tables.as_ref(), turn).await {
-            tracing::warn!(connection, id = %id, error = %e, "a landing lease could not be released");
-        }
-        result
+            .unwrap_or_else(|panicked| Err(panicked.into()))
     }
 
     /// What is landed for this submission: its index row, if any (the sync decides from it
@@ -271,17 +268,16 @@ impl<'a> Landing<'a> {
     pub async fn send_owed_event(&self, connection: &str, id: &str) -> Result<bool, LandingError> {
         let turn = self.take_turn(connection, id).await?;
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Submissions);
-        let result = match table.get::<IndexRow>(connection, id).await {
-            Ok(Some(row)) if row.value.event_pending => {
-                self.send_event(connection, id, &row.value, row.etag).await.map(|_| true)
+        let send = async {
+            match table.get::<IndexRow>(connection, id).await {
+                Ok(Some(row)) if row.value.event_pending => {
+                    self.send_event(connection, id, &row.value, row.etag).await.map(|_| true)
+                }
+                Ok(_) => Ok(false),
+                Err(e) => Err(e.into()),
             }
-            Ok(_) => Ok(false),
-            Err(e) => Err(e.into()),
         };
-        if let Err(e) = lease::release(self.stores.tables.as_ref(), turn).await {
-            tracing::warn!(connection, id, error = %e, "a landing lease could not be released");
-        }
-        result
+        lease::hold(self.stores.tables.clone(), turn, LAND_LEASE, send).await
     }
 
     async fn take_turn(&self, connection: &str, id: &str) -> Result<lease::Lease, LandingError> {

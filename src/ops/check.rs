@@ -322,12 +322,13 @@ async fn truecontext(app: &App) -> Verdict {
         return Verdict::Skipped("no active connection to call it as yet (connect one first)".into());
     }
     let mut failures = Vec::new();
+    let slots = client.keep_slots();
     for connection in &connections {
         if let Err(e) = client.formspaces(&credentials, connection, 0).await {
             failures.push(format!("as {connection}: {}", crate::telemetry::redact(&e.to_string())));
         }
     }
-    client.release_slots().await;
+    slots.give_back().await;
     if failures.is_empty() {
         Verdict::Ok(format!("FormSpaces listed as {} (one call each against the budget)", connections.join(", ")))
     } else {

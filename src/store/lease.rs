@@ -101,6 +101,43 @@ fn new_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// Runs `work` while holding `lease`, as one scope: the lease is kept alive in the background
+/// ([`Keeper`]) for as long as the work takes and released when it ends. A release that fails
+/// is logged, not returned: the work is done, and the lease lapses by itself within `ttl`.
+pub async fn hold<T>(
+    store: std::sync::Arc<dyn TableStore>,
+    lease: Lease,
+    ttl: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let name = lease.name.clone();
+    let keeper = Keeper::keep(store.clone(), lease, ttl);
+    // Boxed: a held scope wraps large futures (a timer tick, a connection's run), and nested
+    // inline they outgrow a worker thread's stack in a debug build (as `telemetry::isolate`).
+    let value = Box::pin(work).await;
+    if let Some(held) = keeper.finish().await {
+        if let Err(e) = release(store.as_ref(), held).await {
+            tracing::warn!(lease = %name, error = %e, "a lease could not be released; it lapses by itself");
+        }
+    }
+    value
+}
+
+/// Takes `name` for `holder` if it is free and runs `work` under it ([`hold`]); `None` when
+/// another holder has it (the work is not run).
+pub async fn with_lease<T>(
+    store: &std::sync::Arc<dyn TableStore>,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> StoreResult<Option<T>> {
+    match acquire(store.as_ref(), name, holder, ttl).await? {
+        Some(lease) => Ok(Some(hold(store.clone(), lease, ttl, work).await)),
+        None => Ok(None),
+    }
+}
+
 /// A held lease kept alive in the background (renewed every third of its TTL) for as long as
 /// its holder works, however long a store write or a retry takes. If a renewal finds the lease
 /// taken (it expired, e.g. the process was paused), [`Keeper::is_lost`] says so and the holder
@@ -152,6 +189,26 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn with_lease_runs_the_work_once_under_the_lease_and_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = crate::store::local::open(dir.path(), None).unwrap();
+        let ttl = Duration::from_millis(600);
+        let tables = stores.tables.clone();
+        let inner = tables.clone();
+        let ran = with_lease(&tables, "scope", "a", ttl, async move {
+            // Held throughout, past its TTL: the keeper renews it.
+            tokio::time::sleep(ttl * 2).await;
+            acquire(inner.as_ref(), "scope", "b", ttl).await.unwrap().is_none()
+        })
+        .await
+        .unwrap();
+        assert_eq!(ran, Some(true), "held while the work ran");
+        assert!(acquire(tables.as_ref(), "scope", "b", ttl).await.unwrap().is_some(), "released after it");
+        let skipped = with_lease(&tables, "scope", "c", ttl, async { unreachable!("not run while held") }).await;
+        assert!(matches!(skipped, Ok(None)));
+    }
 
     #[tokio::test]
     async fn a_kept_lease_outlives_its_ttl_and_a_taken_one_is_reported_lost() {

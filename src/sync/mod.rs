@@ -144,8 +144,9 @@ pub type Progress<'a> = dyn Fn(&SyncSummary) + Send + Sync + 'a;
 pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateTime<Utc>) -> SyncSummary {
     let mut summary = SyncSummary { connection: connection.to_owned(), ..SyncSummary::default() };
     let before = parts.client.budget(connection).state(now).await.map(|s| s.calls_today).unwrap_or(0);
+    let slots = parts.client.keep_slots();
     let result = walk_until_current(parts, connection, now, &mut summary).await;
-    parts.client.release_slots().await;
+    slots.give_back().await;
     let budget = parts.client.budget(connection).state(now).await.ok();
     summary.api_calls = budget.as_ref().map_or(0, |b| b.calls_today.saturating_sub(before));
     summary.budget_left = budget.map_or(0, |b| b.budget_left);

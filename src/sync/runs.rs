@@ -77,20 +77,27 @@ pub async fn run_connection(
     connection: &str,
     now: DateTime<Utc>,
 ) -> Result<RunOutcome, StoreError> {
-    let tables = parts.stores.tables.clone();
     let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
-    let Some(held) = lease::acquire(tables.as_ref(), &format!("sync:{connection}"), &holder, LEASE_TTL).await? else {
-        tracing::info!(connection, "this connection's sync is running elsewhere; skipped");
-        return Ok(RunOutcome::Busy);
-    };
-    let keeper = lease::Keeper::keep(tables.clone(), held, LEASE_TTL);
+    let name = format!("sync:{connection}");
+    let run = lease::with_lease(&parts.stores.tables, &name, &holder, LEASE_TTL, run_held(parts, connection, now));
+    match run.await? {
+        Some(summary) => Ok(RunOutcome::Ran(summary?)),
+        None => {
+            tracing::info!(connection, "this connection's sync is running elsewhere; skipped");
+            Ok(RunOutcome::Busy)
+        }
+    }
+}
+
+/// One run under the connection's lease: walked, then recorded for status.
+async fn run_held(parts: &SyncParts<'_>, connection: &str, now: DateTime<Utc>) -> Result<SyncSummary, StoreError> {
     let before = cursor(parts.stores, parts.settings, connection).await?;
     // A panic stops this connection's run alone: recorded like any stop, the lease given back,
     // and the caller goes on to the next connection.
     let summary = match crate::telemetry::isolate(sync_connection(parts, connection, now)).await {
         Ok(summary) => summary,
         Err(panicked) => {
-            parts.client.release_slots().await;
+            // The run's slots were given back as it unwound (its `KeptSlots` guard).
             tracing::error!(connection, error = %panicked, "the sync run failed on an internal error");
             SyncSummary {
                 connection: connection.to_owned(),
@@ -103,12 +110,8 @@ pub async fn run_connection(
     let after = cursor(parts.stores, parts.settings, connection).await?;
     let position = |c: &Option<super::Cursor>| c.as_ref().map_or((None, 0), super::Cursor::position);
     let progressed = summary.completed || position(&before) != position(&after);
-    let recorded = record(parts, &summary, progressed).await;
-    if let Some(held) = keeper.finish().await {
-        lease::release(tables.as_ref(), held).await?;
-    }
-    recorded?;
-    Ok(RunOutcome::Ran(summary))
+    record(parts, &summary, progressed).await?;
+    Ok(summary)
 }
 
 /// What [`wait_out_lease`] found.

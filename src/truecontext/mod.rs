@@ -65,6 +65,34 @@ impl<'a> Credentials<'a> {
     }
 }
 
+/// See [`TrueContextClient::keep_slots`].
+#[must_use = "the slots are given back when the guard is given back or dropped"]
+pub struct KeptSlots<'a> {
+    client: &'a TrueContextClient,
+    given_back: bool,
+}
+
+impl KeptSlots<'_> {
+    pub async fn give_back(mut self) {
+        self.client.release_slots().await;
+        self.given_back = true;
+    }
+}
+
+impl Drop for KeptSlots<'_> {
+    fn drop(&mut self) {
+        if self.given_back {
+            return;
+        }
+        // Not given back in order: a task gives them back (a drop cannot wait), or, with no
+        // runtime left, they free themselves when their leases lapse.
+        let (pool, tables) = (self.client.kept_slots.clone(), self.client.stores.tables.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { pool.release_all(tables.as_ref()).await });
+        }
+    }
+}
+
 /// The filters of `data.json` (docs/truecontext-api.md, "Listing submissions"). Times are UTC.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -181,6 +209,13 @@ impl TrueContextClient {
     /// the call timeout).
     pub async fn release_slots(&self) {
         self.kept_slots.release_all(self.stores.tables.as_ref()).await;
+    }
+
+    /// A guard over the slots a piece of work keeps between its calls: they are given back when
+    /// it ends, by [`KeptSlots::give_back`] or, when the work ends another way (an early
+    /// return, a panic, a dropped future), by the guard's drop.
+    pub fn keep_slots(&self) -> KeptSlots<'_> {
+        KeptSlots { client: self, given_back: false }
     }
 
     /// The connection's budget, as status shows it.

@@ -257,8 +257,9 @@ pub struct Documents<'a> {
 impl Documents<'_> {
     pub async fn document(&self, connection: &str, identifier: &str) -> Result<Vec<u8>, FetchError> {
         let credentials = self.credentials.ok_or(FetchError::NotConfigured)?;
+        let slots = self.client.keep_slots();
         let document = self.client.document(credentials, connection, identifier).await;
-        self.client.release_slots().await;
+        slots.give_back().await;
         match document {
             Ok(document) => Ok(document.bytes),
             Err(e @ TrueContextError::NotFound { .. }) => Err(FetchError::Gone(e)),
