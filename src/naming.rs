@@ -58,6 +58,94 @@ pub fn connection_secret_name(kind: &str, connection_id: &str) -> String {
     }
 }
 
+/// An identifier refused at the edge, with the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("a connection id is {CONNECTION_ID_RULE}")]
+    Connection,
+    #[error("a submission id is 1-64 letters, digits, '-' or '_'")]
+    Record,
+}
+
+/// Declares a checked identifier: parsed once where it comes in (a URL, a queue message, a
+/// command line, a listed page), then passed on as itself, never re-checked. It reads as the
+/// text it holds (`Deref<Target = str>`), and serialises as that text; deserialising checks it.
+macro_rules! checked_id {
+    ($(#[$doc:meta])* $name:ident, $check:path, $error:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        /// As its text (`{:?}` in a message shows `"c1"`, as the string did).
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, IdError> {
+                if $check(text) {
+                    Ok(Self(text.to_owned()))
+                } else {
+                    Err($error)
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::parse(text)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+checked_id!(
+    /// A connection id ([`is_connection_id`]).
+    ConnectionId,
+    is_connection_id,
+    IdError::Connection
+);
+checked_id!(
+    /// A TrueContext submission id ([`is_record_id`]).
+    RecordId,
+    is_record_id,
+    IdError::Record
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +166,22 @@ mod tests {
             connection_secret_name("refresh-token", "Prod").to_ascii_lowercase(),
             connection_secret_name("refresh-token", "prod").to_ascii_lowercase()
         );
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn checked_ids_parse_once_and_read_as_their_text() {
+        let id = ConnectionId::parse("contoso-1").unwrap();
+        assert_eq!(&*id, "contoso-1");
+        assert_eq!(format!("{id} {id:?}"), "contoso-1 \"contoso-1\"");
+        assert_eq!(serde_json::to_value(&id).unwrap(), "contoso-1");
+        assert_eq!(ConnectionId::parse("../x"), Err(IdError::Connection));
+        assert!(serde_json::from_value::<ConnectionId>("a/b".into()).is_err());
+        assert_eq!(RecordId::parse("123").unwrap(), "123");
+        assert_eq!(RecordId::parse("1.2"), Err(IdError::Record));
     }
 }

@@ -26,8 +26,7 @@ pub(super) async fn sync_once(
     let app = open_app(settings.clone(), Mode::Cli)?;
     let connections = match connection {
         Some(id) => {
-            crate::connections::validate_id(&id).map_err(|e| anyhow::anyhow!("--connection: {e}"))?;
-            vec![id]
+            vec![crate::naming::ConnectionId::parse(&id).map_err(|e| anyhow::anyhow!("--connection: {e}"))?.to_string()]
         }
         None => crate::connections::known_ids(&app.stores, &settings).await?,
     };

@@ -136,11 +136,7 @@ pub enum ConsentError {
 /// A connection id from a URL: 1-64 of letters, digits, `-`, `_`, `.`, starting with a letter or
 /// digit. Anything else is refused before it reaches a store key or a page.
 pub fn validate_id(id: &str) -> Result<(), String> {
-    if crate::naming::is_connection_id(id) {
-        Ok(())
-    } else {
-        Err(format!("a connection id is {}", crate::naming::CONNECTION_ID_RULE))
-    }
+    crate::naming::ConnectionId::parse(id).map(|_| ()).map_err(|e| e.to_string())
 }
 
 pub async fn get(stores: &Stores, id: &str) -> Result<Option<Versioned<Connection>>, StoreError> {

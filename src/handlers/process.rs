@@ -13,7 +13,11 @@ use crate::webhook::{Documents, IncomingMessage, Processed, PushRef};
 /// Queues the first sync of `connection`. A failure is logged, not returned: the next timer
 /// tick syncs the connection anyway.
 pub async fn queue_first_sync(app: &App, connection: &str) -> bool {
-    let body = IncomingMessage::Sync { connection: connection.to_owned() }.to_body();
+    let Ok(connection_id) = crate::naming::ConnectionId::parse(connection) else {
+        tracing::warn!(connection, "the first sync was not queued: not a connection id");
+        return false;
+    };
+    let body = IncomingMessage::Sync { connection: connection_id }.to_body();
     let queue = &app.settings.queues.incoming;
     match app.stores.queues.enqueue(queue, &body, std::time::Duration::ZERO).await {
         Ok(_) => true,

@@ -9,6 +9,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{App, HttpRequest, HttpResponse};
+use crate::naming::ConnectionId;
 use crate::webhook::auth::Caller;
 use crate::webhook::counters::Counters;
 use crate::webhook::{payload, Accepted, Intake};
@@ -157,15 +158,15 @@ fn source_of(headers: &HeaderMap, peer: Option<std::net::IpAddr>, hops: usize) -
 }
 
 /// The connection a push belongs to: `?connection=ID`, else the only one that takes pushes.
-async fn connection_of(app: &App, request: &HttpRequest) -> Result<String, (StatusCode, String)> {
+async fn connection_of(app: &App, request: &HttpRequest) -> Result<ConnectionId, (StatusCode, String)> {
     let open = app.push_connections().await.map_err(|e| {
         (StatusCode::SERVICE_UNAVAILABLE, format!("the connections could not be read, send again later: {e}"))
     })?;
     match request.query_param("connection") {
         Some(id) => {
-            crate::connections::validate_id(id).map_err(|e| (StatusCode::BAD_REQUEST, format!("connection: {e}")))?;
-            if open.iter().any(|c| c == id) {
-                Ok(id.to_owned())
+            let id = ConnectionId::parse(id).map_err(|e| (StatusCode::BAD_REQUEST, format!("connection: {e}")))?;
+            if open.iter().any(|c| *c == *id) {
+                Ok(id)
             } else {
                 Err((
                     StatusCode::BAD_REQUEST,
@@ -174,7 +175,9 @@ async fn connection_of(app: &App, request: &HttpRequest) -> Result<String, (Stat
             }
         }
         None => match open.as_slice() {
-            [only] => Ok(only.clone()),
+            // Read from the store, where only checked ids are written.
+            [only] => ConnectionId::parse(only)
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("the stored connection {only:?}: {e}"))),
             [] => Err((StatusCode::BAD_REQUEST, "there is no active connection to take this push".to_owned())),
             _ => Err((
                 StatusCode::BAD_REQUEST,

@@ -118,7 +118,7 @@ async fn describe(app: &App, message: &QueueMessage) -> Result<Poisoned, StoreEr
     match parsed {
         Some(IncomingMessage::Sync { connection }) => {
             out.kind = "sync".into();
-            out.connection = Some(connection);
+            out.connection = Some(connection.to_string());
         }
         Some(IncomingMessage::Push(push)) => {
             out.kind = "push".into();
@@ -129,7 +129,7 @@ async fn describe(app: &App, message: &QueueMessage) -> Result<Poisoned, StoreEr
                 out.attempts = Some(row.value.attempts);
                 out.last_error = row.value.last_error;
             }
-            out.connection = Some(connection);
+            out.connection = Some(connection.to_string());
         }
         None => {}
     }

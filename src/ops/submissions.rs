@@ -31,8 +31,9 @@ pub async fn data_connections(app: &App) -> Result<Vec<String>, StoreError> {
 pub async fn chosen(app: &App, only: Option<String>) -> Result<Vec<String>, SubmissionsError> {
     match only {
         Some(id) => {
-            connections::validate_id(&id).map_err(|e| SubmissionsError::BadConnection(e.to_string()))?;
-            Ok(vec![id])
+            let id =
+                crate::naming::ConnectionId::parse(&id).map_err(|e| SubmissionsError::BadConnection(e.to_string()))?;
+            Ok(vec![id.to_string()])
         }
         None => Ok(data_connections(app).await?),
     }

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::delta;
 use crate::config::SyncSettings;
 use crate::landing::{quarantine, Arrival, Landing, LandingError, Outcome, Source};
+use crate::naming::RecordId;
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
 use crate::truecontext::model::RecordHeader;
 pub use crate::truecontext::StopClass;
@@ -301,9 +302,9 @@ async fn walk(
         }
         walk.total = Some(page.total_number_of_results);
         let mut wanted = Vec::new();
-        for header in usable(connection, &page.page_data, summary) {
+        for (id, header) in usable(connection, &page.page_data, summary) {
             if needs_document(parts, connection, &walk, previous_end, header, &mut overlap, summary).await? {
-                wanted.push(header.summary.identifier.as_str());
+                wanted.push(id);
             }
         }
         let landed = land_documents(parts, connection, walk.end, &wanted, summary).await;
@@ -337,13 +338,21 @@ fn usable<'p>(
     connection: &str,
     listed: &'p [RecordHeader],
     summary: &mut SyncSummary,
-) -> impl Iterator<Item = &'p RecordHeader> {
-    let (good, refused): (Vec<_>, Vec<_>) =
-        listed.iter().partition(|h| crate::naming::is_record_id(&h.summary.identifier));
-    for header in refused {
-        summary.records_refused += 1;
-        let id = crate::telemetry::printable(&header.summary.identifier, 64);
-        tracing::warn!(connection, id, "a listed submission's identifier is not a TrueContext identifier; skipped");
+) -> impl Iterator<Item = (RecordId, &'p RecordHeader)> {
+    let mut good = Vec::with_capacity(listed.len());
+    for header in listed {
+        match RecordId::parse(&header.summary.identifier) {
+            Ok(id) => good.push((id, header)),
+            Err(_) => {
+                summary.records_refused += 1;
+                let id = crate::telemetry::printable(&header.summary.identifier, 64);
+                tracing::warn!(
+                    connection,
+                    id,
+                    "a listed submission's identifier is not a TrueContext identifier; skipped"
+                );
+            }
+        }
     }
     good.into_iter()
 }
@@ -410,7 +419,7 @@ async fn land_documents(
     parts: &SyncParts<'_>,
     connection: &str,
     order: DateTime<Utc>,
-    wanted: &[&str],
+    wanted: &[RecordId],
     summary: &mut SyncSummary,
 ) -> Result<(), SyncError> {
     use futures::StreamExt;

@@ -5,10 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::naming::ConnectionId;
+
 /// The queue message of one stored push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRef {
-    pub connection: String,
+    pub connection: ConnectionId,
     /// `{id}.{sha256}`: the row of the `incoming` and `deliveries` tables.
     pub key: String,
 }
@@ -25,7 +27,7 @@ impl PushRef {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IncomingMessage {
     /// Sync this connection now (its first sync backfills `SYNC_BACKFILL_DAYS`).
-    Sync { connection: String },
+    Sync { connection: ConnectionId },
     /// Land one stored push.
     Push(PushRef),
 }
@@ -47,15 +49,19 @@ pub enum MessageError {
 
 impl IncomingMessage {
     /// Reads and checks a message body (`id` names it in errors): the connection is a valid
-    /// id, a push's key is `{record id}.{sha256}`.
+    /// id (a [`ConnectionId`] from here on), a push's key is `{record id}.{sha256}`.
     pub fn parse(id: &str, body: &str) -> Result<Self, MessageError> {
         let value: serde_json::Value = serde_json::from_str(body)
             .map_err(|e| MessageError::NotJson { id: id.to_owned(), reason: e.to_string() })?;
-        let message: IncomingMessage = serde_json::from_value(value)
-            .map_err(|e| MessageError::Shape { id: id.to_owned(), reason: e.to_string() })?;
-        let (IncomingMessage::Sync { connection } | IncomingMessage::Push(PushRef { connection, .. })) = &message;
-        crate::connections::validate_id(connection)
-            .map_err(|e| MessageError::Connection { id: id.to_owned(), reason: e.to_string() })?;
+        let connection = value.get("connection").and_then(serde_json::Value::as_str).map(ConnectionId::parse);
+        let message: IncomingMessage = match serde_json::from_value(value) {
+            Ok(message) => message,
+            Err(_) if matches!(connection, Some(Err(_))) => {
+                let reason = connection.and_then(Result::err).map(|e| e.to_string()).unwrap_or_default();
+                return Err(MessageError::Connection { id: id.to_owned(), reason });
+            }
+            Err(e) => return Err(MessageError::Shape { id: id.to_owned(), reason: e.to_string() }),
+        };
         if let IncomingMessage::Push(PushRef { key, .. }) = &message {
             let valid = key.split_once('.').is_some_and(|(record, sha)| {
                 crate::naming::is_record_id(record) && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())
@@ -80,14 +86,15 @@ mod tests {
 
     #[test]
     fn the_wire_shapes_are_the_ones_the_queue_already_holds() {
-        let push = IncomingMessage::Push(PushRef { connection: "c1".into(), key: format!("42.{}", "a".repeat(64)) });
+        let c1 = ConnectionId::parse("c1").unwrap();
+        let push = IncomingMessage::Push(PushRef { connection: c1.clone(), key: format!("42.{}", "a".repeat(64)) });
         let body = push.to_body();
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&body).unwrap(),
             serde_json::json!({"kind": "push", "connection": "c1", "key": format!("42.{}", "a".repeat(64))})
         );
         assert_eq!(IncomingMessage::parse("m", &body).unwrap(), push);
-        let sync = IncomingMessage::Sync { connection: "c1".into() };
+        let sync = IncomingMessage::Sync { connection: c1 };
         assert_eq!(sync.to_body(), r#"{"kind":"sync","connection":"c1"}"#);
         assert_eq!(IncomingMessage::parse("m", &sync.to_body()).unwrap(), sync);
         assert!(matches!(IncomingMessage::parse("m", "{"), Err(MessageError::NotJson { .. })));

@@ -181,7 +181,9 @@ impl Intake<'_> {
     }
 
     async fn enqueue(&self, connection: &str, key: &str, stored: Versioned<Pending>) -> Result<(), StoreError> {
-        let message = IncomingMessage::Push(PushRef { connection: connection.to_owned(), key: key.to_owned() });
+        let connection_id = crate::naming::ConnectionId::parse(connection)
+            .map_err(|e| StoreError::invalid("connection", e.to_string()))?;
+        let message = IncomingMessage::Push(PushRef { connection: connection_id, key: key.to_owned() });
         self.stores.queues.enqueue(self.queue, &message.to_body(), Duration::ZERO).await?;
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
         let queued = Pending { queued: true, queued_at: Some(Utc::now()), ..stored.value };
