@@ -81,12 +81,20 @@ FLEX_FORBIDDEN = {
 EP_ONLY_VARS = {"epOnlySettings", "epSiteConfig"}
 EP_CONDITION = "isElasticPremium"
 
-# Settings whose value is a secret: empty, or a Key Vault reference, nothing else.
-SECRET_SETTINGS = {
-    "OAUTH_CLIENT_SECRET", "TRUECONTEXT_API_KEY_SECRET", "WEBHOOK_BASIC_PASSWORD",
-    "WEBHOOK_HEADER_VALUE", "LOCAL_STORE_KEY", "FUNCTION_KEY", "AzureWebJobsStorage",
-    "ALERT_WEBHOOK_URL",
-}
+# Settings whose value is a secret, in the Bicep: empty, or a Key Vault reference, nothing else.
+# The secret ones of src/config/settings.tsv (read by `secret_settings` below), and the alert
+# webhook's URL, which carries its own key in its path or query (Teams, Slack).
+SECRET_SETTINGS_EXTRA = {"ALERT_WEBHOOK_URL"}
+
+
+def secret_settings(root: Path) -> set[str]:
+    names = set(SECRET_SETTINGS_EXTRA)
+    for line in (root / "src" / "config" / "settings.tsv").read_text().splitlines():
+        if line and not line.startswith("#") and not line.startswith("name\t"):
+            name, _section, secret = line.split("\t")[:3]
+            if secret == "yes":
+                names.add(name)
+    return names
 
 # Built-in role names -> role definition GUIDs (docs/deploy.md gives the sources). Only these
 # may be assigned: data-plane roles, nothing like Owner or Contributor.
@@ -417,11 +425,12 @@ def check_flex(files, r: Report):
                 r.fail("flex", f"{rel}: var {EP_CONDITION} must be exactly `planKind == 'ElasticPremium'`")
 
 
-def check_secrets(files, r: Report):
+def check_secrets(files, root: Path, r: Report):
+    secret_names = secret_settings(root)
     for rel, bf in files.items():
         for m in re.finditer(r"^[ \t]*'?([A-Za-z_][A-Za-z0-9_]*)'?[ \t]*:(?!:)[ \t]*(.*)$", bf.nocomment, re.M):
             name, value = m.group(1), m.group(2).strip()
-            if name not in SECRET_SETTINGS:
+            if name not in secret_names:
                 continue
             line = bf.nocomment.count("\n", 0, m.start()) + 1
             if not SECRET_VALUE.match(value):
@@ -510,7 +519,7 @@ def run_checks(root: Path) -> Report:
     check_params_used(files, r)
     check_settings(files, root, r)
     check_flex(files, r)
-    check_secrets(files, r)
+    check_secrets(files, root, r)
     check_roles(files, r)
     check_scopes(files, r)
     check_host_json(files, root, r)

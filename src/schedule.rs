@@ -58,6 +58,9 @@ impl FromStr for Schedule {
             .seconds(Seconds::Required)
             .year(Year::Disallowed)
             .dom_and_dow(true)
+            // `5/15` is NCRONTAB's "from 5, every 15" (as croner 2 read it); croner 4 takes
+            // only `5-59/15` unless told. A bare `/15` is refused above.
+            .sloppy_ranges(true)
             .build()
             .parse(text)
             .map_err(|e| ScheduleError(format!("not a valid NCRONTAB expression: {e}")))?;
@@ -175,6 +178,19 @@ mod tests {
         for text in ["0 */5 * * * *", "0 0 9-17 * * MON-FRI", "0 0 0 1 jan,Jul *", "5-30/5 * * * * *"] {
             assert!(text.parse::<Schedule>().is_ok(), "{text:?}");
         }
+    }
+
+    /// Found by the review of the croner 4 move: NCRONTAB's `5/15` (from 5, every 15), which
+    /// croner 2 read as `5-59/15`, was refused by croner 4's strict parser, so a deployment with
+    /// such a `SYNC_SCHEDULE` would not have started.
+    #[test]
+    fn a_step_from_a_start_reads_as_ncrontab_does() {
+        let schedule: Schedule = "0 5/15 * * * *".parse().unwrap();
+        let start = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z").unwrap().with_timezone(&Utc);
+        let first = schedule.next_after(start).unwrap();
+        assert_eq!(first.to_rfc3339(), "2026-12-07T10:05:00+00:00");
+        assert_eq!(schedule.next_after(first).unwrap().to_rfc3339(), "2026-12-07T10:20:00+00:00");
+        assert!("0 /15 * * * *".parse::<Schedule>().is_err(), "a bare step is still refused");
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub(super) async fn submissions(raw: &RawSettings, command: SubmissionsCommand) 
         SubmissionsCommand::List { connection, json } => {
             let mut stdout = std::io::stdout().lock();
             let chosen = submissions::chosen(&app, connection).await.context("cannot list the connections")?;
-            let listed = submissions::list(&app, &chosen).await.context("cannot read the submissions index")?;
-            {
+            for connection in chosen {
+                let listed = submissions::list(&app, &connection).await.context("cannot read the submissions index")?;
                 for item in listed {
                     if json {
                         writeln!(stdout, "{}", serde_json::to_string(&item)?)?;

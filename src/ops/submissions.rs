@@ -13,8 +13,13 @@ pub enum SubmissionsError {
     NotLanded { id: String, searched: Vec<String> },
     #[error("{path} is named by the index but missing from {container}")]
     MissingBlob { path: String, container: String },
-    #[error("cannot read the submissions: {0}")]
-    Store(#[from] StoreError),
+    /// Reading which connections hold data failed.
+    #[error(transparent)]
+    Connections(StoreError),
+    #[error("cannot read the submissions index: {0}")]
+    Index(StoreError),
+    #[error("cannot read the submission's blob: {0}")]
+    Blob(StoreError),
 }
 
 /// Every connection that may have data: the known ones, and any that synced under another
@@ -35,27 +40,23 @@ pub async fn chosen(app: &App, only: Option<String>) -> Result<Vec<String>, Subm
                 crate::naming::ConnectionId::parse(&id).map_err(|e| SubmissionsError::BadConnection(e.to_string()))?;
             Ok(vec![id.to_string()])
         }
-        None => Ok(data_connections(app).await?),
+        None => data_connections(app).await.map_err(SubmissionsError::Connections),
     }
 }
 
-/// The index rows of these connections, connection by connection.
-pub async fn list(app: &App, connections: &[String]) -> Result<Vec<Listed>, StoreError> {
-    let mut out = Vec::new();
-    for connection in connections {
-        out.extend(landing::list(&app.stores, connection).await?);
-    }
-    Ok(out)
+/// The index rows of one connection.
+pub async fn list(app: &App, connection: &str) -> Result<Vec<Listed>, StoreError> {
+    landing::list(&app.stores, connection).await
 }
 
 /// One submission's normalised record, or (`raw`) its document exactly as stored.
 pub async fn content(app: &App, searched: &[String], id: &str, raw: bool) -> Result<Vec<u8>, SubmissionsError> {
-    let Some(found) = landing::find(&app.stores, searched, id).await? else {
+    let Some(found) = landing::find(&app.stores, searched, id).await.map_err(SubmissionsError::Index)? else {
         return Err(SubmissionsError::NotLanded { id: id.to_owned(), searched: searched.to_vec() });
     };
     let path = if raw { &found.row.raw_path } else { &found.row.record_path };
     let container = &app.settings.landing.container;
-    match app.stores.blobs.get(container, path).await? {
+    match app.stores.blobs.get(container, path).await.map_err(SubmissionsError::Blob)? {
         Some(blob) => Ok(blob.content.to_vec()),
         None => Err(SubmissionsError::MissingBlob { path: path.clone(), container: container.clone() }),
     }

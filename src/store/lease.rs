@@ -145,7 +145,7 @@ pub async fn with_lease<T>(
 pub struct Keeper {
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<Lease>,
+    task: Option<tokio::task::JoinHandle<Lease>>,
 }
 
 impl Keeper {
@@ -172,7 +172,7 @@ impl Keeper {
                 }
             }
         });
-        Keeper { lost, stop, task }
+        Keeper { lost, stop, task: Some(task) }
     }
 
     pub fn is_lost(&self) -> bool {
@@ -180,9 +180,18 @@ impl Keeper {
     }
 
     /// Stops renewing and hands the lease back for release.
-    pub async fn finish(self) -> Option<Lease> {
+    pub async fn finish(mut self) -> Option<Lease> {
         self.stop.cancel();
-        self.task.await.ok()
+        self.task.take()?.await.ok()
+    }
+}
+
+/// A keeper dropped without [`Keeper::finish`] (its holder panicked, or its future was
+/// dropped) stops renewing: the lease then lapses within its TTL instead of being held for as
+/// long as the process lives.
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

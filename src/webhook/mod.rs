@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::landing::{quarantine, Arrival, Landed, Landing, LandingError, Source};
+use crate::landing::{quarantine, Arrival, Landed, Landing, LandingError, Prepared, Source};
 use crate::store::{IfMatch, StoreError, Stores, Table, TypedTable, Versioned};
 use crate::truecontext::{Credentials, TrueContextClient, TrueContextError};
 pub use message::{IncomingMessage, MessageError, PushRef};
@@ -297,45 +297,14 @@ pub async fn process(
     let Some(blob) = stores.blobs.get(container, &row.blob).await? else {
         return Err(WebhookError::BlobMissing(row.blob.clone()));
     };
-    // The pushed document is read once: to tell whether it would replace a landed version,
-    // and to land it when it does not.
-    let pushed = match row.format.is_complete() {
-        true => Some(landing.prepare(&push.connection, &blob.content).await),
-        false => None,
+    let Some((raw, order, prepared)) = document_to_land(landing, documents, push, row, &blob.content).await? else {
+        // One call, not one per delivery: a push for an id TrueContext does not have (its body
+        // stays under `incoming/`) once spent five calls of the day's budget on its way to the
+        // poison queue. Were it only late, the sync lists it later.
+        delete_pending(stores, &push.connection, &push.key).await?;
+        return Ok(Processed::Gone);
     };
-    let keep_pushed = match &pushed {
-        Some(Ok(prepared)) => !landing.would_replace(&push.connection, prepared).await?,
-        // Landing it gives the error (and the quarantine).
-        Some(Err(_)) => true,
-        None => false,
-    };
-    let fetched;
-    let (raw, order, prepared) = if let (true, Some(pushed)) = (keep_pushed, pushed) {
-        (blob.content.as_slice(), row.received_at, pushed)
-    } else {
-        // A push without its document, or one that would replace a landed version. TrueContext
-        // retries a failed delivery for hours and re-executes one on request, so a push can
-        // arrive after a newer version landed, and it does not say when its version was
-        // processed: land the version TrueContext serves now instead (one call, and only when
-        // the content changed; a first push or a duplicate costs none). The fetch is newer
-        // than the push.
-        let at = Utc::now();
-        fetched = match documents.document(&push.connection, &row.identifier).await {
-            Ok(document) => document,
-            Err(FetchError::Gone(reason)) => {
-                // One call, not one per delivery: a push for an id TrueContext does not have
-                // (its body stays under `incoming/`) once spent five calls of the day's budget
-                // on its way to the poison queue. Were it only late, the sync lists it later.
-                tracing::warn!(connection = %push.connection, identifier = %row.identifier, reason = %reason,
-                    "a pushed submission's document is gone (404); nothing to land");
-                delete_pending(stores, &push.connection, &push.key).await?;
-                return Ok(Processed::Gone);
-            }
-            Err(e) => return Err(WebhookError::Fetch(e)),
-        };
-        let prepared = landing.prepare(&push.connection, &fetched).await;
-        (fetched.as_slice(), at, prepared)
-    };
+    let raw = raw.as_ref();
     let arrival = Arrival { connection: &push.connection, source: Source::Webhook, raw, order, processed_date: None };
     let landed = match landing.land_prepared(&arrival, prepared).await {
         Ok(landed) => landed,
@@ -362,6 +331,48 @@ pub async fn process(
     }
     delete_pending(stores, &push.connection, &push.key).await?;
     Ok(Processed::Landed(landed))
+}
+
+/// What a stored push lands: the pushed document (read once, to tell whether it would replace
+/// a landed version, and to land it when it does not) or, for a push without its document or
+/// one that would replace a landed version, the version TrueContext serves now. TrueContext
+/// retries a failed delivery for hours and re-executes one on request, so a push can arrive
+/// after a newer version landed, and it does not say when its version was processed: one call,
+/// and only when the content changed (a first push or a duplicate costs none); the fetch is
+/// newer than the push. `None`: TrueContext has no such submission (404).
+async fn document_to_land<'b>(
+    landing: &Landing<'_>,
+    documents: &Documents<'_>,
+    push: &PushRef,
+    row: &Pending,
+    pushed_bytes: &'b [u8],
+) -> Result<Option<(std::borrow::Cow<'b, [u8]>, DateTime<Utc>, Result<Prepared, LandingError>)>, WebhookError> {
+    let pushed = match row.format.is_complete() {
+        true => Some(landing.prepare(&push.connection, pushed_bytes).await),
+        false => None,
+    };
+    let keep_pushed = match &pushed {
+        Some(Ok(prepared)) => !landing.would_replace(&push.connection, prepared).await?,
+        // Landing it gives the error (and the quarantine).
+        Some(Err(_)) => true,
+        None => false,
+    };
+    if let (true, Some(pushed)) = (keep_pushed, pushed) {
+        return Ok(Some((std::borrow::Cow::Borrowed(pushed_bytes), row.received_at, pushed)));
+    }
+    let at = Utc::now();
+    match documents.document(&push.connection, &row.identifier).await {
+        Ok(fetched) => {
+            let prepared = landing.prepare(&push.connection, &fetched).await;
+            Ok(Some((std::borrow::Cow::Owned(fetched), at, prepared)))
+        }
+        Err(FetchError::Gone(reason)) => {
+            tracing::warn!(connection = %push.connection, identifier = %row.identifier, reason = %reason,
+                "a pushed submission's document is gone (404); nothing to land");
+            Ok(None)
+        }
+        Err(e) => Err(WebhookError::Fetch(e)),
+    }
 }
 
 async fn delete_pending(stores: &Stores, connection: &str, key: &str) -> Result<(), StoreError> {

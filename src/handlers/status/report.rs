@@ -223,9 +223,11 @@ impl StatusReport {
         let alerts_undelivered = alerts::undelivered(&app.stores, &known_all).await?;
         let mut attention = sync_attention(&connections, &truecontext);
         attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
-        attention.extend(webhook_attention(&webhook, app.settings.webhook.max_backlog_age.as_secs(), now));
+        attention.extend(backlog_attention(&webhook, app.settings.webhook.max_backlog_age.as_secs()));
         attention.extend(quarantine_attention(&quarantine));
+        attention.extend(counters_attention(&webhook, now));
         attention.extend(supervision_attention(&supervision, now));
+        attention.extend(poison_attention(&webhook));
         attention.extend(undelivered_attention(&alerts_undelivered));
         let healthy = attention.is_empty();
         Ok(StatusReport {
@@ -282,17 +284,22 @@ fn sync_attention(connections: &[ConnectionStatus], truecontext: &[TrueContextSt
     attention
 }
 
-/// What the webhook's backlog, its poison queue and its refusal counters ask of an operator.
-fn webhook_attention(webhook: &WebhookStatus, max_wait: u64, now: DateTime<Utc>) -> Vec<String> {
-    let mut attention = Vec::new();
+/// A push waiting longer than `WEBHOOK_MAX_BACKLOG_SECONDS` (`max_wait`).
+fn backlog_attention(webhook: &WebhookStatus, max_wait: u64) -> Option<String> {
     let waited = webhook.backlog.oldest_waiting_age_seconds.unwrap_or(0);
-    if waited > i64::try_from(max_wait).unwrap_or(i64::MAX) {
-        attention.push(format!(
+    (waited > i64::try_from(max_wait).unwrap_or(i64::MAX)).then(|| {
+        format!(
             "pushes are not being processed: the oldest waiting one was received {waited} s ago (more than \
              WEBHOOK_MAX_BACKLOG_SECONDS, {max_wait} s); check that the process function or the queue worker runs \
              and read its last errors in the log"
-        ));
-    }
+        )
+    })
+}
+
+/// What the servers' counters ask of an operator, for 15 minutes after each: every connection
+/// in use, pushes for submissions TrueContext lacks, a verified caller's pushes refused.
+fn counters_attention(webhook: &WebhookStatus, now: DateTime<Utc>) -> Vec<String> {
+    let mut attention = Vec::new();
     let counters = &webhook.counters;
     if let Some(at) = counters.last_connection_cap_at.filter(|at| now - *at < RESTART_ATTENTION) {
         attention.push(format!(
@@ -319,13 +326,16 @@ fn webhook_attention(webhook: &WebhookStatus, max_wait: u64, now: DateTime<Utc>)
             refused.reason
         ));
     }
-    if webhook.poison_queue_depth > 0 {
-        attention.push(format!(
+    attention
+}
+
+fn poison_attention(webhook: &WebhookStatus) -> Option<String> {
+    (webhook.poison_queue_depth > 0).then(|| {
+        format!(
             "{} message(s) in the poison queue: see `tcbridge poison list`, then `tcbridge poison replay`",
             webhook.poison_queue_depth
-        ));
-    }
-    attention
+        )
+    })
 }
 
 fn quarantine_attention(quarantine: &QuarantineStatus) -> Option<String> {

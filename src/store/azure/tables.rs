@@ -37,6 +37,8 @@ const SERVICE_VERSION: &str = "2019-02-02";
 const ENTITY_METADATA: &str = "application/json;odata=fullmetadata";
 const NEXT_PARTITION: HeaderName = HeaderName::from_static("x-ms-continuation-nextpartitionkey");
 const NEXT_ROW: HeaderName = HeaderName::from_static("x-ms-continuation-nextrowkey");
+/// The most entities one query page returns ("Query Entities": `$top` at most 1,000).
+const MAX_TOP: usize = 1000;
 const ERROR_CODE: HeaderName = HeaderName::from_static("x-ms-error-code");
 
 pub struct AzureTables {
@@ -454,7 +456,10 @@ impl TableStore for AzureTables {
             let mut url = self.url(&format!("{}()", self.table_name(table)));
             {
                 let mut query = url.query_pairs_mut();
-                query.append_pair("$filter", &filter).append_pair("$top", &(want - rows.len()).to_string());
+                // The service takes at most 1,000 a page (`$top` above that is refused); more come by
+                // the continuation.
+                let top = (want - rows.len()).min(MAX_TOP);
+                query.append_pair("$filter", &filter).append_pair("$top", &top.to_string());
                 if let Some((next_pk, next_rk)) = &next {
                     query.append_pair("NextPartitionKey", next_pk);
                     if let Some(next_rk) = next_rk {
