@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 
 use crate::config::RawSettings;
 use crate::handlers::Mode;
-use crate::landing;
 use crate::telemetry::{self, Output};
 
 use super::{load_settings, open_app, QuarantineCommand};
@@ -58,9 +57,7 @@ pub(super) async fn quarantine(raw: &RawSettings, command: QuarantineCommand) ->
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let settings = &app.settings;
-            let landing =
-                landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+            let landing = app.landing();
             let retried = quarantine::retry(&landing, &chosen).await.context("the retry stopped on a store error")?;
             let mut refused = 0;
             for (entry, result) in &retried {

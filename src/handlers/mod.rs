@@ -237,18 +237,30 @@ impl App {
     /// Upkeep that must not wait for a request: stored pushes whose request died before they
     /// were queued are queued, and alerts still owed to the alert webhook are posted. Run by
     /// every sync timer run and, while a server runs, every minute.
+    /// The landing with this app's parts: its stores, `SUBMISSIONS_CONTAINER` and the landed
+    /// events queue. Every landing (the sync, processing, a quarantine retry) starts here.
+    pub fn landing(&self) -> crate::landing::Landing<'_> {
+        let landing = &self.settings.landing;
+        crate::landing::Landing::new(&self.stores, &landing.container, &landing.landed_queue)
+    }
+
+    /// The webhook's intake with this app's parts: where bodies are kept, the incoming queue,
+    /// and when a stored push that was never queued is recovered.
+    pub fn intake(&self) -> crate::webhook::Intake<'_> {
+        crate::webhook::Intake {
+            stores: &self.stores,
+            container: &self.settings.landing.container,
+            queue: &self.settings.queues.incoming,
+            recovery_after: self.settings.webhook.recovery_after,
+        }
+    }
+
     pub async fn housekeeping(&self) {
         let connections = match crate::connections::known_ids(&self.stores, &self.settings).await {
             Ok(ids) => ids,
             Err(e) => return tracing::warn!(error = %e, "housekeeping could not read the connections"),
         };
-        let intake = crate::webhook::Intake {
-            stores: &self.stores,
-            container: &self.settings.landing.container,
-            queue: &self.settings.queues.incoming,
-            recovery_after: self.settings.webhook.recovery_after,
-        };
-        match crate::webhook::recover(&intake, &connections).await {
+        match crate::webhook::recover(&self.intake(), &connections).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(queued = n, "stored pushes that were never queued are queued now"),
             Err(e) => tracing::warn!(error = %e, "the recovery pass of stored pushes failed"),

@@ -43,8 +43,7 @@ pub async fn run(app: &App, input: QueueInput) -> Result<(), InvocationError> {
 async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), InvocationError> {
     let settings = &app.settings;
     let counters = app.webhook_counters();
-    let landing =
-        crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+    let landing = app.landing();
     let tokens = app.tokens();
     let credentials = Credentials::from_settings(&settings.truecontext, &tokens);
     let documents = Documents { client: app.truecontext(), credentials: credentials.as_ref() };

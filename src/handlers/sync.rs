@@ -221,8 +221,7 @@ pub async fn pull(
             ..Default::default()
         }));
     };
-    let landing =
-        crate::landing::Landing::new(&app.stores, &settings.landing.container, &settings.landing.landed_queue);
+    let landing = app.landing();
     let parts = crate::sync::SyncParts {
         client,
         credentials: &credentials,

@@ -12,7 +12,7 @@ use super::{App, HttpRequest, HttpResponse};
 use crate::naming::ConnectionId;
 use crate::webhook::auth::Caller;
 use crate::webhook::counters::Counters;
-use crate::webhook::{payload, Accepted, Intake};
+use crate::webhook::{payload, Accepted};
 
 pub async fn respond(app: &App, request: &HttpRequest) -> HttpResponse {
     let counters = app.webhook_counters();
@@ -91,12 +91,7 @@ async fn handle(app: &App, request: &HttpRequest) -> HttpResponse {
             "a push was refused: its credentials are for another connection");
         return HttpResponse::error(StatusCode::FORBIDDEN, refusal.code(), refusal.to_string());
     }
-    let intake = Intake {
-        stores: &app.stores,
-        container: &app.settings.landing.container,
-        queue: &app.settings.queues.incoming,
-        recovery_after: settings.recovery_after,
-    };
+    let intake = app.intake();
     match intake.accept(&connection, &push, &request.body).await {
         Ok(Accepted::Accepted { .. }) => {
             Counters::bump(&counters.accepted);

@@ -155,7 +155,9 @@ impl AzureTables {
         request.insert_header("dataserviceversion", "3.0");
         request.insert_header("maxdataserviceversion", "3.0;NetFx");
         let options = PipelineSendOptions { skip_checks: true, ..Default::default() };
-        match self.pipeline.send(&Context::new(), &mut request, Some(options)).await {
+        // Boxed: the pipeline's future (every policy's state) is large, and a store call sits deep in
+        // the futures of a timer run; inline, a debug build outgrew a worker's 2 MiB stack.
+        match Box::pin(self.pipeline.send(&Context::new(), &mut request, Some(options))).await {
             Ok(raw) => Ok(Answer { status: u16::from(raw.status()), raw }),
             // Transport errors can carry the request URL; a SAS would be in its query.
             Err(e) => Err(StoreError::Backend(format!(
