@@ -67,8 +67,8 @@ pub enum IdError {
     Record,
 }
 
-/// Declares a checked identifier: parsed once where it comes in (a URL, a queue message, a
-/// command line, a listed page), then passed on as itself, never re-checked. It reads as the
+/// Declares a checked identifier: parsed where it comes in (a URL, a queue message, a command
+/// line, a listed page); a value of it needs no check further on. It reads as the
 /// text it holds (`Deref<Target = str>`), and serialises as that text; deserialising checks it.
 macro_rules! checked_id {
     ($(#[$doc:meta])* $name:ident, $check:path, $error:expr) => {
