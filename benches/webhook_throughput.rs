@@ -206,7 +206,7 @@ fn sync_after_pushes(pushes: bool, trust: bool) -> (usize, usize) {
         let before = sim.calls().len();
         let client = truecontext_bridge::truecontext::TrueContextClient::new(&settings.truecontext, stores.clone());
         let secret = truecontext_bridge::secret::SecretString::new(KEY_SECRET);
-        let credentials = truecontext_bridge::truecontext::Credentials::Basic { key_id: KEY_ID, secret: &secret };
+        let credentials = truecontext_bridge::truecontext::Credentials::basic(KEY_ID, &secret);
         let parts = truecontext_bridge::sync::SyncParts {
             client: &client,
             credentials: &credentials,

@@ -53,6 +53,7 @@ DELIBERATELY_NOT_SET = {
     "WEBHOOK_CONNECTION_SECRETS": "per-connection values for basic/header; the deploy's default is jwt",
     "WEBHOOK_MAX_BACKLOG_SECONDS": "its default (15 minutes) fits the queue's retry schedule",
     "WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS": "its default (24 h) is above Entra's and managed identities' token lifetimes",
+    "TRUECONTEXT_KEY_SECRET_*": "a family, one per API-key connection the operator adds (`tcbridge connection add`), each a Key Vault reference set then",
 }
 
 # Where app-setting names live: file (relative to infra/) -> the var blocks holding settings.

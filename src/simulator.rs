@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,12 +33,17 @@ use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 
+mod records;
+use records::{document, edit, insert_records, new_record};
+
 pub const KEY_ID: &str = "sim-key-id";
 pub const KEY_SECRET: &str = "sim-key-secret-0123456789";
 
 /// One request the simulator answered.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// The team whose key made it (`""`: the default key, or a bearer token).
+    pub team: String,
     pub path: String,
     pub query: BTreeMap<String, String>,
     pub status: u16,
@@ -64,6 +69,9 @@ pub struct SimRecord {
     pub state: String,
     /// The document exactly as served (bytes are what `document.json` answers).
     pub document: Vec<u8>,
+    /// The team that owns it: only that team's key lists and reads it (`""`: the default key's
+    /// and the bearer tokens' team).
+    pub team: String,
 }
 
 #[derive(Default)]
@@ -74,8 +82,12 @@ struct World {
     bearer_tokens: Vec<String>,
     /// A userinfo URL that decides bearer tokens not in `bearer_tokens`.
     userinfo: Option<String>,
-    calls_today: u64,
+    /// Calls counted today, per team (TrueContext counts per team).
+    calls_today: BTreeMap<String, u64>,
+    /// The daily count of every team.
     daily_limit: Option<u64>,
+    /// The other teams' API keys: key id to secret (the key id names the team).
+    team_keys: BTreeMap<String, String>,
     latency: Duration,
     /// After this many answered list calls, re-process (edit) this record: its processed date
     /// becomes now and its document changes.
@@ -94,8 +106,8 @@ struct World {
 
 struct Shared {
     world: Mutex<World>,
-    in_flight: AtomicU32,
-    max_in_flight: AtomicU32,
+    /// Requests in flight, and the most ever, per team (TrueContext allows 3 at once per team).
+    in_flight: Mutex<BTreeMap<String, (u32, u32)>>,
     http: reqwest::Client,
 }
 
@@ -115,8 +127,7 @@ impl TrueContextSim {
     pub fn start() -> TrueContextSim {
         let shared = Arc::new(Shared {
             world: Mutex::default(),
-            in_flight: AtomicU32::new(0),
-            max_in_flight: AtomicU32::new(0),
+            in_flight: Mutex::default(),
             http: {
                 crate::tls::install_crypto_provider();
                 reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a static client builds")
@@ -172,7 +183,7 @@ impl TrueContextSim {
                     }
                 } else {
                     if let Some(form) = DEMO_FORMS.get(arrivals % DEMO_FORMS.len()) {
-                        insert_records(&mut world, 1, form, Utc::now(), TimeDelta::minutes(1));
+                        insert_records(&mut world, 1, form, Utc::now(), TimeDelta::minutes(1), "");
                     }
                 }
             }
@@ -197,19 +208,19 @@ impl TrueContextSim {
 
     /// Adds `count` submissions of form `form` processed `spacing` apart, ending at `last`.
     pub fn add_spaced(&self, count: usize, form: &str, last: DateTime<Utc>, spacing: TimeDelta) -> Vec<String> {
-        insert_records(&mut self.world(), count, form, last, spacing)
+        insert_records(&mut self.world(), count, form, last, spacing, "")
     }
 
     /// One submission with exactly this identifier, processed at `processed`: lets a test list
     /// an id TrueContext should never send (`12/34`, `..`, 65 digits).
     pub fn add_with_id(&self, id: &str, form: &str, processed: DateTime<Utc>) {
-        self.world().records.insert(id.to_owned(), new_record(id, form, processed));
+        self.world().records.insert(id.to_owned(), new_record(id, form, processed, ""));
     }
 
     /// One submission whose document is exactly `document` (any bytes: a hostile document, one
     /// that is not JSON), listed with this id, form and processed date.
     pub fn add_document(&self, id: &str, form: &str, processed: DateTime<Utc>, document: Vec<u8>) {
-        let record = SimRecord { document, ..new_record(id, form, processed) };
+        let record = SimRecord { document, ..new_record(id, form, processed, "") };
         self.world().records.insert(id.to_owned(), record);
     }
 
@@ -302,23 +313,36 @@ impl TrueContextSim {
         self.world().calls.clone()
     }
 
-    /// The most requests it ever had in flight at once.
+    /// The most requests of the default team it ever had in flight at once.
     pub fn max_in_flight(&self) -> u32 {
-        self.shared.max_in_flight.load(Ordering::SeqCst)
+        self.max_in_flight_of("")
     }
-}
 
-fn insert_records(world: &mut World, count: usize, form: &str, last: DateTime<Utc>, spacing: TimeDelta) -> Vec<String> {
-    let first = world.next_id;
-    world.next_id += count as u64;
-    (0..count)
-        .map(|i| {
-            let id = format!("{}", 3_000_000_000u64 + first + i as u64);
-            let processed = last - spacing * (count - 1 - i) as i32;
-            world.records.insert(id.clone(), new_record(&id, form, processed));
-            id
-        })
-        .collect()
+    /// The most requests of `team` it ever had in flight at once.
+    pub fn max_in_flight_of(&self, team: &str) -> u32 {
+        self.shared.in_flight.lock().unwrap().get(team).map_or(0, |(_, max)| *max)
+    }
+
+    /// Another team, whose API key is `key_id`:`secret`: it sees only its own records, and has
+    /// its own daily count and its own 3 simultaneous calls.
+    pub fn add_team(&self, key_id: &str, secret: &str) {
+        self.world().team_keys.insert(key_id.to_owned(), secret.to_owned());
+    }
+
+    /// Adds `count` submissions of `team` (see [`Self::add_team`]), one minute apart up to `last`.
+    pub fn add_team_records(&self, team: &str, count: usize, form: &str, last: DateTime<Utc>) -> Vec<String> {
+        insert_records(&mut self.world(), count, form, last, TimeDelta::minutes(1), team)
+    }
+
+    /// The ids of `team`'s records.
+    pub fn team_ids(&self, team: &str) -> Vec<String> {
+        self.world().records.values().filter(|r| r.team == team).map(|r| r.id.clone()).collect()
+    }
+
+    /// The calls `team` made today.
+    pub fn calls_today_of(&self, team: &str) -> u64 {
+        self.world().calls_today.get(team).copied().unwrap_or(0)
+    }
 }
 
 impl Drop for TrueContextSim {
@@ -334,37 +358,6 @@ impl Drop for TrueContextSim {
             let _ = thread.join();
         }
     }
-}
-
-fn new_record(id: &str, form: &str, processed: DateTime<Utc>) -> SimRecord {
-    SimRecord {
-        id: id.to_owned(),
-        form_id: form.to_owned(),
-        formspace_id: "fs-1".into(),
-        processed,
-        state: "Complete".into(),
-        document: document(id, form, processed).into_bytes(),
-    }
-}
-
-/// A Standard-format document, with a field TrueContext might add one day.
-fn document(id: &str, form: &str, processed: DateTime<Utc>) -> String {
-    let answers = json!([
-        {"label": "Result", "question": "Inspection result", "type": "Select",
-         "values": [if id.ends_with('7') { "Fail" } else { "Pass" }]},
-        {"label": "Count", "question": "Units", "type": "Integer", "values": [id.len() % 5 + id.bytes().last().map_or(0, |b| b % 7) as usize]},
-    ]);
-    let doc = json!({
-        "identifier": id, "referenceNumber": format!("{}-{id}", processed.format("%Y%m%d")), "version": "v2",
-        "zone": "America/Toronto", "state": "Complete", "name": "Pump inspection",
-        "form": {"identifier": form, "name": "Pump inspection", "version": 3},
-        "user": {"identifier": "118800321", "username": "inspector@example.com"},
-        "serverReceiveDate": processed.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        "futureField": {"nested": true},
-        "pages": [{"name": "Page1", "label": "Overview", "sections": [{"name": "S1", "type": "Flow", "answers": answers}]}],
-    });
-    // Pretty-printed, so "exactly as served" is not the same as re-serialised.
-    serde_json::to_string_pretty(&doc).unwrap()
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -386,22 +379,42 @@ fn error(status: u16, code: &str, message: &str) -> Response {
     response
 }
 
-/// Authentication, the call count, the concurrency limit and injected faults, in that order;
-/// `Ok(latency)` when the route may answer.
-async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Duration, Response> {
+/// The team the request's credentials belong to (`""`: the default key, or a bearer token).
+async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<String> {
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{KEY_ID}:{KEY_SECRET}")));
-    if authorization != basic && !bearer_accepted(shared, &authorization).await {
-        return Err(error(401, "AuthenticationFailed", "authorization failed"));
+    let encode = |id: &str, secret: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    };
+    if authorization == encode(KEY_ID, KEY_SECRET) {
+        return Some(String::new());
     }
+    let team = shared
+        .world
+        .lock()
+        .unwrap()
+        .team_keys
+        .iter()
+        .find(|(id, secret)| authorization == encode(id, secret))
+        .map(|(id, _)| id.clone());
+    if team.is_some() {
+        return team;
+    }
+    bearer_accepted(shared, &authorization).await.then(String::new)
+}
+
+/// The call count, an outage and injected faults, in that order; `Ok(latency)` when the route
+/// may answer.
+fn admit(shared: &Shared, team: &str) -> Result<Duration, Response> {
     let mut world = shared.world.lock().unwrap();
-    world.calls_today += 1;
+    let calls = world.calls_today.entry(team.to_owned()).or_default();
+    *calls += 1;
+    let calls = *calls;
     if let Some(status) = world.outage {
         let mut response = error(status, "ServiceUnavailable", "an outage");
         response.headers_mut().insert("retry-after", HeaderValue::from(0));
         return Err(response);
     }
-    if world.daily_limit.is_some_and(|limit| world.calls_today > limit) {
+    if world.daily_limit.is_some_and(|limit| calls > limit) {
         return Err(error(402, "CallCountExpended", "the daily call count is used up"));
     }
     match world.faults.pop_front() {
@@ -434,27 +447,38 @@ async fn bearer_accepted(shared: &Shared, authorization: &str) -> bool {
     }
 }
 
-/// Runs `answer` as one request: counted in flight (429 past 3), logged, delayed by the latency.
+/// Runs `answer` as one request of the caller's team: authenticated (401), counted in flight
+/// per team (429 past 3), logged, delayed by the latency. `answer` sees the caller's team.
 async fn request(
     shared: Arc<Shared>,
     path: String,
     query: BTreeMap<String, String>,
     headers: HeaderMap,
-    answer: impl FnOnce(&World) -> Response,
+    answer: impl FnOnce(&World, &str) -> Response,
 ) -> Response {
-    let in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    shared.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    let Some(team) = authenticate(&shared, &headers).await else {
+        shared.world.lock().unwrap().calls.push(Call { team: String::new(), path, query, status: 401 });
+        return error(401, "AuthenticationFailed", "authorization failed");
+    };
+    let in_flight = {
+        let mut counts = shared.in_flight.lock().unwrap();
+        let (now, max) = counts.entry(team.clone()).or_default();
+        *now += 1;
+        *max = (*max).max(*now);
+        *now
+    };
     // A client that gives up (its timeout) drops this future mid-way: the guard still counts
     // the request out and logs it, with status 0.
-    let mut guard = InFlight { shared: shared.clone(), call: Some(Call { path, query, status: 0 }) };
+    let mut guard =
+        InFlight { shared: shared.clone(), call: Some(Call { team: team.clone(), path, query, status: 0 }) };
     let response = if in_flight > 3 {
         error(429, "TooManyRequests", "more than 3 concurrent requests")
     } else {
-        match admit(&shared, &headers).await {
+        match admit(&shared, &team) {
             Err(response) => response,
             Ok(latency) => {
                 tokio::time::sleep(latency).await;
-                answer(&shared.world.lock().unwrap())
+                answer(&shared.world.lock().unwrap(), &team)
             }
         }
     };
@@ -472,8 +496,12 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         let Some(call) = self.call.take() else { return };
+        if let Some((now, _)) =
+            self.shared.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_mut(&call.team)
+        {
+            *now = now.saturating_sub(1);
+        }
         let mut world = self.shared.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if call.path == "data.json" && call.status == 200 {
             world.list_calls += 1;
@@ -490,24 +518,13 @@ impl Drop for InFlight {
                 .map(|(_, count, form)| (*count, form.clone()))
                 .collect();
             for (count, form) in arriving {
-                insert_records(&mut world, count, &form, Utc::now(), TimeDelta::milliseconds(1));
+                insert_records(&mut world, count, &form, Utc::now(), TimeDelta::milliseconds(1), "");
             }
             if let Some((_, status)) = world.outage_after.filter(|(after, _)| *after == list_calls) {
                 world.outage = Some(status);
             }
         }
         world.calls.push(call);
-    }
-}
-
-fn edit(world: &mut World, id: &str) {
-    if let Some(record) = world.records.get_mut(id) {
-        record.processed = Utc::now();
-        let Ok(mut doc) = serde_json::from_slice::<Value>(&record.document) else { return };
-        if let Some(values) = doc.pointer_mut("/pages/0/sections/0/answers/0/values") {
-            *values = json!([format!("Edited at {}", record.processed)]);
-        }
-        record.document = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     }
 }
 
@@ -542,7 +559,7 @@ async fn list(
     headers: HeaderMap,
 ) -> Response {
     let q = query.clone();
-    request(shared, "data.json".into(), query, headers, move |world| {
+    request(shared, "data.json".into(), query, headers, move |world, team| {
         let (stime, etime) = match (time_param(&q, "stime"), time_param(&q, "etime")) {
             (Ok(s), Ok(e)) => (s, e),
             (Err(r), _) | (_, Err(r)) => return r,
@@ -551,6 +568,7 @@ async fn list(
         let mut selected: Vec<&SimRecord> = world
             .records
             .values()
+            .filter(|r| r.team == team)
             .filter(|r| stime.is_none_or(|s| r.processed >= s) && etime.is_none_or(|e| r.processed <= e))
             .filter(|r| fids.as_ref().is_none_or(|f| f.contains(&r.form_id.as_str())))
             .collect();
@@ -573,23 +591,23 @@ async fn list(
 }
 
 async fn metadata(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    request(shared, format!("data/{id}"), BTreeMap::new(), headers, move |world| match world.records.get(&id) {
-        None => error(404, "ObjectNotFound", "no such data record"),
-        Some(r) => json_response(json!({
+    request(shared, format!("data/{id}"), BTreeMap::new(), headers, move |world, team| match world.records.get(&id) {
+        Some(r) if r.team == team => json_response(json!({
             "identifier": r.id, "referenceNumber": format!("{}-{}", r.processed.format("%Y%m%d"), r.id),
             "state": r.state, "dataState": "Processed",
             "form": {"formSpaceId": r.formspace_id, "formId": r.form_id, "formVersionId": "v3"},
             "processedTimestamp": r.processed.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
             "processorExecutions": [],
         })),
+        _ => error(404, "ObjectNotFound", "no such data record"),
     })
     .await
 }
 
 async fn document_route(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    request(shared, format!("data/{id}/document.json"), BTreeMap::new(), headers, move |world| {
+    request(shared, format!("data/{id}/document.json"), BTreeMap::new(), headers, move |world, team| {
         match world.records.get(&id) {
-            Some(r) if !world.gone_documents.contains(&id) => {
+            Some(r) if r.team == team && !world.gone_documents.contains(&id) => {
                 ([("content-type", "application/json")], r.document.clone()).into_response()
             }
             _ => error(404, "ObjectNotFound", "no such data record"),
@@ -604,7 +622,7 @@ async fn formspaces(
     headers: HeaderMap,
 ) -> Response {
     let q = query.clone();
-    request(shared, "formspaces".into(), query, headers, move |_| {
+    request(shared, "formspaces".into(), query, headers, move |_, _| {
         let items = vec![json!({"identifier": "fs-1", "name": "Field service", "problemContactEmail": null})];
         match page(items, &q) {
             Ok(value) => json_response(value),
@@ -621,11 +639,12 @@ async fn forms(
     headers: HeaderMap,
 ) -> Response {
     let q = query.clone();
-    request(shared, format!("formspaces/{id}/forms"), query, headers, move |world| {
+    request(shared, format!("formspaces/{id}/forms"), query, headers, move |world, team| {
         if id != "fs-1" {
             return error(404, "ObjectNotFound", "no such FormSpace");
         }
-        let mut forms: Vec<&str> = world.records.values().map(|r| r.form_id.as_str()).collect();
+        let mut forms: Vec<&str> =
+            world.records.values().filter(|r| r.team == team).map(|r| r.form_id.as_str()).collect();
         forms.sort_unstable();
         forms.dedup();
         let items = forms

@@ -79,7 +79,8 @@ pub enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
-    /// The consented connections: list them, turn one off or on, or delete one with its tokens.
+    /// The connections: list them with their teams, add an API-key one, put one in a team, turn
+    /// one off or on, or delete one.
     Connection {
         #[command(subcommand)]
         command: ConnectionCommand,
@@ -114,18 +115,41 @@ pub enum SubmissionsCommand {
 
 #[derive(Subcommand)]
 pub enum ConnectionCommand {
-    /// One line per consented connection (state, account, tenant, last refresh, reason).
+    /// One line per connection (consented and API-key: team, state, account, last refresh, reason).
     List {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Add a connection that reads TrueContext with an API key. Connections of one team share its
+    /// daily call budget and its 3 simultaneous calls; one key is one team.
+    Add {
+        id: String,
+        /// The TrueContext team the key belongs to (1-64 letters, digits, '-', '_', '.').
+        #[arg(long)]
+        team: String,
+        /// The API key's id (the user half of its Basic credential).
+        #[arg(long)]
+        key_id: String,
+        /// The setting that holds the key's secret: TRUECONTEXT_KEY_SECRET_<NAME> (in Azure, a
+        /// Key Vault reference). The secret itself never enters the store.
+        #[arg(long)]
+        secret_setting: String,
+    },
+    /// Put a consented connection in a TrueContext team (its calls count against the team's
+    /// budget), or with --none back in a team of its own.
+    Team {
+        id: String,
+        team: Option<String>,
+        #[arg(long, conflicts_with = "team")]
+        none: bool,
     },
     /// Stop syncing, refreshing and taking pushes for a connection; status says it is disabled.
     Disable { id: String },
     /// Turn a disabled connection back on.
     Enable { id: String },
     /// Delete a connection: its token set (every version, from the secret store), its record and
-    /// its alerts. Landed submissions and the sync cursor stay.
+    /// its alerts; an API-key connection's record. Landed submissions and the sync cursor stay.
     Delete { id: String },
 }
 

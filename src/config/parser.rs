@@ -55,6 +55,14 @@ impl<'a> Parser<'a> {
         Some(value)
     }
 
+    /// Every setting of a family the table names `PREFIX*`, read as secrets, by name.
+    pub(super) fn secret_family(&mut self, prefix: &str) -> BTreeMap<String, SecretString> {
+        let names: Vec<String> = self.raw.names_starting_with(prefix).map(str::to_owned).collect();
+        #[cfg(test)]
+        self.read.borrow_mut().insert(format!("{prefix}*"));
+        names.into_iter().filter_map(|name| self.secret(&name).map(|value| (name, value))).collect()
+    }
+
     pub(super) fn list(&self, name: &str, separators: &[char]) -> Vec<String> {
         self.get(name)
             .map(|v| v.split(separators).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())

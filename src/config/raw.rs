@@ -103,6 +103,11 @@ impl RawSettings {
         }
     }
 
+    /// The names set (not blank) that start with `prefix`, in order.
+    pub fn names_starting_with<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        self.values.keys().filter(move |k| k.starts_with(prefix) && self.get(k).is_some()).map(String::as_str)
+    }
+
     /// A setting's value; blank counts as unset.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())

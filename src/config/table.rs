@@ -44,12 +44,21 @@ pub fn secret_names() -> &'static [&'static str] {
     &SECRET_NAMES
 }
 
+/// Whether `name` is a row's name, or of a family a row names with a trailing `*`
+/// (`TRUECONTEXT_KEY_SECRET_*`: one setting per API-key connection).
+fn names(row: &str, name: &str) -> bool {
+    match row.strip_suffix('*') {
+        Some(prefix) => name.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty()),
+        None => row == name,
+    }
+}
+
 pub fn is_known(name: &str) -> bool {
-    ENTRIES.iter().any(|e| e.name == name)
+    ENTRIES.iter().any(|e| names(e.name, name))
 }
 
 pub fn is_secret(name: &str) -> bool {
-    SECRET_NAMES.contains(&name)
+    SECRET_NAMES.iter().any(|row| names(row, name))
 }
 
 #[cfg(test)]
@@ -73,5 +82,6 @@ mod tests {
             );
         }
         assert!(is_secret("OAUTH_CLIENT_SECRET") && !is_secret("OAUTH_CLIENT_ID"));
+        assert!(is_secret("TRUECONTEXT_KEY_SECRET_ACME") && !is_known("TRUECONTEXT_KEY_SECRET_"));
     }
 }

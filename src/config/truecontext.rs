@@ -9,17 +9,24 @@ pub enum TrueContextAuth {
     Basic,
 }
 
+/// The settings an API-key connection may name for its secret (`TRUECONTEXT_KEY_SECRET_ACME`):
+/// a family, so a stored record can never name another secret.
+pub const KEY_SECRET_PREFIX: &str = "TRUECONTEXT_KEY_SECRET_";
+
 #[derive(Debug, Clone)]
 pub struct TrueContextSettings {
     pub base_url: Url,
     pub auth: TrueContextAuth,
     pub api_key_id: Option<String>,
     pub api_key_secret: Option<SecretString>,
+    /// The secrets of the API-key connections added with `tcbridge connection add`, by setting
+    /// name (`TRUECONTEXT_KEY_SECRET_*`).
+    pub key_secrets: BTreeMap<String, SecretString>,
     /// With `basic`: the connection the configured key syncs as (`TRUECONTEXT_CONNECTION`).
     pub connection: String,
     /// Simultaneous calls, cluster-wide (`TRUECONTEXT_CONCURRENCY`; TrueContext allows 3 per key).
     pub concurrency: u32,
-    /// Calls per connection per UTC day (`TRUECONTEXT_DAILY_CALL_BUDGET`).
+    /// Calls per team per UTC day (`TRUECONTEXT_DAILY_CALL_BUDGET`).
     pub daily_call_budget: u64,
     /// One call's time limit (`TRUECONTEXT_TIMEOUT_SECONDS`).
     pub timeout: Duration,
@@ -42,6 +49,7 @@ pub(super) fn parse_truecontext(p: &mut Parser<'_>) -> TrueContextSettings {
         ),
         api_key_id: p.text("TRUECONTEXT_API_KEY_ID"),
         api_key_secret: p.secret("TRUECONTEXT_API_KEY_SECRET"),
+        key_secrets: p.secret_family(KEY_SECRET_PREFIX),
         connection: parse_connection_id(p, "TRUECONTEXT_CONNECTION"),
         concurrency: p.number("TRUECONTEXT_CONCURRENCY", 3, 1, 3),
         // TrueContext allows about 2,500 a day per team; a plan with more may set more (a 402 stops

@@ -9,11 +9,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod keyed;
+mod sources;
 pub mod token_set;
 
 use crate::naming::connection_secret_name;
 use crate::oauth::token::TokenResponse;
 use crate::store::{IfMatch, RowRange, StoreError, Stores, Table, TypedTable, Versioned};
+pub use keyed::{ApiKeyConnection, Team};
+pub use sources::{sources, Access, Source, Sources};
 pub use token_set::TokenSet;
 
 pub const PARTITION: &str = "connection";
@@ -84,6 +88,10 @@ pub struct Connection {
     pub last_error_class: Option<String>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The TrueContext team this connection reads (`tcbridge connection team`); none declared:
+    /// a team of its own (see [`keyed`]).
+    #[serde(default)]
+    pub team: Option<Team>,
 }
 
 impl Connection {
@@ -112,6 +120,7 @@ impl Connection {
             retry_not_before: None,
             last_error_class: None,
             last_error: None,
+            team: None,
         }
     }
 
@@ -187,6 +196,8 @@ pub async fn save_consent(
     // retry, still refusing an account switch that was not asked for.
     for attempt in 1..=5 {
         connection.token_generation = set.generation.max(existing.as_ref().map_or(0, |e| e.value.token_generation) + 1);
+        // The team is the operator's declaration, not the consent's: a re-consent keeps it.
+        connection.team = existing.as_ref().and_then(|e| e.value.team.clone());
         let written = match &existing {
             None => table.insert(PARTITION, &connection.id, &connection).await,
             Some(current) => {
@@ -212,14 +223,20 @@ pub async fn save_consent(
 }
 
 /// Every connection id data may be kept under: the consented ones, the app-only one
-/// (`OAUTH_GRANT=client_credentials`) and the API key's (`TRUECONTEXT_AUTH=basic`).
+/// (`OAUTH_GRANT=client_credentials`), the API key's (`TRUECONTEXT_AUTH=basic`) and every
+/// API-key connection added.
 pub async fn known_ids(stores: &Stores, settings: &crate::config::Settings) -> Result<Vec<String>, StoreError> {
-    Ok(known_ids_of(&list(stores).await?, settings))
+    Ok(known_ids_of(&list(stores).await?, &keyed::list(stores).await?, settings))
 }
 
 /// [`known_ids`] from records already read.
-pub fn known_ids_of(consented: &[Connection], settings: &crate::config::Settings) -> Vec<String> {
+pub fn known_ids_of(
+    consented: &[Connection],
+    added: &[ApiKeyConnection],
+    settings: &crate::config::Settings,
+) -> Vec<String> {
     let mut ids: Vec<String> = consented.iter().map(|c| c.id.clone()).collect();
+    ids.extend(added.iter().map(|c| c.id.to_string()));
     if settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
         ids.push(APP_ONLY_CONNECTION.to_owned());
     }

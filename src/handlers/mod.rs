@@ -55,20 +55,20 @@ pub struct App {
     /// How the webhook verifies its callers (the JWT issuer's discovery is kept in it).
     webhook: Arc<crate::webhook::auth::Verifier>,
     webhook_counters: Arc<crate::webhook::counters::Counters>,
-    /// The connections that take pushes, read at most every few seconds.
-    push_connections: Arc<tokio::sync::Mutex<Option<CachedIds>>>,
+    /// The sources (`connections::sources`), read at most every few seconds.
+    sources: Arc<tokio::sync::Mutex<Option<CachedSources>>>,
 }
 
-/// Connection ids and when they were read.
-type CachedIds = (Instant, Vec<String>);
+/// The sources and when they were read.
+type CachedSources = (Instant, Arc<crate::connections::Sources>);
 
 /// The webhook's entry in the function table.
 fn functions_webhook() -> &'static Function {
     crate::functions::get(FunctionId::Webhook)
 }
 
-/// How long the webhook trusts its list of connections that take pushes.
-const PUSH_CONNECTIONS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the webhook and processing trust their list of connections.
+const SOURCES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An HTTP request as both front doors can describe it.
 #[derive(Debug, Clone)]
@@ -177,7 +177,7 @@ impl App {
             truecontext: Arc::default(),
             webhook,
             webhook_counters: Arc::default(),
-            push_connections: Arc::default(),
+            sources: Arc::default(),
         }
     }
 
@@ -195,25 +195,29 @@ impl App {
         &self.webhook_counters
     }
 
-    /// The connections a push may belong to: every known one but those disabled.
-    pub async fn push_connections(&self) -> Result<Vec<String>, crate::store::StoreError> {
-        let mut cached = self.push_connections.lock().await;
-        if let Some((at, ids)) = cached.as_ref() {
-            if at.elapsed() < PUSH_CONNECTIONS_TTL {
-                return Ok(ids.clone());
+    /// The connections the bridge reads TrueContext as ([`crate::connections::sources`]), as
+    /// read at most [`SOURCES_TTL`] ago: the webhook and processing ask per push.
+    pub async fn sources(&self) -> Result<Arc<crate::connections::Sources>, crate::store::StoreError> {
+        let mut cached = self.sources.lock().await;
+        if let Some((at, sources)) = cached.as_ref() {
+            if at.elapsed() < SOURCES_TTL {
+                return Ok(sources.clone());
             }
         }
-        let consented = crate::connections::list(&self.stores).await?;
-        let disabled: Vec<&str> = consented
-            .iter()
-            .filter(|c| c.state == crate::connections::ConnectionState::Disabled)
-            .map(|c| c.id.as_str())
-            .collect();
-        let ids: Vec<String> = crate::connections::known_ids_of(&consented, &self.settings)
-            .into_iter()
-            .filter(|id| !disabled.contains(&id.as_str()))
-            .collect();
-        *cached = Some((Instant::now(), ids.clone()));
+        let sources = Arc::new(crate::connections::sources(&self.stores, &self.settings).await?);
+        *cached = Some((Instant::now(), sources.clone()));
+        Ok(sources)
+    }
+
+    /// The connections a push may belong to: every consented one but those disabled, and every
+    /// one the bridge reads TrueContext as.
+    pub async fn push_connections(&self) -> Result<Vec<String>, crate::store::StoreError> {
+        let sources = self.sources().await?;
+        let disabled = |c: &&crate::connections::Connection| c.state == crate::connections::ConnectionState::Disabled;
+        let mut ids: Vec<String> = sources.consented.iter().filter(|c| !disabled(c)).map(|c| c.id.clone()).collect();
+        ids.extend(sources.active.iter().map(|s| s.id.to_string()));
+        ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 

@@ -1,9 +1,9 @@
 //! `process`: the queue function. Its messages are work that must outlive the invocation that
 //! asked for it (under the Functions host, a task left running after an answer may be frozen or
-//! lost with the instance): the first sync of a newly consented connection, and every push the
-//! webhook stored.
+//! lost with the instance): each connection's sync (queued by the timer's fan-out, and the first
+//! one after a consent), and every push the webhook stored.
 
-use super::sync::{pull, run_deadline};
+use super::sync::{log_summary, pull, run_deadline};
 use super::{App, InvocationError, QueueInput};
 use crate::sync::RunOutcome;
 use crate::truecontext::Credentials;
@@ -45,7 +45,13 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
     let counters = app.webhook_counters();
     let landing = app.landing();
     let tokens = app.tokens();
-    let credentials = Credentials::from_settings(&settings.truecontext, &tokens);
+    let sources = app.sources().await?;
+    // The push's connection signs in its own way (an added API key, its consent); one the
+    // bridge does not read any more falls back to the configured credentials.
+    let credentials = match sources.find(&push.connection) {
+        Some(source) => Credentials::of_source(source, &settings.truecontext, &tokens).ok(),
+        None => Credentials::from_settings(&settings.truecontext, &tokens),
+    };
     let documents = Documents { client: app.truecontext(), credentials: credentials.as_ref() };
     let alert_webhook = settings.tokens.alert_webhook.as_ref();
     let processing =
@@ -116,8 +122,12 @@ async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
         visibility.saturating_sub(std::time::Duration::from_secs(30)).max(std::time::Duration::from_secs(60));
     let deadline = run_deadline(app).min(tokio::time::Instant::now() + visible_again);
     match pull(app, connection, None, deadline).await? {
-        RunOutcome::Busy => Ok(()),
-        RunOutcome::Ran(summary) => match summary.stopped_class {
+        RunOutcome::Busy => {
+            // Running elsewhere, or held by a run that died: either way the next tick queues it.
+            crate::sync::clear_queued(&app.stores, connection).await?;
+            Ok(())
+        }
+        RunOutcome::Ran(summary) => match log_summary(&summary) {
             // A deadline stop is not a failure: the timer resumes the window.
             Some(class) if class.is_retryable() => Err(InvocationError::Unavailable(format!(
                 "the sync of {connection} stopped: {}",

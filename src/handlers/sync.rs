@@ -1,6 +1,7 @@
-//! `sync`: the scheduled run. It takes the cluster-wide sync lease so runs never overlap
-//! (several instances, or a slow run that meets the next tick), walks the connections, and
-//! records the run so `status` can say when the last one happened and how it went.
+//! `sync`: the scheduled tick. It takes the cluster-wide sync lease so ticks never overlap
+//! (several instances, or a slow tick that meets the next), keeps the tokens alive, queues one
+//! sync per due connection (the queue function runs them, spread over the instances), and
+//! records the tick so `status` can say when the last one happened and how it went.
 
 use std::time::Duration;
 
@@ -8,10 +9,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{App, InvocationError, TimerInfo};
-use crate::config::TrueContextAuth;
+use crate::connections::Source;
+use crate::naming::ConnectionId;
 use crate::store::{lease, Table, TypedTable};
 use crate::sync::{RunOutcome, SyncSummary};
 use crate::truecontext::Credentials;
+use crate::webhook::IncomingMessage;
 
 const RUNS_PARTITION: &str = "sync";
 const LAST_RUN: &str = "last";
@@ -39,99 +42,110 @@ pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     let tick = lease::with_lease(&app.stores.tables, LEASE_NAME, &holder, LEASE_TTL, tick(app, info, started_at));
     let Some(ran) = tick.await? else {
         tracing::info!("sync skipped: another instance is running it");
-        // The running one can be busy for minutes (a long walk, an outage's retries) while no
-        // token is asked for. A refresh a crash interrupted is accepted again only within the
-        // server's reuse grace (Cognito: at most 60 s), so every tick checks the tokens; one
-        // connection's refresh lease keeps that to one call cluster-wide.
-        let (ids, _) = active_connections(app).await?;
-        keep_alive(app, &ids).await;
+        // The running one can be busy (an outage's retries) while no token is asked for. A
+        // refresh a crash interrupted is accepted again only within the server's reuse grace
+        // (Cognito: at most 60 s), so every tick checks the tokens; one connection's refresh
+        // lease keeps that to one call cluster-wide.
+        let sources = crate::connections::sources(&app.stores, &app.settings).await?;
+        keep_alive(app, &sources.active).await;
         return Ok(());
     };
     ran
 }
 
-/// One timer tick's work, under the cluster-wide sync lease: housekeeping, every connection's
-/// run, and the record of the tick for status.
+/// One timer tick's work, under the cluster-wide sync lease: housekeeping, one queued sync per
+/// due connection, and the record of the tick for status.
 async fn tick(app: &App, info: TimerInfo, started_at: DateTime<Utc>) -> Result<(), InvocationError> {
     if info.is_past_due {
         tracing::warn!("sync is running late (past due)");
     }
     app.housekeeping().await;
-    let result = sync_connections(app).await;
+    let result = fan_out(app).await;
     let outcome = match &result {
-        Ok((0, 0)) => "no connections yet; nothing to sync".to_owned(),
-        Ok((0, inactive)) => format!("no active connection ({inactive} need an administrator); nothing to sync"),
-        Ok((n, _)) => format!("{n} connection(s) checked"),
+        Ok(f) if f.sources == 0 && f.inactive == 0 => "no connections yet; nothing to sync".to_owned(),
+        Ok(f) if f.sources == 0 => {
+            format!("no active connection ({} need an administrator); nothing to sync", f.inactive)
+        }
+        Ok(f) => format!(
+            "{} connection(s) checked; {} sync(s) queued, {} still queued or running, {} without a token",
+            f.sources, f.queued, f.not_due, f.not_ready
+        ),
         Err(e) => format!("failed: {e}"),
     };
     tracing::info!(outcome = %outcome, "sync finished");
-    let checked = result.as_ref().map_or(0, |(checked, _)| *checked);
+    let checked = result.as_ref().map_or(0, |f| f.sources);
     record_run(app, started_at, info.is_past_due, checked, outcome).await?;
     result.map(|_| ())
 }
 
-/// Makes sure every active connection has a usable access token (refreshing it when due, and
-/// at least every `TOKEN_KEEPALIVE_HOURS` even when idle), warns ahead of B2C re-consent
-/// deadlines, then pulls each connection's new and changed submissions. Connections that need
-/// re-consent are skipped without a call; one connection's failure never stops the others.
-/// Answers how many connections were checked and how many were skipped as not active.
-async fn sync_connections(app: &App) -> Result<(u32, u32), InvocationError> {
-    let (ids, inactive) = active_connections(app).await?;
-    let ready = keep_alive(app, &ids).await;
-    // With an API key, the configured connection is the one TrueContext is read as; with
-    // bearer tokens, every connection whose token is ready.
-    let pulled = match app.settings.truecontext.auth {
-        TrueContextAuth::Basic => vec![app.settings.truecontext.connection.clone()],
-        TrueContextAuth::Bearer => ready,
-    };
-    // One limit for the whole run: the host's functionTimeout bounds the invocation.
-    let deadline = run_deadline(app);
-    for id in &pulled {
-        match pull(app, id, None, deadline).await {
-            Ok(RunOutcome::Ran(summary)) => log_summary(&summary),
-            Ok(RunOutcome::Busy) => {}
-            Err(e) => tracing::warn!(connection = %id, error = %e, "the sync could not be recorded"),
-        }
-    }
-    Ok((ids.len().max(pulled.len()) as u32, inactive))
+/// What one tick's fan-out did.
+#[derive(Debug, Default)]
+struct FanOut {
+    sources: u32,
+    inactive: u32,
+    queued: u32,
+    not_due: u32,
+    not_ready: u32,
 }
 
-/// The connections to keep alive and sync (the app itself under client credentials), each
-/// warned about when its B2C window is about to close, and how many were not active.
-async fn active_connections(app: &App) -> Result<(Vec<String>, u32), InvocationError> {
-    if app.settings.oauth.grant == crate::config::OAuthGrant::ClientCredentials {
-        return Ok((vec![crate::connections::APP_ONLY_CONNECTION.to_owned()], 0));
+/// Makes sure every OAuth connection has a usable access token (refreshing it when due, and at
+/// least every `TOKEN_KEEPALIVE_HOURS` even when idle), warns ahead of B2C re-consent deadlines,
+/// then queues one `sync` message per due connection on the incoming queue: the queue function
+/// runs each under its own lease, so the Functions host spreads the runs over its instances
+/// (one timer walking every connection in turn never finished a round with hundreds of them).
+/// Connections that need re-consent are skipped without a call.
+async fn fan_out(app: &App) -> Result<FanOut, InvocationError> {
+    let sources = crate::connections::sources(&app.stores, &app.settings).await?;
+    for connection in sources.consented.iter().filter(|c| sources.find(&c.id).is_some()) {
+        warn_before_reconsent_deadline(app, connection).await;
     }
-    let mut ids = Vec::new();
-    let mut inactive = 0;
-    for connection in crate::connections::list(&app.stores).await? {
-        if connection.state != crate::connections::ConnectionState::Active {
-            inactive += 1;
+    let ready = keep_alive(app, &sources.active).await;
+    let now = Utc::now();
+    let last = crate::sync::last_syncs(&app.stores).await?;
+    let due = crate::sync::due(&app.stores, &ready, &last, now).await?;
+    let mut fan = FanOut {
+        sources: sources.active.len() as u32,
+        inactive: sources.inactive.len() as u32,
+        not_ready: (sources.active.len() - ready.len()) as u32,
+        not_due: (ready.len() - due.len()) as u32,
+        ..FanOut::default()
+    };
+    let queue = &app.settings.queues.incoming;
+    for id in due {
+        let body = IncomingMessage::Sync { connection: id.clone() }.to_body();
+        // Marked before it is queued: a mark without its message is made good by
+        // `QUEUED_STALE_AFTER`, a message without its mark would be queued twice.
+        crate::sync::mark_queued(&app.stores, &id, now).await?;
+        app.stores.queues.enqueue(queue, &body, std::time::Duration::ZERO).await?;
+        fan.queued += 1;
+    }
+    Ok(fan)
+}
+
+/// Makes sure each OAuth source has a usable access token (the keep-alive rule); answers the
+/// sources ready to sync (API-key ones need no token).
+async fn keep_alive(app: &App, sources: &[Source]) -> Vec<ConnectionId> {
+    let mut ready = Vec::new();
+    let mut missing = 0;
+    for source in sources {
+        if !source.is_oauth() {
+            ready.push(source.id.clone());
             continue;
         }
-        warn_before_reconsent_deadline(app, &connection).await;
-        ids.push(connection.id);
-    }
-    Ok((ids, inactive))
-}
-
-/// Makes sure each connection has a usable access token (the keep-alive rule); answers those
-/// that have one.
-async fn keep_alive(app: &App, ids: &[String]) -> Vec<String> {
-    let mut ready = Vec::new();
-    for id in ids {
+        let id = source.id.as_str();
         match app.tokens().keep_alive(id).await {
             Ok(token) => {
                 tracing::info!(connection = %id, source = ?token.source, expires_at = %token.expires_at, "access token ready");
-                ready.push(id.clone());
+                ready.push(source.id.clone());
             }
             Err(e) => {
+                missing += 1;
                 tracing::warn!(connection = %id, class = e.class().as_str(), error = %e, "no access token this run")
             }
         }
     }
-    if ready.len() < ids.len() {
-        tracing::warn!(ready = ready.len(), total = ids.len(), "some connections have no access token this run");
+    if missing > 0 {
+        tracing::warn!(missing, total = sources.len(), "some connections have no access token this run");
     }
     ready
 }
@@ -141,7 +155,8 @@ pub fn run_deadline(app: &App) -> tokio::time::Instant {
     tokio::time::Instant::now() + app.settings.sync.max_run
 }
 
-fn log_summary(summary: &SyncSummary) {
+/// Logs how a run went; answers its stop's class.
+pub(super) fn log_summary(summary: &SyncSummary) -> Option<crate::sync::StopClass> {
     let connection = summary.connection.as_str();
     let (landed, calls, left) = (summary.documents_landed, summary.api_calls, summary.budget_left);
     match &summary.stopped_reason {
@@ -151,6 +166,7 @@ fn log_summary(summary: &SyncSummary) {
             tracing::warn!(connection, class, landed, calls, budget_left = left, reason = %reason, "the sync stopped")
         }
     }
+    summary.stopped_class
 }
 
 /// One alert per connection when its B2C window is about to close.
@@ -201,9 +217,10 @@ pub async fn last_run(app: &App) -> Result<Option<SyncRun>, crate::store::StoreE
     Ok(table.get::<SyncRun>(RUNS_PARTITION, LAST_RUN).await?.map(|v| v.value))
 }
 
-/// One sync run of `connection` with this app's parts (the TrueContext client, the credentials
-/// `TRUECONTEXT_AUTH` names, the landing), under the connection's sync lease and recorded for
-/// status. The timer, the first sync after consent and `tcbridge sync --once` all run it.
+/// One sync run of `connection` with this app's parts (the TrueContext client, the
+/// connection's credentials and team, the landing), under the connection's sync lease and
+/// recorded for status. The queued sync, the first sync after consent and `tcbridge sync --once`
+/// all run it.
 pub async fn pull(
     app: &App,
     connection: &str,
@@ -211,19 +228,26 @@ pub async fn pull(
     deadline: tokio::time::Instant,
 ) -> Result<RunOutcome, crate::store::StoreError> {
     let settings = &app.settings;
-    let client = app.truecontext();
     let tokens = app.tokens();
-    let Some(credentials) = Credentials::from_settings(&settings.truecontext, &tokens) else {
-        return Ok(RunOutcome::Ran(SyncSummary {
-            connection: connection.to_owned(),
-            stopped_reason: Some(format!("configuration: {}", crate::truecontext::MISSING_API_KEY)),
-            stopped_class: Some(crate::sync::StopClass::Configuration),
-            ..Default::default()
-        }));
+    let sources = crate::connections::sources(&app.stores, settings).await?;
+    let credentials = match sources.find(connection) {
+        Some(source) => Credentials::of_source(source, &settings.truecontext, &tokens),
+        None => Err(not_a_source(&sources, connection)),
+    };
+    let credentials = match credentials {
+        Ok(credentials) => credentials,
+        Err(reason) => {
+            return Ok(RunOutcome::Ran(SyncSummary {
+                connection: connection.to_owned(),
+                stopped_reason: Some(format!("configuration: {reason}")),
+                stopped_class: Some(crate::sync::StopClass::Configuration),
+                ..Default::default()
+            }))
+        }
     };
     let landing = app.landing();
     let parts = crate::sync::SyncParts {
-        client,
+        client: app.truecontext(),
         credentials: &credentials,
         stores: &app.stores,
         landing: &landing,
@@ -233,4 +257,19 @@ pub async fn pull(
         deadline,
     };
     crate::sync::run_connection(&parts, connection, Utc::now()).await
+}
+
+/// Why `connection` is not read: it needs an administrator, or the bridge does not know it.
+fn not_a_source(sources: &crate::connections::Sources, connection: &str) -> String {
+    match sources.inactive.iter().find(|c| c.id == connection) {
+        Some(c) => format!(
+            "connection {connection} is not active ({}); {}",
+            serde_json::to_value(c.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            c.reason.as_deref().unwrap_or("an administrator must consent again or enable it")
+        ),
+        None => format!(
+            "no connection {connection}: consent one (tcbridge consent-url), add an API-key connection \
+             (tcbridge connection add), or set TRUECONTEXT_AUTH=basic with TRUECONTEXT_CONNECTION"
+        ),
+    }
 }

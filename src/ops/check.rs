@@ -299,38 +299,36 @@ async fn token_endpoint(app: &App) -> Verdict {
     }
 }
 
-/// One page of FormSpaces as each configured identity: the API key, or every active
-/// connection's token.
+/// One page of FormSpaces as each connection the bridge reads TrueContext as (the API keys,
+/// every active connection's token), each against its team's budget.
 async fn truecontext(app: &App) -> Verdict {
     let client = app.truecontext();
     let tokens = app.tokens();
-    let Some(credentials) = crate::truecontext::Credentials::from_settings(&app.settings.truecontext, &tokens) else {
-        return Verdict::Failed(crate::truecontext::MISSING_API_KEY.into());
+    let sources = match crate::connections::sources(&app.stores, &app.settings).await {
+        Ok(sources) => sources,
+        Err(e) => return Verdict::Failed(format!("the connections cannot be read: {e}")),
     };
-    let connections: Vec<String> = match app.settings.truecontext.auth {
-        TrueContextAuth::Basic => vec![app.settings.truecontext.connection.clone()],
-        TrueContextAuth::Bearer => match crate::connections::list(&app.stores).await {
-            Ok(list) => list
-                .into_iter()
-                .filter(|c| c.state == crate::connections::ConnectionState::Active)
-                .map(|c| c.id)
-                .collect(),
-            Err(e) => return Verdict::Failed(format!("the connections cannot be read: {e}")),
-        },
-    };
-    if connections.is_empty() {
+    if sources.active.is_empty() {
         return Verdict::Skipped("no active connection to call it as yet (connect one first)".into());
     }
     let mut failures = Vec::new();
     let slots = client.keep_slots();
-    for connection in &connections {
-        if let Err(e) = client.formspaces(&credentials, connection, 0).await {
-            failures.push(format!("as {connection}: {}", crate::telemetry::redact(&e.to_string())));
+    for source in &sources.active {
+        let credentials = match crate::truecontext::Credentials::of_source(source, &app.settings.truecontext, &tokens) {
+            Ok(credentials) => credentials,
+            Err(reason) => {
+                failures.push(format!("as {}: {reason}", source.id));
+                continue;
+            }
+        };
+        if let Err(e) = client.formspaces(&credentials, &source.id, 0).await {
+            failures.push(format!("as {}: {}", source.id, crate::telemetry::redact(&e.to_string())));
         }
     }
     slots.give_back().await;
+    let names: Vec<&str> = sources.active.iter().map(|s| s.id.as_str()).collect();
     if failures.is_empty() {
-        Verdict::Ok(format!("FormSpaces listed as {} (one call each against the budget)", connections.join(", ")))
+        Verdict::Ok(format!("FormSpaces listed as {} (one call each against its team's budget)", names.join(", ")))
     } else {
         Verdict::Failed(failures.join("; "))
     }

@@ -144,11 +144,12 @@ pub type Progress<'a> = dyn Fn(&SyncSummary) + Send + Sync + 'a;
 /// One run for `connection` at `now`: walks until the window is done or something stops it.
 pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateTime<Utc>) -> SyncSummary {
     let mut summary = SyncSummary { connection: connection.to_owned(), ..SyncSummary::default() };
-    let before = parts.client.budget(connection).state(now).await.map(|s| s.calls_today).unwrap_or(0);
+    let before =
+        parts.client.budget(parts.credentials.team(connection)).state(now).await.map(|s| s.calls_today).unwrap_or(0);
     let slots = parts.client.keep_slots();
     let result = walk_until_current(parts, connection, now, &mut summary).await;
     slots.give_back().await;
-    let budget = parts.client.budget(connection).state(now).await.ok();
+    let budget = parts.client.budget(parts.credentials.team(connection)).state(now).await.ok();
     summary.api_calls = budget.as_ref().map_or(0, |b| b.calls_today.saturating_sub(before));
     summary.budget_left = budget.map_or(0, |b| b.budget_left);
     match result {
@@ -164,7 +165,10 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
     summary
 }
 
-pub use runs::{last_syncs, run_connection, wait_out_lease, LastSync, LeaseWait, RunOutcome, STALL_RUNS};
+pub use runs::{
+    clear_queued, due, last_syncs, mark_queued, run_connection, wait_out_lease, LastSync, LeaseWait, RunOutcome,
+    QUEUED_STALE_AFTER, STALL_RUNS,
+};
 
 /// The cursor of `connection` for the configured filter set, if a sync has run.
 pub async fn cursor(stores: &Stores, settings: &SyncSettings, connection: &str) -> Result<Option<Cursor>, StoreError> {

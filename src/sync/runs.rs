@@ -154,6 +154,61 @@ pub async fn wait_out_lease(
     }
 }
 
+/// How long a queued sync may wait for its run before the timer queues another (a message
+/// poisoned or lost; longer than any run should wait for a place on a busy queue).
+pub const QUEUED_STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+const QUEUED_PARTITION: &str = "sync-queued";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Queued {
+    at: DateTime<Utc>,
+}
+
+/// The connections of `ids` whose sync is due at `now`: none queued, or the one queued has run
+/// since (or waited past [`QUEUED_STALE_AFTER`]). The timer queues one sync per due connection,
+/// so a slow run or a long queue never piles up a second message for the same connection.
+pub async fn due(
+    stores: &crate::store::Stores,
+    ids: &[crate::naming::ConnectionId],
+    last: &[LastSync],
+    now: DateTime<Utc>,
+) -> Result<Vec<crate::naming::ConnectionId>, StoreError> {
+    let queued = crate::store::query_partition(stores.tables.as_ref(), Table::Runs, QUEUED_PARTITION).await?;
+    let queued_at = |id: &str| {
+        queued
+            .iter()
+            .find(|e| e.row_key == id)
+            .and_then(|e| crate::store::from_properties::<Queued>(e.properties.clone()).ok())
+            .map(|q| q.at)
+    };
+    Ok(ids
+        .iter()
+        .filter(|id| {
+            let Some(at) = queued_at(id) else { return true };
+            let ran_since = last.iter().any(|l| l.connection == id.as_str() && l.finished_at.is_some_and(|f| f >= at));
+            ran_since || now - at > QUEUED_STALE_AFTER
+        })
+        .cloned()
+        .collect())
+}
+
+/// Notes that a sync of `connection` was queued at `at` (see [`due`]).
+pub async fn mark_queued(stores: &crate::store::Stores, connection: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    TypedTable::new(stores.tables.as_ref(), Table::Runs).upsert(QUEUED_PARTITION, connection, &Queued { at }).await?;
+    Ok(())
+}
+
+/// Forgets that a sync of `connection` was queued: a queued run that found the connection's
+/// lease held gives its turn back, so the next tick queues it again. (Without this, a run
+/// killed outright, whose lease outlived it, left the connection unqueued until
+/// [`QUEUED_STALE_AFTER`].)
+pub async fn clear_queued(stores: &crate::store::Stores, connection: &str) -> Result<(), StoreError> {
+    match stores.tables.delete(Table::Runs, QUEUED_PARTITION, connection, crate::store::IfMatch::Any).await {
+        Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The last run of every connection that has synced, by connection id.
 pub async fn last_syncs(stores: &crate::store::Stores) -> Result<Vec<LastSync>, StoreError> {
     let mut out = Vec::new();

@@ -2,7 +2,7 @@
 //!
 //! TrueContext allows about 2,500 calls per team per UTC day and answers 402
 //! `CallCountExpended` past that. Every call is reserved here *before* it is sent (one CAS on a
-//! row per connection and UTC day), so instances together never send more than
+//! row per team and UTC day), so instances together never send more than
 //! `TRUECONTEXT_DAILY_CALL_BUDGET`; a call that provably never reached TrueContext (the
 //! connection was refused) is given back. A 402 stops every instance until 00:00 UTC.
 
@@ -36,10 +36,10 @@ pub struct BudgetState {
     pub stopped_until: Option<DateTime<Utc>>,
 }
 
-/// One connection's budget on one store.
+/// One team's budget on one store (a connection with no team declared is a team of its own).
 pub struct Budget<'a> {
     tables: &'a dyn TableStore,
-    connection: &'a str,
+    team: &'a str,
     limit: u64,
 }
 
@@ -53,8 +53,8 @@ fn day_row(now: DateTime<Utc>) -> String {
 }
 
 impl<'a> Budget<'a> {
-    pub fn new(tables: &'a dyn TableStore, connection: &'a str, limit: u64) -> Self {
-        Self { tables, connection, limit }
+    pub fn new(tables: &'a dyn TableStore, team: &'a str, limit: u64) -> Self {
+        Self { tables, team, limit }
     }
 
     fn table(&self) -> TypedTable<'a> {
@@ -68,14 +68,14 @@ impl<'a> Budget<'a> {
         }
         let row = day_row(now);
         for _ in 0..CAS_TRIES {
-            let written = match self.table().get::<DayCount>(self.connection, &row).await? {
-                None => self.table().insert(self.connection, &row, &DayCount { calls: 1 }).await,
+            let written = match self.table().get::<DayCount>(self.team, &row).await? {
+                None => self.table().insert(self.team, &row, &DayCount { calls: 1 }).await,
                 Some(day) if day.value.calls >= self.limit => {
                     return Err(TrueContextError::BudgetSpent { budget: self.limit, until: next_midnight(now) })
                 }
                 Some(day) => {
                     let next = DayCount { calls: day.value.calls + 1 };
-                    self.table().update(self.connection, &row, &next, IfMatch::ETag(day.etag)).await
+                    self.table().update(self.team, &row, &next, IfMatch::ETag(day.etag)).await
                 }
             };
             match written {
@@ -91,9 +91,9 @@ impl<'a> Budget<'a> {
     pub async fn refund(&self, now: DateTime<Utc>) -> Result<(), TrueContextError> {
         let row = day_row(now);
         for _ in 0..CAS_TRIES {
-            let Some(day) = self.table().get::<DayCount>(self.connection, &row).await? else { return Ok(()) };
+            let Some(day) = self.table().get::<DayCount>(self.team, &row).await? else { return Ok(()) };
             let next = DayCount { calls: day.value.calls.saturating_sub(1) };
-            match self.table().update(self.connection, &row, &next, IfMatch::ETag(day.etag)).await {
+            match self.table().update(self.team, &row, &next, IfMatch::ETag(day.etag)).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::PreconditionFailed { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -102,21 +102,20 @@ impl<'a> Budget<'a> {
         Ok(())
     }
 
-    /// After a 402: no instance calls for this connection before the next 00:00 UTC.
+    /// After a 402: no instance calls for this team before the next 00:00 UTC.
     pub async fn stop_until_midnight(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, TrueContextError> {
         let until = next_midnight(now);
-        self.table().upsert(self.connection, STOP_ROW, &Stop { until }).await?;
+        self.table().upsert(self.team, STOP_ROW, &Stop { until }).await?;
         Ok(until)
     }
 
     async fn stopped_until(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, TrueContextError> {
-        let stop = self.table().get::<Stop>(self.connection, STOP_ROW).await?;
+        let stop = self.table().get::<Stop>(self.team, STOP_ROW).await?;
         Ok(stop.map(|s| s.value.until).filter(|until| *until > now))
     }
 
     pub async fn state(&self, now: DateTime<Utc>) -> Result<BudgetState, TrueContextError> {
-        let calls_today =
-            self.table().get::<DayCount>(self.connection, &day_row(now)).await?.map_or(0, |d| d.value.calls);
+        let calls_today = self.table().get::<DayCount>(self.team, &day_row(now)).await?.map_or(0, |d| d.value.calls);
         Ok(BudgetState {
             calls_today,
             budget: self.limit,

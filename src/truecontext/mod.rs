@@ -24,6 +24,7 @@ use model::{Form, FormSpace, Page, RecordHeader, RecordMetadata};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::TrueContextSettings;
+use crate::connections::{Access as SourceAccess, Source};
 use crate::secret::SecretString;
 use crate::store::Stores;
 use crate::tokens::Tokens;
@@ -41,27 +42,77 @@ const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(60);
 pub const PAGE_SIZE: u32 = 100;
 
 /// How a call authenticates.
-pub enum Credentials<'a> {
+pub enum Access<'a> {
     /// The connection's OAuth access token; a 401 forces one refresh.
     Bearer(&'a Tokens<'a>),
-    /// An API key (`TRUECONTEXT_AUTH=basic`).
+    /// An API key (`TRUECONTEXT_AUTH=basic`, or a connection added with one).
     Basic { key_id: &'a str, secret: &'a SecretString },
+}
+
+/// How a call authenticates, and the team whose daily budget and call slots it draws on.
+pub struct Credentials<'a> {
+    pub access: Access<'a>,
+    /// The declared team; `None`: the connection is a team of its own.
+    pub team: Option<&'a str>,
 }
 
 /// Why there are no credentials: `TRUECONTEXT_AUTH=basic` without its API key.
 pub const MISSING_API_KEY: &str = "TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET";
 
 impl<'a> Credentials<'a> {
+    pub fn bearer(tokens: &'a Tokens<'a>) -> Self {
+        Credentials { access: Access::Bearer(tokens), team: None }
+    }
+
+    pub fn basic(key_id: &'a str, secret: &'a SecretString) -> Self {
+        Credentials { access: Access::Basic { key_id, secret }, team: None }
+    }
+
+    /// The same credentials, counted against `team`.
+    pub fn in_team(self, team: &'a str) -> Self {
+        Credentials { team: Some(team), ..self }
+    }
+
+    /// The team a call as `connection` is counted against.
+    pub fn team<'c>(&'c self, connection: &'c str) -> &'c str {
+        self.team.unwrap_or(connection)
+    }
+
     /// The credentials `TRUECONTEXT_AUTH` names; `None` when its API key is not configured
-    /// ([`MISSING_API_KEY`] says so). The sync, processing and `check --online` all take them
-    /// from here.
+    /// ([`MISSING_API_KEY`] says so). Processing and `check --online` take them from here.
     pub fn from_settings(tc: &'a crate::config::TrueContextSettings, tokens: &'a Tokens<'a>) -> Option<Self> {
         use crate::config::TrueContextAuth;
         match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {
-            (TrueContextAuth::Bearer, _, _) => Some(Credentials::Bearer(tokens)),
-            (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Some(Credentials::Basic { key_id, secret }),
+            (TrueContextAuth::Bearer, _, _) => Some(Credentials::bearer(tokens)),
+            (TrueContextAuth::Basic, Some(key_id), Some(secret)) => Some(Credentials::basic(key_id, secret)),
             (TrueContextAuth::Basic, _, _) => None,
         }
+    }
+
+    /// The credentials of one source (`connections::sources`), in its team; the error says
+    /// which setting is missing.
+    pub fn of_source(
+        source: &'a Source,
+        tc: &'a crate::config::TrueContextSettings,
+        tokens: &'a Tokens<'a>,
+    ) -> Result<Self, String> {
+        let credentials = match &source.access {
+            SourceAccess::OAuth => Credentials::bearer(tokens),
+            SourceAccess::ConfiguredKey => match (&tc.api_key_id, &tc.api_key_secret) {
+                (Some(key_id), Some(secret)) => Credentials::basic(key_id, secret),
+                _ => return Err(MISSING_API_KEY.to_owned()),
+            },
+            SourceAccess::ApiKey { key_id, secret_setting } => match tc.key_secrets.get(secret_setting) {
+                Some(secret) => Credentials::basic(key_id, secret),
+                None => {
+                    return Err(format!(
+                        "connection {} names {secret_setting} for its API key's secret, and that setting is not set",
+                        source.id
+                    ))
+                }
+            },
+        };
+        Ok(credentials.in_team(source.team.as_str()))
     }
 }
 
@@ -139,12 +190,15 @@ impl ListQuery {
 /// Whose simultaneous calls TrueContext counts together: an API key's (however many
 /// connections are configured with it), or one connection's token's.
 fn slot_scope(credentials: &Credentials<'_>, connection: &str) -> String {
-    match credentials {
-        Credentials::Basic { key_id, .. } => {
+    match &credentials.access {
+        Access::Basic { key_id, .. } => {
             use sha2::Digest;
             format!("key-{}", crate::naming::hex_prefix(&sha2::Sha256::digest(key_id.as_bytes()), 16))
         }
-        Credentials::Bearer(_) => format!("connection-{connection}"),
+        Access::Bearer(_) => match credentials.team {
+            Some(team) => format!("team-{team}"),
+            None => format!("connection-{connection}"),
+        },
     }
 }
 
@@ -174,7 +228,8 @@ pub struct TrueContextClient {
     /// This process's share of the call cap, taken before a cluster slot: local callers are
     /// handed a freed call at once instead of polling the slot leases, and never hold more
     /// leases than the cap.
-    local_slots: Arc<tokio::sync::Semaphore>,
+    /// One per slot scope (team), so one team's calls never wait on another's.
+    local_slots: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// Cluster slots kept between calls (see `slots`).
     kept_slots: Arc<slots::Pool>,
 }
@@ -194,12 +249,19 @@ impl TrueContextClient {
             .build()
             .expect("a static client configuration builds");
         let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
-        let local_slots = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1) as usize));
+        let local_slots = Arc::default();
         let kept_slots = Arc::default();
         Self { http, settings: Arc::new(settings.clone()), stores, holder, clock, local_slots, kept_slots }
     }
 
-    /// The cluster-wide cap on simultaneous calls (`TRUECONTEXT_CONCURRENCY`).
+    /// This process's share of `scope`'s call cap.
+    fn local_share(&self, scope: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut shares = self.local_slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cap = self.concurrency();
+        shares.entry(scope.to_owned()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cap))).clone()
+    }
+
+    /// The cluster-wide cap on simultaneous calls per team (`TRUECONTEXT_CONCURRENCY`).
     pub fn concurrency(&self) -> usize {
         self.settings.concurrency.max(1) as usize
     }
@@ -218,9 +280,9 @@ impl TrueContextClient {
         KeptSlots { client: self, given_back: false }
     }
 
-    /// The connection's budget, as status shows it.
-    pub fn budget<'a>(&'a self, connection: &'a str) -> Budget<'a> {
-        Budget::new(self.stores.tables.as_ref(), connection, self.settings.daily_call_budget)
+    /// A team's budget (a connection with no team declared is a team of its own).
+    pub fn budget<'a>(&'a self, team: &'a str) -> Budget<'a> {
+        Budget::new(self.stores.tables.as_ref(), team, self.settings.daily_call_budget)
     }
 
     /// One page (0-based) of the submissions the query selects.
@@ -299,7 +361,7 @@ impl TrueContextClient {
         params: &[(&str, String)],
     ) -> Result<Vec<u8>, TrueContextError> {
         let url = format!("{}/{path}", self.settings.base_url.as_str().trim_end_matches('/'));
-        let budget = self.budget(connection);
+        let budget = self.budget(credentials.team(connection));
         let scope = slot_scope(credentials, connection);
         let (mut refreshed, mut refresh_next) = (false, false);
         let mut attempt = 0;
@@ -310,7 +372,7 @@ impl TrueContextClient {
             let failure = match outcome {
                 Sent::Answer { status, body, .. } if (200..300).contains(&status) => return Ok(body),
                 Sent::Answer { status: 401, headers, .. } => {
-                    if matches!(credentials, Credentials::Bearer(_)) && !refreshed {
+                    if matches!(credentials.access, Access::Bearer(_)) && !refreshed {
                         // The token may have been revoked or rotated early: one refresh, one retry.
                         (refreshed, refresh_next) = (true, true);
                         attempt -= 1;
@@ -354,8 +416,8 @@ impl TrueContextClient {
         connection: &str,
         force_refresh: bool,
     ) -> Result<SecretString, TrueContextError> {
-        match credentials {
-            Credentials::Basic { key_id, secret } => {
+        match &credentials.access {
+            Access::Basic { key_id, secret } => {
                 use base64::Engine;
                 let pair = zeroize::Zeroizing::new(format!("{key_id}:{}", secret.expose()));
                 Ok(SecretString::new(format!(
@@ -363,7 +425,7 @@ impl TrueContextClient {
                     base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
                 )))
             }
-            Credentials::Bearer(tokens) => {
+            Access::Bearer(tokens) => {
                 let token = if force_refresh {
                     tokens.refresh_now(connection).await
                 } else {
@@ -389,7 +451,8 @@ impl TrueContextClient {
     ) -> Result<Sent, TrueContextError> {
         let timeout = self.settings.timeout;
         let tables = self.stores.tables.as_ref();
-        let Ok(_local) = self.local_slots.acquire().await else {
+        let local = self.local_share(scope);
+        let Ok(_local) = local.acquire().await else {
             return Err(TrueContextError::Store(crate::store::StoreError::Backend("the call cap is closed".into())));
         };
         let (cap, holder) = (self.settings.concurrency, &self.holder);

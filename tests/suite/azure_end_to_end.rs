@@ -87,6 +87,20 @@ fn check_explains_an_azure_store_without_a_vault() {
     assert!(text.contains("KEYVAULT_URI"), "{text}");
 }
 
+/// Hands every message on the incoming queue to `process`, as the host's queue trigger would;
+/// answers how many there were.
+async fn deliver_incoming(server: &Server, queues: &AzureQueues) -> usize {
+    use truecontext_bridge::store::QueueStore;
+    let messages = queues.dequeue("incoming-submissions", 32, std::time::Duration::from_secs(60)).await.unwrap();
+    for message in &messages {
+        let envelope = host::queue_envelope(serde_json::json!(message.body), &[]);
+        let reply = host::invoke(server, "process", &envelope).await;
+        assert_eq!(reply.status, 200, "{}", server.log());
+        queues.delete_message("incoming-submissions", &message.id, &message.pop_receipt).await.unwrap();
+    }
+    messages.len()
+}
+
 /// The scheduled sync through the host's timer envelope, landing on Azurite: raw documents and
 /// records in Blob storage, the index in Table storage, one landed event each in Queue storage;
 /// the next tick lists once and lands nothing.
@@ -110,6 +124,8 @@ async fn the_sync_timer_lands_submissions_in_blob_table_and_queue_storage() {
 
     let account = StorageAccount::from_connection_string(&azurite.connection_string()).unwrap();
     let queues = AzureQueues::new(&account, None).unwrap();
+    // The tick queued the connection's sync; the host's queue trigger runs it.
+    assert_eq!(deliver_incoming(&server, &queues).await, 1, "one sync queued");
     assert_eq!(queues.len("landed-submissions").await.unwrap(), 120, "one landed event each");
     let dir = tempfile::tempdir().unwrap();
     let cli = |args: &[&str]| harness::command(dir.path(), &pairs(&owned)).args(args).output().unwrap();
@@ -130,6 +146,7 @@ async fn the_sync_timer_lands_submissions_in_blob_table_and_queue_storage() {
     let calls = sim.calls().len();
     let reply = host::invoke(&server, "sync", &timer).await;
     assert_eq!(reply.status, 200);
+    assert_eq!(deliver_incoming(&server, &queues).await, 1, "queued again: its last run has finished");
     assert_eq!(sim.calls().len() - calls, 1, "one list call");
     assert_eq!(queues.len("landed-submissions").await.unwrap(), 120, "no second event");
 }

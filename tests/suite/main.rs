@@ -29,6 +29,7 @@ mod infra;
 mod isolation;
 mod landing_props;
 mod log_secrets;
+mod many_connections;
 mod oidc_peer;
 mod operate;
 mod package;

@@ -73,6 +73,10 @@ async fn disable_enable_and_delete_a_consented_connection() {
     let (disabled_runs, second_runs) = (sync_runs(&app, "default").await, sync_runs(&app, "second").await);
     let sync = truecontext_bridge::functions::by_name("sync").unwrap();
     app.timer(sync, TimerInfo::default()).await.unwrap();
+    // The tick queues one sync per connection; the queue function runs them.
+    let process = truecontext_bridge::functions::by_name("process").unwrap();
+    let worker = truecontext_bridge::standalone::QueueWorker::for_function(app.clone(), process);
+    while worker.poll_once(app.stores.queues.as_ref()).await.unwrap() > 0 {}
     assert_eq!(sync_runs(&app, "default").await, disabled_runs, "the sync skips a disabled connection");
     assert_eq!(sync_runs(&app, "second").await, second_runs + 1, "and syncs the others");
     let (code, said) = run(&bridge, &["token", "--connection", "default"]);

@@ -163,9 +163,10 @@ async fn a_429_storm_met_by_two_processes_completes_with_at_most_three_calls_in_
     }
 }
 
-/// A timer run killed with `kill -9` mid-run leaves the cluster-wide sync lease held, but only
-/// until it lapses (30 s after its last renewal): the restarted instance's timer is refused for
-/// a few ticks, then runs and finishes the window. With the flat 15-minute lease this replaced,
+/// A queued sync run killed with `kill -9` mid-run leaves its connection's lease held, but only
+/// until it lapses (30 s after its last renewal): the restarted instance's runs (the message
+/// handed out again, the next ticks' fan-out) find it held and give their turn back, then one
+/// runs and finishes the window. With the flat 15-minute lease this replaced,
 /// every timer in the cluster (and every keep-alive refresh they make) stood still for 15
 /// minutes after one crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +177,8 @@ async fn a_timer_run_killed_mid_run_frees_the_sync_lease_within_its_ttl() {
     let mut settings = basic_settings(&sim);
     settings.push(("SYNC_SCHEDULE", "*/5 * * * * *".into()));
     settings.push(("FUNCTION_KEY", harness::TEST_FUNCTION_KEY.into()));
+    // The killed run's queued message comes back after this.
+    settings.push(("QUEUE_VISIBILITY_TIMEOUT_SECONDS", "15".into()));
     let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let port = harness::free_port().to_string();
     let args = ["serve", "--standalone", "--port", port.as_str()];
@@ -217,7 +220,7 @@ async fn a_timer_run_killed_mid_run_frees_the_sync_lease_within_its_ttl() {
     }
     eprintln!("the sync lease of a killed run freed itself; the timer ran again after {:?}", restarted.elapsed());
     assert!(
-        server.log().contains("sync skipped: another instance is running it"),
+        server.log().contains("this connection's sync is running elsewhere; skipped"),
         "the killed run's lease was still held after the restart:\n{}",
         server.log()
     );

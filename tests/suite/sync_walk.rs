@@ -89,7 +89,7 @@ impl Bench {
     }
 
     fn credentials(&self) -> Credentials<'_> {
-        Credentials::Basic { key_id: KEY_ID, secret: &self.secret }
+        Credentials::basic(KEY_ID, &self.secret)
     }
 
     fn parts<'a>(&'a self, landing: &'a Landing<'a>, credentials: &'a Credentials<'a>) -> SyncParts<'a> {

@@ -29,7 +29,7 @@ fn secret() -> SecretString {
 }
 
 fn basic(secret: &SecretString) -> Credentials<'_> {
-    Credentials::Basic { key_id: KEY_ID, secret }
+    Credentials::basic(KEY_ID, secret)
 }
 
 fn store(dir: &tempfile::TempDir) -> Stores {

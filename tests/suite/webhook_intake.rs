@@ -354,10 +354,7 @@ async fn sync_once(hook: &Hook) {
 async fn sync_at(hook: &Hook, now: chrono::DateTime<Utc>) {
     let app = &hook.app;
     let secret = truecontext_bridge::secret::SecretString::new(crate::harness::truecontext::KEY_SECRET);
-    let credentials = truecontext_bridge::truecontext::Credentials::Basic {
-        key_id: crate::harness::truecontext::KEY_ID,
-        secret: &secret,
-    };
+    let credentials = truecontext_bridge::truecontext::Credentials::basic(crate::harness::truecontext::KEY_ID, &secret);
     let landing =
         landing::Landing::new(&hook.stores, &app.settings.landing.container, &app.settings.landing.landed_queue);
     let parts = truecontext_bridge::sync::SyncParts {

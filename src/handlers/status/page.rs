@@ -194,10 +194,17 @@ impl Page {
             self.element("p", Some("muted"), "No connection syncs yet.");
             return;
         }
-        self.table_head(&["Connection", "Calls against the budget", "Landed (all runs)", "Cursor"]);
+        self.table_head(&[
+            "Connection",
+            "Team (sign-in)",
+            "Team's calls against the budget",
+            "Landed (all runs)",
+            "Cursor",
+        ]);
         for t in &report.truecontext {
             self.push(&format!("<tr id=\"calls-{}\">", escape(&t.connection)));
             self.element("td", None, &t.connection);
+            self.element("td", Some("team"), &format!("{} ({})", t.team, t.access.replace('_', " ")));
             self.push("<td>");
             // `high` colours the bar once four fifths of the budget are spent.
             self.push(&format!(

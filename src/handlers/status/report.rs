@@ -80,6 +80,12 @@ const QUARANTINE_SHOWN: usize = 5;
 #[derive(Debug, Serialize)]
 pub struct TrueContextStatus {
     pub connection: String,
+    /// The TrueContext team the connection draws on: the calls and budget below are the team's
+    /// (shared by every connection of the team). Undeclared: the connection's own id.
+    pub team: String,
+    /// How it signs in: `oauth`, `configured_api_key` (`TRUECONTEXT_AUTH=basic`), `api_key`
+    /// (added with `tcbridge connection add`), or `none` (not read any more: data only).
+    pub access: &'static str,
     pub calls_today: u64,
     pub budget: u64,
     pub budget_left: u64,
@@ -202,7 +208,9 @@ impl StatusReport {
         let mut connections: Vec<ConnectionStatus> = app_only_connection(app, now).await?.into_iter().collect();
         let consented = connections::list(&app.stores).await?;
         let last_syncs = crate::sync::last_syncs(&app.stores).await?;
-        let mut known = connections::known_ids_of(&consented, &app.settings);
+        let added = connections::keyed::list(&app.stores).await?;
+        let mut known = connections::known_ids_of(&consented, &added, &app.settings);
+        let sources = connections::sources(&app.stores, &app.settings).await?;
         known.extend(last_syncs.iter().map(|l| l.connection.clone()));
         known.sort();
         known.dedup();
@@ -213,7 +221,7 @@ impl StatusReport {
             connections.push(status);
         }
         let app_alerts = alerts::list(&app.stores, None).await?;
-        let truecontext = truecontext_status(app, known, last_syncs, now).await?;
+        let truecontext = truecontext_status(app, known, &sources, last_syncs, now).await?;
         let webhook = webhook_status(app, &known_all).await?;
         let quarantine = quarantine_status(app, &known_all).await?;
         let supervision = SupervisionStatus {
@@ -372,13 +380,21 @@ fn undelivered_attention(undelivered: &[alerts::Alert]) -> Option<String> {
 async fn truecontext_status(
     app: &App,
     known: Vec<String>,
+    sources: &connections::Sources,
     mut last_syncs: Vec<crate::sync::LastSync>,
     now: DateTime<Utc>,
 ) -> Result<Vec<TrueContextStatus>, StoreError> {
     let mut out = Vec::new();
     for connection in known {
+        let source = sources.find(&connection);
+        let team = source.map_or(connection.clone(), |s| s.team.to_string());
+        let access = source.map_or("none", |s| match s.access {
+            connections::Access::OAuth => "oauth",
+            connections::Access::ConfiguredKey => "configured_api_key",
+            connections::Access::ApiKey { .. } => "api_key",
+        });
         let limit = app.settings.truecontext.daily_call_budget;
-        let budget = crate::truecontext::Budget::new(app.stores.tables.as_ref(), &connection, limit);
+        let budget = crate::truecontext::Budget::new(app.stores.tables.as_ref(), &team, limit);
         let state = budget.state(now).await.map_err(|e| match e {
             crate::truecontext::TrueContextError::Store(e) => e,
             other => StoreError::Backend(other.to_string()),
@@ -389,6 +405,8 @@ async fn truecontext_status(
             landed_total: last_sync.as_ref().map_or(0, |l| l.landed_total),
             last_sync,
             connection,
+            team,
+            access,
             calls_today: state.calls_today,
             budget: state.budget,
             budget_left: state.budget_left,
