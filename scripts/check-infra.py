@@ -53,6 +53,9 @@ DELIBERATELY_NOT_SET = {
     "WEBHOOK_CONNECTION_SECRETS": "per-connection values for basic/header; the deploy's default is jwt",
     "WEBHOOK_MAX_BACKLOG_SECONDS": "its default (15 minutes) fits the queue's retry schedule",
     "WEBHOOK_MAX_TOKEN_LIFETIME_SECONDS": "its default (24 h) is above Entra's and managed identities' token lifetimes",
+    "RESYNC_BUDGET_SHARE_PERCENT": "its default (half the day's budget) leaves the regular sync the other half",
+    "MISSED_PUSH_GRACE_SECONDS": "its default (15 minutes) is longer than TrueContext takes to push",
+    "MISSED_PUSH_ALERT_THRESHOLD": "its default (3 of one form) tells a lost push from a broken destination",
     "TRUECONTEXT_KEY_SECRET_*": "a family, one per API-key connection the operator adds (`tcbridge connection add`), each a Key Vault reference set then",
 }
 

@@ -64,6 +64,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Walk a past range of one connection again, on a cursor of its own, landing what is
+    /// missing or changed. Stops for the day at its share of the team's budget
+    /// (RESYNC_BUDGET_SHARE_PERCENT); run it again to resume.
+    Resync {
+        #[arg(long)]
+        connection: String,
+        /// Start of the range (processed date, UTC): YYYY-MM-DD or RFC 3339. At most 365 days ago.
+        #[arg(long)]
+        from: String,
+        /// End of the range (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this form.
+        #[arg(long)]
+        form: Option<String>,
+        /// Where it stands as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch one submission again and land it (one call).
+    Refetch {
+        id: String,
+        /// The connection (needed when the submission is not landed yet, or under several).
+        #[arg(long)]
+        connection: Option<String>,
+    },
     /// The submissions landed in the store.
     Submissions {
         #[command(subcommand)]

@@ -25,6 +25,7 @@ mod check;
 mod connection;
 mod poison;
 mod quarantine;
+mod resync;
 mod serve;
 mod status;
 mod submissions;
@@ -53,6 +54,10 @@ pub async fn run(command: Command, raw: RawSettings) -> anyhow::Result<ExitCode>
         Command::Quarantine { command } => quarantine::quarantine(&raw, command).await,
         Command::Connection { command } => connection::connection(&raw, command).await,
         Command::Sync { once, connection, json } => sync::sync_once(&raw, once, connection, json).await,
+        Command::Resync { connection, from, to, form, json } => {
+            resync::resync(&raw, &connection, resync::Request { from, to, form }, json).await
+        }
+        Command::Refetch { id, connection } => resync::refetch(&raw, &id, connection).await,
         Command::Token { connection, force } => token::token(&raw, connection, force).await,
         Command::Serve { standalone: false, .. } => serve::serve_host(&raw).await,
         Command::Serve { standalone: true, port, address, demo: false } => {

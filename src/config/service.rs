@@ -73,6 +73,15 @@ pub struct SyncSettings {
     /// `SYNC_TRUST_PUSHES`: a submission whose current version was pushed, in the state the list
     /// shows, is taken as current without a document call (see ARCHITECTURE.md, "Push and pull").
     pub trust_pushes: bool,
+    /// `RESYNC_BUDGET_SHARE_PERCENT`: a re-sync stops for the day once the team's calls today
+    /// reach this share of the budget, so the regular sync always has the rest.
+    pub resync_share_percent: u64,
+    /// `MISSED_PUSH_GRACE_SECONDS`: how long after the sync lands a submission its push may
+    /// still arrive before it counts as missed (with the webhook configured).
+    pub missed_push_grace: Duration,
+    /// `MISSED_PUSH_ALERT_THRESHOLD`: missed pushes of one form (since pushes last arrived for
+    /// it) that raise the `pushes_missing` alert.
+    pub missed_push_threshold: u64,
 }
 
 /// Where landed data goes.

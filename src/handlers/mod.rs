@@ -25,7 +25,7 @@ use crate::functions::{Function, FunctionId, Trigger};
 use crate::store::Stores;
 
 pub use status::StatusReport;
-pub use sync::{pull, run_deadline};
+pub use sync::{pull, refetch, resync, run_deadline};
 
 /// How this process was started; reported by `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

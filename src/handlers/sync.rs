@@ -227,14 +227,9 @@ pub async fn pull(
     progress: Option<&crate::sync::Progress<'_>>,
     deadline: tokio::time::Instant,
 ) -> Result<RunOutcome, crate::store::StoreError> {
-    let settings = &app.settings;
-    let tokens = app.tokens();
-    let sources = crate::connections::sources(&app.stores, settings).await?;
-    let credentials = match sources.find(connection) {
-        Some(source) => Credentials::of_source(source, &settings.truecontext, &tokens),
-        None => Err(not_a_source(&sources, connection)),
-    };
-    let credentials = match credentials {
+    let (sources, tokens, landing) =
+        (crate::connections::sources(&app.stores, &app.settings).await?, app.tokens(), app.landing());
+    let credentials = match credentials_of(app, &sources, &tokens, connection) {
         Ok(credentials) => credentials,
         Err(reason) => {
             return Ok(RunOutcome::Ran(SyncSummary {
@@ -245,18 +240,70 @@ pub async fn pull(
             }))
         }
     };
-    let landing = app.landing();
-    let parts = crate::sync::SyncParts {
+    let parts = sync_parts(app, &credentials, &landing, progress, deadline);
+    crate::sync::run_connection(&parts, connection, Utc::now()).await
+}
+
+/// `tcbridge resync`: the range's re-sync for `connection`, run (or resumed) until done, its
+/// budget share is used, or the run's time limit.
+pub async fn resync(
+    app: &App,
+    connection: &str,
+    range: &crate::sync::resync::Range,
+) -> Result<crate::sync::resync::Resync, crate::sync::resync::ResyncError> {
+    use crate::sync::resync::{self, ResyncError};
+    let (sources, tokens, landing) =
+        (crate::connections::sources(&app.stores, &app.settings).await?, app.tokens(), app.landing());
+    let credentials = credentials_of(app, &sources, &tokens, connection)
+        .map_err(|reason| ResyncError::Sync(crate::sync::SyncError::Configuration(reason)))?;
+    let parts = sync_parts(app, &credentials, &landing, None, run_deadline(app));
+    resync::run(&parts, connection, range, Utc::now()).await
+}
+
+/// `tcbridge refetch`: one submission fetched again and landed (one call).
+pub async fn refetch(
+    app: &App,
+    connection: &str,
+    id: &crate::naming::RecordId,
+) -> Result<crate::sync::Fetched, crate::sync::SyncError> {
+    let sources = crate::connections::sources(&app.stores, &app.settings).await?;
+    let (tokens, landing) = (app.tokens(), app.landing());
+    let credentials =
+        credentials_of(app, &sources, &tokens, connection).map_err(crate::sync::SyncError::Configuration)?;
+    let parts = sync_parts(app, &credentials, &landing, None, run_deadline(app));
+    crate::sync::resync::refetch(&parts, connection, id).await
+}
+
+/// The credentials `connection` reads TrueContext with, or why it has none.
+fn credentials_of<'a>(
+    app: &'a App,
+    sources: &'a crate::connections::Sources,
+    tokens: &'a crate::tokens::Tokens<'a>,
+    connection: &str,
+) -> Result<Credentials<'a>, String> {
+    match sources.find(connection) {
+        Some(source) => Credentials::of_source(source, &app.settings.truecontext, tokens),
+        None => Err(not_a_source(sources, connection)),
+    }
+}
+
+fn sync_parts<'a>(
+    app: &'a App,
+    credentials: &'a Credentials<'a>,
+    landing: &'a crate::landing::Landing<'a>,
+    progress: Option<&'a crate::sync::Progress<'a>>,
+    deadline: tokio::time::Instant,
+) -> crate::sync::SyncParts<'a> {
+    crate::sync::SyncParts {
         client: app.truecontext(),
-        credentials: &credentials,
+        credentials,
         stores: &app.stores,
-        landing: &landing,
-        settings: &settings.sync,
-        alert_webhook: settings.tokens.alert_webhook.as_ref(),
+        landing,
+        settings: &app.settings.sync,
+        alert_webhook: app.settings.tokens.alert_webhook.as_ref(),
         progress,
         deadline,
-    };
-    crate::sync::run_connection(&parts, connection, Utc::now()).await
+    }
 }
 
 /// Why `connection` is not read: it needs an administrator, or the bridge does not know it.

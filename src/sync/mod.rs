@@ -26,6 +26,7 @@
 //! listed state is taken as current (TrueContext pushes each version it processes).
 //! So N new submissions cost ⌈N/100⌉ list pages and N documents.
 
+pub mod resync;
 mod runs;
 
 use std::collections::HashMap;
@@ -109,6 +110,12 @@ pub enum SyncError {
         "the run reached its time limit (SYNC_MAX_RUN_SECONDS) and stopped at a checkpoint; the next run resumes it"
     )]
     Deadline,
+    #[error(
+        "the re-sync's share of today's budget ({0} calls, RESYNC_BUDGET_SHARE_PERCENT) is used; the rest is the regular sync's. Run it again after 00:00 UTC to resume"
+    )]
+    ShareUsed(u64),
+    #[error("{0}")]
+    Configuration(String),
 }
 
 impl SyncError {
@@ -119,6 +126,8 @@ impl SyncError {
             SyncError::Store(_) => StopClass::Store,
             SyncError::Unstable(_) => StopClass::Unstable,
             SyncError::Deadline => StopClass::Deadline,
+            SyncError::ShareUsed(_) => StopClass::Budget,
+            SyncError::Configuration(_) => StopClass::Configuration,
         }
     }
 }
@@ -403,7 +412,8 @@ async fn needs_document(
 }
 
 /// What became of one fetched document.
-enum Fetched {
+#[derive(Debug)]
+pub enum Fetched {
     Landed(Outcome),
     /// 404: retention expired, or a passthrough form.
     Gone,

@@ -280,6 +280,11 @@ impl TrueContextClient {
         KeptSlots { client: self, given_back: false }
     }
 
+    /// `TRUECONTEXT_DAILY_CALL_BUDGET`: calls per team per UTC day.
+    pub fn daily_budget(&self) -> u64 {
+        self.settings.daily_call_budget
+    }
+
     /// A team's budget (a connection with no team declared is a team of its own).
     pub fn budget<'a>(&'a self, team: &'a str) -> Budget<'a> {
         Budget::new(self.stores.tables.as_ref(), team, self.settings.daily_call_budget)

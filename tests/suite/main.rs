@@ -35,6 +35,7 @@ mod operate;
 mod package;
 mod queue_worker;
 mod request_cost;
+mod resync;
 mod standalone;
 mod status_page;
 mod store_conformance;

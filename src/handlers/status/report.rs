@@ -100,6 +100,9 @@ pub struct TrueContextStatus {
     /// Documents landed (new or changed) by the sync runs recorded so far: a run killed before
     /// it was recorded is not counted (what it landed is), and pushes are not counted here.
     pub landed_total: u64,
+    /// Its re-syncs (`tcbridge resync`): range, progress, what stopped one, days of budget share
+    /// the rest needs.
+    pub resyncs: Vec<crate::sync::resync::Resync>,
 }
 
 /// A connection as status shows it: never a token or a secret name.
@@ -400,6 +403,7 @@ async fn truecontext_status(
             other => StoreError::Backend(other.to_string()),
         })?;
         let cursor = crate::sync::cursor(&app.stores, &app.settings.sync, &connection).await?;
+        let resyncs = crate::sync::resync::list(&app.stores, &connection).await?;
         let last_sync = last_syncs.iter().position(|l| l.connection == connection).map(|i| last_syncs.swap_remove(i));
         out.push(TrueContextStatus {
             landed_total: last_sync.as_ref().map_or(0, |l| l.landed_total),
@@ -413,6 +417,7 @@ async fn truecontext_status(
             budget_stopped_until: state.stopped_until,
             cursor: cursor.as_ref().and_then(|c| c.processed_until),
             walk_in_progress: cursor.is_some_and(|c| c.walk.is_some()),
+            resyncs,
         });
     }
     Ok(out)
