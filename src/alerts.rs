@@ -13,6 +13,12 @@
 //! what is still owed with backoff, claiming each row under If-Match so two instances do not
 //! both post it. A crash between the POST and its note can post an alert twice, never zero
 //! times. Status lists what is still owed.
+//!
+//! When an alert's cause clears (a refresh works again, the sync moves, a poisoned push is
+//! replayed, pushes arrive again), its row is deleted and, if it went to the webhook, a
+//! "resolved" row takes its place in the outbox: posted in the same formats by the next
+//! [`deliver_pending`], then deleted. An operator's channel says both when it broke and when it
+//! healed.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -46,10 +52,11 @@ pub enum AlertKind {
     SyncStalled,
     PushPoisoned,
     SubmissionQuarantined,
+    PushesMissing,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 9] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::ConnectionNeedsReauth,
         AlertKind::ReconsentDue,
         AlertKind::TokenRefreshRejected,
@@ -59,6 +66,7 @@ impl AlertKind {
         AlertKind::SyncStalled,
         AlertKind::PushPoisoned,
         AlertKind::SubmissionQuarantined,
+        AlertKind::PushesMissing,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -72,6 +80,7 @@ impl AlertKind {
             AlertKind::SyncStalled => "sync_stalled",
             AlertKind::PushPoisoned => "push_poisoned",
             AlertKind::SubmissionQuarantined => "submission_quarantined",
+            AlertKind::PushesMissing => "pushes_missing",
         }
     }
 
@@ -116,6 +125,10 @@ impl AlertKind {
             AlertKind::SubmissionQuarantined => "A submission cannot be landed and is kept as received: `tcbridge quarantine \
                  list` shows why; after a fix, `tcbridge quarantine retry --all`."
                 .to_owned(),
+            AlertKind::PushesMissing => "Submissions of the forms named reach the bridge by the sync only: check those forms' \
+                 HTTP Data Destination in TrueContext (its URL and credential, the webhook's), and the FormSpace's problem \
+                 contact's mail (TrueContext writes there when deliveries fail). The sync catches up meanwhile."
+                .to_owned(),
         }
     }
 }
@@ -148,6 +161,10 @@ pub struct Alert {
     /// Why the last POST failed (a status or a connection error; never the URL's secret).
     #[serde(default)]
     pub last_delivery_error: Option<String>,
+    /// When its cause cleared: the row is then the "resolved" message owed to the alert
+    /// webhook (deleted once posted), not an alert in force.
+    #[serde(default)]
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 impl Alert {
@@ -164,6 +181,7 @@ impl Alert {
             next_attempt_at: None,
             delivered_at: None,
             last_delivery_error: None,
+            resolved_at: None,
         }
     }
 
@@ -173,13 +191,22 @@ impl Alert {
 
     fn row(&self) -> String {
         let digest = Sha256::digest(format!("{}\n{}", self.alert, self.error_code).as_bytes());
-        format!("{}-{}", self.alert, crate::naming::hex_prefix(&digest, 16))
+        let alert = format!("{}-{}", self.alert, crate::naming::hex_prefix(&digest, 16));
+        match self.resolved_at {
+            // One per raise and clear: a cause that comes back and clears again says so again.
+            Some(_) => format!("{RESOLVED_PREFIX}{alert}-{}", self.raised_at.timestamp_millis()),
+            None => alert,
+        }
     }
 
     fn text(&self) -> String {
+        let what = match self.resolved_at {
+            Some(at) => format!("resolved: {} (raised {}, cleared {})", self.alert, stamp(self.raised_at), stamp(at)),
+            None => self.alert.clone(),
+        };
         match &self.connection {
-            Some(c) => format!("truecontext-bridge: {} for connection {c}: {}", self.alert, self.reason),
-            None => format!("truecontext-bridge: {}: {}", self.alert, self.reason),
+            Some(c) => format!("truecontext-bridge: {what} for connection {c}: {}", self.reason),
+            None => format!("truecontext-bridge: {what}: {}", self.reason),
         }
     }
 
@@ -195,6 +222,8 @@ impl Alert {
                 "error_code": self.error_code,
                 "reason": self.reason,
                 "raised_at": self.raised_at,
+                "resolved": self.resolved_at.is_some(),
+                "resolved_at": self.resolved_at,
             }),
             AlertFormat::AdaptiveCard => {
                 let fact = |title: &str, value: &str| json!({ "title": title, "value": value });
@@ -204,13 +233,17 @@ impl Alert {
                     "version": "1.4",
                     "body": [
                         { "type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
-                          "text": format!("truecontext-bridge: {}", self.alert) },
+                          "text": match self.resolved_at {
+                              Some(_) => format!("truecontext-bridge: resolved: {}", self.alert),
+                              None => format!("truecontext-bridge: {}", self.alert),
+                          } },
                         { "type": "TextBlock", "wrap": true, "text": self.reason },
                         { "type": "FactSet", "facts": [
                             fact("Connection", self.connection.as_deref().unwrap_or("(app)")),
                             fact("Class", &self.class),
                             fact("Code", &self.error_code),
                             fact("Raised", &self.raised_at.to_rfc3339()),
+                            fact("Resolved", &self.resolved_at.map_or("no".to_owned(), |at| at.to_rfc3339())),
                         ] }
                     ]
                 });
@@ -220,6 +253,13 @@ impl Alert {
             }
         }
     }
+}
+
+/// Rows that are "resolved" messages, not alerts in force.
+const RESOLVED_PREFIX: &str = "resolved-";
+
+fn stamp(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 fn partition(connection: Option<&str>) -> String {
@@ -316,8 +356,14 @@ async fn deliver(
             alert.last_delivery_error = Some(reason.clone());
         }
     }
-    match table.update(&partition, &row, &alert, IfMatch::ETag(claimed)).await {
-        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(result.is_ok()),
+    let noted = if alert.resolved_at.is_some() && result.is_ok() {
+        // A resolved message has nothing left to say once posted.
+        stores.tables.delete(Table::Alerts, &partition, &row, IfMatch::ETag(claimed)).await
+    } else {
+        table.update(&partition, &row, &alert, IfMatch::ETag(claimed)).await.map(|_| ())
+    };
+    match noted {
+        Ok(()) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(result.is_ok()),
         Err(e) => Err(e),
     }
 }
@@ -341,21 +387,42 @@ async fn post(url: &url::Url, body: &serde_json::Value) -> Result<(), String> {
     }
 }
 
-/// Alerts of the app and of `connections` still owed to the alert webhook.
+/// Alerts (and "resolved" messages) of the app and of `connections` still owed to the alert
+/// webhook.
 pub async fn undelivered(stores: &Stores, connections: &[String]) -> Result<Vec<Alert>, StoreError> {
-    let mut out: Vec<Alert> = list(stores, None).await?.into_iter().filter(|a| a.delivery_owed).collect();
+    let mut out: Vec<Alert> = rows(stores, None).await?.into_iter().filter(|a| a.delivery_owed).collect();
     for connection in connections {
-        out.extend(list(stores, Some(connection)).await?.into_iter().filter(|a| a.delivery_owed));
+        out.extend(rows(stores, Some(connection)).await?.into_iter().filter(|a| a.delivery_owed));
     }
     Ok(out)
+}
+
+/// Every row of a scope: alerts in force and "resolved" messages still owed.
+async fn rows(stores: &Stores, connection: Option<&str>) -> Result<Vec<Alert>, StoreError> {
+    let entities = crate::store::query_partition(stores.tables.as_ref(), Table::Alerts, &partition(connection)).await?;
+    entities.into_iter().map(|e| crate::store::from_properties(e.properties)).collect()
 }
 
 /// The alerts raised for a connection (`None`: app-level ones), every page of them: one push
 /// poisoned is one alert, and the hostile-document run found that reading only the first
 /// hundred hid (and left uncleared) every alert after them.
 pub async fn list(stores: &Stores, connection: Option<&str>) -> Result<Vec<Alert>, StoreError> {
-    let entities = crate::store::query_partition(stores.tables.as_ref(), Table::Alerts, &partition(connection)).await?;
-    entities.into_iter().map(|e| crate::store::from_properties(e.properties)).collect()
+    Ok(rows(stores, connection).await?.into_iter().filter(|a| a.resolved_at.is_none()).collect())
+}
+
+/// Ends one alert (`kind` with `error_code`: a poisoned push replayed), saying it is resolved.
+pub async fn clear_one(
+    stores: &Stores,
+    connection: Option<&str>,
+    kind: AlertKind,
+    error_code: &str,
+) -> Result<(), StoreError> {
+    for alert in list(stores, connection).await? {
+        if alert.alert == kind.name() && alert.error_code == error_code {
+            end(stores, alert).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Ends every alert of a connection (it was consented again), so a new failure alerts again.
@@ -374,19 +441,47 @@ pub async fn clear_app(stores: &Stores) -> Result<(), StoreError> {
     clear(stores, None, None).await
 }
 
-/// Deletes the alerts of one scope, all of them or those of one of `kinds`.
+/// Ends the alerts of one scope, all of them or those of one of `kinds` (each says it is
+/// resolved).
 async fn clear(stores: &Stores, connection: Option<&str>, kinds: Option<&[AlertKind]>) -> Result<(), StoreError> {
-    let partition = partition(connection);
     for alert in list(stores, connection).await? {
         if kinds.is_some_and(|kinds| !kinds.iter().any(|k| k.name() == alert.alert)) {
             continue;
         }
-        match stores.tables.delete(Table::Alerts, &partition, &alert.row(), IfMatch::Any).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        end(stores, alert).await?;
     }
     Ok(())
+}
+
+/// Deletes an alert in force and, when it went to the alert webhook, leaves its "resolved"
+/// message in the outbox ([`deliver_pending`] posts it). The first instance to delete it says
+/// so; a second finds it gone and stays quiet.
+async fn end(stores: &Stores, alert: Alert) -> Result<(), StoreError> {
+    match stores.tables.delete(Table::Alerts, &alert.partition(), &alert.row(), IfMatch::Any).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let resolved = Alert { resolved_at: Some(Utc::now()), ..alert };
+    // Not `alert = …`: that field marks the lines Azure Monitor's alert rules match.
+    tracing::info!(resolved = %resolved.alert, connection = resolved.connection.as_deref().unwrap_or("-"),
+        error_code = %resolved.error_code, "RESOLVED {}", resolved.text());
+    if !(resolved.delivery_owed || resolved.delivered_at.is_some()) {
+        return Ok(());
+    }
+    let owed = Alert {
+        delivery_owed: true,
+        delivery_attempts: 0,
+        next_attempt_at: None,
+        delivered_at: None,
+        last_delivery_error: None,
+        ..resolved
+    };
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Alerts);
+    match table.insert(&owed.partition(), &owed.row(), &owed).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

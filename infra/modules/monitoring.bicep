@@ -154,6 +154,13 @@ var logAlerts = [
     severity: 2
     query: 'traces | where message has "submission_quarantined" ${parseLine} | where tostring(e.alert) == "submission_quarantined" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
   }
+  {
+    key: 'pushes-missing'
+    title: 'tcbridge: TrueContext pushes are missing'
+    description: 'pushes_missing: submissions the sync landed never arrived by push within MISSED_PUSH_GRACE_SECONDS, for the forms named. Check the TrueContext HTTP Data Destination of those forms, its credential, and the FormSpace problem contact\'s mail. The sync catches up meanwhile.'
+    severity: 3
+    query: 'traces | where message has "pushes_missing" ${parseLine} | where tostring(e.alert) == "pushes_missing" | project timestamp, connection = tostring(e.connection), reason = tostring(e.reason)'
+  }
 ]
 
 resource logAlertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for a in logAlerts: {

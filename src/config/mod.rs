@@ -142,6 +142,7 @@ impl Settings {
                 resync_share_percent: p.number("RESYNC_BUDGET_SHARE_PERCENT", 50, 1, 100),
                 missed_push_grace: Duration::from_secs(p.number("MISSED_PUSH_GRACE_SECONDS", 900, 0, 7 * 86_400)),
                 missed_push_threshold: p.number("MISSED_PUSH_ALERT_THRESHOLD", 3, 1, 1_000_000),
+                watch_pushes: p.get("WEBHOOK_AUTH").is_some(),
             },
             max_request_body_bytes: p.number("MAX_REQUEST_BODY_BYTES", 16 * 1024 * 1024, 1024, 100 * 1024 * 1024),
             max_connections: p.number("STANDALONE_MAX_CONNECTIONS", 256, 1, 65_536),

@@ -82,6 +82,9 @@ pub struct SyncSettings {
     /// `MISSED_PUSH_ALERT_THRESHOLD`: missed pushes of one form (since pushes last arrived for
     /// it) that raise the `pushes_missing` alert.
     pub missed_push_threshold: u64,
+    /// The webhook is configured (`WEBHOOK_AUTH`): submissions the sync lands new are watched
+    /// for their push.
+    pub watch_pushes: bool,
 }
 
 /// Where landed data goes.

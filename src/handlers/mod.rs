@@ -269,6 +269,15 @@ impl App {
             Ok(n) => tracing::warn!(queued = n, "stored pushes that were never queued are queued now"),
             Err(e) => tracing::warn!(error = %e, "the recovery pass of stored pushes failed"),
         }
+        if self.settings.sync.watch_pushes {
+            let webhook = self.settings.tokens.alert_webhook.as_ref();
+            let now = chrono::Utc::now();
+            match crate::sync::missed::check(&self.stores, webhook, &self.settings.sync, &connections, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(missed = n, "submissions the sync landed were never pushed"),
+                Err(e) => tracing::warn!(error = %e, "the missed-push pass failed"),
+            }
+        }
         if let Some(webhook) = &self.settings.tokens.alert_webhook {
             match crate::alerts::deliver_pending(&self.stores, webhook, &connections).await {
                 Ok(0) => {}

@@ -26,6 +26,7 @@
 //! listed state is taken as current (TrueContext pushes each version it processes).
 //! So N new submissions cost ⌈N/100⌉ list pages and N documents.
 
+pub mod missed;
 pub mod resync;
 mod runs;
 
@@ -92,6 +93,16 @@ pub struct SyncSummary {
     pub completed: bool,
     /// Why it stopped, as `class: detail` (None when completed).
     pub stopped_reason: Option<String>,
+    /// Submissions this run landed new, with their form, received within the last day: with
+    /// the webhook configured, each is watched for its push ([`missed`]).
+    #[serde(skip)]
+    pub watch: Vec<(String, String)>,
+    /// Forms of listed submissions a push had landed: their pushes arrive.
+    #[serde(skip)]
+    pub pushed_forms: std::collections::BTreeSet<String>,
+    /// Ids [`land_documents`] landed new (for the walk to give them their form).
+    #[serde(skip)]
+    pub landed_new: Vec<String>,
     /// The stop's class alone.
     pub stopped_class: Option<StopClass>,
 }
@@ -158,6 +169,11 @@ pub async fn sync_connection(parts: &SyncParts<'_>, connection: &str, now: DateT
     let slots = parts.client.keep_slots();
     let result = walk_until_current(parts, connection, now, &mut summary).await;
     slots.give_back().await;
+    if parts.settings.watch_pushes {
+        if let Err(e) = missed::note_run(parts.stores, connection, &summary, now).await {
+            tracing::warn!(connection, error = %e, "the push watch could not be noted");
+        }
+    }
     let budget = parts.client.budget(parts.credentials.team(connection)).state(now).await.ok();
     summary.api_calls = budget.as_ref().map_or(0, |b| b.calls_today.saturating_sub(before));
     summary.budget_left = budget.map_or(0, |b| b.budget_left);
@@ -321,6 +337,7 @@ async fn walk(
             }
         }
         let landed = land_documents(parts, connection, walk.end, &wanted, summary).await;
+        watch_landed(&page.page_data, now, summary);
         // Other instances get a turn at TrueContext between pages.
         parts.client.release_slots().await;
         landed?;
@@ -339,6 +356,18 @@ async fn walk(
         if done {
             summary.cursor = Some(walk.end);
             return Ok(if resumed { Window::Resumed } else { Window::Fresh });
+        }
+    }
+}
+
+/// Moves the ids landed new to the watch list with their form, when TrueContext received them
+/// within the last day (older ones, a backfill's, were never going to be pushed now).
+fn watch_landed(listed: &[RecordHeader], now: DateTime<Utc>, summary: &mut SyncSummary) {
+    let recent = now - chrono::TimeDelta::days(1);
+    for id in std::mem::take(&mut summary.landed_new) {
+        let Some(header) = listed.iter().find(|h| h.summary.identifier == id) else { continue };
+        if header.server_receive_date.is_some_and(|at| at >= recent) {
+            summary.watch.push((id, header.form_id.clone().unwrap_or_default()));
         }
     }
 }
@@ -381,6 +410,9 @@ async fn needs_document(
     summary: &mut SyncSummary,
 ) -> Result<bool, SyncError> {
     let landed = parts.landing.landed_row(connection, &header.summary.identifier).await?;
+    if landed.as_ref().is_some_and(|row| row.sources.contains(&Source::Webhook)) {
+        summary.pushed_forms.insert(header.form_id.clone().unwrap_or_default());
+    }
     let fetch = match &landed {
         None => true,
         // The copy was taken at or after this window's end: nothing in the window is newer.
@@ -440,9 +472,12 @@ async fn land_documents(
     // The futures are made before they become a stream: a stream that maps through a closure
     // over borrowed ids trips rustc's higher-ranked `Send` inference (rust-lang/rust#102211).
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let fetches: Vec<_> = wanted.iter().map(|id| fetch_and_land(parts, connection, order, id, &failed)).collect();
+    let landed_new = std::sync::Mutex::new(Vec::new());
+    let fetches: Vec<_> =
+        wanted.iter().map(|id| fetch_and_land(parts, connection, order, id, &failed, &landed_new)).collect();
     let results: Vec<Result<Fetched, SyncError>> =
         futures::stream::iter(fetches).buffer_unordered(parts.client.concurrency() * 2).collect().await;
+    summary.landed_new.extend(landed_new.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()));
     let mut first_error = None;
     for result in results {
         match result {
@@ -466,14 +501,19 @@ async fn fetch_and_land(
     order: DateTime<Utc>,
     id: &str,
     failed: &std::sync::atomic::AtomicBool,
+    landed_new: &std::sync::Mutex<Vec<String>>,
 ) -> Result<Fetched, SyncError> {
     use std::sync::atomic::Ordering;
     if failed.load(Ordering::SeqCst) {
         return Ok(Fetched::Skipped);
     }
     let landed = fetch_and_land_one(parts, connection, order, id).await;
-    if landed.is_err() {
-        failed.store(true, Ordering::SeqCst);
+    match &landed {
+        Err(_) => failed.store(true, Ordering::SeqCst),
+        Ok(Fetched::Landed(Outcome::New)) => {
+            landed_new.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(id.to_owned())
+        }
+        Ok(_) => {}
     }
     landed
 }

@@ -404,9 +404,11 @@ pub async fn mark_replayed(stores: &Stores, push: &PushRef) -> Result<(), StoreE
     let Some(current) = table.get::<Pending>(&push.connection, &push.key).await? else { return Ok(()) };
     let row = Pending { poisoned: false, queued: true, queued_at: Some(Utc::now()), ..current.value };
     match table.update(&push.connection, &push.key, &row, IfMatch::ETag(current.etag)).await {
-        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(()),
-        Err(e) => Err(e),
+        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => {}
+        Err(e) => return Err(e),
     }
+    // Its poisoned alert is over (and says so, where it went to the alert webhook).
+    crate::alerts::clear_one(stores, Some(&push.connection), crate::alerts::AlertKind::PushPoisoned, &push.key).await
 }
 
 /// What status shows of the pushes still in hand.

@@ -30,6 +30,7 @@ mod isolation;
 mod landing_props;
 mod log_secrets;
 mod many_connections;
+mod missed_pushes;
 mod oidc_peer;
 mod operate;
 mod package;

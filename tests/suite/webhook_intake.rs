@@ -252,6 +252,8 @@ pub async fn failing_processing_is_retried_poisoned_alerted_once_then_replayed_a
     let replayed = truecontext_bridge::ops::poison::replay(&hook.app, Some(&id)).await.unwrap();
     assert_eq!(replayed.len(), 1);
     assert_eq!((hook.poison_len().await, hook.queue_len().await), (0, 1));
+    let alerts = truecontext_bridge::alerts::list(&hook.stores, Some("default")).await.unwrap();
+    assert!(!alerts.iter().any(|a| a.alert == "push_poisoned"), "the replay resolved its alert: {alerts:?}");
     hook.drain().await;
     assert_eq!(landing::list(&hook.stores, "default").await.unwrap().len(), 1);
     assert_eq!(hook.rows(Table::Incoming, "default").await, 0);

@@ -54,6 +54,11 @@ pub struct WebhookStatus {
     /// Messages on the incoming queue (pushes and first syncs), visible or not.
     pub queue_depth: usize,
     pub poison_queue_depth: usize,
+    /// With the webhook configured: per connection, each form's submissions that came by the
+    /// sync alone (never pushed within `MISSED_PUSH_GRACE_SECONDS`).
+    pub missed_pushes: std::collections::BTreeMap<String, Vec<crate::sync::missed::FormPushes>>,
+    /// Their sum over every form's `missed_since_push`.
+    pub missed_pushes_since_push: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,6 +244,7 @@ impl StatusReport {
         attention.extend(counters_attention(&webhook, now));
         attention.extend(supervision_attention(&supervision, now));
         attention.extend(poison_attention(&webhook));
+        attention.extend(missed_push_attention(&webhook, app.settings.sync.missed_push_threshold));
         attention.extend(undelivered_attention(&alerts_undelivered));
         let healthy = attention.is_empty();
         Ok(StatusReport {
@@ -264,6 +270,26 @@ impl StatusReport {
             configuration_missing: app.settings.missing().into_iter().map(|p| p.setting).collect(),
         })
     }
+}
+
+/// Forms whose pushes stopped arriving (their count since the last push is at the threshold).
+fn missed_push_attention(webhook: &WebhookStatus, threshold: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (connection, forms) in &webhook.missed_pushes {
+        let failing: Vec<String> = forms
+            .iter()
+            .filter(|f| f.missed_since_push >= threshold)
+            .map(|f| format!("{} ({} missed)", f.form, f.missed_since_push))
+            .collect();
+        if !failing.is_empty() {
+            out.push(format!(
+                "{connection}: pushes are missing for form(s) {}; check their TrueContext Data Destination and its \
+                 credential (the sync catches up meanwhile)",
+                failing.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 /// What the connections and their syncs ask of an operator.
@@ -371,10 +397,14 @@ fn supervision_attention(supervision: &SupervisionStatus, now: DateTime<Utc>) ->
 }
 
 fn undelivered_attention(undelivered: &[alerts::Alert]) -> Option<String> {
-    let oldest = undelivered.iter().min_by_key(|a| a.raised_at)?;
+    // A "resolved" message waits for the next housekeeping pass to be posted: only one the
+    // webhook has refused says something is wrong.
+    let owed: Vec<&alerts::Alert> =
+        undelivered.iter().filter(|a| a.resolved_at.is_none() || a.last_delivery_error.is_some()).collect();
+    let oldest = owed.iter().min_by_key(|a| a.raised_at)?;
     Some(format!(
         "{} alert(s) not delivered to ALERT_WEBHOOK_URL since {}: {}",
-        undelivered.len(),
+        owed.len(),
         oldest.raised_at.format("%Y-%m-%d %H:%M UTC"),
         oldest.last_delivery_error.as_deref().unwrap_or("not tried yet")
     ))
@@ -425,12 +455,21 @@ async fn truecontext_status(
 
 async fn webhook_status(app: &App, connections: &[String]) -> Result<WebhookStatus, StoreError> {
     let queue = &app.settings.queues.incoming;
+    let mut missed = std::collections::BTreeMap::new();
+    for connection in connections {
+        let forms = crate::sync::missed::per_form(&app.stores, connection).await?;
+        if !forms.is_empty() {
+            missed.insert(connection.clone(), forms);
+        }
+    }
     Ok(WebhookStatus {
         auth: app.settings.webhook.auth,
         counters: crate::webhook::counters::totals(&app.stores, app.webhook_counters()).await?,
         backlog: crate::webhook::backlog(&app.stores, connections).await?,
         queue_depth: app.stores.queues.len(queue).await?,
         poison_queue_depth: app.stores.queues.len(&format!("{queue}-poison")).await?,
+        missed_pushes_since_push: missed.values().flatten().map(|f| f.missed_since_push).sum(),
+        missed_pushes: missed,
     })
 }
 

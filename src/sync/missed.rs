@@ -1,0 +1,191 @@
+//! Missing pushes: with the webhook configured, TrueContext should push every submission; one
+//! that reaches the bridge by the sync alone means a push was lost (a Data Destination switched
+//! off, a credential rotated on one side only, a failing endpoint TrueContext gave up on).
+//! TrueContext says so only by mail to the FormSpace's problem contact, after about an hour.
+//!
+//! Each submission a sync run lands new (received within the last day) is *watched*: a row in
+//! the `runs` table. After `MISSED_PUSH_GRACE_SECONDS` the housekeeping pass looks at its index
+//! row: a push that landed it since is on the row's sources; none means missed, counted per form.
+//! A sync run that lists a submission a push landed notes that its form's pushes arrive, which
+//! zeroes the form's count since the last push. A form whose count reaches
+//! `MISSED_PUSH_ALERT_THRESHOLD` raises one `pushes_missing` alert per connection naming the
+//! forms; it clears (with a "resolved" message) once every form is back to zero. Pushes cost
+//! nothing here: only the sync's landings and listings write.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::SyncSummary;
+use crate::alerts::{self, Alert, AlertKind};
+use crate::config::{AlertWebhook, SyncSettings};
+use crate::landing::{IndexRow, Source};
+use crate::store::{StoreError, Stores, Table, TypedTable};
+
+const ALERT_CODE: &str = "pushes_missing";
+
+fn watch_partition(connection: &str) -> String {
+    format!("push-watch:{connection}")
+}
+
+fn forms_partition(connection: &str) -> String {
+    format!("missed-pushes:{connection}")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Watched {
+    form: String,
+    landed_at: DateTime<Utc>,
+}
+
+/// One form's pushes as the bridge has seen them (status: `missed_pushes`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FormPushes {
+    pub form: String,
+    /// Submissions landed by the sync that were never pushed, since pushes last arrived.
+    pub missed_since_push: u64,
+    pub missed_total: u64,
+    pub last_missed_at: Option<DateTime<Utc>>,
+    /// When a sync run last listed a submission of this form that a push had landed.
+    pub last_pushed_at: Option<DateTime<Utc>>,
+}
+
+/// After a sync run: watch what it landed new, and zero the count of forms whose pushes arrive.
+pub async fn note_run(
+    stores: &Stores,
+    connection: &str,
+    run: &SyncSummary,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Runs);
+    for (id, form) in &run.watch {
+        table.upsert(&watch_partition(connection), id, &Watched { form: form.clone(), landed_at: now }).await?;
+    }
+    for form in &run.pushed_forms {
+        let key = form_key(form);
+        let current = table.get::<FormPushes>(&forms_partition(connection), &key).await?.map(|v| v.value);
+        // Written only when it changes something status shows (a count to zero, or an hour on).
+        let stale = |c: &FormPushes| c.last_pushed_at.is_none_or(|at| now - at > chrono::TimeDelta::hours(1));
+        if let Some(mut forms) = current.filter(|c| c.missed_since_push > 0 || stale(c)) {
+            forms.missed_since_push = 0;
+            forms.last_pushed_at = Some(now);
+            table.upsert(&forms_partition(connection), &key, &forms).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A form id as a row key (an empty one: the listing did not say).
+fn form_key(form: &str) -> String {
+    if form.is_empty() {
+        "unknown".to_owned()
+    } else {
+        form.to_owned()
+    }
+}
+
+/// Every form's push tally of `connection`.
+pub async fn per_form(stores: &Stores, connection: &str) -> Result<Vec<FormPushes>, StoreError> {
+    let rows = crate::store::query_partition(stores.tables.as_ref(), Table::Runs, &forms_partition(connection)).await?;
+    rows.into_iter().map(|e| crate::store::from_properties(e.properties)).collect()
+}
+
+/// The housekeeping pass for `connections`: watched submissions past the grace are decided
+/// (pushed, or missed and counted), and each connection's alert raised or cleared. Answers how
+/// many were found missed.
+pub async fn check(
+    stores: &Stores,
+    webhook: Option<&AlertWebhook>,
+    settings: &SyncSettings,
+    connections: &[String],
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut missed = 0;
+    for connection in connections {
+        missed += decide(stores, connection, settings, now).await?;
+        alert(stores, webhook, settings, connection).await?;
+    }
+    Ok(missed)
+}
+
+async fn decide(
+    stores: &Stores,
+    connection: &str,
+    settings: &SyncSettings,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let watched =
+        crate::store::query_partition(stores.tables.as_ref(), Table::Runs, &watch_partition(connection)).await?;
+    let grace = crate::clock::delta(settings.missed_push_grace);
+    let table = TypedTable::new(stores.tables.as_ref(), Table::Runs);
+    let index = TypedTable::new(stores.tables.as_ref(), Table::Submissions);
+    let mut forms: BTreeMap<String, FormPushes> = BTreeMap::new();
+    let mut missed = 0;
+    for entity in watched {
+        let id = entity.row_key.clone();
+        let Ok(watch) = crate::store::from_properties::<Watched>(entity.properties) else { continue };
+        if watch.landed_at + grace > now {
+            continue;
+        }
+        let pushed =
+            index.get::<IndexRow>(connection, &id).await?.is_some_and(|r| r.value.sources.contains(&Source::Webhook));
+        let key = form_key(&watch.form);
+        if !forms.contains_key(&key) {
+            let current = table.get::<FormPushes>(&forms_partition(connection), &key).await?.map(|v| v.value);
+            forms.insert(
+                key.clone(),
+                current.unwrap_or(FormPushes { form: watch.form.clone(), ..FormPushes::default() }),
+            );
+        }
+        let Some(form) = forms.get_mut(&key) else { continue };
+        if pushed {
+            form.missed_since_push = 0;
+            form.last_pushed_at = Some(now);
+        } else {
+            missed += 1;
+            form.missed_since_push += 1;
+            form.missed_total += 1;
+            form.last_missed_at = Some(now);
+            tracing::warn!(connection, id = %id, form = %watch.form, "a submission the sync landed was never pushed");
+        }
+        match stores.tables.delete(Table::Runs, &watch_partition(connection), &id, crate::store::IfMatch::Any).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for (key, form) in forms {
+        table.upsert(&forms_partition(connection), &key, &form).await?;
+    }
+    Ok(missed)
+}
+
+/// Raises the connection's alert naming the forms at or past the threshold, or clears it.
+async fn alert(
+    stores: &Stores,
+    webhook: Option<&AlertWebhook>,
+    settings: &SyncSettings,
+    connection: &str,
+) -> Result<(), StoreError> {
+    let forms = per_form(stores, connection).await?;
+    let failing: Vec<String> = forms
+        .iter()
+        .filter(|f| f.missed_since_push >= settings.missed_push_threshold)
+        .map(|f| format!("{} ({} missed)", f.form, f.missed_since_push))
+        .collect();
+    if failing.is_empty() {
+        let raised = alerts::list(stores, Some(connection)).await?.iter().any(|a| a.alert == ALERT_CODE);
+        if raised {
+            alerts::clear_connection_named(stores, connection, &[AlertKind::PushesMissing]).await?;
+        }
+        return Ok(());
+    }
+    let reason = format!(
+        "submissions of form(s) {} reached the bridge by the sync only, never by push; check those forms' HTTP \
+         Data Destination in TrueContext, its credential, and the FormSpace problem contact's mail",
+        failing.join(", ")
+    );
+    let alert = Alert::new(AlertKind::PushesMissing, Some(connection), "missed_push", ALERT_CODE, &reason);
+    alerts::raise(stores, webhook, alert).await?;
+    Ok(())
+}
