@@ -33,7 +33,9 @@ use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 
+mod demo;
 mod records;
+pub use demo::{PushTarget, DEMO_FORMS};
 use records::{document, edit, insert_records, new_record};
 
 pub const KEY_ID: &str = "sim-key-id";
@@ -102,6 +104,8 @@ struct World {
     gone_documents: std::collections::HashSet<String>,
     /// Ids are numbers counted from here, never reused (a removed record's id stays gone).
     next_id: u64,
+    /// Where the demo's new and edited submissions are pushed, as an HTTP Data Destination.
+    push_target: Option<PushTarget>,
 }
 
 struct Shared {
@@ -119,9 +123,6 @@ pub struct TrueContextSim {
     /// The demo's activity (new submissions, edits), stopped with the simulator.
     activity: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
 }
-
-/// The forms the demo's submissions use.
-const DEMO_FORMS: [&str; 3] = ["1001", "1002", "1003"];
 
 impl TrueContextSim {
     pub fn start() -> TrueContextSim {
@@ -153,43 +154,9 @@ impl TrueContextSim {
         TrueContextSim { shared, addr, stop: Some(stop), thread: Some(thread), activity: None }
     }
 
-    /// The demo: `seeded` submissions over the last three days on three forms, then a new one
-    /// every `every` and an edit of an earlier one every fourth time.
-    pub fn start_demo(seeded: usize, every: Duration) -> TrueContextSim {
-        let mut sim = Self::start();
-        let now = Utc::now();
-        for (i, form) in DEMO_FORMS.iter().enumerate() {
-            let count = seeded / DEMO_FORMS.len() + usize::from(i < seeded % DEMO_FORMS.len());
-            let spacing = TimeDelta::minutes(3 * 24 * 60 / count.max(1) as i64);
-            sim.add_spaced(count, form, now - TimeDelta::minutes(i as i64 + 5), spacing);
-        }
-        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, shared) = (stopped.clone(), sim.shared.clone());
-        let thread = std::thread::spawn(move || {
-            let mut tick = 0usize;
-            while !flag.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(200));
-                tick += 1;
-                let ticks_per_arrival = (every.as_millis() / 200).max(1) as usize;
-                if !tick.is_multiple_of(ticks_per_arrival) {
-                    continue;
-                }
-                let mut world = shared.world.lock().unwrap();
-                let arrivals = tick / ticks_per_arrival;
-                if arrivals.is_multiple_of(4) {
-                    let ids: Vec<String> = world.records.keys().cloned().collect();
-                    if let Some(id) = ids.get(arrivals * 7919 % ids.len().max(1)) {
-                        edit(&mut world, id);
-                    }
-                } else {
-                    if let Some(form) = DEMO_FORMS.get(arrivals % DEMO_FORMS.len()) {
-                        insert_records(&mut world, 1, form, Utc::now(), TimeDelta::minutes(1), "");
-                    }
-                }
-            }
-        });
-        sim.activity = Some((stopped, thread));
-        sim
+    /// Pushes the demo's new and edited submissions to `target` from now on.
+    pub fn push_to(&self, target: PushTarget) {
+        self.world().push_target = Some(target);
     }
 
     /// The API base, as `TRUECONTEXT_BASE_URL` names it.

@@ -48,12 +48,18 @@ pub(super) async fn serve_host(raw: &RawSettings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `first_sync`: a connection synced at once on start (the demo's), not at the first tick.
+/// What the demo asks of a standalone server: a connection synced at once on start, not at
+/// the first tick, and word of the address it listens on (where its pushes go).
+pub(super) struct DemoStart {
+    pub first_sync: &'static str,
+    pub listening: tokio::sync::oneshot::Sender<SocketAddr>,
+}
+
 pub(super) async fn serve_standalone(
     raw: &RawSettings,
     port: Option<u16>,
     address: Option<IpAddr>,
-    first_sync: Option<&str>,
+    demo: Option<DemoStart>,
 ) -> anyhow::Result<ExitCode> {
     let settings = load_settings(raw)?;
     telemetry::init(settings.log_format, Output::Stdout);
@@ -102,8 +108,9 @@ pub(super) async fn serve_standalone(
         standalone::run_housekeeping(app, HOUSEKEEPING_EVERY, stop)
     }));
     workers.push(supervised(&app, "counters", &stop, standalone::run_counters));
-    if let Some(connection) = first_sync {
-        app.sync_soon(connection).await;
+    if let Some(demo) = demo {
+        app.sync_soon(demo.first_sync).await;
+        let _ = demo.listening.send(local_addr);
     }
     let limits = standalone::ServerLimits {
         max_connections: settings.max_connections,
@@ -129,12 +136,16 @@ pub(super) async fn serve_demo(
     port: Option<u16>,
     address: Option<IpAddr>,
 ) -> anyhow::Result<ExitCode> {
-    use crate::simulator::{TrueContextSim, KEY_ID, KEY_SECRET};
+    use crate::simulator::{PushTarget, TrueContextSim, KEY_ID, KEY_SECRET};
     // Started off the runtime: the simulator runs its own, on a thread of its own.
     let sim = tokio::task::spawn_blocking(|| TrueContextSim::start_demo(300, std::time::Duration::from_secs(4)))
         .await
         .context("cannot start the TrueContext simulator")?;
+    let sim = std::sync::Arc::new(sim);
     let base_url = sim.base_url();
+    // The demo's push credential: made up per start, printed like the function key.
+    let password = crate::secret::SecretString::new(hex::encode(rand::random::<[u8; 12]>()));
+    telemetry::register_secret(&password);
     for (name, value) in [
         ("TRUECONTEXT_BASE_URL", base_url.as_str()),
         ("TRUECONTEXT_AUTH", "basic"),
@@ -145,16 +156,36 @@ pub(super) async fn serve_demo(
         ("SYNC_BACKFILL_DAYS", "7"),
         ("SYNC_SETTLE_SECONDS", "2"),
         ("SYNC_OVERLAP_SECONDS", "30"),
+        ("WEBHOOK_AUTH", "basic"),
+        ("WEBHOOK_BASIC_USERNAME", "demo"),
+        ("WEBHOOK_BASIC_PASSWORD", password.expose()),
     ] {
         raw.set(name, value);
     }
+    // Soon enough to see within a minute that form 1003's pushes never come.
+    raw.set_unless_environment("MISSED_PUSH_GRACE_SECONDS", "15");
     // The committed local.settings.json's schedule (every 30 minutes, for the Functions tools)
     // once made a fresh clone's demo show nothing for half an hour: only the environment may
     // slow the demo down.
     raw.set_unless_environment("SYNC_SCHEDULE", "*/10 * * * * *");
     say!("demo: a TrueContext simulator at {base_url} with 300 submissions and a new one every few seconds;")?;
     say!("demo: synced as connection \"demo\" every 10 s. Try `tcbridge submissions list` and /api/status.")?;
-    let served = serve_standalone(&raw, port, address, Some("demo")).await;
+    say!("demo: TrueContext also pushes each new submission to /api/webhook, as user \"demo\" with password:")?;
+    say!("    {}", password.expose())?;
+    say!("demo: the destination of form 1003 is broken on purpose: the sync catches its submissions up, and status")?;
+    say!("demo: counts them as missed pushes, with the alert an operator would get.")?;
+    let (listening, address_told) = tokio::sync::oneshot::channel();
+    let pushing = sim.clone();
+    tokio::spawn(async move {
+        let Ok(addr) = address_told.await else { return };
+        pushing.push_to(PushTarget {
+            url: format!("http://{addr}/api/webhook?connection=demo"),
+            username: "demo".into(),
+            password: password.expose().to_owned(),
+            drop_form: Some(crate::simulator::DEMO_FORMS[2].to_owned()),
+        });
+    });
+    let served = serve_standalone(&raw, port, address, Some(DemoStart { first_sync: "demo", listening })).await;
     tokio::task::spawn_blocking(move || drop(sim)).await.ok();
     served
 }

@@ -5,6 +5,7 @@
 
 use super::sync::{log_summary, pull, run_deadline};
 use super::{App, InvocationError, QueueInput};
+use crate::landing::Outcome;
 use crate::sync::RunOutcome;
 use crate::truecontext::Credentials;
 use crate::webhook::counters::Counters;
@@ -64,6 +65,9 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
             match &processed {
                 Processed::Landed(landed) => {
                     Counters::bump(&counters.processed);
+                    if matches!(landed.outcome, Outcome::New | Outcome::Changed) {
+                        counters.landed("push", &push.connection, std::slice::from_ref(&landed.id), 1);
+                    }
                     tracing::info!(connection = %push.connection, identifier = %landed.id, outcome = ?landed.outcome, version = landed.version, "push processed");
                 }
                 Processed::AlreadyDone => {
@@ -127,13 +131,21 @@ async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
             crate::sync::clear_queued(&app.stores, connection).await?;
             Ok(())
         }
-        RunOutcome::Ran(summary) => match log_summary(&summary) {
-            // A deadline stop is not a failure: the timer resumes the window.
-            Some(class) if class.is_retryable() => Err(InvocationError::Unavailable(format!(
-                "the sync of {connection} stopped: {}",
-                summary.stopped_reason.unwrap_or_default()
-            ))),
-            _ => Ok(()),
-        },
+        RunOutcome::Ran(summary) => {
+            if summary.documents_landed > 0 {
+                // For the status page's chart and latest list.
+                let counters = app.webhook_counters();
+                counters.landed("sync", connection, &summary.latest, u64::from(summary.documents_landed));
+                counters.flush_soon(&app.stores);
+            }
+            match log_summary(&summary) {
+                // A deadline stop is not a failure: the timer resumes the window.
+                Some(class) if class.is_retryable() => Err(InvocationError::Unavailable(format!(
+                    "the sync of {connection} stopped: {}",
+                    summary.stopped_reason.unwrap_or_default()
+                ))),
+                _ => Ok(()),
+            }
+        }
     }
 }

@@ -44,6 +44,8 @@ use crate::truecontext::model::RecordHeader;
 pub use crate::truecontext::StopClass;
 use crate::truecontext::{Credentials, ListQuery, TrueContextClient, TrueContextError};
 
+/// Ids a run keeps for the status page's latest list (as `webhook::counters` keeps).
+const LATEST_KEPT: usize = 10;
 /// Restarts of one window (its total kept changing) before the run gives up for now.
 const MAX_RESTARTS: u32 = 10;
 
@@ -103,6 +105,9 @@ pub struct SyncSummary {
     /// Ids [`land_documents`] landed new (for the walk to give them their form).
     #[serde(skip)]
     pub landed_new: Vec<String>,
+    /// The latest few ids the run landed new (the status page's latest list).
+    #[serde(skip)]
+    pub latest: Vec<String>,
     /// The stop's class alone.
     pub stopped_class: Option<StopClass>,
 }
@@ -337,7 +342,8 @@ async fn walk(
             }
         }
         let landed = land_documents(parts, connection, walk.end, &wanted, summary).await;
-        watch_landed(&page.page_data, now, summary);
+        // The first run's backfill was never going to be pushed: only a later window's are.
+        watch_landed(&page.page_data, previous_end.map(|_| walk.start), summary);
         // Other instances get a turn at TrueContext between pages.
         parts.client.release_slots().await;
         landed?;
@@ -361,12 +367,16 @@ async fn walk(
 }
 
 /// Moves the ids landed new to the watch list with their form, when TrueContext received them
-/// within the last day (older ones, a backfill's, were never going to be pushed now).
-fn watch_landed(listed: &[RecordHeader], now: DateTime<Utc>, summary: &mut SyncSummary) {
-    let recent = now - chrono::TimeDelta::days(1);
-    for id in std::mem::take(&mut summary.landed_new) {
+/// since `since` (the window's start; `None`, the first run's backfill: none is watched, as
+/// submissions from before the webhook was set up were never going to be pushed).
+fn watch_landed(listed: &[RecordHeader], since: Option<DateTime<Utc>>, summary: &mut SyncSummary) {
+    let landed = std::mem::take(&mut summary.landed_new);
+    summary.latest.extend(landed.iter().cloned());
+    let excess = summary.latest.len().saturating_sub(LATEST_KEPT);
+    summary.latest.drain(..excess);
+    for id in landed {
         let Some(header) = listed.iter().find(|h| h.summary.identifier == id) else { continue };
-        if header.server_receive_date.is_some_and(|at| at >= recent) {
+        if since.is_some_and(|since| header.server_receive_date.is_some_and(|at| at >= since)) {
             summary.watch.push((id, header.form_id.clone().unwrap_or_default()));
         }
     }

@@ -59,6 +59,38 @@ pub struct Figures {
     /// destination gets wrong): when and why.
     #[serde(default)]
     pub last_verified_refusal: Option<Restart>,
+    /// Submissions landed (new or changed) per UTC hour (`2026-12-08T14`), by road, over the
+    /// last day: the status page's chart.
+    #[serde(default)]
+    pub landed_by_hour: BTreeMap<String, HourLandings>,
+    /// The latest few landed, newest first.
+    #[serde(default)]
+    pub latest_landed: Vec<LandedNote>,
+}
+
+/// Landings in one UTC hour, by the road they came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourLandings {
+    pub pushed: u64,
+    pub synced: u64,
+}
+
+/// One landed submission, for the status page's latest list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LandedNote {
+    pub at: DateTime<Utc>,
+    pub connection: String,
+    pub id: String,
+    /// `push` or `sync`.
+    pub road: String,
+}
+
+/// Landed submissions each process keeps for the latest list.
+pub const LATEST_KEPT: usize = 10;
+
+/// The hour bucket of `at`.
+pub fn hour_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H").to_string()
 }
 
 /// One restart of a supervised task (or, for `last_verified_refusal`, one refused push: `task`
@@ -96,6 +128,14 @@ impl Figures {
         }
         self.connection_cap_reached += other.connection_cap_reached;
         self.last_connection_cap_at = self.last_connection_cap_at.max(other.last_connection_cap_at);
+        for (hour, landed) in &other.landed_by_hour {
+            let mine = self.landed_by_hour.entry(hour.clone()).or_default();
+            mine.pushed += landed.pushed;
+            mine.synced += landed.synced;
+        }
+        self.latest_landed.extend(other.latest_landed.iter().cloned());
+        self.latest_landed.sort_by(|a, b| b.at.cmp(&a.at));
+        self.latest_landed.truncate(LATEST_KEPT);
         if other.last_verified_refusal.as_ref().map(|r| r.at) > self.last_verified_refusal.as_ref().map(|r| r.at) {
             self.last_verified_refusal = other.last_verified_refusal.clone();
         }
@@ -118,6 +158,7 @@ pub struct Counters {
     caps: Mutex<(u64, Option<DateTime<Utc>>)>,
     last_gone: Mutex<Option<DateTime<Utc>>>,
     verified_refusal: Mutex<Option<Restart>>,
+    landings: Mutex<(BTreeMap<String, HourLandings>, std::collections::VecDeque<LandedNote>)>,
     /// What the last write stored (its time left out), so an idle process writes nothing.
     last_written: Mutex<Option<Figures>>,
     last_flush: Mutex<Instant>,
@@ -141,6 +182,7 @@ impl Default for Counters {
             caps: Mutex::default(),
             last_gone: Mutex::default(),
             verified_refusal: Mutex::default(),
+            landings: Mutex::default(),
             last_written: Mutex::default(),
             last_flush: Mutex::new(Instant::now()),
             flushing: AtomicBool::new(false),
@@ -193,6 +235,27 @@ impl Counters {
         *self.verified_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
     }
 
+    /// Submissions landed new or changed by one road: `ids` (at most the latest few are kept,
+    /// the count is `count`).
+    pub fn landed(&self, road: &str, connection: &str, ids: &[String], count: u64) {
+        let now = Utc::now();
+        let mut landings = self.landings.lock().unwrap_or_else(|p| p.into_inner());
+        let hour = landings.0.entry(hour_key(now)).or_default();
+        if road == "push" {
+            hour.pushed += count;
+        } else {
+            hour.synced += count;
+        }
+        // A day and an hour is all the chart shows.
+        let oldest = hour_key(now - chrono::TimeDelta::hours(25));
+        landings.0.retain(|key, _| *key >= oldest);
+        for id in ids.iter().rev().take(LATEST_KEPT).rev() {
+            let note = LandedNote { at: now, connection: connection.to_owned(), id: id.clone(), road: road.to_owned() };
+            landings.1.push_front(note);
+        }
+        landings.1.truncate(LATEST_KEPT);
+    }
+
     fn snapshot(&self) -> Figures {
         let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         let restarts = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,6 +263,10 @@ impl Counters {
         let caps = *self.caps.lock().unwrap_or_else(|p| p.into_inner());
         let verified_refusal = self.verified_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let last_gone_at = *self.last_gone.lock().unwrap_or_else(|p| p.into_inner());
+        let (landed_by_hour, latest_landed) = {
+            let landings = self.landings.lock().unwrap_or_else(|p| p.into_inner());
+            (landings.0.clone(), landings.1.iter().cloned().collect())
+        };
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Figures {
             received: load(&self.received),
@@ -219,6 +286,8 @@ impl Counters {
             connection_cap_reached: caps.0,
             last_connection_cap_at: caps.1,
             last_verified_refusal: verified_refusal,
+            landed_by_hour,
+            latest_landed,
         }
     }
 

@@ -18,6 +18,7 @@ mod cas_processes;
 mod chaos;
 mod cli;
 mod connect_flow;
+mod demo;
 mod function_json;
 mod fuzz_corpus;
 mod host_protocol;

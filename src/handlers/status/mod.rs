@@ -1,6 +1,7 @@
 //! The `status` function: the status report ([`report`]) as JSON, or as a page for a browser
 //! ([`page`]). One way: this file uses both, the page reads the report, the report knows neither.
 
+mod charts;
 mod page;
 mod report;
 

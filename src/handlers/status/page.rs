@@ -4,8 +4,8 @@
 //! do about each.
 //!
 //! The page is one self-contained document: no script at all, one style sheet allowed by its
-//! hash (the policy has no `'unsafe-inline'`), bars drawn by `<meter>` so no inline style is
-//! needed, every value escaped.
+//! hash (the policy has no `'unsafe-inline'`), bars drawn by `<meter>` and charts by inline
+//! SVG with presentation attributes, so no inline style is needed; every value escaped.
 
 use std::sync::OnceLock;
 
@@ -45,6 +45,7 @@ pub fn render(report: &StatusReport) -> HttpResponse {
     page.attention(report);
     page.connections(report);
     page.truecontext(report);
+    page.activity(report);
     page.pushes(report);
     page.alerts(report);
     page.footer(report);
@@ -60,6 +61,19 @@ pub fn render(report: &StatusReport) -> HttpResponse {
     }
     let status = StatusCode::from_u16(report.summary.status).unwrap_or(StatusCode::OK);
     HttpResponse { status, headers, body: page.html }
+}
+
+/// A connection's last sync run as one line: when, and how it ended.
+fn last_sync(report: &StatusReport, connection: &str) -> String {
+    let last = report.truecontext.iter().find(|t| t.connection == connection).and_then(|t| t.last_sync.as_ref());
+    match last {
+        Some(l) => format!(
+            "{} — {}",
+            time(l.finished_at),
+            if l.completed { "completed".to_owned() } else { l.stopped_reason.clone().unwrap_or_default() }
+        ),
+        None => "never".to_owned(),
+    }
 }
 
 /// What an operator does about an alert, by its name.
@@ -146,7 +160,9 @@ impl Page {
 
     fn connections(&mut self, report: &StatusReport) {
         self.element("h2", None, "Connections");
-        if report.connections.is_empty() {
+        let keyed: Vec<_> =
+            report.truecontext.iter().filter(|t| matches!(t.access, "api_key" | "configured_api_key")).collect();
+        if report.connections.is_empty() && keyed.is_empty() {
             self.element("p", Some("muted"), "No connection yet: `tcbridge consent-url` prints the link to connect.");
             return;
         }
@@ -158,15 +174,6 @@ impl Page {
                 "active" if c.attention.is_none() => "ok",
                 "active" => "warn",
                 _ => "bad",
-            };
-            let last = report.truecontext.iter().find(|t| t.connection == c.id).and_then(|t| t.last_sync.as_ref());
-            let last = match last {
-                Some(l) => format!(
-                    "{} — {}",
-                    time(l.finished_at),
-                    if l.completed { "completed".to_owned() } else { l.stopped_reason.clone().unwrap_or_default() }
-                ),
-                None => "never".to_owned(),
             };
             let next = if state == "active" { time(report.sync.next_run) } else { "— (not synced)".to_owned() };
             self.push(&format!("<tr id=\"connection-{}\">", escape(&c.id)));
@@ -181,8 +188,19 @@ impl Page {
             self.push("</td>");
             self.element("td", None, &c.account);
             self.element("td", None, &time(c.access_token_expires_at));
-            self.element("td", None, &last);
+            self.element("td", None, &last_sync(report, &c.id));
             self.element("td", None, &next);
+            self.push("</tr>");
+        }
+        // API-key connections: no consent and no token, always active while their key is set.
+        for t in keyed {
+            self.push(&format!("<tr id=\"connection-{}\">", escape(&t.connection)));
+            self.element("td", None, &t.connection);
+            self.element("td", Some("ok state"), "active");
+            self.element("td", None, &format!("API key, team {}", t.team));
+            self.element("td", None, "— (API key)");
+            self.element("td", None, &last_sync(report, &t.connection));
+            self.element("td", None, &time(report.sync.next_run));
             self.push("</tr>");
         }
         self.push("</tbody></table>");
@@ -227,6 +245,44 @@ impl Page {
         self.push("</tbody></table>");
     }
 
+    /// Landings over the last day by road, each team's calls against its budget (inline SVG),
+    /// and the latest landed submissions.
+    fn activity(&mut self, report: &StatusReport) {
+        self.element("h2", None, "Activity");
+        let counters = &report.webhook.counters;
+        self.element(
+            "p",
+            Some("muted"),
+            "Submissions landed per hour, last 24 hours: pushed (blue) on synced (green).",
+        );
+        self.push(&super::charts::landings(&counters.landed_by_hour, Utc::now()));
+        let mut teams: Vec<(String, u64, u64)> = Vec::new();
+        for t in &report.truecontext {
+            if !teams.iter().any(|(team, ..)| *team == t.team) {
+                teams.push((t.team.clone(), t.calls_today, t.budget));
+            }
+        }
+        if !teams.is_empty() {
+            self.element("p", Some("muted"), "TrueContext calls today against each team's budget.");
+            self.push(&super::charts::calls(&teams));
+        }
+        self.element("h2", None, "Latest landed submissions");
+        if counters.latest_landed.is_empty() {
+            self.element("p", Some("muted"), "None landed since the servers started.");
+            return;
+        }
+        self.table_head(&["Landed", "Connection", "Submission", "Road"]);
+        for note in &counters.latest_landed {
+            self.push("<tr class=\"latest\">");
+            self.element("td", None, &time(Some(note.at)));
+            self.element("td", None, &note.connection);
+            self.element("td", None, &note.id);
+            self.element("td", None, &note.road);
+            self.push("</tr>");
+        }
+        self.push("</tbody></table>");
+    }
+
     fn pushes(&mut self, report: &StatusReport) {
         let w = &report.webhook;
         self.element("h2", None, "Pushes");
@@ -247,6 +303,7 @@ impl Page {
             "Poisoned",
             "Waiting",
             "Poison queue",
+            "Missed (sync only)",
         ]);
         self.push("<tr id=\"pushes\">");
         let figures = [
@@ -258,6 +315,7 @@ impl Page {
             w.counters.poisoned,
             w.backlog.unprocessed as u64,
             w.poison_queue_depth as u64,
+            w.missed_pushes_since_push,
         ];
         for (i, figure) in figures.iter().enumerate() {
             let class = if (i == 5 || i == 7) && *figure > 0 { "bad" } else { "" };
