@@ -134,7 +134,7 @@ impl Figures {
             mine.synced += landed.synced;
         }
         self.latest_landed.extend(other.latest_landed.iter().cloned());
-        self.latest_landed.sort_by(|a, b| b.at.cmp(&a.at));
+        self.latest_landed.sort_by_key(|note| std::cmp::Reverse(note.at));
         self.latest_landed.truncate(LATEST_KEPT);
         if other.last_verified_refusal.as_ref().map(|r| r.at) > self.last_verified_refusal.as_ref().map(|r| r.at) {
             self.last_verified_refusal = other.last_verified_refusal.clone();
