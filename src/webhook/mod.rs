@@ -1,18 +1,27 @@
 //! The webhook: pushes from TrueContext's HTTP Data Destination, made durable before they are
 //! acknowledged, then processed from the incoming queue into the same landing as the sync.
 //!
-//! **Intake** ([`Intake::accept`]), in this order, each step idempotent:
-//! 1. a push already processed (`deliveries` row for connection, id and body hash) is a duplicate;
-//! 2. the body is stored exactly as received, `incoming/{connection}/{id}/{sha256}.json`, only if absent;
-//! 3. its pending row (`incoming` table) is inserted; an existing row means the same delivery is
-//!    already in hand: a duplicate (one whose request died before queueing is queued by it);
-//! 4. a `push` message goes on the incoming queue, and the row notes that it is queued;
-//! 5. only then is the push answered 202.
+//! **Intake** ([`Intake::accept`]): three storage requests, each step idempotent:
+//! 1. the body is stored exactly as received, `incoming/{connection}/{id}/{sha256}.json`, only
+//!    if absent. Present already: the same body came before, and the rare path decides: processed
+//!    (a `deliveries` row) or in hand (a pending row) is a duplicate;
+//! 2. its pending row (`incoming` table) is inserted, noted as queued; an existing row means the
+//!    same delivery is already in hand: a duplicate (one whose request died before queueing is
+//!    queued by it);
+//! 3. a `push` message goes on the incoming queue;
+//! 4. only then is the push answered 202.
 //!
-//! A crash before 3 leaves an orphan blob at most (the sender retries: no 2xx was sent). A crash
-//! between 3 and 4 leaves a row not queued: a retry of the same delivery, or the recovery pass
-//! ([`recover`], every timer run and every minute in standalone mode), queues it once
-//! `WEBHOOK_RECOVERY_SECONDS` have passed. After 4, the queue holds it until it is processed.
+//! The minimum a durable acknowledgement needs is two (the body and the message); the row is the
+//! third because dedupe of a delivery in hand, recovery, the backlog status shows and a poisoned
+//! push's record all ride on it. (It once cost five: a `deliveries` read before anything, and the
+//! row's update after the enqueue.)
+//!
+//! A crash before 2 leaves an orphan blob at most (the sender retries: no 2xx was sent). A crash
+//! between 2 and 3 leaves a row whose message never went out: a retry of the same delivery, or
+//! the recovery pass ([`recover`], every timer run and every minute in standalone mode), queues it
+//! again once `WEBHOOK_RECOVERY_SECONDS` have passed since it was queued, then after twice that,
+//! and so on: a row that is only waiting in a long queue gets a few extra messages at most,
+//! which processing finds already done.
 //!
 //! **Processing** ([`process`]) lands the stored body through [`crate::landing`] (a template
 //! body that lacks the document has it fetched first, and so has a body that would replace a
@@ -53,6 +62,9 @@ pub struct Pending {
     /// Processing failed on its last allowed delivery: its message is in the poison queue.
     #[serde(default)]
     pub poisoned: bool,
+    /// Times the recovery pass queued it again (each waits twice as long as the one before).
+    #[serde(default)]
+    pub requeues: u32,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default)]
@@ -116,31 +128,38 @@ impl Intake<'_> {
     pub async fn accept(&self, connection: &str, push: &Push, body: &[u8]) -> Result<Accepted, StoreError> {
         let sha256 = hex::encode(Sha256::digest(body));
         let key = delivery_key(&push.identifier, &sha256);
-        let done = TypedTable::new(self.stores.tables.as_ref(), Table::Deliveries);
-        if done.get::<Delivery>(connection, &key).await?.is_some() {
-            return Ok(Accepted::Duplicate { key });
-        }
         let blob = blob_path(connection, &push.identifier, &sha256);
         match self.stores.blobs.put(self.container, &blob, body, "application/json", true).await {
-            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Ok(_) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                // The same body came before: processed already is a duplicate; otherwise it
+                // is in hand (the row says so below) or its first request died before the row.
+                let done = TypedTable::new(self.stores.tables.as_ref(), Table::Deliveries);
+                if done.get::<Delivery>(connection, &key).await?.is_some() {
+                    return Ok(Accepted::Duplicate { key });
+                }
+            }
             Err(e) => return Err(e),
         }
         let now = Utc::now();
+        // Noted as queued before the message goes out: a crash between the two is what the
+        // recovery pass is for, and the row needs no second write.
         let pending = Pending {
             identifier: push.identifier.clone(),
             sha256,
             blob,
             format: push.format,
             received_at: now,
-            queued: false,
-            queued_at: None,
+            queued: true,
+            queued_at: Some(now),
             poisoned: false,
+            requeues: 0,
             attempts: 0,
             last_error: None,
         };
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
-        let etag = match table.insert(connection, &key, &pending).await {
-            Ok(etag) => etag,
+        match table.insert(connection, &key, &pending).await {
+            Ok(_) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 // The same delivery again. If its first request died before queueing, queue it now.
                 if let Some(current) = table.get::<Pending>(connection, &key).await? {
@@ -149,14 +168,16 @@ impl Intake<'_> {
                 return Ok(Accepted::Duplicate { key });
             }
             Err(e) => return Err(e),
-        };
-        self.enqueue(connection, &key, Versioned { value: pending, etag }).await?;
+        }
+        self.enqueue(connection, &key).await?;
         Ok(Accepted::Accepted { key })
     }
 
-    /// Queues a pending push whose request died between its row and its message, once it has
-    /// been stranded for `recovery_after`. The row is claimed under If-Match first, so of two
-    /// recoverers one queues it.
+    /// Queues a pending push whose message may never have gone out (its request died between its
+    /// row and its message), once `recovery_after` has passed since it was last queued, doubled
+    /// for every time it was queued again (a row merely waiting in a long queue is queued again
+    /// a few times at most). The row is claimed under If-Match first, so of two recoverers one
+    /// queues it. A poisoned row waits for `tcbridge poison replay`.
     async fn queue_if_stranded(
         &self,
         connection: &str,
@@ -165,33 +186,30 @@ impl Intake<'_> {
     ) -> Result<bool, StoreError> {
         let row = &current.value;
         let since = row.queued_at.unwrap_or(row.received_at);
-        if row.queued || Utc::now() - since < crate::clock::delta(self.recovery_after) {
+        let wait = self.recovery_after.saturating_mul(1 << row.requeues.min(16));
+        if row.poisoned || Utc::now() - since < crate::clock::delta(wait) {
             return Ok(false);
         }
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
-        let claim = Pending { queued_at: Some(Utc::now()), ..row.clone() };
-        let etag = match table.update(connection, key, &claim, IfMatch::ETag(current.etag)).await {
-            Ok(etag) => etag,
+        let requeues = if row.queued { row.requeues + 1 } else { row.requeues };
+        let claim = Pending { queued: true, queued_at: Some(Utc::now()), requeues, ..row.clone() };
+        match table.update(connection, key, &claim, IfMatch::ETag(current.etag)).await {
+            Ok(_) => {}
             Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e),
-        };
-        tracing::warn!(connection, identifier = %row.identifier, "a stored push that was never queued is queued now");
-        self.enqueue(connection, key, Versioned { value: claim, etag }).await?;
+        }
+        tracing::warn!(connection, identifier = %row.identifier, requeues,
+            "a stored push whose message may never have gone out is queued again");
+        self.enqueue(connection, key).await?;
         Ok(true)
     }
 
-    async fn enqueue(&self, connection: &str, key: &str, stored: Versioned<Pending>) -> Result<(), StoreError> {
+    async fn enqueue(&self, connection: &str, key: &str) -> Result<(), StoreError> {
         let connection_id = crate::naming::ConnectionId::parse(connection)
             .map_err(|e| StoreError::invalid("connection", e.to_string()))?;
         let message = IncomingMessage::Push(PushRef { connection: connection_id, key: key.to_owned() });
         self.stores.queues.enqueue(self.queue, &message.to_body(), Duration::ZERO).await?;
-        let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
-        let queued = Pending { queued: true, queued_at: Some(Utc::now()), ..stored.value };
-        match table.update(connection, key, &queued, IfMatch::ETag(stored.etag)).await {
-            // Processed (and deleted) or claimed already: the message is on the queue either way.
-            Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        Ok(())
     }
 }
 
@@ -200,7 +218,7 @@ pub async fn recover(intake: &Intake<'_>, connections: &[String]) -> Result<usiz
     let mut queued = 0;
     for connection in connections {
         for (key, row) in pending_of(intake.stores, connection).await? {
-            if !row.value.queued && intake.queue_if_stranded(connection, &key, row).await? {
+            if intake.queue_if_stranded(connection, &key, row).await? {
                 queued += 1;
             }
         }
@@ -417,7 +435,9 @@ pub struct Backlog {
     /// Stored and not yet processed (poisoned ones included).
     pub unprocessed: usize,
     pub poisoned_pending: usize,
-    /// Stored but not queued (a request died between the two; the recovery pass queues them).
+    /// Stored and noted as not queued (rows written before the intake noted them queued up
+    /// front; the recovery pass queues them). A row whose message never went out now shows as
+    /// waiting, and is queued again by the recovery pass.
     pub stranded: usize,
     pub oldest_unprocessed_at: Option<DateTime<Utc>>,
     pub oldest_unprocessed_age_seconds: Option<i64>,

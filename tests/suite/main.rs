@@ -40,6 +40,7 @@ mod request_cost;
 mod resync;
 mod standalone;
 mod status_page;
+mod storage_requests;
 mod store_conformance;
 mod sync_connected;
 mod sync_processes;

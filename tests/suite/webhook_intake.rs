@@ -284,6 +284,7 @@ pub async fn a_push_stranded_before_its_message_is_queued_by_the_recovery_pass_o
         queued: false,
         queued_at: None,
         poisoned: false,
+        requeues: 0,
         attempts: 0,
         last_error: None,
     };
