@@ -204,3 +204,61 @@ async fn submissions_list_and_show_read_what_landed() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection"));
 }
+
+/// `connection add / list / team / delete` for API-key connections: the secret stays in its
+/// setting (only the `TRUECONTEXT_KEY_SECRET_*` family may hold it), one key is one team, the
+/// same add is a no-op, and every refusal names what is wrong and changes nothing.
+#[test]
+fn api_key_connections_are_added_listed_with_their_team_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("TRUECONTEXT_KEY_SECRET_ACME", "acme-secret-value-must-not-print")];
+    let run = |args: &[&str]| {
+        let output = harness::command(dir.path(), &settings).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), text)
+    };
+    let add = ["connection", "add", "acme-eu", "--team", "acme", "--key-id", "key-1", "--secret-setting"];
+    let (code, text) = run(&[&add[..], &["TRUECONTEXT_KEY_SECRET_ACME"]].concat());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("added") && text.contains("team acme"), "{text}");
+    let (code, text) = run(&[&add[..], &["TRUECONTEXT_KEY_SECRET_ACME"]].concat());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("already there"), "{text}");
+
+    // Refused, naming why, changing nothing.
+    let (code, text) = run(&[&add[..], &["OAUTH_CLIENT_SECRET"]].concat());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("TRUECONTEXT_KEY_SECRET_"), "{text}");
+    let other_team = ["connection", "add", "acme-us", "--team", "other", "--key-id", "key-1", "--secret-setting"];
+    let (code, text) = run(&[&other_team[..], &["TRUECONTEXT_KEY_SECRET_ACME"]].concat());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("one key is one team"), "{text}");
+    let (code, text) = run(&[
+        "connection",
+        "add",
+        "bad/id",
+        "--team",
+        "acme",
+        "--key-id",
+        "k",
+        "--secret-setting",
+        "TRUECONTEXT_KEY_SECRET_ACME",
+    ]);
+    assert_ne!(code, Some(0), "{text}");
+    let (code, text) = run(&["connection", "team", "nobody", "acme"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no consented connection nobody"), "{text}");
+
+    let (code, text) = run(&["connection", "list", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let rows: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    assert_eq!((rows[0]["id"].as_str(), rows[0]["team"].as_str()), (Some("acme-eu"), Some("acme")));
+    assert_eq!((rows[0]["kind"].as_str(), rows[0]["secret_set"].as_bool()), (Some("api_key"), Some(true)));
+    assert!(!text.contains("must-not-print"), "the secret is never shown: {text}");
+
+    let (code, text) = run(&["connection", "delete", "acme-eu"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (_, text) = run(&["connection", "list", "--json"]);
+    assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()), "{text}");
+}
