@@ -15,8 +15,8 @@
 //! times. Status lists what is still owed.
 //!
 //! When an alert's cause clears (a refresh works again, the sync moves, a poisoned push is
-//! replayed, pushes arrive again), its row is deleted and, if it went to the webhook, a
-//! "resolved" row takes its place in the outbox: posted in the same formats by the next
+//! replayed, pushes arrive again, a new consent), its row is deleted and, if it had reached the
+//! webhook, a "resolved" row takes its place in the outbox: posted in the same formats by the next
 //! [`deliver_pending`], then deleted. An operator's channel says both when it broke and when it
 //! healed.
 
@@ -83,6 +83,16 @@ impl AlertKind {
             AlertKind::PushesMissing => "pushes_missing",
         }
     }
+
+    /// The alerts about a connection's grant: a new consent ends them (and only them: a
+    /// poisoned push or a stalled sync is not over because an administrator signed in again).
+    pub const GRANT: [AlertKind; 5] = [
+        AlertKind::ConnectionNeedsReauth,
+        AlertKind::ReconsentDue,
+        AlertKind::TokenRefreshRejected,
+        AlertKind::TokenRefreshFailing,
+        AlertKind::TokenSetNotStored,
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name)
@@ -425,9 +435,17 @@ pub async fn clear_one(
     Ok(())
 }
 
-/// Ends every alert of a connection (it was consented again), so a new failure alerts again.
+/// Ends every alert of a connection that is being deleted, without "resolved" messages: none
+/// of its causes cleared, and nobody reads about a connection that is gone.
 pub async fn clear_connection(stores: &Stores, connection: &str) -> Result<(), StoreError> {
-    clear(stores, Some(connection), None).await
+    // Every row, owed "resolved" messages too: none would be posted under an id that is gone.
+    for alert in rows(stores, Some(connection)).await? {
+        match stores.tables.delete(Table::Alerts, &alert.partition(), &alert.row(), IfMatch::Any).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Ends the alerts of a connection with these names (a refresh succeeded: its refresh alerts
@@ -453,35 +471,37 @@ async fn clear(stores: &Stores, connection: Option<&str>, kinds: Option<&[AlertK
     Ok(())
 }
 
-/// Deletes an alert in force and, when it went to the alert webhook, leaves its "resolved"
-/// message in the outbox ([`deliver_pending`] posts it). The first instance to delete it says
-/// so; a second finds it gone and stays quiet.
+/// Ends an alert in force and, when it had reached the alert webhook, leaves its "resolved"
+/// message in the outbox ([`deliver_pending`] posts it). The resolved row goes in first, so a
+/// crash between the two leaves the alert (ended again next time) rather than losing the
+/// message; two instances ending it write one row (the same key) and the one that deletes the
+/// alert says so in the log.
 async fn end(stores: &Stores, alert: Alert) -> Result<(), StoreError> {
+    let resolved = Alert { resolved_at: Some(Utc::now()), ..alert.clone() };
+    if alert.delivered_at.is_some() {
+        let owed = Alert {
+            delivery_owed: true,
+            delivery_attempts: 0,
+            next_attempt_at: None,
+            delivered_at: None,
+            last_delivery_error: None,
+            ..resolved.clone()
+        };
+        let table = TypedTable::new(stores.tables.as_ref(), Table::Alerts);
+        match table.insert(&owed.partition(), &owed.row(), &owed).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     match stores.tables.delete(Table::Alerts, &alert.partition(), &alert.row(), IfMatch::Any).await {
         Ok(()) => {}
         Err(StoreError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e),
     }
-    let resolved = Alert { resolved_at: Some(Utc::now()), ..alert };
     // Not `alert = …`: that field marks the lines Azure Monitor's alert rules match.
     tracing::info!(resolved = %resolved.alert, connection = resolved.connection.as_deref().unwrap_or("-"),
         error_code = %resolved.error_code, "RESOLVED {}", resolved.text());
-    if !(resolved.delivery_owed || resolved.delivered_at.is_some()) {
-        return Ok(());
-    }
-    let owed = Alert {
-        delivery_owed: true,
-        delivery_attempts: 0,
-        next_attempt_at: None,
-        delivered_at: None,
-        last_delivery_error: None,
-        ..resolved
-    };
-    let table = TypedTable::new(stores.tables.as_ref(), Table::Alerts);
-    match table.insert(&owed.partition(), &owed.row(), &owed).await {
-        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

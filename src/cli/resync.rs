@@ -21,7 +21,8 @@ pub(super) struct Request {
     pub form: Option<String>,
 }
 
-/// A date (`2026-03-01`, midnight UTC) or an RFC 3339 instant.
+/// An RFC 3339 instant, or a date: `--from 2026-03-01` is the start of that day (UTC) and
+/// `--to 2026-03-31` its end (the next midnight), so a range of dates includes both.
 fn instant(text: &str, flag: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
@@ -29,6 +30,7 @@ fn instant(text: &str, flag: &str) -> anyhow::Result<DateTime<Utc>> {
     let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
         anyhow!("{flag}: {:?} is neither YYYY-MM-DD nor an RFC 3339 time", telemetry::printable(text, 40))
     })?;
+    let day = if flag == "--to" { day.succ_opt().unwrap_or(day) } else { day };
     Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 

@@ -170,14 +170,20 @@ pub(super) async fn serve_demo(
     raw.set_unless_environment("SYNC_SCHEDULE", "*/10 * * * * *");
     say!("demo: a TrueContext simulator at {base_url} with 300 submissions and a new one every few seconds;")?;
     say!("demo: synced as connection \"demo\" every 10 s. Try `tcbridge submissions list` and /api/status.")?;
-    say!("demo: TrueContext also pushes each new submission to /api/webhook, as user \"demo\" with password:")?;
+    say!(
+        "demo: TrueContext also pushes each new and edited submission to /api/webhook as user \"demo\" with password:"
+    )?;
     say!("    {}", password.expose())?;
     say!("demo: the destination of form 1003 is broken on purpose: the sync catches its submissions up, and status")?;
-    say!("demo: counts them as missed pushes, with the alert an operator would get.")?;
-    let (listening, address_told) = tokio::sync::oneshot::channel();
+    say!("demo: counts them as missed pushes; after three, the pushes_missing ALERT in this log is the demo's, on purpose.")?;
+    let (listening, address_told) = tokio::sync::oneshot::channel::<SocketAddr>();
     let pushing = sim.clone();
     tokio::spawn(async move {
-        let Ok(addr) = address_told.await else { return };
+        let Ok(mut addr) = address_told.await else { return };
+        // Listening on every address (`--address 0.0.0.0`): the simulator calls in on loopback.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
         pushing.push_to(PushTarget {
             url: format!("http://{addr}/api/webhook?connection=demo"),
             username: "demo".into(),

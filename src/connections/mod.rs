@@ -138,6 +138,11 @@ pub enum ConsentError {
     AccountSwitch { connection: String, existing: String, new: String },
     #[error("the authorization server returned no refresh token; check that the app may request offline_access")]
     NoRefreshToken,
+    #[error(
+        "connection {0:?} is an API-key connection; consent under another id, or delete it first \
+         (`tcbridge connection delete {0}`)"
+    )]
+    ApiKeyConnection(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -179,6 +184,10 @@ pub async fn save_consent(
     replace: bool,
 ) -> Result<Option<String>, ConsentError> {
     let refresh_token = tokens.refresh_token.clone().ok_or(ConsentError::NoRefreshToken)?;
+    // One id, one way in: a consent must not hide an API-key connection (and its team).
+    if keyed::get(stores, &connection.id).await?.is_some() {
+        return Err(ConsentError::ApiKeyConnection(connection.id.clone()));
+    }
     let table = TypedTable::new(stores.tables.as_ref(), Table::Connections);
     let mut existing = get(stores, &connection.id).await?;
     let mut replaced = account_switch(existing.as_ref(), &connection, replace)?;
@@ -215,8 +224,11 @@ pub async fn save_consent(
             Err(e) => return Err(e.into()),
         }
     }
-    // Alerts about the old grant are over; a new failure alerts again.
-    if let Err(e) = crate::alerts::clear_connection(stores, &connection.id).await {
+    // Alerts about the old grant are over (each says it is resolved); a new failure alerts
+    // again. The others (a poisoned push, a stalled sync) last until their own cause clears.
+    if let Err(e) =
+        crate::alerts::clear_connection_named(stores, &connection.id, &crate::alerts::AlertKind::GRANT).await
+    {
         tracing::warn!(connection = %connection.id, error = %e, "old alerts could not be cleared");
     }
     Ok(replaced)

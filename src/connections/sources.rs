@@ -31,6 +31,21 @@ impl Source {
     pub fn is_oauth(&self) -> bool {
         self.access == Access::OAuth
     }
+
+    /// Why this source cannot sign in with these settings (its key's secret is not set), if so.
+    pub fn missing_secret(&self, tc: &crate::config::TrueContextSettings) -> Option<String> {
+        match &self.access {
+            Access::OAuth => None,
+            Access::ConfiguredKey if tc.api_key_id.is_some() && tc.api_key_secret.is_some() => None,
+            Access::ConfiguredKey => {
+                Some("TRUECONTEXT_AUTH=basic needs TRUECONTEXT_API_KEY_ID and TRUECONTEXT_API_KEY_SECRET".to_owned())
+            }
+            Access::ApiKey { secret_setting, .. } if tc.key_secrets.contains_key(secret_setting) => None,
+            Access::ApiKey { secret_setting, .. } => Some(format!(
+                "its API key's secret setting {secret_setting} is not set; set it (in Azure, as a Key Vault reference)"
+            )),
+        }
+    }
 }
 
 /// Every source, and the consented connections left out because they need an administrator.

@@ -336,9 +336,9 @@ async fn store_connection(
     match connections::save_consent(&app.stores, connection, tokens, app.settings.tokens.refresh_margin, replace).await
     {
         Ok(replaced) => Ok(replaced),
-        Err(e @ (ConsentError::AccountSwitch { .. } | ConsentError::NoRefreshToken)) => {
-            Err(error_page(StatusCode::CONFLICT, &e.to_string(), "Nothing was changed.", &[]))
-        }
+        Err(
+            e @ (ConsentError::AccountSwitch { .. } | ConsentError::NoRefreshToken | ConsentError::ApiKeyConnection(_)),
+        ) => Err(error_page(StatusCode::CONFLICT, &e.to_string(), "Nothing was changed.", &[])),
         Err(ConsentError::Store(e)) => {
             tracing::error!(error = %e, "the connection could not be stored");
             Err(error_page(StatusCode::SERVICE_UNAVAILABLE, "The connection could not be stored.", "Try again.", &[]))

@@ -57,7 +57,13 @@ pub struct App {
     webhook_counters: Arc<crate::webhook::counters::Counters>,
     /// The sources (`connections::sources`), read at most every few seconds.
     sources: Arc<tokio::sync::Mutex<Option<CachedSources>>>,
+    /// Places for queued syncs in this process ([`App::sync_place`]).
+    sync_places: Arc<tokio::sync::Semaphore>,
 }
+
+/// Queued syncs one process runs at once: half the queue worker's sixteen places (and the
+/// host's default batch), so pushes always have the other half.
+const SYNC_PLACES: usize = 8;
 
 /// The sources and when they were read.
 type CachedSources = (Instant, Arc<crate::connections::Sources>);
@@ -178,6 +184,7 @@ impl App {
             webhook,
             webhook_counters: Arc::default(),
             sources: Arc::default(),
+            sync_places: Arc::new(tokio::sync::Semaphore::new(SYNC_PLACES)),
         }
     }
 
@@ -193,6 +200,11 @@ impl App {
 
     pub fn webhook_counters(&self) -> &Arc<crate::webhook::counters::Counters> {
         &self.webhook_counters
+    }
+
+    /// A place for one queued sync, if this process has one free.
+    pub fn sync_place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.sync_places.clone().try_acquire_owned().ok()
     }
 
     /// The connections the bridge reads TrueContext as ([`crate::connections::sources`]), as
@@ -272,7 +284,8 @@ impl App {
         if self.settings.sync.watch_pushes {
             let webhook = self.settings.tokens.alert_webhook.as_ref();
             let now = chrono::Utc::now();
-            match crate::sync::missed::check(&self.stores, webhook, &self.settings.sync, &connections, now).await {
+            let landing = self.landing();
+            match crate::sync::missed::check(&landing, webhook, &self.settings.sync, &connections, now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(missed = n, "submissions the sync landed were never pushed"),
                 Err(e) => tracing::warn!(error = %e, "the missed-push pass failed"),

@@ -115,10 +115,18 @@ async fn push(app: &App, input: &QueueInput, push: PushRef) -> Result<(), Invoca
     Err(InvocationError::Unavailable(format!("the push {} of {} failed: {error}", push.key, push.connection)))
 }
 
-/// A transient stop is returned as a failure, so the queue delivers the message again later;
-/// any other stop is final for this message (status and alerts say why, and the timer tries
-/// again on its schedule).
+/// One connection's queued sync. It never fails the message, whatever stopped the run: the next
+/// timer tick is its retry (it queues the connection again once this run is recorded), and
+/// status says why runs stop. Failing it made the queue deliver it again beside the tick's
+/// new one, and poison it within a minute under the host's 5 s retries.
 async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
+    // Syncs take at most half of this process's places on the queue, so pushes behind them
+    // are never held up for minutes; one that finds none free gives its turn back.
+    let Some(_place) = app.sync_place() else {
+        tracing::info!(connection, "every sync place of this process is busy; the next tick queues it again");
+        crate::sync::clear_queued(&app.stores, connection).await?;
+        return Ok(());
+    };
     // Inside the message's visibility too (a minute at least), so it is not handed out again
     // while it runs; a redelivery would find the lease held and end at once anyway.
     let visibility = app.settings.queues.visibility_timeout;
@@ -129,7 +137,6 @@ async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
         RunOutcome::Busy => {
             // Running elsewhere, or held by a run that died: either way the next tick queues it.
             crate::sync::clear_queued(&app.stores, connection).await?;
-            Ok(())
         }
         RunOutcome::Ran(summary) => {
             if summary.documents_landed > 0 {
@@ -138,14 +145,8 @@ async fn sync(app: &App, connection: &str) -> Result<(), InvocationError> {
                 counters.landed("sync", connection, &summary.latest, u64::from(summary.documents_landed));
                 counters.flush_soon(&app.stores);
             }
-            match log_summary(&summary) {
-                // A deadline stop is not a failure: the timer resumes the window.
-                Some(class) if class.is_retryable() => Err(InvocationError::Unavailable(format!(
-                    "the sync of {connection} stopped: {}",
-                    summary.stopped_reason.unwrap_or_default()
-                ))),
-                _ => Ok(()),
-            }
+            log_summary(&summary);
         }
     }
+    Ok(())
 }

@@ -114,10 +114,16 @@ async fn fan_out(app: &App) -> Result<FanOut, InvocationError> {
     for id in due {
         let body = IncomingMessage::Sync { connection: id.clone() }.to_body();
         // Marked before it is queued: a mark without its message is made good by
-        // `QUEUED_STALE_AFTER`, a message without its mark would be queued twice.
-        crate::sync::mark_queued(&app.stores, &id, now).await?;
-        app.stores.queues.enqueue(queue, &body, std::time::Duration::ZERO).await?;
-        fan.queued += 1;
+        // `QUEUED_STALE_AFTER`, a message without its mark would be queued twice. One
+        // connection's failure here does not keep the others from being queued.
+        let queued = async {
+            crate::sync::mark_queued(&app.stores, &id, now).await?;
+            app.stores.queues.enqueue(queue, &body, std::time::Duration::ZERO).await
+        };
+        match queued.await {
+            Ok(_) => fan.queued += 1,
+            Err(e) => tracing::warn!(connection = %id, error = %e, "this connection's sync could not be queued"),
+        }
     }
     Ok(fan)
 }
@@ -128,6 +134,12 @@ async fn keep_alive(app: &App, sources: &[Source]) -> Vec<ConnectionId> {
     let mut ready = Vec::new();
     let mut missing = 0;
     for source in sources {
+        if let Some(reason) = source.missing_secret(&app.settings.truecontext) {
+            // Not queued: its run could only stop on this, and status says so.
+            missing += 1;
+            tracing::warn!(connection = %source.id, reason = %reason, "this connection cannot sign in; not synced");
+            continue;
+        }
         if !source.is_oauth() {
             ready.push(source.id.clone());
             continue;
@@ -145,7 +157,7 @@ async fn keep_alive(app: &App, sources: &[Source]) -> Vec<ConnectionId> {
         }
     }
     if missing > 0 {
-        tracing::warn!(missing, total = sources.len(), "some connections have no access token this run");
+        tracing::warn!(missing, total = sources.len(), "some connections cannot sign in this run");
     }
     ready
 }

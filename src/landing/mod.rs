@@ -167,6 +167,11 @@ pub struct Landing<'a> {
 }
 
 impl<'a> Landing<'a> {
+    /// The stores it lands into.
+    pub fn stores(&self) -> &'a Stores {
+        self.stores
+    }
+
     pub fn new(stores: &'a Stores, container: &'a str, landed_queue: &'a str) -> Self {
         Self { stores, container, landed_queue }
     }

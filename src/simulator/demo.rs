@@ -16,12 +16,19 @@ pub const DEMO_FORMS: [&str; 3] = ["1001", "1002", "1003"];
 
 /// An HTTP Data Destination: each new or edited submission's document is POSTed here with
 /// Basic credentials, except those of `drop_form` (a destination that is broken for one form).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PushTarget {
     pub url: String,
     pub username: String,
     pub password: String,
     pub drop_form: Option<String>,
+}
+
+/// Without the password.
+impl std::fmt::Debug for PushTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushTarget").field("url", &self.url).field("drop_form", &self.drop_form).finish()
+    }
 }
 
 impl TrueContextSim {

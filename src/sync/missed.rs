@@ -9,7 +9,8 @@
 //! A sync run that lists a submission a push landed notes that its form's pushes arrive, which
 //! zeroes the form's count since the last push. A form whose count reaches
 //! `MISSED_PUSH_ALERT_THRESHOLD` raises one `pushes_missing` alert per connection naming the
-//! forms; it clears (with a "resolved" message) once every form is back to zero. Pushes cost
+//! forms; it clears (with a "resolved" message) once every form is below the threshold again.
+//! The pass runs under a lease, so two instances never count one watch twice. Pushes cost
 //! nothing here: only the sync's landings and listings write.
 
 use std::collections::BTreeMap;
@@ -20,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::SyncSummary;
 use crate::alerts::{self, Alert, AlertKind};
 use crate::config::{AlertWebhook, SyncSettings};
-use crate::landing::{IndexRow, Source};
-use crate::store::{StoreError, Stores, Table, TypedTable};
+use crate::landing::{Landing, Source};
+use crate::store::{lease, StoreError, Stores, Table, TypedTable};
 
 const ALERT_CODE: &str = "pushes_missing";
 
@@ -76,12 +77,16 @@ pub async fn note_run(
     Ok(())
 }
 
-/// A form id as a row key (an empty one: the listing did not say).
+/// A form id as a row key: as it is when it is an id (TrueContext's are digits), hashed
+/// otherwise (a key cannot hold `/`, `#`, `?`); `unknown` when the listing did not say.
 fn form_key(form: &str) -> String {
     if form.is_empty() {
         "unknown".to_owned()
-    } else {
+    } else if crate::naming::RecordId::parse(form).is_ok() {
         form.to_owned()
+    } else {
+        use sha2::Digest;
+        format!("h-{}", crate::naming::hex_prefix(&sha2::Sha256::digest(form.as_bytes()), 16))
     }
 }
 
@@ -95,31 +100,45 @@ pub async fn per_form(stores: &Stores, connection: &str) -> Result<Vec<FormPushe
 /// (pushed, or missed and counted), and each connection's alert raised or cleared. Answers how
 /// many were found missed.
 pub async fn check(
-    stores: &Stores,
+    landing: &Landing<'_>,
     webhook: Option<&AlertWebhook>,
     settings: &SyncSettings,
     connections: &[String],
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    let mut missed = 0;
-    for connection in connections {
-        missed += decide(stores, connection, settings, now).await?;
-        alert(stores, webhook, settings, connection).await?;
-    }
-    Ok(missed)
+    let stores = landing.stores();
+    let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let pass = async {
+        let mut missed = 0;
+        for connection in connections {
+            // One connection's trouble (a store error) does not stop the others' pass.
+            let decided = async {
+                let found = decide(landing, connection, settings, now).await?;
+                alert(stores, webhook, settings, connection).await?;
+                Ok::<u64, StoreError>(found)
+            };
+            match decided.await {
+                Ok(found) => missed += found,
+                Err(e) => tracing::warn!(connection, error = %e, "the missed-push pass failed for this connection"),
+            }
+        }
+        missed
+    };
+    let ttl = std::time::Duration::from_secs(30);
+    Ok(lease::with_lease(&stores.tables, "missed-pushes", &holder, ttl, pass).await?.unwrap_or(0))
 }
 
 async fn decide(
-    stores: &Stores,
+    landing: &Landing<'_>,
     connection: &str,
     settings: &SyncSettings,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
+    let stores = landing.stores();
     let watched =
         crate::store::query_partition(stores.tables.as_ref(), Table::Runs, &watch_partition(connection)).await?;
     let grace = crate::clock::delta(settings.missed_push_grace);
     let table = TypedTable::new(stores.tables.as_ref(), Table::Runs);
-    let index = TypedTable::new(stores.tables.as_ref(), Table::Submissions);
     let mut forms: BTreeMap<String, FormPushes> = BTreeMap::new();
     let mut missed = 0;
     for entity in watched {
@@ -128,8 +147,7 @@ async fn decide(
         if watch.landed_at + grace > now {
             continue;
         }
-        let pushed =
-            index.get::<IndexRow>(connection, &id).await?.is_some_and(|r| r.value.sources.contains(&Source::Webhook));
+        let pushed = landing.landed_row(connection, &id).await?.is_some_and(|r| r.sources.contains(&Source::Webhook));
         let key = form_key(&watch.form);
         if !forms.contains_key(&key) {
             let current = table.get::<FormPushes>(&forms_partition(connection), &key).await?.map(|v| v.value);

@@ -420,7 +420,9 @@ async fn needs_document(
     summary: &mut SyncSummary,
 ) -> Result<bool, SyncError> {
     let landed = parts.landing.landed_row(connection, &header.summary.identifier).await?;
-    if landed.as_ref().is_some_and(|row| row.sources.contains(&Source::Webhook)) {
+    // Its form's pushes arrive: a push landed this copy, lately (a push of an old version,
+    // last month's, says nothing about today's destination).
+    if landed.as_ref().is_some_and(|row| row.landed_by == Some(Source::Webhook) && row.order >= walk.start) {
         summary.pushed_forms.insert(header.form_id.clone().unwrap_or_default());
     }
     let fetch = match &landed {

@@ -227,6 +227,7 @@ async fn pages(
     stored: &mut Versioned<Resync>,
 ) -> Result<(), SyncError> {
     let to = stored.value.to;
+    let mut restarts = 0;
     loop {
         if tokio::time::Instant::now() >= parts.deadline {
             return Err(SyncError::Deadline);
@@ -236,9 +237,16 @@ async fn pages(
         let page = parts.client.list(parts.credentials, connection, query, state.next_page).await?;
         left = left.saturating_sub(1);
         state.pages += 1;
-        if state.next_page > 0 && state.total != Some(page.total_number_of_results) {
-            // Records left the range while it was listed: from the top (landed ones cost nothing).
-            state.next_page = 0;
+        if let Some(step_back) = moved(state, page.total_number_of_results) {
+            // Records left the range since it was listed (edited: their processed date is now).
+            // In a past range nothing can enter, so the records not yet listed moved up by at
+            // most that many places: step back that many pages, not to the top (a range that
+            // takes days would otherwise start again every day and never end).
+            restarts += 1;
+            if restarts > super::MAX_RESTARTS {
+                return Err(SyncError::Unstable(restarts));
+            }
+            state.next_page = state.next_page.saturating_sub(step_back);
             state.total = None;
             continue;
         }
@@ -277,6 +285,19 @@ async fn pages(
         // Checkpointed after every page, so a killed re-sync resumes at the next one.
         checkpoint(table, (connection, key), stored).await?;
     }
+}
+
+/// Pages to step back when the range's size is not what it was when its walk began (`None`: it
+/// is, or nothing was listed yet). Fewer records: one page per hundred gone, rounded up; more
+/// (not possible in a past range, but then nothing is assumed): from the top.
+fn moved(state: &Resync, total_now: u64) -> Option<u32> {
+    let before = state.total?;
+    if state.next_page == 0 || before == total_now {
+        return None;
+    }
+    let gone = before.checked_sub(total_now).unwrap_or(u64::MAX);
+    let pages = gone.div_ceil(u64::from(crate::truecontext::PAGE_SIZE));
+    Some(u32::try_from(pages).unwrap_or(u32::MAX))
 }
 
 fn share(parts: &SyncParts<'_>) -> u64 {

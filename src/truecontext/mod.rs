@@ -79,7 +79,8 @@ impl<'a> Credentials<'a> {
     }
 
     /// The credentials `TRUECONTEXT_AUTH` names; `None` when its API key is not configured
-    /// ([`MISSING_API_KEY`] says so). Processing and `check --online` take them from here.
+    /// ([`MISSING_API_KEY`] says so). Processing falls back on them for a push whose connection
+    /// the bridge no longer reads; everything else takes [`Credentials::of_source`].
     pub fn from_settings(tc: &'a crate::config::TrueContextSettings, tokens: &'a Tokens<'a>) -> Option<Self> {
         use crate::config::TrueContextAuth;
         match (tc.auth, &tc.api_key_id, &tc.api_key_secret) {

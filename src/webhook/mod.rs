@@ -20,7 +20,8 @@
 //! between 2 and 3 leaves a row whose message never went out: a retry of the same delivery, or
 //! the recovery pass ([`recover`], every timer run and every minute in standalone mode), queues it
 //! again once `WEBHOOK_RECOVERY_SECONDS` have passed since it was queued, then after twice that,
-//! and so on: a row that is only waiting in a long queue gets a few extra messages at most,
+//! and so on, as long as no delivery of it has failed (a recorded failure proves its message
+//! went out): a row that is only waiting in a long queue gets a few extra messages at most,
 //! which processing finds already done.
 //!
 //! **Processing** ([`process`]) lands the stored body through [`crate::landing`] (a template
@@ -187,7 +188,9 @@ impl Intake<'_> {
         let row = &current.value;
         let since = row.queued_at.unwrap_or(row.received_at);
         let wait = self.recovery_after.saturating_mul(1 << row.requeues.min(16));
-        if row.poisoned || Utc::now() - since < crate::clock::delta(wait) {
+        // A recorded failure proves its message went out (it was delivered, and the queue
+        // delivers it again or has poisoned it): only a row never tried can be stranded.
+        if row.poisoned || row.attempts > 0 || Utc::now() - since < crate::clock::delta(wait) {
             return Ok(false);
         }
         let table = TypedTable::new(self.stores.tables.as_ref(), Table::Incoming);
@@ -267,7 +270,7 @@ pub enum FetchError {
 }
 
 /// Documents for pushes that did not carry them, through the one TrueContext client (its daily
-/// budget, call cap and 402 stop included) with the credentials `TRUECONTEXT_AUTH` names.
+/// budget, call cap and 402 stop included) with the credentials of the push's connection.
 pub struct Documents<'a> {
     pub client: &'a TrueContextClient,
     /// `None` when `TRUECONTEXT_AUTH=basic` lacks its API key.
@@ -404,10 +407,12 @@ async fn delete_pending(stores: &Stores, connection: &str, key: &str) -> Result<
 pub async fn record_failure(stores: &Stores, push: &PushRef, error: &str, poisoned: bool) -> Result<(), StoreError> {
     let table = TypedTable::new(stores.tables.as_ref(), Table::Incoming);
     let Some(current) = table.get::<Pending>(&push.connection, &push.key).await? else { return Ok(()) };
+    // Poisoned stays poisoned until a replay says otherwise: a second message for the same
+    // push (the recovery pass's) failing later must not hide the first one's poisoning.
     let row = Pending {
         attempts: current.value.attempts + 1,
         last_error: Some(crate::telemetry::redact(error).into_owned()),
-        poisoned,
+        poisoned: poisoned || current.value.poisoned,
         ..current.value
     };
     match table.update(&push.connection, &push.key, &row, IfMatch::ETag(current.etag)).await {
@@ -435,9 +440,9 @@ pub struct Backlog {
     /// Stored and not yet processed (poisoned ones included).
     pub unprocessed: usize,
     pub poisoned_pending: usize,
-    /// Stored and noted as not queued (rows written before the intake noted them queued up
-    /// front; the recovery pass queues them). A row whose message never went out now shows as
-    /// waiting, and is queued again by the recovery pass.
+    /// Stored, and possibly never queued: rows the recovery pass had to queue again (their
+    /// message may never have gone out), and rows noted as not queued (written before the
+    /// intake noted them queued up front).
     pub stranded: usize,
     pub oldest_unprocessed_at: Option<DateTime<Utc>>,
     pub oldest_unprocessed_age_seconds: Option<i64>,
@@ -454,7 +459,7 @@ pub async fn backlog(stores: &Stores, connections: &[String]) -> Result<Backlog,
             let row = row.value;
             out.unprocessed += 1;
             out.poisoned_pending += usize::from(row.poisoned);
-            out.stranded += usize::from(!row.queued);
+            out.stranded += usize::from(!row.queued || row.requeues > 0);
             if out.oldest_unprocessed_at.is_none_or(|oldest| row.received_at < oldest) {
                 out.oldest_unprocessed_at = Some(row.received_at);
             }

@@ -335,6 +335,10 @@ impl Page {
         for c in &report.connections {
             open.extend(c.alerts.iter().map(|a| (a.as_str(), Some(c.id.as_str()))));
         }
+        // API-key connections have no consent record: their alerts come with their calls.
+        for t in report.truecontext.iter().filter(|t| !report.connections.iter().any(|c| c.id == t.connection)) {
+            open.extend(t.alerts.iter().map(|a| (a.as_str(), Some(t.connection.as_str()))));
+        }
         if open.is_empty() {
             self.element("p", Some("ok"), "None.");
             return;

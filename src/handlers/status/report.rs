@@ -108,6 +108,9 @@ pub struct TrueContextStatus {
     /// Its re-syncs (`tcbridge resync`): range, progress, what stopped one, days of budget share
     /// the rest needs.
     pub resyncs: Vec<crate::sync::resync::Resync>,
+    /// The names of its alerts in force (for a consented connection also under `connections`;
+    /// for an API-key one only here).
+    pub alerts: Vec<String>,
 }
 
 /// A connection as status shows it: never a token or a secret name.
@@ -238,6 +241,12 @@ impl StatusReport {
         };
         let alerts_undelivered = alerts::undelivered(&app.stores, &known_all).await?;
         let mut attention = sync_attention(&connections, &truecontext);
+        attention.extend(
+            sources
+                .active
+                .iter()
+                .filter_map(|s| s.missing_secret(&app.settings.truecontext).map(|why| format!("{}: {why}", s.id))),
+        );
         attention.extend(app_alerts.iter().map(|a| format!("app: {} ({})", a.alert, a.reason)));
         attention.extend(backlog_attention(&webhook, app.settings.webhook.max_backlog_age.as_secs()));
         attention.extend(quarantine_attention(&quarantine));
@@ -434,6 +443,7 @@ async fn truecontext_status(
         })?;
         let cursor = crate::sync::cursor(&app.stores, &app.settings.sync, &connection).await?;
         let resyncs = crate::sync::resync::list(&app.stores, &connection).await?;
+        let alerts = alert_names(app, &connection).await?;
         let last_sync = last_syncs.iter().position(|l| l.connection == connection).map(|i| last_syncs.swap_remove(i));
         out.push(TrueContextStatus {
             landed_total: last_sync.as_ref().map_or(0, |l| l.landed_total),
@@ -448,6 +458,7 @@ async fn truecontext_status(
             cursor: cursor.as_ref().and_then(|c| c.processed_until),
             walk_in_progress: cursor.is_some_and(|c| c.walk.is_some()),
             resyncs,
+            alerts,
         });
     }
     Ok(out)
