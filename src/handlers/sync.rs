@@ -102,7 +102,10 @@ async fn fan_out(app: &App) -> Result<FanOut, InvocationError> {
     let ready = keep_alive(app, &sources.active).await;
     let now = Utc::now();
     let last = crate::sync::last_syncs(&app.stores).await?;
-    let due = crate::sync::due(&app.stores, &ready, &last, now).await?;
+    let mut due = crate::sync::due(&app.stores, &ready, &last, now).await?;
+    // The longest unsynced first (never synced before all): the queue hands messages out in
+    // about the order they came, so when places are short the ones waiting longest get them.
+    due.sort_by_key(|id| last.iter().find(|l| l.connection == id.as_str()).and_then(|l| l.finished_at));
     let mut fan = FanOut {
         sources: sources.active.len() as u32,
         inactive: sources.inactive.len() as u32,

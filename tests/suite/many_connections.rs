@@ -66,7 +66,7 @@ impl Round {
             ("TRUECONTEXT_BASE_URL".to_owned(), sim.base_url()),
             ("TRUECONTEXT_DAILY_CALL_BUDGET".to_owned(), BUDGET.to_string()),
             ("SYNC_SETTLE_SECONDS".to_owned(), "0".into()),
-            ("SYNC_SCHEDULE".to_owned(), "*/2 * * * * *".into()),
+            ("SYNC_SCHEDULE".to_owned(), "*/3 * * * * *".into()),
             ("TRUECONTEXT_TIMEOUT_SECONDS".to_owned(), "10".into()),
             ("LOCAL_STORE_PATH".to_owned(), dir.path().join("store").display().to_string()),
         ];
@@ -91,20 +91,26 @@ impl Round {
             .collect();
         let stores = local::open(&self.dir.path().join("store"), None).unwrap();
         let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
+        let all_ran = loop {
             let last = truecontext_bridge::sync::last_syncs(&stores).await.unwrap();
             if last.len() == TEAMS * PER_TEAM {
-                break;
+                break chrono::Utc::now();
             }
-            assert!(Instant::now() < deadline, "only {} of the connections ran", last.len());
+            if Instant::now() >= deadline {
+                let ran: Vec<&str> = last.iter().map(|l| l.connection.as_str()).collect();
+                let log = servers.iter().map(Server::log).collect::<Vec<_>>().join("\n----\n");
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("submission landed")).collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                panic!("only {} of the connections ran: {ran:?}\n{tail}", last.len());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         drop(servers);
         let first_tick = first_tick_started(&stores).await;
-        let last = truecontext_bridge::sync::last_syncs(&stores).await.unwrap();
-        let finished = last.iter().filter_map(|l| l.finished_at).max().unwrap();
         assert!(started.elapsed() < Duration::from_secs(240));
-        (finished - first_tick).to_std().unwrap_or_default()
+        // Later ticks run the connections again (a list call each): the first round is what
+        // is timed, to the poll (every 100 ms) that saw the last connection's first run.
+        (all_ran - first_tick).to_std().unwrap_or_default()
     }
 
     async fn check(&self) {
@@ -130,7 +136,10 @@ impl Round {
                     assert!(ids.iter().all(|id| expected.contains(id)), "{connection}: {ids:?}");
                 } else {
                     assert_eq!(ids, expected, "{connection}: every submission of its team, once");
-                    assert!(run.completed, "{connection}: {run:?}");
+                    // Its last run may be a later tick's, stopped by the budget those list calls
+                    // spent; nothing else may have stopped it.
+                    let budget = run.stopped_class.is_none_or(|c| c == StopClass::Budget);
+                    assert!(run.completed || budget, "{connection}: {run:?}");
                 }
             }
         }
@@ -151,8 +160,8 @@ async fn first_tick_started(stores: &truecontext_bridge::store::Stores) -> chron
     let tick = table.get::<serde_json::Value>("sync", "last").await.unwrap().expect("a tick recorded").value;
     let count = tick["count"].as_u64().unwrap();
     let started: chrono::DateTime<Utc> = tick["started_at"].as_str().unwrap().parse().unwrap();
-    // Later ticks (every 2 s) start later than the first: step back to the first.
-    started - TimeDelta::seconds(2 * (count as i64 - 1))
+    // Later ticks (every 3 s) start later than the first: step back to the first.
+    started - TimeDelta::seconds(3 * (count as i64 - 1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
