@@ -208,7 +208,7 @@ impl App {
     }
 
     /// The connections the bridge reads TrueContext as ([`crate::connections::sources`]), as
-    /// read at most [`SOURCES_TTL`] ago: the webhook and processing ask per push.
+    /// read at most `SOURCES_TTL` (5 s) ago: the webhook and processing ask per push.
     pub async fn sources(&self) -> Result<Arc<crate::connections::Sources>, crate::store::StoreError> {
         let mut cached = self.sources.lock().await;
         if let Some((at, sources)) = cached.as_ref() {
