@@ -102,7 +102,7 @@ pub struct SyncSummary {
     /// Forms of listed submissions a push had landed: their pushes arrive.
     #[serde(skip)]
     pub pushed_forms: std::collections::BTreeSet<String>,
-    /// Ids [`land_documents`] landed new (for the walk to give them their form).
+    /// Ids `land_documents` landed new (for the walk to give them their form).
     #[serde(skip)]
     pub landed_new: Vec<String>,
     /// The latest few ids the run landed new (the status page's latest list).
