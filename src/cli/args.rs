@@ -157,7 +157,7 @@ pub enum ConnectionCommand {
         /// The API key's id (the user half of its Basic credential).
         #[arg(long)]
         key_id: String,
-        /// The setting that holds the key's secret: TRUECONTEXT_KEY_SECRET_<NAME> (in Azure, a
+        /// The setting that holds the key's secret: `TRUECONTEXT_KEY_SECRET_<NAME>` (in Azure, a
         /// Key Vault reference). The secret itself never enters the store.
         #[arg(long)]
         secret_setting: String,
