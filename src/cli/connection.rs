@@ -144,7 +144,7 @@ async fn add(
         secret_setting,
         added_at: chrono::Utc::now(),
     };
-    let added = match keyed::add(&app.stores, &record).await {
+    let added = match keyed::add(&app.stores, &app.settings.truecontext, &record).await {
         Ok(added) => added,
         Err(keyed::KeyedError::Store(e)) => return Err(anyhow::Error::new(e).context("cannot record the connection")),
         Err(refused) => {

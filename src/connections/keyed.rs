@@ -103,9 +103,26 @@ pub fn validate(key_id: &str, secret_setting: &str) -> Result<(), KeyedError> {
 }
 
 /// Adds an API-key connection. Adding the same one again changes nothing (`Ok(false)`); one
-/// that differs, an id a consent already uses, or a key already in another team is refused.
-pub async fn add(stores: &Stores, record: &ApiKeyConnection) -> Result<bool, KeyedError> {
+/// that differs, an id a consent or the configured key (`TRUECONTEXT_CONNECTION` under
+/// `TRUECONTEXT_AUTH=basic`) already uses, or a key already in another team (the configured
+/// key's team is its connection) is refused.
+pub async fn add(
+    stores: &Stores,
+    tc: &crate::config::TrueContextSettings,
+    record: &ApiKeyConnection,
+) -> Result<bool, KeyedError> {
     validate(&record.key_id, &record.secret_setting)?;
+    let configured = tc.auth == crate::config::TrueContextAuth::Basic;
+    if configured && record.id.as_str() == tc.connection {
+        return Err(KeyedError::Exists(record.id.to_string()));
+    }
+    if tc.api_key_id.as_deref() == Some(record.key_id.as_str()) && record.team.as_str() != tc.connection {
+        return Err(KeyedError::KeyInOtherTeam {
+            key_id: record.key_id.clone(),
+            team: tc.connection.clone(),
+            connection: format!("{} (TRUECONTEXT_API_KEY_ID)", tc.connection),
+        });
+    }
     if super::get(stores, &record.id).await?.is_some() {
         return Err(KeyedError::ConsentedExists(record.id.to_string()));
     }
@@ -196,5 +213,32 @@ mod tests {
         assert!(matches!(validate("a:b", "TRUECONTEXT_KEY_SECRET_A"), Err(KeyedError::BadKeyId)));
         assert!(matches!(validate("", "TRUECONTEXT_KEY_SECRET_A"), Err(KeyedError::BadKeyId)));
         assert!(Team::parse("acme-team").is_ok() && Team::parse("a/b").is_err());
+    }
+
+    /// The configured key is a team too (its connection's): it cannot join another one, and
+    /// its connection id cannot be taken by an added key.
+    #[tokio::test]
+    async fn the_configured_key_keeps_its_team_and_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = crate::store::local::open(dir.path(), None).unwrap();
+        let raw = crate::config::RawSettings::from_pairs([
+            ("TRUECONTEXT_AUTH", "basic"),
+            ("TRUECONTEXT_API_KEY_ID", "key-9"),
+            ("TRUECONTEXT_API_KEY_SECRET", "configured-secret-0123456789"),
+        ]);
+        let tc = crate::config::Settings::load(&raw).unwrap().truecontext;
+        let record = |id: &str, team: &str, key: &str| ApiKeyConnection {
+            id: ConnectionId::parse(id).unwrap(),
+            team: Team::parse(team).unwrap(),
+            key_id: key.into(),
+            secret_setting: "TRUECONTEXT_KEY_SECRET_X".into(),
+            added_at: Utc::now(),
+        };
+        let other_team = add(&stores, &tc, &record("eu", "acme", "key-9")).await;
+        assert!(matches!(other_team, Err(KeyedError::KeyInOtherTeam { .. })), "{other_team:?}");
+        let same_id = add(&stores, &tc, &record("default", "acme", "key-1")).await;
+        assert!(matches!(same_id, Err(KeyedError::Exists(_))), "{same_id:?}");
+        assert!(add(&stores, &tc, &record("eu", "default", "key-9")).await.unwrap(), "its own team is fine");
+        assert_eq!(list(&stores).await.unwrap().len(), 1);
     }
 }

@@ -67,7 +67,7 @@ async fn tick(app: &App, info: TimerInfo, started_at: DateTime<Utc>) -> Result<(
             format!("no active connection ({} need an administrator); nothing to sync", f.inactive)
         }
         Ok(f) => format!(
-            "{} connection(s) checked; {} sync(s) queued, {} still queued or running, {} without a token",
+            "{} connection(s) checked; {} sync(s) queued, {} still queued or running, {} cannot sign in",
             f.sources, f.queued, f.not_due, f.not_ready
         ),
         Err(e) => format!("failed: {e}"),

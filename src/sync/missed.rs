@@ -64,14 +64,27 @@ pub async fn note_run(
         table.upsert(&watch_partition(connection), id, &Watched { form: form.clone(), landed_at: now }).await?;
     }
     for form in &run.pushed_forms {
-        let key = form_key(form);
-        let current = table.get::<FormPushes>(&forms_partition(connection), &key).await?.map(|v| v.value);
-        // Written only when it changes something status shows (a count to zero, or an hour on).
-        let stale = |c: &FormPushes| c.last_pushed_at.is_none_or(|at| now - at > chrono::TimeDelta::hours(1));
-        if let Some(mut forms) = current.filter(|c| c.missed_since_push > 0 || stale(c)) {
-            forms.missed_since_push = 0;
-            forms.last_pushed_at = Some(now);
-            table.upsert(&forms_partition(connection), &key, &forms).await?;
+        zero_form(&table, connection, &form_key(form), now).await?;
+    }
+    Ok(())
+}
+
+/// Zeroes a form's count since its last push, under compare-and-swap: the housekeeping pass may
+/// be counting a miss of the same form on another instance, and neither write may undo the other.
+/// Written only when it changes something status shows (a count to zero, or an hour on).
+async fn zero_form(table: &TypedTable<'_>, connection: &str, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let stale = |c: &FormPushes| c.last_pushed_at.is_none_or(|at| now - at > chrono::TimeDelta::hours(1));
+    for _ in 0..5 {
+        let Some(current) = table.get::<FormPushes>(&forms_partition(connection), key).await? else { return Ok(()) };
+        if current.value.missed_since_push == 0 && !stale(&current.value) {
+            return Ok(());
+        }
+        let zeroed = FormPushes { missed_since_push: 0, last_pushed_at: Some(now), ..current.value };
+        let condition = crate::store::IfMatch::ETag(current.etag);
+        match table.update(&forms_partition(connection), key, &zeroed, condition).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::PreconditionFailed { .. }) => continue,
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -139,7 +152,7 @@ async fn decide(
         crate::store::query_partition(stores.tables.as_ref(), Table::Runs, &watch_partition(connection)).await?;
     let grace = crate::clock::delta(settings.missed_push_grace);
     let table = TypedTable::new(stores.tables.as_ref(), Table::Runs);
-    let mut forms: BTreeMap<String, FormPushes> = BTreeMap::new();
+    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut missed = 0;
     for entity in watched {
         let id = entity.row_key.clone();
@@ -148,23 +161,14 @@ async fn decide(
             continue;
         }
         let pushed = landing.landed_row(connection, &id).await?.is_some_and(|r| r.sources.contains(&Source::Webhook));
-        let key = form_key(&watch.form);
-        if !forms.contains_key(&key) {
-            let current = table.get::<FormPushes>(&forms_partition(connection), &key).await?.map(|v| v.value);
-            forms.insert(
-                key.clone(),
-                current.unwrap_or(FormPushes { form: watch.form.clone(), ..FormPushes::default() }),
-            );
-        }
-        let Some(form) = forms.get_mut(&key) else { continue };
+        let tally = tallies.entry(form_key(&watch.form)).or_insert_with(|| Tally::new(&watch.form));
         if pushed {
-            form.missed_since_push = 0;
-            form.last_pushed_at = Some(now);
+            tally.pushed = true;
+            tally.since_push = 0;
         } else {
             missed += 1;
-            form.missed_since_push += 1;
-            form.missed_total += 1;
-            form.last_missed_at = Some(now);
+            tally.missed += 1;
+            tally.since_push += 1;
             tracing::warn!(connection, id = %id, form = %watch.form, "a submission the sync landed was never pushed");
         }
         match stores.tables.delete(Table::Runs, &watch_partition(connection), &id, crate::store::IfMatch::Any).await {
@@ -172,10 +176,63 @@ async fn decide(
             Err(e) => return Err(e),
         }
     }
-    for (key, form) in forms {
-        table.upsert(&forms_partition(connection), &key, &form).await?;
+    for (key, tally) in tallies {
+        tally.apply(&table, connection, &key, now).await?;
     }
     Ok(missed)
+}
+
+/// What one pass found for one form.
+struct Tally {
+    form: String,
+    /// A push arrived for one of its watched submissions.
+    pushed: bool,
+    /// Missed since the last one pushed (all of them if none was).
+    since_push: u64,
+    missed: u64,
+}
+
+impl Tally {
+    fn new(form: &str) -> Self {
+        Tally { form: form.to_owned(), pushed: false, since_push: 0, missed: 0 }
+    }
+
+    /// Adds this pass's findings to the form's row under compare-and-swap: a sync run may be
+    /// zeroing the same row ([`note_run`]), and neither write may undo the other.
+    async fn apply(
+        &self,
+        table: &TypedTable<'_>,
+        connection: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let partition = forms_partition(connection);
+        for _ in 0..5 {
+            let current = table.get::<FormPushes>(&partition, key).await?;
+            let mut form = current
+                .as_ref()
+                .map_or_else(|| FormPushes { form: self.form.clone(), ..FormPushes::default() }, |c| c.value.clone());
+            if self.pushed {
+                form.missed_since_push = 0;
+                form.last_pushed_at = Some(now);
+            }
+            form.missed_since_push += self.since_push;
+            form.missed_total += self.missed;
+            if self.missed > 0 {
+                form.last_missed_at = Some(now);
+            }
+            let written = match current {
+                Some(c) => table.update(&partition, key, &form, crate::store::IfMatch::ETag(c.etag)).await,
+                None => table.insert(&partition, key, &form).await,
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(StoreError::PreconditionFailed { .. } | StoreError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Backend("a form's missed-push row is too contended to update".into()))
+    }
 }
 
 /// Raises the connection's alert naming the forms at or past the threshold, or clears it.

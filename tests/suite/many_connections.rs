@@ -50,6 +50,8 @@ impl Round {
         }
         let dir = tempfile::tempdir().unwrap();
         let stores = local::open(&dir.path().join("store"), None).unwrap();
+        let defaults = truecontext_bridge::config::Settings::load(&truecontext_bridge::config::RawSettings::default());
+        let truecontext = defaults.unwrap_or_else(|p| panic!("{p:?}")).truecontext;
         for team in 0..TEAMS {
             for n in 0..PER_TEAM {
                 let record = ApiKeyConnection {
@@ -59,7 +61,7 @@ impl Round {
                     secret_setting: format!("TRUECONTEXT_KEY_SECRET_T{team}"),
                     added_at: Utc::now(),
                 };
-                assert!(keyed::add(&stores, &record).await.unwrap());
+                assert!(keyed::add(&stores, &truecontext, &record).await.unwrap());
             }
         }
         let mut settings = vec![
