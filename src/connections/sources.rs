@@ -56,6 +56,8 @@ pub struct Sources {
     pub inactive: Vec<Connection>,
     /// Every consented connection as read (active or not), for callers that show them.
     pub consented: Vec<Connection>,
+    /// Every API-key connection as read.
+    pub added: Vec<super::ApiKeyConnection>,
 }
 
 impl Sources {
@@ -71,7 +73,7 @@ impl Sources {
 pub async fn sources(stores: &Stores, settings: &Settings) -> Result<Sources, StoreError> {
     let consented = super::list(stores).await?;
     let added = keyed::list(stores).await?;
-    let mut out = Sources { consented: consented.clone(), ..Sources::default() };
+    let mut out = Sources { consented: consented.clone(), added: added.clone(), ..Sources::default() };
     match settings.truecontext.auth {
         TrueContextAuth::Bearer if settings.oauth.grant == OAuthGrant::ClientCredentials => {
             out.active.push(own(APP_ONLY_CONNECTION, Access::OAuth));
@@ -89,7 +91,7 @@ pub async fn sources(stores: &Stores, settings: &Settings) -> Result<Sources, St
         }
         TrueContextAuth::Basic => out.active.push(own(&settings.truecontext.connection, Access::ConfiguredKey)),
     }
-    for added in added {
+    for added in out.added.clone() {
         if out.find(&added.id).is_some() {
             continue;
         }

@@ -38,7 +38,7 @@ pub struct SyncRun {
 
 pub async fn run(app: &App, info: TimerInfo) -> Result<(), InvocationError> {
     let started_at = Utc::now();
-    let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let holder = lease::holder();
     let tick = lease::with_lease(&app.stores.tables, LEASE_NAME, &holder, LEASE_TTL, tick(app, info, started_at));
     let Some(ran) = tick.await? else {
         tracing::info!("sync skipped: another instance is running it");

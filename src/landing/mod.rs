@@ -287,7 +287,7 @@ impl<'a> Landing<'a> {
 
     async fn take_turn(&self, connection: &str, id: &str) -> Result<lease::Lease, LandingError> {
         let name = format!("land:{connection}:{id}");
-        let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+        let holder = crate::store::lease::holder();
         let deadline = tokio::time::Instant::now() + MAX_TURN_WAIT;
         loop {
             if let Some(held) = lease::acquire(self.stores.tables.as_ref(), &name, &holder, LAND_LEASE).await? {

@@ -33,6 +33,12 @@ pub struct Lease {
 }
 
 /// Tries to take `name` for `ttl`. `Ok(None)` when someone else holds it and it has not expired.
+/// A holder name for one piece of work: this process and a random part, so two tasks of one
+/// process never take each other's lease for their own.
+pub fn holder() -> String {
+    format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()))
+}
+
 pub async fn acquire(store: &dyn TableStore, name: &str, holder: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
     let table = TypedTable::new(store, Table::Leases);
     let now = Utc::now();

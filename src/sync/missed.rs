@@ -120,7 +120,7 @@ pub async fn check(
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let stores = landing.stores();
-    let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let holder = lease::holder();
     let pass = async {
         let mut missed = 0;
         for connection in connections {

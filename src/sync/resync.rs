@@ -118,7 +118,7 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<Resync, ResyncError> {
     check(range, now)?;
-    let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let holder = lease::holder();
     let name = format!("resync:{connection}");
     let walked =
         lease::with_lease(&parts.stores.tables, &name, &holder, LEASE_TTL, walk(parts, connection, range, now));

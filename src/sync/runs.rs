@@ -79,7 +79,7 @@ pub async fn run_connection(
     connection: &str,
     now: DateTime<Utc>,
 ) -> Result<RunOutcome, StoreError> {
-    let holder = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let holder = lease::holder();
     let name = format!("sync:{connection}");
     let run = lease::with_lease(&parts.stores.tables, &name, &holder, LEASE_TTL, run_held(parts, connection, now));
     match run.await? {

@@ -217,11 +217,11 @@ impl StatusReport {
         let now = Utc::now();
         let tokens = &app.settings.tokens;
         let mut connections: Vec<ConnectionStatus> = app_only_connection(app, now).await?.into_iter().collect();
-        let consented = connections::list(&app.stores).await?;
-        let last_syncs = crate::sync::last_syncs(&app.stores).await?;
-        let added = connections::keyed::list(&app.stores).await?;
-        let mut known = connections::known_ids_of(&consented, &added, &app.settings);
+        // One read of the connections (consented and API-key) serves the whole report.
         let sources = connections::sources(&app.stores, &app.settings).await?;
+        let consented = sources.consented.clone();
+        let last_syncs = crate::sync::last_syncs(&app.stores).await?;
+        let mut known = connections::known_ids_of(&consented, &sources.added, &app.settings);
         known.extend(last_syncs.iter().map(|l| l.connection.clone()));
         known.sort();
         known.dedup();
